@@ -1,0 +1,182 @@
+//! A typed async client for the REST API, with fail-over across several node URLs.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::types::*;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error status and `{"message": ...}`.
+    #[error("{status}: {message}")]
+    Api { status: StatusCode, message: String },
+    /// No node could be reached.
+    #[error("no node answered ({0}); is the cluster running?")]
+    Unreachable(String),
+    #[error("unexpected answer: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Client for one cluster, given one or more API base URLs. A call that cannot connect to a
+/// node moves on to the next; an answer from a node (even an error) is final.
+#[derive(Clone, Debug)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    urls: Vec<String>,
+    token: Option<String>,
+}
+
+impl ApiClient {
+    pub fn new<I, S>(urls: I) -> ApiClient
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let urls = urls
+            .into_iter()
+            .map(|u| {
+                let u: String = u.into();
+                let u = if u.contains("://") { u } else { format!("http://{u}") };
+                u.trim_end_matches('/').to_string()
+            })
+            .collect();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client");
+        ApiClient { http, urls, token: None }
+    }
+
+    pub fn with_token(mut self, token: impl Into<String>) -> ApiClient {
+        self.token = Some(token.into());
+        self
+    }
+
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// Sends a request and decodes the JSON answer (or `()` for an empty body).
+    pub async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let mut last_err = String::from("no API URL given");
+        for base in &self.urls {
+            let mut req = self.http.request(method.clone(), format!("{base}{path}"));
+            if let Some(t) = &self.token {
+                req = req.header("x-access-token", t);
+            }
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) if e.is_connect() || e.is_timeout() => {
+                    last_err = format!("{base}: {e}");
+                    continue;
+                }
+                Err(e) => return Err(ClientError::Unreachable(format!("{base}: {e}"))),
+            };
+            let status = resp.status();
+            let bytes = resp.bytes().await.map_err(|e| ClientError::Decode(e.to_string()))?;
+            if !status.is_success() {
+                let message = serde_json::from_slice::<ErrorBody>(&bytes)
+                    .map(|b| b.message)
+                    .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+                return Err(ClientError::Api { status, message });
+            }
+            let bytes = if bytes.is_empty() { "null".into() } else { bytes };
+            return serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()));
+        }
+        Err(ClientError::Unreachable(last_err))
+    }
+
+    pub async fn cluster(&self) -> Result<ClusterView, ClientError> {
+        self.call::<(), _>(Method::GET, "/cluster", None).await
+    }
+
+    pub async fn digest(&self) -> Result<DigestView, ClientError> {
+        self.call::<(), _>(Method::GET, "/cluster/digest", None).await
+    }
+
+    pub async fn add_node(&self, id: u64, raft_addr: &str) -> Result<ClusterView, ClientError> {
+        let body = AddNode { id, raft_addr: raft_addr.to_string() };
+        self.call(Method::POST, "/cluster/nodes", Some(&body)).await
+    }
+
+    pub async fn remove_node(&self, id: u64) -> Result<(), ClientError> {
+        self.call::<(), ()>(Method::DELETE, &format!("/cluster/nodes/{id}"), None).await
+    }
+
+    pub async fn create_user(&self, u: &UserCreate) -> Result<User, ClientError> {
+        self.call(Method::POST, "/user", Some(u)).await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Result<TokenReply, ClientError> {
+        let body = Login { email: email.to_string(), password: password.to_string() };
+        self.call(Method::POST, "/login", Some(&body)).await
+    }
+
+    pub async fn get_user(&self, user_id: &str) -> Result<User, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/user/{user_id}"), None).await
+    }
+
+    pub async fn refresh(&self) -> Result<TokenReply, ClientError> {
+        self.call(Method::POST, "/login/refresh", Some(&serde_json::json!({}))).await
+    }
+
+    pub async fn sockets(&self) -> Result<Vec<Socket>, ClientError> {
+        self.call::<(), _>(Method::GET, "/socket", None).await
+    }
+
+    pub async fn create_socket(&self, s: &SocketCreate) -> Result<Socket, ClientError> {
+        self.call(Method::POST, "/socket", Some(s)).await
+    }
+
+    /// `POST /connect`: a socket with its first tunnel.
+    pub async fn connect(&self, s: &SocketCreate) -> Result<Socket, ClientError> {
+        self.call(Method::POST, "/connect", Some(s)).await
+    }
+
+    pub async fn socket(&self, socket_id: &str) -> Result<Socket, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/socket/{socket_id}"), None).await
+    }
+
+    pub async fn delete_socket(&self, socket_id: &str) -> Result<(), ClientError> {
+        self.call::<(), ()>(Method::DELETE, &format!("/socket/{socket_id}"), None).await
+    }
+
+    pub async fn tunnels(&self, socket_id: &str) -> Result<Vec<Tunnel>, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/socket/{socket_id}/tunnel"), None).await
+    }
+
+    pub async fn create_tunnel(&self, socket_id: &str) -> Result<Tunnel, ClientError> {
+        self.call(Method::POST, &format!("/socket/{socket_id}/tunnel"), Some(&serde_json::json!({}))).await
+    }
+
+    pub async fn tunnel(&self, socket_id: &str, tunnel_id: &str) -> Result<Tunnel, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/socket/{socket_id}/tunnel/{tunnel_id}"), None).await
+    }
+
+    pub async fn delete_tunnel(&self, socket_id: &str, tunnel_id: &str) -> Result<(), ClientError> {
+        self.call::<(), ()>(Method::DELETE, &format!("/socket/{socket_id}/tunnel/{tunnel_id}"), None).await
+    }
+}

@@ -1,0 +1,151 @@
+//! REST types. Field names follow the original mysocket.io API exactly, misspellings included.
+
+use serde::Deserialize;
+use serde::Serialize;
+
+/// Every error answer: `{"message": "..."}`.
+#[derive(utoipa::ToSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub message: String,
+}
+
+/// `GET /cluster`.
+#[derive(utoipa::ToSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// `null` while there is no leader.
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub nodes: Vec<NodeView>,
+}
+
+/// One member of the cluster, as `GET /cluster` shows it.
+#[derive(utoipa::ToSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub id: u64,
+    /// Empty until the node has registered its addresses.
+    pub api_addr: String,
+    pub raft_addr: String,
+    pub voter: bool,
+    /// `null` when the node did not answer.
+    pub last_applied: Option<u64>,
+    /// Tunnel sessions the node holds.
+    pub tunnels: usize,
+}
+
+/// `POST /cluster/nodes`: add a node (as a learner, then as a voter once caught up).
+#[derive(utoipa::ToSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddNode {
+    pub id: u64,
+    pub raft_addr: String,
+}
+
+/// `GET /cluster/digest`: a hash of the whole registry at an applied index, for comparing
+/// replicas.
+#[derive(utoipa::ToSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestView {
+    pub node_id: u64,
+    pub last_applied: u64,
+    pub digest: String,
+    pub accounts: usize,
+    pub sockets: usize,
+    pub tunnels: usize,
+    pub sessions: usize,
+    /// Snapshots this node installed from a leader since it started.
+    pub snapshots_installed: u64,
+    /// Last log index covered by this node's own snapshot, if any.
+    pub snapshot_index: Option<u64>,
+    /// Last purged log index, if the log was compacted.
+    pub purged_index: Option<u64>,
+}
+
+/// `GET /healthz` and `GET /readyz`.
+#[derive(utoipa::ToSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `POST /user`.
+#[derive(utoipa::ToSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserCreate {
+    pub name: String,
+    pub email: String,
+    pub password: String,
+    pub sshkey: String,
+}
+
+/// A user as the API shows it (never the password hash).
+#[derive(utoipa::ToSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub user_id: String,
+    pub name: String,
+    pub email: String,
+    pub user_name: String,
+    pub sshkey: String,
+}
+
+/// `POST /login`.
+#[derive(utoipa::ToSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Login {
+    pub email: String,
+    pub password: String,
+}
+
+/// `POST /login` and `POST /login/refresh` answer.
+#[derive(utoipa::ToSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenReply {
+    pub token: String,
+}
+
+/// `POST /socket` and `POST /connect`. Everything but `name` is optional; unknown fields are
+/// ignored, as the original client sends extra ones.
+#[derive(utoipa::ToSchema, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketCreate {
+    #[serde(default)]
+    pub name: String,
+    /// `http`, `https`, `tcp` or `tls`, any case; default `http`.
+    #[serde(default)]
+    pub socket_type: Option<String>,
+    #[serde(default)]
+    pub protected_socket: bool,
+    #[serde(default)]
+    pub protected_username: Option<String>,
+    #[serde(default)]
+    pub protected_password: Option<String>,
+    #[serde(default)]
+    pub cloud_authentication_enabled: bool,
+    #[serde(default)]
+    pub cloud_authentication_email_allowed_addressses: Vec<String>,
+    #[serde(default)]
+    pub cloud_authentication_email_allowed_domains: Vec<String>,
+}
+
+/// A socket as the API shows it.
+#[derive(utoipa::ToSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Socket {
+    pub socket_id: String,
+    pub dnsname: String,
+    pub name: String,
+    pub socket_type: String,
+    /// `[80, 443]` for http/https; the allocated port for tcp/tls.
+    pub socket_tcp_ports: Vec<u16>,
+    pub protected_socket: bool,
+    pub protected_username: String,
+    pub protected_password: String,
+    pub cloud_authentication_enabled: bool,
+    pub cloud_authentication_email_allowed_addressses: Vec<String>,
+    pub cloud_authentication_email_allowed_domains: Vec<String>,
+    pub tunnels: Vec<Tunnel>,
+    pub user_name: String,
+}
+
+/// A tunnel as the API shows it.
+#[derive(utoipa::ToSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tunnel {
+    pub tunnel_id: String,
+    /// The relay port to forward with `ssh -R <local_port>:127.0.0.1:<service port>`.
+    pub local_port: u16,
+    /// `host:port` of an SSH endpoint of the cluster.
+    pub tunnel_server: String,
+}

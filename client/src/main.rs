@@ -1,0 +1,437 @@
+//! `mysocketctl`: the command-line client of a mysocket cluster, with the original
+//! mysocket.io client's commands and flags (underscore spellings such as `--socket_id` too).
+//!
+//! Exit codes scripts can trust: 0 success, 1 failure (server error or unreachable cluster),
+//! 2 usage error, 3 not logged in or token refused, 4 not found, 5 conflict or limit.
+
+mod table;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::Parser;
+use clap::Subcommand;
+use mysocket_api::ApiClient;
+use mysocket_api::ClientError;
+use mysocket_api::SocketCreate;
+use mysocket_api::UserCreate;
+use table::Table;
+
+#[derive(Parser, Debug)]
+#[command(name = "mysocketctl", version, about = "Client for a mysocket cluster: accounts, sockets and tunnels")]
+struct Cli {
+    /// API URL(s) of the cluster, comma separated; the next is tried when one is down.
+    #[arg(long = "api-url", alias = "api_url", env = "MYSOCKET_API", value_delimiter = ',', default_value = "http://127.0.0.1:7070", global = true)]
+    api_url: Vec<String>,
+    /// `table` (default) or `json` for scripts.
+    #[arg(long, short = 'o', value_parser = ["table", "json"], default_value = "table", global = true)]
+    output: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create or show your account.
+    Account {
+        #[command(subcommand)]
+        cmd: AccountCmd,
+    },
+    /// Log in and store the token in ~/.mysocketio_token.
+    Login {
+        #[arg(long, short = 'e')]
+        email: Option<String>,
+        #[arg(long, short = 'p')]
+        password: Option<String>,
+    },
+    /// Manage sockets (public endpoints).
+    Socket {
+        #[command(subcommand)]
+        cmd: SocketCmd,
+    },
+    /// Manage a socket's tunnels.
+    Tunnel {
+        #[command(subcommand)]
+        cmd: TunnelCmd,
+    },
+    /// Inspect and change the cluster's membership (operators).
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AccountCmd {
+    /// Create an account.
+    Create {
+        #[arg(long, short = 'n')]
+        name: String,
+        #[arg(long, short = 'e')]
+        email: String,
+        #[arg(long, short = 'p')]
+        password: Option<String>,
+        /// OpenSSH public key, as text or a path; default ~/.ssh/id_ed25519.pub, id_ecdsa.pub or id_rsa.pub.
+        #[arg(long, short = 's')]
+        sshkey: Option<String>,
+    },
+    /// Show the logged-in account.
+    Show,
+}
+
+#[derive(clap::Args, Debug)]
+struct SocketSpec {
+    #[arg(long, short = 'n')]
+    name: String,
+    /// http, https, tcp or tls.
+    #[arg(long = "type", short = 't', default_value = "http")]
+    socket_type: String,
+    /// Require HTTP basic auth (username and password).
+    #[arg(long, short = 'P')]
+    protected: bool,
+    #[arg(long, short = 'u')]
+    username: Option<String>,
+    #[arg(long, short = 'p')]
+    password: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum SocketCmd {
+    /// List your sockets.
+    Ls,
+    /// Create a socket.
+    Create(SocketSpec),
+    /// Show one socket with its tunnels.
+    Show {
+        #[arg(long = "socket_id", alias = "socket-id", short = 's')]
+        socket_id: String,
+    },
+    /// Delete a socket and its tunnels.
+    Delete {
+        #[arg(long = "socket_id", alias = "socket-id", short = 's')]
+        socket_id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TunnelCmd {
+    /// List a socket's tunnels.
+    Ls {
+        #[arg(long = "socket_id", alias = "socket-id", short = 's')]
+        socket_id: String,
+    },
+    /// Add a tunnel to a socket.
+    Create {
+        #[arg(long = "socket_id", alias = "socket-id", short = 's')]
+        socket_id: String,
+    },
+    /// Show one tunnel.
+    Show {
+        #[arg(long = "socket_id", alias = "socket-id", short = 's')]
+        socket_id: String,
+        #[arg(long = "tunnel_id", alias = "tunnel-id", short = 't')]
+        tunnel_id: String,
+    },
+    /// Delete a tunnel.
+    Delete {
+        #[arg(long = "socket_id", alias = "socket-id", short = 's')]
+        socket_id: String,
+        #[arg(long = "tunnel_id", alias = "tunnel-id", short = 't')]
+        tunnel_id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCmd {
+    /// Leader, term and nodes.
+    Status,
+    /// Add a node (running with --join, or reachable at its raft address).
+    Add {
+        #[arg(long)]
+        id: u64,
+        #[arg(long = "raft-addr", alias = "raft_addr")]
+        raft_addr: String,
+    },
+    /// Remove a node; its id is never reused.
+    Remove {
+        #[arg(long)]
+        id: u64,
+    },
+}
+
+/// A failure with the exit code it maps to.
+struct Failure {
+    code: i32,
+    message: String,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Failure {
+        let code = match e.status().map(|s| s.as_u16()) {
+            Some(401) | Some(403) if matches!(&e, ClientError::Api { message, .. } if message.contains("token")) => 3,
+            Some(401) => 3,
+            Some(404) => 4,
+            Some(409) | Some(403) | Some(429) => 5,
+            Some(400) | Some(413) | Some(422) => 2,
+            _ => 1,
+        };
+        Failure { code, message: e.to_string() }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Failure {
+        Failure { code: 1, message: format!("{e:#}") }
+    }
+}
+
+fn fail(code: i32, message: impl Into<String>) -> Failure {
+    Failure { code, message: message.into() }
+}
+
+fn token_file() -> PathBuf {
+    if let Some(p) = std::env::var_os("MYSOCKET_TOKEN_FILE") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".mysocketio_token")
+}
+
+fn read_token() -> Result<String, Failure> {
+    let p = token_file();
+    let t = std::fs::read_to_string(&p)
+        .map_err(|_| fail(3, format!("not logged in (no token in {}); run: mysocketctl login", p.display())))?;
+    let t = t.trim().to_string();
+    if t.is_empty() {
+        return Err(fail(3, "not logged in; run: mysocketctl login"));
+    }
+    Ok(t)
+}
+
+fn write_token(token: &str) -> Result<PathBuf, Failure> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::PermissionsExt;
+    let p = token_file();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&p)
+        .map_err(|e| fail(1, format!("cannot write {}: {e}", p.display())))?;
+    // An existing file keeps its mode on open: make sure nobody else can read the token.
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| fail(1, format!("cannot protect {}: {e}", p.display())))?;
+    f.write_all(token.as_bytes()).map_err(|e| fail(1, format!("cannot write {}: {e}", p.display())))?;
+    Ok(p)
+}
+
+fn prompt(label: &str, secret: bool) -> Result<String, Failure> {
+    if !std::io::stdin().is_terminal() {
+        return Err(fail(2, format!("--{} is required when not on a terminal", label.to_lowercase())));
+    }
+    let v = if secret {
+        rpassword::prompt_password(format!("{label}: ")).map_err(|e| fail(1, e.to_string()))?
+    } else {
+        eprint!("{label}: ");
+        let mut s = String::new();
+        std::io::stdin().read_line(&mut s).map_err(|e| fail(1, e.to_string()))?;
+        s
+    };
+    Ok(v.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// The public key to register: the given text, a file, or the user's default key.
+fn read_sshkey(arg: Option<String>) -> Result<String, Failure> {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let candidates: Vec<PathBuf> = match &arg {
+        Some(a) if a.trim_start().starts_with("ssh-") || a.trim_start().starts_with("ecdsa-") => {
+            return Ok(a.trim().to_string())
+        }
+        Some(a) => vec![PathBuf::from(a)],
+        None => ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"].iter().map(|f| home.join(".ssh").join(f)).collect(),
+    };
+    for p in &candidates {
+        if let Ok(k) = std::fs::read_to_string(p) {
+            return Ok(k.trim().to_string());
+        }
+    }
+    Err(fail(
+        2,
+        match arg {
+            Some(a) => format!("--sshkey {a:?} is neither a public key nor a readable file"),
+            None => "no --sshkey given and no ~/.ssh/id_ed25519.pub, id_ecdsa.pub or id_rsa.pub; create one with ssh-keygen -t ed25519".into(),
+        },
+    ))
+}
+
+fn json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).expect("json"));
+}
+
+fn socket_table(socks: &[mysocket_api::Socket]) {
+    let mut t = Table::new(["SOCKET ID", "DNS NAME", "PORT(S)", "TYPE", "PROTECTED", "TUNNELS", "NAME"]);
+    for s in socks {
+        let ports: Vec<String> = s.socket_tcp_ports.iter().map(u16::to_string).collect();
+        t.row([
+            s.socket_id.clone(),
+            s.dnsname.clone(),
+            ports.join(", "),
+            s.socket_type.clone(),
+            s.protected_socket.to_string(),
+            s.tunnels.len().to_string(),
+            s.name.clone(),
+        ]);
+    }
+    t.print();
+}
+
+fn tunnel_table(tunnels: &[mysocket_api::Tunnel]) {
+    let mut t = Table::new(["TUNNEL ID", "RELAY PORT", "TUNNEL SERVER"]);
+    for x in tunnels {
+        t.row([x.tunnel_id.clone(), x.local_port.to_string(), x.tunnel_server.clone()]);
+    }
+    t.print();
+}
+
+fn cluster_table(v: &mysocket_api::ClusterView) {
+    println!("leader: {}   term: {}", v.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into()), v.term);
+    let mut t = Table::new(["ID", "API", "RAFT", "VOTER", "LAST APPLIED", "TUNNELS"]);
+    for n in &v.nodes {
+        let applied = n.last_applied.map(|a| a.to_string()).unwrap_or_else(|| "down".into());
+        t.row([n.id.to_string(), n.api_addr.clone(), n.raft_addr.clone(), n.voter.to_string(), applied, n.tunnels.to_string()]);
+    }
+    t.print();
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(f) = run(cli).await {
+        eprintln!("error: {}", f.message);
+        std::process::exit(f.code);
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let anon = ApiClient::new(cli.api_url.clone());
+    let authed = || -> Result<ApiClient, Failure> { Ok(anon.clone().with_token(read_token()?)) };
+    let as_json = cli.output == "json";
+    match cli.cmd {
+        Cmd::Account { cmd: AccountCmd::Create { name, email, password, sshkey } } => {
+            let password = match password {
+                Some(p) => p,
+                None => prompt("Password", true)?,
+            };
+            let sshkey = read_sshkey(sshkey)?;
+            let u = anon.create_user(&UserCreate { name, email, password, sshkey }).await?;
+            if as_json {
+                json(&u);
+            } else {
+                println!("Account created: {} <{}>\nuser id:  {}\nssh user: {}\nNext: mysocketctl login --email {}", u.name, u.email, u.user_id, u.user_name, u.email);
+            }
+        }
+        Cmd::Account { cmd: AccountCmd::Show } => {
+            let token = read_token()?;
+            let id = mysocket_api::token_user_id(&token).ok_or_else(|| fail(3, "the stored token is unreadable; log in again"))?;
+            let u = anon.clone().with_token(token).get_user(&id).await?;
+            if as_json {
+                json(&u);
+            } else {
+                let mut t = Table::new(["NAME", "EMAIL", "USER ID", "SSH USER"]);
+                t.row([u.name.clone(), u.email.clone(), u.user_id.clone(), u.user_name.clone()]);
+                t.print();
+                println!("ssh key: {}", u.sshkey);
+            }
+        }
+        Cmd::Login { email, password } => {
+            let email = match email {
+                Some(e) => e,
+                None => prompt("Email", false)?,
+            };
+            let password = match password {
+                Some(p) => p,
+                None => prompt("Password", true)?,
+            };
+            let t = anon.login(&email, &password).await?;
+            let path = write_token(&t.token)?;
+            if as_json {
+                json(&serde_json::json!({"token_file": path}));
+            } else {
+                println!("Logged in; token saved in {}", path.display());
+            }
+        }
+        Cmd::Socket { cmd } => {
+            let api = authed()?;
+            match cmd {
+                SocketCmd::Ls => {
+                    let s = api.sockets().await?;
+                    if as_json { json(&s) } else { socket_table(&s) }
+                }
+                SocketCmd::Create(spec) => {
+                    let req = SocketCreate {
+                        name: spec.name,
+                        socket_type: Some(spec.socket_type),
+                        protected_socket: spec.protected,
+                        protected_username: spec.username,
+                        protected_password: spec.password,
+                        ..Default::default()
+                    };
+                    let s = api.create_socket(&req).await?;
+                    if as_json { json(&s) } else { socket_table(std::slice::from_ref(&s)) }
+                }
+                SocketCmd::Show { socket_id } => {
+                    let s = api.socket(&socket_id).await?;
+                    if as_json {
+                        json(&s)
+                    } else {
+                        socket_table(std::slice::from_ref(&s));
+                        println!();
+                        tunnel_table(&s.tunnels);
+                    }
+                }
+                SocketCmd::Delete { socket_id } => {
+                    api.delete_socket(&socket_id).await?;
+                    if as_json { json(&serde_json::json!({"deleted": socket_id})) } else { println!("Socket {socket_id} deleted") }
+                }
+            }
+        }
+        Cmd::Tunnel { cmd } => {
+            let api = authed()?;
+            match cmd {
+                TunnelCmd::Ls { socket_id } => {
+                    let t = api.tunnels(&socket_id).await?;
+                    if as_json { json(&t) } else { tunnel_table(&t) }
+                }
+                TunnelCmd::Create { socket_id } => {
+                    let t = api.create_tunnel(&socket_id).await?;
+                    if as_json { json(&t) } else { tunnel_table(std::slice::from_ref(&t)) }
+                }
+                TunnelCmd::Show { socket_id, tunnel_id } => {
+                    let t = api.tunnel(&socket_id, &tunnel_id).await?;
+                    if as_json { json(&t) } else { tunnel_table(std::slice::from_ref(&t)) }
+                }
+                TunnelCmd::Delete { socket_id, tunnel_id } => {
+                    api.delete_tunnel(&socket_id, &tunnel_id).await?;
+                    if as_json { json(&serde_json::json!({"deleted": tunnel_id})) } else { println!("Tunnel {tunnel_id} deleted") }
+                }
+            }
+        }
+        Cmd::Cluster { cmd } => match cmd {
+            ClusterCmd::Status => {
+                let v = anon.cluster().await?;
+                if as_json { json(&v) } else { cluster_table(&v) }
+            }
+            ClusterCmd::Add { id, raft_addr } => {
+                let v = anon.add_node(id, &raft_addr).await?;
+                if as_json { json(&v) } else { cluster_table(&v) }
+            }
+            ClusterCmd::Remove { id } => {
+                anon.remove_node(id).await?;
+                if as_json { json(&serde_json::json!({"removed": id})) } else { println!("Node {id} removed") }
+            }
+        },
+    }
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! `mysocketctl` as a user runs it: the real binary against a real three-node cluster.
+
+#[path = "../../node/tests/support/mod.rs"]
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use serde_json::Value;
+use support::*;
+
+struct Ctl {
+    urls: String,
+    token_file: std::path::PathBuf,
+    home: tempfile::TempDir,
+}
+
+impl Ctl {
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_mysocketctl"))
+            .args(args)
+            .env("MYSOCKET_API", &self.urls)
+            .env("MYSOCKET_TOKEN_FILE", &self.token_file)
+            .env("HOME", self.home.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.run(args);
+        assert_eq!(code, 0, "mysocketctl {args:?} failed: {err}");
+        out
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["--output", "json"]);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_drives_accounts_sockets_and_tunnels() {
+    let mut c = TestCluster::builder().start().await;
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join(".ssh")).unwrap();
+    std::fs::write(home.path().join(".ssh/id_ed25519.pub"), format!("{SSH_KEY}\n")).unwrap();
+    // The first URL is a node that is down: the CLI fails over to the next.
+    c.kill9(1);
+    let urls = [1u64, 2, 3].iter().map(|id| c.nodes[id].api_url()).collect::<Vec<_>>().join(",");
+    let ctl = Ctl { urls, token_file: home.path().join("token"), home };
+
+    // Not logged in: exit 3 and a hint.
+    let (code, _, err) = ctl.run(&["socket", "ls"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("mysocketctl login"), "{err}");
+
+    // account create takes the default public key when --sshkey is absent.
+    let out = ctl.ok(&["account", "create", "--name", "Ada", "--email", "ada@example.com", "--password", "s3cret-pass"]);
+    assert!(out.contains("Account created"), "{out}");
+    let (code, _, err) = ctl.run(&["account", "create", "--name", "Ada", "--email", "ada@example.com", "--password", "s3cret-pass"]);
+    assert_eq!(code, 5, "duplicate email: {err}");
+
+    let (code, _, err) = ctl.run(&["login", "--email", "ada@example.com", "--password", "wrong-pass"]);
+    assert_eq!(code, 3, "{err}");
+    ctl.ok(&["login", "--email", "ada@example.com", "--password", "s3cret-pass"]);
+    let mode = std::fs::metadata(&ctl.token_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "token file mode");
+
+    let me = ctl.json(&["account", "show"]);
+    assert_eq!(me["email"], "ada@example.com");
+    assert!(ctl.ok(&["account", "show"]).contains("ada@example.com"));
+
+    let s = ctl.json(&["socket", "create", "--name", "web", "--type", "https"]);
+    let sid = s["socket_id"].as_str().unwrap().to_string();
+    let table = ctl.ok(&["socket", "ls"]);
+    assert!(table.contains(&sid) && table.contains("https"), "{table}");
+    let p = ctl.json(&["socket", "create", "--name", "private", "--type", "http", "--protected", "--username", "u", "--password", "p"]);
+    assert_eq!(p["protected_socket"], true);
+    let (code, _, err) = ctl.run(&["socket", "create", "--name", "bad", "--type", "gopher"]);
+    assert_eq!(code, 2, "bad type: {err}");
+    assert!(err.contains("socket_type"), "{err}");
+
+    // Underscore flags, as the original client spells them.
+    let t = ctl.json(&["tunnel", "create", "--socket_id", &sid]);
+    let tid = t["tunnel_id"].as_str().unwrap().to_string();
+    assert!(ctl.ok(&["tunnel", "ls", "--socket_id", &sid]).contains(&tid));
+    assert_eq!(ctl.json(&["socket", "show", "--socket_id", &sid])["tunnels"].as_array().unwrap().len(), 1);
+    ctl.ok(&["tunnel", "delete", "--socket_id", &sid, "--tunnel_id", &tid]);
+    let (code, _, _) = ctl.run(&["tunnel", "show", "--socket_id", &sid, "--tunnel_id", &tid]);
+    assert_eq!(code, 4, "deleted tunnel is not found");
+    ctl.ok(&["socket", "delete", "--socket_id", &sid]);
+    let (code, _, _) = ctl.run(&["socket", "show", "--socket_id", &sid]);
+    assert_eq!(code, 4);
+    assert_eq!(ctl.json(&["socket", "ls"]).as_array().unwrap().len(), 1);
+
+    let v = ctl.json(&["cluster", "status"]);
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 3);
+
+    // Every URL down: exit 1 with a clear message.
+    let dead = Ctl { urls: "http://127.0.0.1:1".into(), token_file: ctl.token_file.clone(), home: tempfile::tempdir().unwrap() };
+    let (code, _, err) = dead.run(&["socket", "ls"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no node answered"), "{err}");
+}

@@ -1,0 +1,156 @@
+//! Load generator for `bench/registry.sh`: the same shape of write load (create then delete a
+//! record, one operation each) against mysocket's API (a tunnel of a socket) or etcd's v3 JSON
+//! gateway (a key), at a given concurrency, over the same HTTP client. Prints one JSON line:
+//! writes/s, p50 and p99 latency.
+
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use mysocket_api::ApiClient;
+use mysocket_api::SocketCreate;
+use mysocket_api::UserCreate;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// `mysocket` or `etcd`.
+    #[arg(long)]
+    target: String,
+    /// Endpoints, comma separated (API URLs for mysocket, client URLs for etcd). Clients are
+    /// spread over them.
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<String>,
+    #[arg(long)]
+    clients: usize,
+    /// Seconds of measured load.
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
+    /// SSH public key for the bench accounts (mysocket only).
+    #[arg(long, default_value = "")]
+    sshkey: String,
+    /// Sockets per account allowed by the cluster (mysocket only).
+    #[arg(long, default_value_t = 10)]
+    sockets_per_account: usize,
+}
+
+struct Stats {
+    latencies: Vec<Duration>,
+    errors: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    // Setup (not measured): one (token, socket) per client for mysocket.
+    let mut slots: Vec<(String, String, String)> = Vec::new(); // (endpoint, token, socket_id)
+    if args.target == "mysocket" {
+        let run = std::process::id();
+        let accounts = args.clients.div_ceil(args.sockets_per_account);
+        let mut setups = Vec::new();
+        for a in 0..accounts {
+            let ep = args.endpoints[a % args.endpoints.len()].clone();
+            let key = args.sshkey.clone();
+            let per = args.sockets_per_account.min(args.clients - a * args.sockets_per_account);
+            setups.push(tokio::spawn(async move {
+                let api = ApiClient::new([ep.clone()]);
+                let email = format!("bench-{run}-{a}@example.com");
+                api.create_user(&UserCreate { name: format!("bench {a}"), email: email.clone(), password: "bench-password".into(), sshkey: key })
+                    .await
+                    .context("create bench account")?;
+                let token = api.login(&email, "bench-password").await?.token;
+                let api = api.with_token(token.clone());
+                let mut out = Vec::new();
+                for s in 0..per {
+                    let sock = api
+                        .create_socket(&SocketCreate { name: format!("bench-{s}"), socket_type: Some("http".into()), ..Default::default() })
+                        .await
+                        .context("create bench socket")?;
+                    out.push((ep.clone(), token.clone(), sock.socket_id));
+                }
+                anyhow::Ok(out)
+            }));
+        }
+        for s in setups {
+            slots.extend(s.await??);
+        }
+    } else {
+        for i in 0..args.clients {
+            slots.push((args.endpoints[i % args.endpoints.len()].clone(), String::new(), format!("bench/{i}")));
+        }
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(args.secs);
+    let http = Arc::new(http);
+    let mut workers = Vec::new();
+    for (ep, token, key) in slots {
+        let (http, target) = (http.clone(), args.target.clone());
+        workers.push(tokio::spawn(async move {
+            let mut st = Stats { latencies: Vec::new(), errors: 0 };
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                // One create and one delete: two writes.
+                let t0 = Instant::now();
+                let created = if target == "mysocket" {
+                    http.post(format!("{ep}/socket/{key}/tunnel")).header("x-access-token", &token).body("{}").send().await
+                } else {
+                    let body = serde_json::json!({"key": b64(&format!("{key}/{n}")), "value": b64("tunnel")});
+                    http.post(format!("{ep}/v3/kv/put")).json(&body).send().await
+                };
+                let id = match created {
+                    Ok(r) if r.status().is_success() => {
+                        st.latencies.push(t0.elapsed());
+                        let v: serde_json::Value = r.json().await.unwrap_or_default();
+                        v["tunnel_id"].as_str().unwrap_or_default().to_string()
+                    }
+                    _ => {
+                        st.errors += 1;
+                        continue;
+                    }
+                };
+                let t1 = Instant::now();
+                let deleted = if target == "mysocket" {
+                    http.delete(format!("{ep}/socket/{key}/tunnel/{id}")).header("x-access-token", &token).send().await
+                } else {
+                    let body = serde_json::json!({"key": b64(&format!("{key}/{n}"))});
+                    http.post(format!("{ep}/v3/kv/deleterange")).json(&body).send().await
+                };
+                match deleted {
+                    Ok(r) if r.status().is_success() => st.latencies.push(t1.elapsed()),
+                    _ => st.errors += 1,
+                }
+                n += 1;
+            }
+            st
+        }));
+    }
+    let start = Instant::now();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for w in workers {
+        let st = w.await?;
+        all.extend(st.latencies);
+        errors += st.errors;
+    }
+    let elapsed = start.elapsed().as_secs_f64().max(args.secs as f64);
+    all.sort();
+    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
+    println!(
+        "{}",
+        serde_json::json!({
+            "target": args.target, "clients": args.clients, "writes": all.len(), "errors": errors,
+            "writes_per_sec": all.len() as f64 / elapsed, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+        })
+    );
+    Ok(())
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}

@@ -1,0 +1,426 @@
+//! Node configuration: flags, `MYSOCKET_*` environment variables and an optional TOML file,
+//! merged in that order of precedence and validated before anything binds.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// A secret whose `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MASKED")
+    }
+}
+
+/// Command line of `mysocketd`. Every flag also reads `MYSOCKET_<NAME>` from the environment.
+#[derive(Parser, Debug, Default)]
+#[command(name = "mysocketd", version, about = "mysocket edge node: Raft registry, API, SSH tunnels and public proxy")]
+pub struct Flags {
+    /// TOML config file; flags and environment override it.
+    #[arg(long, env = "MYSOCKET_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's Raft id (a positive integer, never reused in a cluster).
+    #[arg(long, env = "MYSOCKET_ID")]
+    pub id: Option<u64>,
+    /// Directory for the RocksDB data and snapshots.
+    #[arg(long, env = "MYSOCKET_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// IP address every listener binds to unless set one by one (default 127.0.0.1).
+    #[arg(long, env = "MYSOCKET_HOST")]
+    pub host: Option<String>,
+    /// REST API, dashboard and metrics (default HOST:7070).
+    #[arg(long, env = "MYSOCKET_API_ADDR")]
+    pub api_addr: Option<SocketAddr>,
+    /// Raft and node-to-node traffic (default HOST:7071).
+    #[arg(long, env = "MYSOCKET_RAFT_ADDR")]
+    pub raft_addr: Option<SocketAddr>,
+    /// SSH tunnel server (default HOST:2222).
+    #[arg(long, env = "MYSOCKET_SSH_ADDR")]
+    pub ssh_addr: Option<SocketAddr>,
+    /// Public HTTP (default HOST:8080).
+    #[arg(long, env = "MYSOCKET_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Public HTTPS (default HOST:8443).
+    #[arg(long, env = "MYSOCKET_HTTPS_ADDR")]
+    pub https_addr: Option<SocketAddr>,
+    /// Address other nodes use to reach this node's raft port, when it differs from raft-addr.
+    #[arg(long, env = "MYSOCKET_ADVERTISE_RAFT_ADDR")]
+    pub advertise_raft_addr: Option<String>,
+    /// Members of a new cluster, etcd style: `1=127.0.0.1:7071,2=127.0.0.2:7071,...`.
+    #[arg(long, env = "MYSOCKET_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// API URL(s) of a running cluster to join, comma separated.
+    #[arg(long, env = "MYSOCKET_JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// The cluster credential shared by all nodes (prefer --cluster-secret-file).
+    #[arg(long, env = "MYSOCKET_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// File holding the cluster credential.
+    #[arg(long, env = "MYSOCKET_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// PEM certificate for TLS on the internal port.
+    #[arg(long, env = "MYSOCKET_INTERNAL_TLS_CERT")]
+    pub internal_tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS on the internal port.
+    #[arg(long, env = "MYSOCKET_INTERNAL_TLS_KEY")]
+    pub internal_tls_key: Option<PathBuf>,
+    /// PEM CA that signed the peers' internal certificates.
+    #[arg(long, env = "MYSOCKET_INTERNAL_TLS_CA")]
+    pub internal_tls_ca: Option<PathBuf>,
+    /// Server name expected in peers' internal certificates (default: the peer's host).
+    #[arg(long, env = "MYSOCKET_INTERNAL_TLS_DOMAIN")]
+    pub internal_tls_domain: Option<String>,
+    /// Public domain of the sockets (default localhost), fixed when the cluster bootstraps.
+    #[arg(long, env = "MYSOCKET_DOMAIN")]
+    pub domain: Option<String>,
+    /// Range of ports for tcp/tls sockets, `MIN-MAX` (default 20000-20999).
+    #[arg(long, env = "MYSOCKET_TCP_PORTS")]
+    pub tcp_ports: Option<String>,
+    /// Raft heartbeat interval in milliseconds (default 100).
+    #[arg(long, env = "MYSOCKET_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Minimum election timeout in milliseconds (default 1000; the maximum is twice it).
+    #[arg(long, env = "MYSOCKET_ELECTION_TIMEOUT_MS")]
+    pub election_timeout_ms: Option<u64>,
+    /// Build a snapshot and compact the log after this many entries (default 5000).
+    #[arg(long, env = "MYSOCKET_SNAPSHOT_THRESHOLD")]
+    pub snapshot_threshold: Option<u64>,
+    /// Most http/https sockets per account (default 10).
+    #[arg(long, env = "MYSOCKET_MAX_HTTP_SOCKETS")]
+    pub max_http_sockets: Option<u32>,
+    /// Most tcp/tls sockets per account (default 5).
+    #[arg(long, env = "MYSOCKET_MAX_TCP_SOCKETS")]
+    pub max_tcp_sockets: Option<u32>,
+    /// Token lifetime in seconds (default 18000, five hours).
+    #[arg(long, env = "MYSOCKET_TOKEN_TTL_SECS")]
+    pub token_ttl_secs: Option<u64>,
+    /// Log filter, e.g. `info` or `mysocket_node=debug` (default info).
+    #[arg(long, env = "MYSOCKET_LOG")]
+    pub log: Option<String>,
+    /// Planted bug for the fault-injection suite (builds with `--features planted-bugs` only).
+    #[arg(long, env = "MYSOCKET_PLANTED_BUG")]
+    pub planted_bug: Option<String>,
+}
+
+/// The TOML file: the same settings as the flags, with underscores.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub id: Option<u64>,
+    pub data_dir: Option<PathBuf>,
+    pub host: Option<String>,
+    pub api_addr: Option<SocketAddr>,
+    pub raft_addr: Option<SocketAddr>,
+    pub ssh_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
+    pub https_addr: Option<SocketAddr>,
+    pub advertise_raft_addr: Option<String>,
+    pub initial_cluster: Option<String>,
+    pub join: Option<Vec<String>>,
+    pub cluster_secret: Option<String>,
+    pub cluster_secret_file: Option<PathBuf>,
+    pub internal_tls_cert: Option<PathBuf>,
+    pub internal_tls_key: Option<PathBuf>,
+    pub internal_tls_ca: Option<PathBuf>,
+    pub internal_tls_domain: Option<String>,
+    pub domain: Option<String>,
+    pub tcp_ports: Option<String>,
+    pub heartbeat_ms: Option<u64>,
+    pub election_timeout_ms: Option<u64>,
+    pub snapshot_threshold: Option<u64>,
+    pub max_http_sockets: Option<u32>,
+    pub max_tcp_sockets: Option<u32>,
+    pub token_ttl_secs: Option<u64>,
+    pub log: Option<String>,
+}
+
+/// How this node enters a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Membership {
+    /// A new cluster of these members (id -> raft address); every member gets the same list.
+    Initial(BTreeMap<u64, String>),
+    /// Join a running cluster through one of these API URLs.
+    Join(Vec<String>),
+    /// Restart of a node that already has state; its membership is in its log.
+    Existing,
+}
+
+/// Internal-port TLS material, read from the operator's files.
+#[derive(Clone)]
+pub struct InternalTls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub ca_pem: Vec<u8>,
+    pub domain: Option<String>,
+}
+
+impl fmt::Debug for InternalTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InternalTls").field("domain", &self.domain).finish_non_exhaustive()
+    }
+}
+
+/// Validated configuration of one node.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub id: u64,
+    pub data_dir: PathBuf,
+    pub api_addr: SocketAddr,
+    pub raft_addr: SocketAddr,
+    pub ssh_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub https_addr: SocketAddr,
+    pub advertise_raft_addr: String,
+    pub membership: Membership,
+    pub cluster_secret: Secret,
+    pub internal_tls: Option<InternalTls>,
+    pub domain: String,
+    pub tcp_ports: (u16, u16),
+    pub heartbeat: Duration,
+    pub election_timeout: Duration,
+    pub snapshot_threshold: u64,
+    pub max_http_sockets: u32,
+    pub max_tcp_sockets: u32,
+    pub token_ttl: Duration,
+    pub log: String,
+    pub planted_bug: Option<String>,
+}
+
+/// A configuration the node refuses to start with.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn bad(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| bad(format!("--initial-cluster entry {part:?} is not ID=HOST:PORT")))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| bad(format!("--initial-cluster id {id:?} is not a positive integer")))?;
+        if id == 0 {
+            return Err(bad("--initial-cluster ids start at 1"));
+        }
+        check_host_port(addr.trim(), "--initial-cluster")?;
+        if out.insert(id, addr.trim().to_string()).is_some() {
+            return Err(bad(format!("--initial-cluster names node {id} twice")));
+        }
+    }
+    if out.is_empty() {
+        return Err(bad("--initial-cluster is empty"));
+    }
+    Ok(out)
+}
+
+fn check_host_port(s: &str, what: &str) -> Result<(), ConfigError> {
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| bad(format!("{what}: {s:?} is not HOST:PORT")))?;
+    if host.is_empty() || port.parse::<u16>().map(|p| p == 0).unwrap_or(true) {
+        return Err(bad(format!("{what}: {s:?} is not HOST:PORT")));
+    }
+    Ok(())
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), ConfigError> {
+    let err = || bad(format!("--tcp-ports {s:?} is not MIN-MAX with 1 <= MIN <= MAX <= 65535"));
+    let (a, b) = s.split_once('-').ok_or_else(err)?;
+    let (a, b): (u16, u16) = (a.trim().parse().map_err(|_| err())?, b.trim().parse().map_err(|_| err())?);
+    if a == 0 || a > b {
+        return Err(err());
+    }
+    Ok((a, b))
+}
+
+impl Config {
+    /// Merges flags, environment (already folded into `flags` by clap) and the TOML file, then
+    /// validates. Reads secret and TLS files, so errors about them come before any bind.
+    pub fn load(flags: Flags) -> Result<Config, ConfigError> {
+        let file = match &flags.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| bad(format!("cannot read config file {}: {e}", p.display())))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| bad(format!("config file {}: {}", p.display(), e.message())))?
+            }
+            None => FileConfig::default(),
+        };
+        macro_rules! pick {
+            ($f:ident) => {
+                flags.$f.clone().or(file.$f.clone())
+            };
+        }
+        let id = pick!(id).ok_or_else(|| bad("--id is required (a positive integer)"))?;
+        if id == 0 {
+            return Err(bad("--id must be a positive integer"));
+        }
+        let host = pick!(host).unwrap_or_else(|| "127.0.0.1".to_string());
+        let ip: std::net::IpAddr =
+            host.parse().map_err(|_| bad(format!("--host {host:?} is not an IP address")))?;
+        let at = |port: u16| SocketAddr::new(ip, port);
+        let api_addr = pick!(api_addr).unwrap_or(at(7070));
+        let raft_addr = pick!(raft_addr).unwrap_or(at(7071));
+        let ssh_addr = pick!(ssh_addr).unwrap_or(at(2222));
+        let http_addr = pick!(http_addr).unwrap_or(at(8080));
+        let https_addr = pick!(https_addr).unwrap_or(at(8443));
+        let addrs = [api_addr, raft_addr, ssh_addr, http_addr, https_addr];
+        for (i, a) in addrs.iter().enumerate() {
+            if a.port() != 0 && addrs[i + 1..].contains(a) {
+                return Err(bad(format!("address {a} is given to two listeners")));
+            }
+        }
+        let advertise_raft_addr = match pick!(advertise_raft_addr) {
+            Some(a) => {
+                check_host_port(&a, "--advertise-raft-addr")?;
+                a
+            }
+            None if raft_addr.ip().is_unspecified() => {
+                return Err(bad("--raft-addr binds all interfaces: give --advertise-raft-addr"))
+            }
+            None => raft_addr.to_string(),
+        };
+        let data_dir = pick!(data_dir).unwrap_or_else(|| PathBuf::from(format!("mysocket-data/node-{id}")));
+
+        let has_state = data_dir.join("db").join("CURRENT").exists();
+        let join: Vec<String> = if !flags.join.is_empty() { flags.join.clone() } else { file.join.clone().unwrap_or_default() };
+        let membership = match (pick!(initial_cluster), join.is_empty()) {
+            (Some(_), false) => return Err(bad("give either --initial-cluster or --join, not both")),
+            (Some(ic), true) => {
+                let members = parse_initial_cluster(&ic)?;
+                match members.get(&id) {
+                    None => return Err(bad(format!("--initial-cluster does not include this node's id {id}"))),
+                    Some(a) if a != &advertise_raft_addr => {
+                        return Err(bad(format!(
+                            "--initial-cluster gives node {id} the address {a}, but it advertises {advertise_raft_addr}"
+                        )))
+                    }
+                    Some(_) => {}
+                }
+                if has_state { Membership::Existing } else { Membership::Initial(members) }
+            }
+            (None, false) => {
+                if has_state { Membership::Existing } else { Membership::Join(join) }
+            }
+            (None, true) if has_state => Membership::Existing,
+            (None, true) => {
+                return Err(bad(format!(
+                    "{} holds no data: give --initial-cluster to start a new cluster or --join to join one",
+                    data_dir.display()
+                )))
+            }
+        };
+
+        let secret = match (pick!(cluster_secret), pick!(cluster_secret_file)) {
+            (Some(s), None) => s,
+            (None, Some(p)) => std::fs::read_to_string(&p)
+                .map_err(|e| bad(format!("cannot read cluster secret file {}: {e}", p.display())))?
+                .trim()
+                .to_string(),
+            (Some(_), Some(_)) => return Err(bad("give either --cluster-secret or --cluster-secret-file, not both")),
+            (None, None) => {
+                return Err(bad("a cluster credential is required: --cluster-secret-file (or MYSOCKET_CLUSTER_SECRET)"))
+            }
+        };
+        if secret.len() < 16 {
+            return Err(bad("the cluster secret must be at least 16 characters"));
+        }
+
+        let internal_tls = match (pick!(internal_tls_cert), pick!(internal_tls_key), pick!(internal_tls_ca)) {
+            (None, None, None) => None,
+            (Some(c), Some(k), Some(ca)) => {
+                let read = |p: &PathBuf, what: &str| {
+                    std::fs::read(p).map_err(|e| bad(format!("cannot read internal TLS {what} {}: {e}", p.display())))
+                };
+                Some(InternalTls {
+                    cert_pem: read(&c, "certificate")?,
+                    key_pem: read(&k, "key")?,
+                    ca_pem: read(&ca, "CA")?,
+                    domain: pick!(internal_tls_domain),
+                })
+            }
+            _ => return Err(bad("internal TLS needs all of --internal-tls-cert, --internal-tls-key and --internal-tls-ca")),
+        };
+
+        let domain = pick!(domain).unwrap_or_else(|| "localhost".to_string()).to_ascii_lowercase();
+        if domain.is_empty()
+            || !domain.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        {
+            return Err(bad(format!("--domain {domain:?} is not a DNS name")));
+        }
+        let tcp_ports = parse_port_range(&pick!(tcp_ports).unwrap_or_else(|| "20000-20999".to_string()))?;
+        let heartbeat_ms = pick!(heartbeat_ms).unwrap_or(100);
+        let election_ms = pick!(election_timeout_ms).unwrap_or(1000);
+        if heartbeat_ms == 0 || election_ms < heartbeat_ms * 3 {
+            return Err(bad("--election-timeout-ms must be at least three heartbeats (--heartbeat-ms)"));
+        }
+        let snapshot_threshold = pick!(snapshot_threshold).unwrap_or(5000);
+        if snapshot_threshold == 0 {
+            return Err(bad("--snapshot-threshold must be positive"));
+        }
+        let planted_bug = flags.planted_bug.clone();
+        if let Some(b) = &planted_bug {
+            if !cfg!(feature = "planted-bugs") {
+                return Err(bad(format!("--planted-bug {b}: this build has no planted bugs")));
+            }
+        }
+        Ok(Config {
+            id,
+            data_dir,
+            api_addr,
+            raft_addr,
+            ssh_addr,
+            http_addr,
+            https_addr,
+            advertise_raft_addr,
+            membership,
+            cluster_secret: Secret(secret),
+            internal_tls,
+            domain,
+            tcp_ports,
+            heartbeat: Duration::from_millis(heartbeat_ms),
+            election_timeout: Duration::from_millis(election_ms),
+            snapshot_threshold,
+            max_http_sockets: pick!(max_http_sockets).unwrap_or(10),
+            max_tcp_sockets: pick!(max_tcp_sockets).unwrap_or(5),
+            token_ttl: Duration::from_secs(pick!(token_ttl_secs).unwrap_or(5 * 3600)),
+            log: pick!(log).unwrap_or_else(|| "info".to_string()),
+            planted_bug,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_parses_and_rejects_garbage() {
+        let m = parse_initial_cluster("1=127.0.0.1:7071, 2=127.0.0.2:7071").unwrap();
+        assert_eq!(m.get(&2).map(String::as_str), Some("127.0.0.2:7071"));
+        for bad in ["", "1", "x=127.0.0.1:1", "0=a:1", "1=a:1,1=b:2", "1=nohost", "1=h:0"] {
+            assert!(parse_initial_cluster(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn port_range() {
+        assert_eq!(parse_port_range("20000-20999").unwrap(), (20000, 20999));
+        assert!(parse_port_range("3-2").is_err());
+        assert!(parse_port_range("0-2").is_err());
+        assert!(parse_port_range("a-b").is_err());
+    }
+}

@@ -1,0 +1,28 @@
+//! # mysocket-node
+//!
+//! `mysocketd`: one edge node. It wires the replicated registry (openraft on RocksDB, from
+//! `mysocket-raft-store`) to its transport (tonic gRPC on the internal port) and serves the
+//! REST API on the API port.
+//!
+//! # Layout
+//! - [`config`]: flags, environment and TOML, validated before anything binds.
+//! - [`peers`], [`raft_net`], [`internal`]: node-to-node gRPC, client and server.
+//! - [`cluster`]: writes forwarded to the leader, linearizable reads, membership changes.
+//! - [`bootstrap`]: cluster secrets generated once by the first leader.
+//! - [`http`], [`auth`], [`validate`]: the REST API.
+//! - [`server`]: start-up, background duties and graceful shutdown.
+
+pub mod auth;
+pub mod bootstrap;
+pub mod cluster;
+pub mod config;
+pub mod http;
+pub mod internal;
+pub mod openapi;
+pub mod peers;
+pub mod raft_net;
+pub mod server;
+pub mod sockets;
+pub mod validate;
+
+pub use server::run;

@@ -1,0 +1,42 @@
+//! `mysocketd`: parse and validate the configuration, set up logging, run the node until
+//! SIGTERM or Ctrl-C.
+
+use clap::Parser;
+use mysocket_node::config::Config;
+use mysocket_node::config::Flags;
+
+/// sysexits' EX_CONFIG: the configuration is wrong, retrying will not help.
+const EXIT_CONFIG: i32 = 78;
+
+fn main() {
+    let flags = Flags::parse();
+    let config = match Config::load(flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mysocketd: {e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&config.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = rt.block_on(mysocket_node::run(config, shutdown_signal()));
+    if let Err(e) = result {
+        eprintln!("mysocketd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::signal;
+    use tokio::signal::unix::SignalKind;
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+    }
+}

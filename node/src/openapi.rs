@@ -1,0 +1,53 @@
+//! `GET /openapi.json`: the OpenAPI document, generated from the handlers' annotations and the
+//! API crate's types.
+
+use mysocket_api::types::*;
+use utoipa::openapi::security::ApiKey;
+use utoipa::openapi::security::ApiKeyValue;
+use utoipa::openapi::security::SecurityScheme;
+use utoipa::Modify;
+use utoipa::OpenApi;
+
+struct TokenHeader;
+
+impl Modify for TokenHeader {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("token", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-access-token"))));
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "mysocket", description = "Accounts, sockets, tunnels and the cluster; compatible with the mysocket.io API."),
+    paths(
+        crate::http::healthz,
+        crate::http::readyz,
+        crate::http::cluster,
+        crate::http::digest,
+        crate::http::add_node,
+        crate::http::remove_node,
+        crate::http::create_user,
+        crate::http::login,
+        crate::http::refresh,
+        crate::http::get_user,
+        crate::sockets::list,
+        crate::sockets::list_connect,
+        crate::sockets::create,
+        crate::sockets::connect,
+        crate::sockets::show,
+        crate::sockets::remove,
+        crate::sockets::list_tunnels,
+        crate::sockets::create_tunnel,
+        crate::sockets::show_tunnel,
+        crate::sockets::remove_tunnel,
+    ),
+    components(schemas(ErrorBody, ClusterView, NodeView, AddNode, DigestView, Health, UserCreate, User, Login, TokenReply, SocketCreate, Socket, Tunnel)),
+    modifiers(&TokenHeader)
+)]
+pub struct ApiDoc;
+
+/// The document as served.
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}

@@ -1,0 +1,248 @@
+//! Start-up, background duties and graceful shutdown of one node.
+//!
+//! Order on start: bind listeners (a busy port fails before any state is touched), open
+//! storage, start Raft and the internal server, form or join the cluster, serve the API.
+//! Order on shutdown: stop accepting, drain in-flight requests (bounded), stop Raft, close
+//! storage.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use mysocket_api::internal::internal_server::InternalServer;
+use mysocket_api::ApiClient;
+use mysocket_raft_store::Command;
+use mysocket_raft_store::NodeRecord;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::BasicNode;
+use openraft::ServerState;
+use openraft::SnapshotPolicy;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cluster::now_ms;
+use crate::cluster::Node;
+use crate::cluster::NodeRef;
+use crate::config::Config;
+use crate::config::Membership;
+use crate::internal::CheckCredential;
+use crate::internal::InternalService;
+use crate::peers::Peers;
+use crate::peers::MAX_MESSAGE;
+use crate::raft_net::NetworkFactory;
+
+/// How long in-flight requests get to finish after SIGTERM.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen for {what} on {addr}"))
+}
+
+fn raft_config(cfg: &Config) -> anyhow::Result<Arc<openraft::Config>> {
+    let election = cfg.election_timeout.as_millis() as u64;
+    let c = openraft::Config {
+        cluster_name: "mysocket".into(),
+        heartbeat_interval: cfg.heartbeat.as_millis() as u64,
+        election_timeout_min: election,
+        election_timeout_max: election * 2,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_threshold),
+        // Keep some log after a snapshot so a briefly lagging follower catches up from the log,
+        // but never more than the threshold, so a long-gone one needs the snapshot.
+        max_in_snapshot_log_to_keep: (cfg.snapshot_threshold / 5).min(1000),
+        install_snapshot_timeout: 10_000,
+        enable_pre_vote: Some(true),
+        ..Default::default()
+    };
+    Ok(Arc::new(c.validate().context("raft configuration")?))
+}
+
+/// Runs a node until `shutdown` resolves, then shuts it down gracefully.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let api_listener = bind(cfg.api_addr, "the API").await?;
+    let raft_listener = bind(cfg.raft_addr, "Raft").await?;
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+
+    let (log_store, state_machine) = mysocket_raft_store::open(&cfg.data_dir)
+        .with_context(|| format!("cannot open the data in {}", cfg.data_dir.display()))?;
+    let registry = state_machine.registry();
+    let peers = Peers::new(&cfg.cluster_secret.0, cfg.internal_tls.as_ref()).map_err(anyhow::Error::msg)?;
+    let network = NetworkFactory { peers: peers.clone() };
+    let raft = mysocket_raft_store::Raft::new(cfg.id, raft_config(&cfg)?, network, log_store, state_machine.clone())
+        .await
+        .context("start raft")?;
+    let node: NodeRef = Arc::new(Node {
+        id: cfg.id,
+        config: cfg.clone(),
+        raft: raft.clone(),
+        registry,
+        state_machine,
+        peers,
+    });
+
+    let root = CancellationToken::new();
+    let tasks = TaskTracker::new();
+
+    // Internal gRPC server.
+    {
+        let svc = InternalServer::with_interceptor(
+            InternalService { node: node.clone() },
+            CheckCredential { secret: Arc::new(cfg.cluster_secret.0.as_bytes().to_vec()) },
+        );
+        let mut builder = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(5)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)));
+        if let Some(tls) = &cfg.internal_tls {
+            let t = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+                .client_ca_root(tonic::transport::Certificate::from_pem(&tls.ca_pem));
+            builder = builder.tls_config(t).context("internal TLS configuration")?;
+        }
+        let _ = MAX_MESSAGE;
+        let router = builder.add_service(svc);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(raft_listener);
+        let stop = root.child_token();
+        tasks.spawn(async move {
+            if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop.cancelled()).await {
+                tracing::error!(error = %e, "internal server failed");
+            }
+        });
+    }
+
+    match &cfg.membership {
+        Membership::Initial(members) => {
+            if !raft.is_initialized().await.context("raft state")? {
+                let nodes: BTreeMap<u64, BasicNode> =
+                    members.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
+                tracing::info!(?members, "initializing a new cluster");
+                if let Err(e) = raft.initialize(nodes).await {
+                    // Every initial member initializes with the same list; a peer may have
+                    // already replicated it to us.
+                    tracing::info!(error = %e, "initialize skipped");
+                }
+            }
+        }
+        Membership::Join(urls) => {
+            let (node, urls, stop) = (node.clone(), urls.clone(), root.child_token());
+            tasks.spawn(async move { join(node, urls, stop).await });
+        }
+        Membership::Existing => tracing::info!("restarting with existing state"),
+    }
+
+    {
+        let (node, stop) = (node.clone(), root.child_token());
+        tasks.spawn(async move { duties(node, stop).await });
+    }
+
+    // REST API.
+    {
+        let app = crate::http::router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let stop = root.child_token();
+        tasks.spawn(async move {
+            let serve = axum::serve(api_listener, app).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "API server failed");
+            }
+        });
+    }
+
+    tracing::info!(id = cfg.id, api = %cfg.api_addr, raft = %cfg.raft_addr, "node started");
+    shutdown.await;
+
+    tracing::info!("shutting down: no new connections, draining");
+    root.cancel();
+    tasks.close();
+    if tokio::time::timeout(DRAIN_GRACE, tasks.wait()).await.is_err() {
+        tracing::warn!("some requests did not finish within {DRAIN_GRACE:?}");
+    }
+    tracing::info!("stopping raft");
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    drop(node);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Asks a running cluster to add this node, until it answers or we are stopped.
+async fn join(node: NodeRef, urls: Vec<String>, stop: CancellationToken) {
+    let client = ApiClient::new(urls.clone());
+    let mut delay = Duration::from_millis(200);
+    loop {
+        if node.is_member() {
+            tracing::info!("joined the cluster");
+            return;
+        }
+        match client.add_node(node.id, &node.config.advertise_raft_addr).await {
+            Ok(_) => {
+                tracing::info!(?urls, "joined the cluster");
+                return;
+            }
+            Err(e) if e.status().map(|s| s.is_client_error()).unwrap_or(false) => {
+                tracing::error!(error = %e, "the cluster refused to add this node");
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "join failed; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Background duties: the first leader generates the cluster secrets, and every member keeps
+/// its own addresses registered.
+async fn duties(node: NodeRef, stop: CancellationToken) {
+    let mut metrics = node.raft.metrics();
+    loop {
+        if let Err(e) = duty_pass(&node).await {
+            tracing::debug!(error = %e, "duty pass");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = metrics.changed() => {}
+        }
+    }
+}
+
+async fn duty_pass(node: &NodeRef) -> anyhow::Result<()> {
+    let m = node.metrics();
+    if m.current_leader.is_none() || !node.is_member() {
+        return Ok(());
+    }
+    if m.state == ServerState::Leader && node.read(|r| r.config().is_none()) {
+        let cfg = &node.config;
+        let material = crate::bootstrap::generate(&cfg.domain, cfg.tcp_ports, now_ms()).map_err(anyhow::Error::msg)?;
+        tracing::info!(domain = %cfg.domain, "bootstrapping cluster secrets");
+        node.write(Command::Bootstrap(material)).await?;
+    }
+    let cfg = &node.config;
+    let me = NodeRecord {
+        node_id: node.id,
+        raft_addr: cfg.advertise_raft_addr.clone(),
+        api_addr: cfg.api_addr.to_string(),
+        ssh_addr: cfg.ssh_addr.to_string(),
+        http_addr: cfg.http_addr.to_string(),
+        https_addr: cfg.https_addr.to_string(),
+        alive: true,
+        changed_at_ms: 0,
+    };
+    let registered = node.read(|r| {
+        r.node(node.id).map(|n| {
+            n.alive && n.raft_addr == me.raft_addr && n.api_addr == me.api_addr && n.ssh_addr == me.ssh_addr
+                && n.http_addr == me.http_addr && n.https_addr == me.https_addr
+        })
+    });
+    if registered != Some(true) && !node.read(|r| r.is_retired(node.id)) {
+        node.write(Command::RegisterNode(me)).await?;
+        tracing::info!("registered node addresses");
+    }
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! The REST control plane against a real three-node cluster: each step through a different
+//! node, isolation between accounts, bad input (clear error, nothing changed), tokens across a
+//! leader change.
+
+mod support;
+
+use std::time::Duration;
+
+use mysocket_api::ApiClient;
+use mysocket_api::SocketCreate;
+use reqwest::StatusCode;
+use serde_json::json;
+use serde_json::Value;
+use support::*;
+
+async fn logged_in(c: &TestCluster, via: u64, n: usize) -> (ApiClient, String) {
+    let u = c.api(via).create_user(&user(n)).await.unwrap();
+    let t = c.api(via).login(&user(n).email, &user(n).password).await.unwrap();
+    (c.api(via).with_token(t.token.clone()), u.user_id)
+}
+
+fn sock(name: &str, t: &str) -> SocketCreate {
+    SocketCreate { name: name.into(), socket_type: Some(t.into()), ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn original_client_flows_work_through_any_node() {
+    let c = TestCluster::builder().start().await;
+    let u = c.api(1).create_user(&user(1)).await.unwrap();
+    assert_eq!(u.user_name, u.user_id.replace('-', ""));
+    let token = c.api(2).login(&user(1).email, &user(1).password).await.unwrap().token;
+    assert_eq!(mysocket_api::token_user_id(&token).as_deref(), Some(u.user_id.as_str()));
+    let via = |id: u64| c.api(id).with_token(token.clone());
+
+    assert_eq!(via(3).get_user(&u.user_id).await.unwrap().email, user(1).email);
+
+    // A socket created through node 1 is listed at once through node 3.
+    let http = via(1).create_socket(&sock("web", "HTTP")).await.unwrap();
+    assert_eq!(http.socket_type, "http");
+    assert_eq!(http.socket_tcp_ports, vec![80, 443]);
+    assert!(http.dnsname.ends_with(".localhost"), "{}", http.dnsname);
+    let label = http.dnsname.trim_end_matches(".localhost");
+    let parts: Vec<&str> = label.split('-').collect();
+    assert_eq!(parts.len(), 3, "{label}");
+    assert!(parts[2].len() == 4 && parts[2].chars().all(|c| c.is_ascii_digit()));
+    let listed = via(3).sockets().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].socket_id, http.socket_id);
+
+    let tcp = via(2).create_socket(&sock("ssh", "tcp")).await.unwrap();
+    assert_eq!(tcp.socket_tcp_ports.len(), 1);
+    assert!((20000..=20999).contains(&tcp.socket_tcp_ports[0]));
+
+    // POST /connect: a socket with one tunnel and the caller's user_name.
+    let conn = via(2).connect(&sock("demo", "http")).await.unwrap();
+    assert_eq!(conn.tunnels.len(), 1);
+    assert_eq!(conn.user_name, u.user_name);
+    assert!(conn.tunnels[0].tunnel_server.ends_with(":2222"));
+
+    // Tunnels: create, list, show, delete, each through another node.
+    let t2 = via(3).create_tunnel(&conn.socket_id).await.unwrap();
+    assert_ne!(t2.local_port, conn.tunnels[0].local_port, "relay ports are unique in an account");
+    assert_eq!(via(1).tunnels(&conn.socket_id).await.unwrap().len(), 2);
+    let shown = via(2).tunnel(&conn.socket_id, &t2.tunnel_id).await.unwrap();
+    assert_eq!((shown.tunnel_id, shown.local_port), (t2.tunnel_id.clone(), t2.local_port));
+    via(1).delete_tunnel(&conn.socket_id, &t2.tunnel_id).await.unwrap();
+    assert_eq!(via(3).tunnels(&conn.socket_id).await.unwrap().len(), 1);
+    let e = via(2).tunnel(&conn.socket_id, &t2.tunnel_id).await.unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::NOT_FOUND));
+
+    // Deleting a socket deletes its tunnels and frees its port and name.
+    via(3).delete_socket(&tcp.socket_id).await.unwrap();
+    via(1).delete_socket(&conn.socket_id).await.unwrap();
+    assert_eq!(via(2).socket(&conn.socket_id).await.unwrap_err().status(), Some(StatusCode::NOT_FOUND));
+    let d = c.converged().await;
+    assert_eq!((d.sockets, d.tunnels), (1, 0));
+
+    // A refreshed token works too.
+    let t = via(1).refresh().await.unwrap().token;
+    assert_eq!(c.api(3).with_token(t).sockets().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_are_isolated() {
+    let c = TestCluster::builder().start().await;
+    let (a, a_id) = logged_in(&c, 1, 1).await;
+    let (b, b_id) = logged_in(&c, 2, 2).await;
+    let s = a.connect(&sock("mine", "tcp")).await.unwrap();
+    let tid = s.tunnels[0].tunnel_id.clone();
+    let before = c.converged().await;
+
+    assert!(b.sockets().await.unwrap().is_empty());
+    for e in [
+        b.socket(&s.socket_id).await.unwrap_err(),
+        b.delete_socket(&s.socket_id).await.unwrap_err(),
+        b.tunnels(&s.socket_id).await.unwrap_err(),
+        b.create_tunnel(&s.socket_id).await.unwrap_err(),
+        b.tunnel(&s.socket_id, &tid).await.err().unwrap(),
+        b.delete_tunnel(&s.socket_id, &tid).await.unwrap_err(),
+        b.get_user(&a_id).await.unwrap_err(),
+    ] {
+        assert_eq!(e.status(), Some(StatusCode::NOT_FOUND), "{e}");
+    }
+    assert_eq!(c.converged().await.digest, before.digest, "another account's calls changed state");
+    assert_eq!(a.get_user(&a_id).await.unwrap().user_id, a_id);
+    assert_eq!(b.get_user(&b_id).await.unwrap().user_id, b_id);
+    assert_eq!(a.socket(&s.socket_id).await.unwrap().tunnels.len(), 1);
+}
+
+async fn raw(method: reqwest::Method, url: String, token: Option<&str>, body: Option<Vec<u8>>) -> (StatusCode, Value) {
+    let mut r = reqwest::Client::new().request(method, url);
+    if let Some(t) = token {
+        r = r.header("x-access-token", t);
+    }
+    if let Some(b) = body {
+        r = r.header("content-type", "application/json").body(b);
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text:?}"));
+    (status, v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    use reqwest::Method;
+    let c = TestCluster::builder().arg("--max-http-sockets").arg("2").start().await;
+    let (a, _) = logged_in(&c, 1, 1).await;
+    let token = c.api(1).login(&user(1).email, &user(1).password).await.unwrap().token;
+    let base = c.nodes[&2].api_url();
+    a.create_socket(&sock("one", "http")).await.unwrap();
+    let before = c.converged().await;
+
+    let good_user = serde_json::to_value(user(5)).unwrap();
+    let with = |k: &str, v: Value| {
+        let mut u = good_user.clone();
+        u[k] = v;
+        serde_json::to_vec(&u).unwrap()
+    };
+    let cases: Vec<(Method, &str, Option<&str>, Option<Vec<u8>>, u16, &str)> = vec![
+        (Method::POST, "/user", None, Some(b"{not json".to_vec()), 400, "invalid JSON"),
+        (Method::POST, "/user", None, Some(br#"{"name": 5}"#.to_vec()), 400, "invalid JSON"),
+        (Method::POST, "/user", None, Some(br#"[]"#.to_vec()), 400, "invalid JSON"),
+        (Method::POST, "/user", None, Some(vec![b' '; 200 * 1024]), 413, "larger than"),
+        (Method::POST, "/user", None, Some(with("email", json!("not-an-email"))), 400, "email"),
+        (Method::POST, "/user", None, Some(with("email", json!(user(1).email.to_uppercase()))), 409, "already exists"),
+        (Method::POST, "/user", None, Some(with("sshkey", json!("ssh-ed25519 AAAAnope"))), 400, "sshkey"),
+        (Method::POST, "/user", None, Some(with("sshkey", json!(""))), 400, "sshkey"),
+        (Method::POST, "/user", None, Some(with("password", json!("123"))), 400, "password"),
+        (Method::POST, "/user", None, Some(with("name", json!("x".repeat(500)))), 400, "name"),
+        (Method::POST, "/login", None, Some(br#"{"email":"user1@example.com","password":"wrong-one"}"#.to_vec()), 401, "wrong email or password"),
+        (Method::POST, "/login", None, Some(br#"{"email":"nobody@example.com","password":"whatever"}"#.to_vec()), 401, "wrong email or password"),
+        (Method::GET, "/socket", None, None, 401, "token"),
+        (Method::GET, "/socket", Some("garbage"), None, 401, "token"),
+        (Method::GET, "/socket", Some("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJ1c2VyX2lkIjoieCIsImV4cCI6OTk5OTk5OTk5OX0."), None, 401, "token"),
+        (Method::POST, "/socket", Some(&token), Some(br#"{"name":"x","socket_type":"udp"}"#.to_vec()), 400, "socket_type"),
+        (Method::POST, "/socket", Some(&token), Some(br#"{"name":"x","protected_socket":true}"#.to_vec()), 400, "protected"),
+        (Method::POST, "/socket", Some(&token), Some(br#"{"name":"x","protected_socket":"yes"}"#.to_vec()), 400, "invalid JSON"),
+        (Method::POST, "/socket", Some(&token), Some(br#"{"name":"x","cloud_authentication_email_allowed_addressses":["nope"]}"#.to_vec()), 400, "email"),
+        (Method::GET, "/socket/not-a-uuid", Some(&token), None, 404, "not found"),
+        (Method::DELETE, "/socket/00000000-0000-0000-0000-000000000000", Some(&token), None, 404, "not found"),
+        (Method::GET, "/socket/00000000-0000-0000-0000-000000000000/tunnel", Some(&token), None, 404, "not found"),
+        (Method::GET, "/no/such/path", None, None, 404, "no such endpoint"),
+        (Method::POST, "/cluster/nodes", None, Some(br#"{"id":"x"}"#.to_vec()), 400, "invalid JSON"),
+        (Method::DELETE, "/cluster/nodes/abc", None, None, 400, "node id"),
+    ];
+    for (m, path, tok, body, want, msg) in cases {
+        let (status, v) = raw(m.clone(), format!("{base}{path}"), tok, body).await;
+        assert_eq!(status.as_u16(), want, "{m} {path}: {v}");
+        let message = v["message"].as_str().unwrap_or_else(|| panic!("{m} {path}: no message in {v}"));
+        assert!(message.to_lowercase().contains(&msg.to_lowercase()), "{m} {path}: {message:?} should mention {msg:?}");
+    }
+    // The limit: a second http socket is fine, a third is refused.
+    a.create_socket(&sock("two", "https")).await.unwrap();
+    let mid = c.converged().await;
+    let e = a.create_socket(&sock("three", "http")).await.unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::FORBIDDEN), "{e}");
+    // Unknown fields are tolerated, as the original client sends extra ones.
+    let (status, _) = raw(
+        Method::POST,
+        format!("{base}/login"),
+        None,
+        Some(serde_json::to_vec(&json!({"email": user(1).email, "password": user(1).password, "extra": [1, 2]})).unwrap()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let after = c.converged().await;
+    assert_eq!(after.digest, mid.digest, "refused requests changed state");
+    assert_eq!(after.accounts, before.accounts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_from_before_a_leader_change_still_works() {
+    let mut c = TestCluster::builder().start().await;
+    let (_, _) = logged_in(&c, 1, 1).await;
+    let token = c.api(2).login(&user(1).email, &user(1).password).await.unwrap().token;
+    let leader = c.agreed_leader(Duration::from_secs(10)).await;
+    c.kill9(leader);
+    let new_leader = c.agreed_leader(Duration::from_secs(20)).await;
+    assert_ne!(leader, new_leader);
+    let other = c.running().into_iter().find(|id| *id != new_leader).unwrap();
+    let api = c.api(other).with_token(token);
+    api.create_socket(&sock("after", "tls")).await.unwrap();
+    assert_eq!(api.sockets().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_matches_the_routes_and_the_committed_copy() {
+    let c = TestCluster::builder().nodes(1).start().await;
+    let base = c.nodes[&1].api_url();
+    let doc: Value = reqwest::get(format!("{base}/openapi.json")).await.unwrap().json().await.unwrap();
+    let committed_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../api/openapi.json");
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(&committed_path, serde_json::to_string_pretty(&doc).unwrap() + "\n").unwrap();
+    }
+    let committed: Value = serde_json::from_str(&std::fs::read_to_string(&committed_path).unwrap()).unwrap();
+    assert_eq!(doc, committed, "the API changed: review it and rerun with UPDATE_OPENAPI=1");
+
+    // Every documented path and method is routed (an unauthenticated call is refused by the
+    // handler, not answered by the fallback or with 405).
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 15);
+    for (path, methods) in paths {
+        let concrete = path
+            .replace("{socket_id}", "00000000-0000-0000-0000-000000000001")
+            .replace("{tunnel_id}", "00000000-0000-0000-0000-000000000002")
+            .replace("{user_id}", "00000000-0000-0000-0000-000000000003")
+            .replace("{id}", "99");
+        for method in methods.as_object().unwrap().keys() {
+            let m: reqwest::Method = method.to_uppercase().parse().unwrap();
+            let resp = reqwest::Client::new().request(m.clone(), format!("{base}{concrete}")).body("{}").send().await.unwrap();
+            let status = resp.status();
+            let text = resp.text().await.unwrap();
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path} is documented but not routed");
+            assert!(!text.contains("no such endpoint"), "{method} {path} is documented but not routed");
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The replicated registry with real `mysocketd` processes: replication, leader failover,
+//! catch-up after restart and by snapshot, kill -9 of the whole cluster, membership changes,
+//! the cluster credential, and configuration errors.
+
+mod support;
+
+use std::time::Duration;
+use std::time::Instant;
+
+use mysocket_api::internal::internal_client::InternalClient;
+use mysocket_api::internal::Empty;
+use mysocket_api::ApiClient;
+use support::*;
+
+async fn create_users(api: &ApiClient, range: std::ops::Range<usize>) {
+    for n in range {
+        let u = api.create_user(&user(n)).await.unwrap_or_else(|e| panic!("create user {n}: {e}"));
+        assert_eq!(u.email, user(n).email);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_fail_over_and_catch_up() {
+    let mut c = TestCluster::builder().start().await;
+
+    // Writes through each node are visible through every other node at once (linearizable).
+    for (i, via) in [1u64, 2, 3].iter().enumerate() {
+        c.api(*via).create_user(&user(i)).await.unwrap();
+        for other in [1u64, 2, 3] {
+            c.api(other).login(&user(i).email, &user(i).password).await.unwrap_or_else(|e| {
+                panic!("user created via node {via} cannot log in via node {other}: {e}")
+            });
+        }
+    }
+    let d = c.converged().await;
+    assert_eq!(d.accounts, 3);
+
+    // GET /cluster shows all three, one leader, every address registered.
+    let view = c.api(2).cluster().await.unwrap();
+    assert_eq!(view.nodes.len(), 3);
+    assert!(view.nodes.iter().all(|n| n.voter && !n.api_addr.is_empty() && n.last_applied.is_some()));
+    let leader = view.leader.expect("a leader");
+
+    // kill -9 the leader: the other two agree on a new one and writes resume.
+    let t0 = Instant::now();
+    c.kill9(leader);
+    let new_leader = c.agreed_leader(Duration::from_secs(20)).await;
+    let failover = t0.elapsed();
+    eprintln!("leader failover (kill -9 of node {leader} until the others agree on node {new_leader}): {failover:?}");
+    assert_ne!(new_leader, leader);
+    let survivor = c.running()[0];
+    create_users(&c.api(survivor), 3..8).await;
+
+    // The killed node restarts and catches up.
+    c.restart(leader);
+    c.wait_ready().await;
+    let d = c.converged().await;
+    assert_eq!(d.accounts, 8);
+    c.api(leader).login(&user(7).email, &user(7).password).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_all_three_keeps_every_acknowledged_write() {
+    let mut c = TestCluster::builder().start().await;
+    // Concurrent writers through all nodes; every acknowledged write must survive.
+    let mut tasks = Vec::new();
+    for w in 0..3u64 {
+        let api = c.api(w + 1);
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..8usize {
+                let n = (w as usize) * 100 + i;
+                if api.create_user(&user(n)).await.is_ok() {
+                    acked.push(n);
+                }
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    assert_eq!(acked.len(), 24, "all writes acknowledged in a healthy cluster");
+    for id in [1, 2, 3] {
+        c.kill9(id);
+    }
+    for id in [1, 2, 3] {
+        c.restart(id);
+    }
+    c.wait_ready().await;
+    let d = c.converged().await;
+    assert_eq!(d.accounts, acked.len());
+    for n in acked {
+        c.api(1 + (n as u64 % 3)).login(&user(n).email, &user(n).password).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_behind_a_compacted_log_catches_up_by_snapshot() {
+    let mut c = TestCluster::builder().snapshot_threshold(10).start().await;
+    c.kill9(3);
+    let api = ApiClient::new([c.nodes[&1].api_url(), c.nodes[&2].api_url()]);
+    create_users(&api, 0..30).await;
+    // The leader has compacted past what node 3 has.
+    let leader = c.agreed_leader(Duration::from_secs(10)).await;
+    let ld = c.api(leader).digest().await.unwrap();
+    assert!(ld.purged_index.unwrap_or(0) > 5, "leader did not compact its log: {ld:?}");
+    c.restart(3);
+    c.wait_ready().await;
+    let d = c.converged().await;
+    assert_eq!(d.accounts, 30);
+    let d3 = c.api(3).digest().await.unwrap();
+    assert!(d3.snapshots_installed >= 1, "node 3 caught up without a snapshot: {d3:?}");
+    c.api(3).login(&user(29).email, &user(29).password).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_node_joins_and_one_is_removed_while_writes_continue() {
+    let mut c = TestCluster::builder().start().await;
+    let urls: Vec<String> = [1u64, 2, 3].iter().map(|id| c.nodes[id].api_url()).collect();
+
+    let writer = {
+        // Through the two nodes that stay; node 1 is removed and stopped meanwhile.
+        let api = ApiClient::new(urls[1..].to_vec());
+        tokio::spawn(async move {
+            let mut n = 1000;
+            let mut ok = 0;
+            let stop = Instant::now() + Duration::from_secs(8);
+            while Instant::now() < stop {
+                api.create_user(&user(n)).await.unwrap_or_else(|e| panic!("write {n} failed during membership change: {e}"));
+                ok += 1;
+                n += 1;
+            }
+            ok
+        })
+    };
+
+    c.spawn(4, vec!["--join".into(), urls.join(",")]);
+    let api = c.api(1);
+    eventually(Duration::from_secs(30), "node 4 to become a voter", || {
+        let api = api.clone();
+        async move {
+            let v = api.cluster().await.ok()?;
+            v.nodes.iter().any(|n| n.id == 4 && n.voter).then_some(())
+        }
+    })
+    .await;
+
+    c.api(2).remove_node(1).await.unwrap();
+    c.kill9(1);
+    let written = writer.await.unwrap();
+    assert!(written > 0);
+
+    let view = c.api(4).cluster().await.unwrap();
+    let ids: Vec<u64> = view.nodes.iter().map(|n| n.id).collect();
+    assert_eq!(ids, vec![2, 3, 4]);
+    let d = c.converged().await;
+    assert_eq!(d.accounts, written);
+
+    // A removed id is never reused; a member id at another address is refused.
+    let err = c.api(2).add_node(1, &c.node_raft_addr(1)).await.unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(409), "{err}");
+    let err = c.api(2).add_node(3, "127.0.0.99:7071").await.unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(409), "{err}");
+    let err = c.api(2).add_node(0, "x").await.unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(400), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_the_cluster_credential_is_refused() {
+    let c = TestCluster::builder().start().await;
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.node_raft_addr(1)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // No credential.
+    let err = InternalClient::new(ch.clone()).node_status(Empty {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    // A wrong credential, also for a Raft message.
+    let mut wrong = InternalClient::with_interceptor(ch.clone(), |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert(mysocket_api::CLUSTER_CREDENTIAL_HEADER, "not-the-secret-at-all".parse().unwrap());
+        Ok(r)
+    });
+    let err = wrong.vote(mysocket_api::internal::Blob { json: b"{}".to_vec() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    // The right one works.
+    let secret = c.secret.clone();
+    let mut right = InternalClient::with_interceptor(ch, move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert(mysocket_api::CLUSTER_CREDENTIAL_HEADER, secret.parse().unwrap());
+        Ok(r)
+    });
+    assert_eq!(right.node_status(Empty {}).await.unwrap().get_ref().node_id, 1);
+    assert!(c.log(1).contains("refused internal call"), "the refusal is logged");
+    // The cluster is unharmed.
+    c.api(1).create_user(&user(1)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_down_gracefully_and_restart_keeps_state() {
+    let mut c = TestCluster::builder().start().await;
+    c.api(1).create_user(&user(1)).await.unwrap();
+    let status = c.sigterm(2);
+    assert!(status.success(), "SIGTERM exit status {status:?}");
+    assert!(c.log(2).contains("stopped"));
+    c.restart(2);
+    c.wait_ready().await;
+    c.converged().await;
+    c.api(2).login(&user(1).email, &user(1).password).await.unwrap();
+}

@@ -1,0 +1,75 @@
+//! Bad flags and bad config files: a clear message and a non-zero exit, before anything binds.
+
+mod support;
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(support::mysocketd()).args(args).env_remove("MYSOCKET_CONFIG").output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn bad_flags_are_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123").unwrap();
+    let data = dir.path().join("data");
+    let (s, d) = (secret.to_str().unwrap(), data.to_str().unwrap());
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--cluster-secret-file", s, "--initial-cluster", "1=127.0.0.1:7071"], "--id is required"),
+        (vec!["--id", "0", "--cluster-secret-file", s], "positive integer"),
+        (vec!["--id", "1", "--data-dir", d, "--cluster-secret-file", s], "--initial-cluster"),
+        (vec!["--id", "1", "--data-dir", d, "--cluster-secret-file", s, "--initial-cluster", "1=nohost"], "HOST:PORT"),
+        (vec!["--id", "2", "--data-dir", d, "--cluster-secret-file", s, "--initial-cluster", "1=127.0.0.1:7071"], "does not include"),
+        (vec!["--id", "1", "--data-dir", d, "--initial-cluster", "1=127.0.0.1:7071"], "cluster credential"),
+        (vec!["--id", "1", "--data-dir", d, "--cluster-secret", "short", "--initial-cluster", "1=127.0.0.1:7071"], "at least 16"),
+        (vec!["--id", "1", "--data-dir", d, "--cluster-secret-file", "/nonexistent/secret", "--initial-cluster", "1=127.0.0.1:7071"], "cannot read"),
+        (vec!["--id", "1", "--data-dir", d, "--cluster-secret-file", s, "--initial-cluster", "1=127.0.0.1:7071", "--tcp-ports", "9-3"], "MIN-MAX"),
+        (vec!["--id", "1", "--data-dir", d, "--cluster-secret-file", s, "--initial-cluster", "1=127.0.0.1:7071", "--join", "http://x:7070"], "not both"),
+        (vec!["--id", "1", "--data-dir", d, "--cluster-secret-file", s, "--initial-cluster", "1=127.0.0.1:7071", "--host", "nope"], "not an IP"),
+        (vec!["--id", "1", "--data-dir", d, "--cluster-secret-file", s, "--initial-cluster", "1=127.0.0.1:7071", "--internal-tls-cert", s], "internal TLS needs"),
+        (vec!["--id", "x"], "invalid value"),
+        (vec!["--no-such-flag"], "unexpected argument"),
+    ];
+    for (args, want) in cases {
+        let (code, err) = run(&args);
+        assert_ne!(code, 0, "{args:?} should fail");
+        assert!(err.contains(want), "{args:?}: stderr {err:?} should mention {want:?}");
+    }
+    assert!(!data.exists(), "nothing is created when the configuration is refused");
+}
+
+#[test]
+fn bad_config_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let cases = [
+        (write("syntax.toml", "id = [unclosed"), "config file"),
+        (write("unknown.toml", "id = 1\nno_such_setting = true\n"), "unknown field"),
+        (write("type.toml", "id = \"one\"\n"), "invalid type"),
+    ];
+    for (path, want) in cases {
+        let (code, err) = run(&["--config", &path]);
+        assert_ne!(code, 0);
+        assert!(err.contains(want), "{path}: stderr {err:?} should mention {want:?}");
+    }
+    let (code, err) = run(&["--config", "/nonexistent.toml"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot read config file"), "{err}");
+}
+
+#[test]
+fn a_good_config_file_is_used_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("node.toml");
+    std::fs::write(&p, "id = 1\ncluster_secret = \"0123456789abcdef0123\"\ninitial_cluster = \"1=127.0.0.1:7071\"\ntcp_ports = \"5-1\"\n").unwrap();
+    // The file's bad port range is reported: the file was read.
+    let (code, err) = run(&["--config", p.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("MIN-MAX"), "{err}");
+}

@@ -1,0 +1,302 @@
+//! `TestCluster`: real `mysocketd` processes on their own loopback addresses, for integration
+//! tests. Each test process gets its own 127.A.B.0/24 block (from its pid) and each cluster in
+//! it a slot of eight addresses, so tests run in parallel without port clashes.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::sync::atomic::AtomicU8;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use mysocket_api::ApiClient;
+use mysocket_api::UserCreate;
+
+pub const SSH_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEKB/+HUsFGo5IjxjdpUNkfai/lOgRCdHyy1c7BmPvcN test@mysocket";
+
+static SLOT: AtomicU8 = AtomicU8::new(0);
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` saying what was awaited.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `mysocketd` under test: Cargo's path when the test belongs to the node package, else
+/// the release binary beside the test executable (`target/release/deps/..` -> `target/release`).
+pub fn mysocketd() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_mysocketd") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let p = exe.parent().and_then(|d| d.parent()).expect("target dir").join("mysocketd");
+    assert!(p.exists(), "{} not built; run cargo build --release --workspace first", p.display());
+    p
+}
+
+pub struct TestNode {
+    pub id: u64,
+    pub ip: String,
+    pub child: Option<Child>,
+    pub args: Vec<String>,
+}
+
+impl TestNode {
+    pub fn api_url(&self) -> String {
+        format!("http://{}:7070", self.ip)
+    }
+    pub fn raft_addr(&self) -> String {
+        format!("{}:7071", self.ip)
+    }
+}
+
+pub struct Builder {
+    nodes: u64,
+    snapshot_threshold: u64,
+    extra: Vec<String>,
+}
+
+impl Builder {
+    pub fn nodes(mut self, n: u64) -> Self {
+        self.nodes = n;
+        self
+    }
+    pub fn snapshot_threshold(mut self, n: u64) -> Self {
+        self.snapshot_threshold = n;
+        self
+    }
+    pub fn arg(mut self, a: &str) -> Self {
+        self.extra.push(a.to_string());
+        self
+    }
+
+    /// Starts the nodes and waits until the cluster is ready (leader, bootstrap done).
+    pub async fn start(self) -> TestCluster {
+        let slot = SLOT.fetch_add(1, Ordering::SeqCst);
+        assert!(slot < 31, "too many clusters in one test process");
+        let pid = std::process::id();
+        let base = format!("127.{}.{}", (pid >> 8) & 0xff, pid & 0xff);
+        let dir = tempfile::Builder::new().prefix("mysocket-test-").tempdir().expect("temp dir");
+        let secret = format!("test-secret-{pid}-{slot}-0123456789");
+        std::fs::write(dir.path().join("secret"), &secret).unwrap();
+        let mut c = TestCluster {
+            dir,
+            base,
+            slot,
+            secret,
+            snapshot_threshold: self.snapshot_threshold,
+            extra: self.extra,
+            nodes: BTreeMap::new(),
+        };
+        let initial: Vec<String> = (1..=self.nodes).map(|id| format!("{id}={}", c.node_raft_addr(id))).collect();
+        let initial = initial.join(",");
+        for id in 1..=self.nodes {
+            c.spawn(id, vec!["--initial-cluster".into(), initial.clone()]);
+        }
+        c.wait_ready().await;
+        c
+    }
+}
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    base: String,
+    slot: u8,
+    pub secret: String,
+    snapshot_threshold: u64,
+    extra: Vec<String>,
+    pub nodes: BTreeMap<u64, TestNode>,
+}
+
+impl TestCluster {
+    pub fn builder() -> Builder {
+        Builder { nodes: 3, snapshot_threshold: 1000, extra: Vec::new() }
+    }
+
+    pub fn node_ip(&self, id: u64) -> String {
+        assert!((1..=7).contains(&id), "node ids 1..=7 fit in a slot");
+        format!("{}.{}", self.base, self.slot as u64 * 8 + id)
+    }
+
+    pub fn node_raft_addr(&self, id: u64) -> String {
+        format!("{}:7071", self.node_ip(id))
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}"))
+    }
+
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}.log"))
+    }
+
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+
+    /// Starts node `id` with the cluster's common flags plus `args`.
+    pub fn spawn(&mut self, id: u64, args: Vec<String>) {
+        let ip = self.node_ip(id);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(id)).unwrap();
+        let mut cmd = Command::new(mysocketd());
+        cmd.arg("--id")
+            .arg(id.to_string())
+            .arg("--host")
+            .arg(&ip)
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .arg("--cluster-secret-file")
+            .arg(self.dir.path().join("secret"))
+            .arg("--heartbeat-ms")
+            .arg("100")
+            .arg("--election-timeout-ms")
+            .arg("1000")
+            .arg("--snapshot-threshold")
+            .arg(self.snapshot_threshold.to_string())
+            .arg("--log")
+            .arg("info")
+            .args(&self.extra)
+            .args(&args)
+            .env_remove("MYSOCKET_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = cmd.spawn().expect("start mysocketd");
+        self.nodes.insert(id, TestNode { id, ip, child: Some(child), args });
+    }
+
+    /// Restarts a stopped node with the arguments it was first started with.
+    pub fn restart(&mut self, id: u64) {
+        let args = self.nodes[&id].args.clone();
+        assert!(self.nodes[&id].child.is_none(), "node {id} is still running");
+        self.spawn(id, args);
+    }
+
+    pub fn kill9(&mut self, id: u64) {
+        if let Some(mut c) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn sigterm(&mut self, id: u64) -> std::process::ExitStatus {
+        let mut c = self.nodes.get_mut(&id).and_then(|n| n.child.take()).expect("node running");
+        // SAFETY-free: `kill` the command, not libc.
+        Command::new("kill").arg("-TERM").arg(c.id().to_string()).status().unwrap();
+        c.wait().unwrap()
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes.values().filter(|n| n.child.is_some()).map(|n| n.id).collect()
+    }
+
+    pub fn api(&self, id: u64) -> ApiClient {
+        ApiClient::new([self.nodes[&id].api_url()])
+    }
+
+    /// Waits until every running node answers `/readyz` with 200.
+    pub async fn wait_ready(&self) {
+        for id in self.running() {
+            let url = format!("{}/readyz", self.nodes[&id].api_url());
+            eventually(Duration::from_secs(30), &format!("node {id} ready"), || {
+                let url = url.clone();
+                async move {
+                    let r = reqwest::get(&url).await.ok()?;
+                    r.status().is_success().then_some(())
+                }
+            })
+            .await;
+        }
+    }
+
+    /// The leader every running node agrees on.
+    pub async fn agreed_leader(&self, timeout: Duration) -> u64 {
+        let ids = self.running();
+        eventually(timeout, "running nodes to agree on a leader", || {
+            let clients: Vec<ApiClient> = ids.iter().map(|id| self.api(*id)).collect();
+            let ids = ids.clone();
+            async move {
+                let mut leader = None;
+                for c in &clients {
+                    let v = c.cluster().await.ok()?;
+                    let l = v.leader?;
+                    if !ids.contains(&l) || leader.is_some_and(|x| x != l) {
+                        return None;
+                    }
+                    leader = Some(l);
+                }
+                leader
+            }
+        })
+        .await
+    }
+
+    /// Waits until all running nodes have applied the same index with the same digest.
+    pub async fn converged(&self) -> mysocket_api::DigestView {
+        let ids = self.running();
+        eventually(Duration::from_secs(30), "replicas to converge", || {
+            let clients: Vec<ApiClient> = ids.iter().map(|id| self.api(*id)).collect();
+            async move {
+                let mut first: Option<mysocket_api::DigestView> = None;
+                for c in &clients {
+                    let d = c.digest().await.ok()?;
+                    match &first {
+                        None => first = Some(d),
+                        Some(f) if f.digest == d.digest && f.last_applied == d.last_applied => {}
+                        Some(_) => return None,
+                    }
+                }
+                first
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.kill9(id);
+        }
+        if std::thread::panicking() {
+            for id in self.nodes.keys() {
+                eprintln!("----- node {id} log (last 60 lines) -----");
+                let log = self.log(*id);
+                let lines: Vec<&str> = log.lines().collect();
+                for l in &lines[lines.len().saturating_sub(60)..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+pub fn user(n: usize) -> UserCreate {
+    UserCreate {
+        name: format!("User {n}"),
+        email: format!("user{n}@example.com"),
+        password: format!("password-{n}"),
+        sshkey: SSH_KEY.to_string(),
+    }
+}

@@ -1,0 +1,298 @@
+//! The replicated domain model: what the registry holds and the commands that change it.
+//!
+//! Everything here is plain data. Commands carry every value that needs randomness or a clock
+//! (ids, name hints, timestamps) so that applying them is deterministic on every node.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::Serialize;
+use uuid::Uuid;
+
+/// Raft node id. Ids are never reused: a removed node's id is retired for good.
+pub type NodeId = u64;
+
+/// A registered user. `user_name` is the SSH login name: the user id without dashes.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub user_id: Uuid,
+    pub name: String,
+    /// Stored as given; uniqueness is checked on the lowercased form.
+    pub email: String,
+    pub user_name: String,
+    /// argon2id PHC string; never leaves the cluster.
+    pub password_hash: String,
+    /// OpenSSH public key line the SSH server authenticates against.
+    pub sshkey: String,
+    pub created_at_ms: u64,
+}
+
+impl fmt::Debug for Account {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Account")
+            .field("user_id", &self.user_id)
+            .field("email", &self.email)
+            .field("user_name", &self.user_name)
+            .field("password_hash", &"MASKED")
+            .finish()
+    }
+}
+
+/// The kind of public endpoint a socket gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SocketType {
+    Http,
+    Https,
+    Tcp,
+    Tls,
+}
+
+impl SocketType {
+    /// Parses a socket type case-insensitively, as the original API did.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "http" => Some(Self::Http),
+            "https" => Some(Self::Https),
+            "tcp" => Some(Self::Tcp),
+            "tls" => Some(Self::Tls),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+        }
+    }
+
+    /// tcp and tls sockets get a port of their own from the cluster's range.
+    pub fn needs_port(self) -> bool {
+        matches!(self, Self::Tcp | Self::Tls)
+    }
+}
+
+/// A public endpoint owned by one account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Socket {
+    pub socket_id: Uuid,
+    pub user_id: Uuid,
+    pub name: String,
+    /// `<adjective>-<noun>-<4 digits>.<domain>`, unique, stable until the socket is deleted.
+    pub dnsname: String,
+    pub socket_type: SocketType,
+    /// Allocated from the cluster's TCP range for tcp/tls sockets.
+    pub port: Option<u16>,
+    pub protected: bool,
+    pub protected_username: Option<String>,
+    pub protected_password: Option<String>,
+    pub cloud_auth_enabled: bool,
+    pub allowed_emails: Vec<String>,
+    pub allowed_domains: Vec<String>,
+    pub created_at_ms: u64,
+}
+
+/// One SSH reverse-forward slot of a socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tunnel {
+    pub tunnel_id: Uuid,
+    pub socket_id: Uuid,
+    pub user_id: Uuid,
+    /// The port the client asks the SSH server to forward; unique within the account.
+    pub local_port: u16,
+    pub created_at_ms: u64,
+}
+
+/// Which node currently holds a tunnel's SSH session, and under which epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelSession {
+    pub tunnel_id: Uuid,
+    pub node_id: NodeId,
+    /// Bumped by every claim; relayed connections carry it so a superseded holder can refuse.
+    pub epoch: u64,
+    pub since_ms: u64,
+}
+
+/// What a node tells the cluster about itself, so others can reach its services.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node_id: NodeId,
+    pub raft_addr: String,
+    pub api_addr: String,
+    pub ssh_addr: String,
+    pub http_addr: String,
+    pub https_addr: String,
+    /// Leader-driven liveness: false once the leader stops hearing from the node.
+    pub alive: bool,
+    pub changed_at_ms: u64,
+}
+
+/// Cluster-wide settings and secrets, generated once at bootstrap and replicated so every node
+/// presents the same host key and certificate and verifies the same tokens.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    pub domain: String,
+    pub tcp_port_min: u16,
+    pub tcp_port_max: u16,
+    /// OpenSSH private key (PEM) the SSH servers present.
+    pub ssh_host_key: String,
+    pub tls_ca_cert: String,
+    pub tls_ca_key: String,
+    /// Wildcard certificate for `*.<domain>`, signed by the CA above.
+    pub tls_cert: String,
+    pub tls_key: String,
+    /// HMAC key for API tokens, hex.
+    pub token_key: String,
+    pub created_at_ms: u64,
+}
+
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("domain", &self.domain)
+            .field("tcp_ports", &(self.tcp_port_min..=self.tcp_port_max))
+            .field("secrets", &"MASKED")
+            .finish()
+    }
+}
+
+/// Per-account limits, set by the proposing node's configuration and checked at apply time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketLimits {
+    pub max_http: u32,
+    pub max_tcp: u32,
+    pub max_tunnels_per_socket: u32,
+}
+
+impl Default for SocketLimits {
+    fn default() -> Self {
+        // The original service allowed 10 http(s) and 5 tcp/tls sockets per account.
+        Self { max_http: 10, max_tcp: 5, max_tunnels_per_socket: 16 }
+    }
+}
+
+/// The socket-creation parameters, already validated by the API layer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewSocket {
+    pub socket_id: Uuid,
+    pub name: String,
+    pub socket_type: SocketType,
+    /// The first label of the dnsname, e.g. `brave-otter-0042`; apply probes for a free one.
+    pub dnsname_hint: String,
+    /// Where to start looking for a free TCP port (tcp/tls only).
+    pub port_hint: u16,
+    pub protected: bool,
+    pub protected_username: Option<String>,
+    pub protected_password: Option<String>,
+    pub cloud_auth_enabled: bool,
+    pub allowed_emails: Vec<String>,
+    pub allowed_domains: Vec<String>,
+}
+
+/// A new tunnel: its id and where to start looking for a free relay port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewTunnel {
+    pub tunnel_id: Uuid,
+    pub local_port_hint: u16,
+}
+
+/// A state change, as proposed to Raft.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Sets the cluster config; only the first one ever applied takes effect.
+    Bootstrap(ClusterConfig),
+    /// Creates or updates a node's addresses and marks it alive.
+    RegisterNode(NodeRecord),
+    /// Leader-driven liveness. Marking a node dead releases every session it holds.
+    SetNodeAlive { node_id: NodeId, alive: bool },
+    /// A node left the membership: its id is never accepted again and its sessions are released.
+    RetireNode { node_id: NodeId },
+    CreateAccount {
+        user_id: Uuid,
+        name: String,
+        email: String,
+        password_hash: String,
+        sshkey: String,
+    },
+    CreateSocket {
+        user_id: Uuid,
+        socket: NewSocket,
+        limits: SocketLimits,
+        /// `POST /connect` creates the socket's first tunnel in the same command.
+        first_tunnel: Option<NewTunnel>,
+    },
+    DeleteSocket { user_id: Uuid, socket_id: Uuid },
+    CreateTunnel { user_id: Uuid, socket_id: Uuid, tunnel: NewTunnel, limits: SocketLimits },
+    DeleteTunnel { user_id: Uuid, socket_id: Uuid, tunnel_id: Uuid },
+    /// Newest claim wins: takes the session for `node_id` with a fresh epoch.
+    ClaimTunnel { user_id: Uuid, tunnel_id: Uuid, node_id: NodeId },
+    /// Releases the session only if `(node_id, epoch)` still holds it.
+    ReleaseTunnel { tunnel_id: Uuid, node_id: NodeId, epoch: u64 },
+}
+
+/// A command with what makes it idempotent and deterministic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Client request id: a retried write with the same id is applied once and answered with
+    /// the first answer.
+    pub request_id: Option<String>,
+    /// Proposer's wall clock, so timestamps do not depend on when a node applies the entry.
+    pub at_ms: u64,
+    pub cmd: Command,
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.cmd)
+    }
+}
+
+/// Why a command changed nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Limit(String),
+    #[error("{0}")]
+    Invalid(String),
+    /// A release or relay carried an epoch that a newer claim has superseded.
+    #[error("{0}")]
+    Stale(String),
+}
+
+/// A socket with its tunnels, as answered to the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketView {
+    pub socket: Socket,
+    pub tunnels: Vec<Tunnel>,
+}
+
+/// The result of applying one command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Response {
+    #[default]
+    Done,
+    Account(Account),
+    Socket(SocketView),
+    Tunnel(Tunnel),
+    Claimed {
+        session: TunnelSession,
+        /// The node that held the tunnel before this claim, if any; it must close its session.
+        superseded: Option<TunnelSession>,
+    },
+    /// Sessions released by this command (a node marked dead or retired releases several).
+    Released(Vec<TunnelSession>),
+    Rejected(Rejection),
+}
+
+impl fmt::Display for Response {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self:?}")
+    }
+}

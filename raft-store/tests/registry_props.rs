@@ -1,0 +1,311 @@
+//! Property tests of the registry's apply: determinism, uniqueness rules for any command
+//! sequence, rejections that change nothing, and idempotent retries.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+
+use mysocket_raft_store::registry::Dirty;
+use mysocket_raft_store::*;
+use proptest::prelude::*;
+use uuid::Uuid;
+
+const PORT_MIN: u16 = 20000;
+const PORT_MAX: u16 = 20003;
+
+fn uid(n: u8) -> Uuid {
+    Uuid::from_u128(0x1000 + n as u128)
+}
+fn sid(n: u8) -> Uuid {
+    Uuid::from_u128(0x2000 + n as u128)
+}
+fn tid(n: u8) -> Uuid {
+    Uuid::from_u128(0x3000 + n as u128)
+}
+
+fn bootstrap() -> Request {
+    Request {
+        request_id: None,
+        at_ms: 0,
+        cmd: Command::Bootstrap(ClusterConfig {
+            domain: "localhost".into(),
+            tcp_port_min: PORT_MIN,
+            tcp_port_max: PORT_MAX,
+            ssh_host_key: String::new(),
+            tls_ca_cert: String::new(),
+            tls_ca_key: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            token_key: "00".into(),
+            created_at_ms: 0,
+        }),
+    }
+}
+
+fn limits() -> SocketLimits {
+    SocketLimits { max_http: 3, max_tcp: 2, max_tunnels_per_socket: 3 }
+}
+
+fn arb_cmd() -> impl Strategy<Value = Command> {
+    let emails = prop::sample::select(vec!["a@x.io", "A@X.io", "b@x.io", "c@y.io", "d@y.io"]);
+    let stems = prop::sample::select(vec!["brave-otter", "calm-heron", "dark-lynx"]);
+    let types = prop::sample::select(vec![SocketType::Http, SocketType::Https, SocketType::Tcp, SocketType::Tls]);
+    prop_oneof![
+        (0u8..4, emails).prop_map(|(u, e)| Command::CreateAccount {
+            user_id: uid(u),
+            name: "n".into(),
+            email: e.into(),
+            password_hash: "h".into(),
+            sshkey: "k".into(),
+        }),
+        (0u8..4, 0u8..8, stems, 0u16..3, types, 0u16..8, prop::option::of((0u8..12, 0u16..4))).prop_map(
+            |(u, s, stem, d, t, ph, first)| Command::CreateSocket {
+                user_id: uid(u),
+                socket: NewSocket {
+                    socket_id: sid(s),
+                    name: "s".into(),
+                    socket_type: t,
+                    dnsname_hint: format!("{stem}-{d:04}"),
+                    port_hint: PORT_MIN + ph,
+                    protected: false,
+                    protected_username: None,
+                    protected_password: None,
+                    cloud_auth_enabled: false,
+                    allowed_emails: vec![],
+                    allowed_domains: vec![],
+                },
+                limits: limits(),
+                first_tunnel: first.map(|(t, p)| NewTunnel { tunnel_id: tid(t), local_port_hint: 10_000 + p }),
+            }
+        ),
+        (0u8..4, 0u8..8).prop_map(|(u, s)| Command::DeleteSocket { user_id: uid(u), socket_id: sid(s) }),
+        (0u8..4, 0u8..8, 0u8..12, 0u16..4).prop_map(|(u, s, t, p)| Command::CreateTunnel {
+            user_id: uid(u),
+            socket_id: sid(s),
+            tunnel: NewTunnel { tunnel_id: tid(t), local_port_hint: 10_000 + p },
+            limits: limits(),
+        }),
+        (0u8..4, 0u8..8, 0u8..12).prop_map(|(u, s, t)| Command::DeleteTunnel {
+            user_id: uid(u),
+            socket_id: sid(s),
+            tunnel_id: tid(t)
+        }),
+        (0u8..4, 0u8..12, 1u64..4).prop_map(|(u, t, n)| Command::ClaimTunnel { user_id: uid(u), tunnel_id: tid(t), node_id: n }),
+        (0u8..12, 1u64..4, 0u64..6).prop_map(|(t, n, e)| Command::ReleaseTunnel { tunnel_id: tid(t), node_id: n, epoch: e }),
+        (1u64..4, any::<bool>()).prop_map(|(n, alive)| Command::SetNodeAlive { node_id: n, alive }),
+        (1u64..4).prop_map(|n| Command::RegisterNode(NodeRecord {
+            node_id: n,
+            raft_addr: format!("127.0.0.{n}:7071"),
+            api_addr: String::new(),
+            ssh_addr: String::new(),
+            http_addr: String::new(),
+            https_addr: String::new(),
+            alive: true,
+            changed_at_ms: 0,
+        })),
+        (1u64..4).prop_map(|n| Command::RetireNode { node_id: n }),
+    ]
+}
+
+fn arb_requests() -> impl Strategy<Value = Vec<Request>> {
+    // Request ids come from a small pool so retries (same id) happen often.
+    prop::collection::vec((arb_cmd(), prop::option::of(0u8..6), 0u64..1000), 1..80).prop_map(|v| {
+        v.into_iter()
+            .map(|(cmd, rid, at)| Request { request_id: rid.map(|r| format!("req-{r}")), at_ms: at, cmd })
+            .collect()
+    })
+}
+
+fn check_invariants(r: &Registry) {
+    let mut emails = BTreeSet::new();
+    for a in r.accounts() {
+        assert!(emails.insert(a.email.to_ascii_lowercase()), "email {} given twice", a.email);
+        assert_eq!(a.user_name, a.user_id.simple().to_string());
+    }
+    let mut names = BTreeSet::new();
+    let mut ports = BTreeSet::new();
+    let mut per_user: BTreeMap<(Uuid, bool), u32> = BTreeMap::new();
+    for s in r.sockets() {
+        assert!(names.insert(s.dnsname.to_ascii_lowercase()), "dnsname {} given twice", s.dnsname);
+        assert!(s.dnsname.ends_with(".localhost"));
+        assert!(r.account(&s.user_id).is_some(), "socket without account");
+        match (s.socket_type.needs_port(), s.port) {
+            (true, Some(p)) => {
+                assert!((PORT_MIN..=PORT_MAX).contains(&p), "port {p} outside the range");
+                assert!(ports.insert(p), "port {p} given twice");
+            }
+            (false, None) => {}
+            other => panic!("socket type and port disagree: {other:?}"),
+        }
+        *per_user.entry((s.user_id, s.socket_type.needs_port())).or_default() += 1;
+    }
+    for ((_, tcp), n) in per_user {
+        assert!(n <= if tcp { limits().max_tcp } else { limits().max_http }, "limit exceeded");
+    }
+    let mut relay = BTreeSet::new();
+    for t in r.tunnels() {
+        let s = r.socket(&t.socket_id).expect("tunnel of a deleted socket");
+        assert_eq!(s.user_id, t.user_id, "tunnel and socket belong to different accounts");
+        assert!(relay.insert((t.user_id, t.local_port)), "relay port given twice in one account");
+        assert_eq!(r.tunnel_by_relay_port(&t.user_id, t.local_port).map(|x| x.tunnel_id), Some(t.tunnel_id));
+    }
+    for s in r.sessions() {
+        assert!(r.tunnel(&s.tunnel_id).is_some(), "session of a deleted tunnel");
+        assert_eq!(r.last_epoch(&s.tunnel_id), s.epoch);
+        assert!(!r.is_retired(s.node_id), "a retired node holds a session");
+    }
+}
+
+fn run(reqs: &[Request]) -> (Registry, Vec<Response>) {
+    let mut r = Registry::default();
+    let mut d = Dirty::new();
+    r.apply(&bootstrap(), &mut d);
+    let out = reqs.iter().map(|q| r.apply(q, &mut d)).collect();
+    (r, out)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn same_commands_same_state(reqs in arb_requests()) {
+        let (a, ra) = run(&reqs);
+        let (b, rb) = run(&reqs);
+        prop_assert_eq!(a.digest(), b.digest());
+        prop_assert_eq!(ra, rb);
+        // Persisted rows reload into an identical registry, indexes included.
+        let rows = a.rows();
+        let c = Registry::from_rows(rows.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap();
+        prop_assert_eq!(c.digest(), a.digest());
+        prop_assert_eq!(&c, &a);
+    }
+
+    #[test]
+    fn uniqueness_holds_and_rejections_change_nothing(reqs in arb_requests()) {
+        let mut r = Registry::default();
+        let mut d = Dirty::new();
+        r.apply(&bootstrap(), &mut d);
+        let mut epochs: BTreeMap<Uuid, u64> = BTreeMap::new();
+        let mut answered: BTreeMap<String, Response> = BTreeMap::new();
+        for q in &reqs {
+            let before = r.digest();
+            let mut dirty = Dirty::new();
+            let resp = r.apply(q, &mut dirty);
+            check_invariants(&r);
+            if let Some(id) = &q.request_id {
+                if let Some(first) = answered.get(id) {
+                    prop_assert_eq!(first, &resp, "a retried request got a different answer");
+                    prop_assert_eq!(before, r.digest(), "a retried request changed state");
+                    continue;
+                }
+                if !matches!(resp, Response::Rejected(_)) {
+                    answered.insert(id.clone(), resp.clone());
+                }
+            }
+            match &resp {
+                Response::Rejected(_) => {
+                    prop_assert_eq!(&before, &r.digest(), "rejected command {:?} changed state", q.cmd);
+                }
+                Response::Claimed { session, .. } => {
+                    let prev = epochs.insert(session.tunnel_id, session.epoch).unwrap_or(0);
+                    prop_assert!(session.epoch > prev, "epoch {} after {}", session.epoch, prev);
+                }
+                _ => {}
+            }
+            // A deleted tunnel's epochs go with it; a tunnel recreated with the same id starts over.
+            epochs.retain(|t, _| r.tunnel(t).is_some());
+            // Every touched row is reported dirty: the persisted form matches memory.
+            for k in &dirty {
+                let _ = r.row(k);
+            }
+        }
+    }
+}
+
+#[test]
+fn deleting_a_socket_frees_name_port_and_tunnels() {
+    let mut r = Registry::default();
+    let mut d = Dirty::new();
+    r.apply(&bootstrap(), &mut d);
+    let acct = Command::CreateAccount {
+        user_id: uid(1),
+        name: "n".into(),
+        email: "a@x.io".into(),
+        password_hash: "h".into(),
+        sshkey: "k".into(),
+    };
+    r.apply(&Request { request_id: None, at_ms: 1, cmd: acct }, &mut d);
+    let mk = |n: u8| Command::CreateSocket {
+        user_id: uid(1),
+        socket: NewSocket {
+            socket_id: sid(n),
+            name: "s".into(),
+            socket_type: SocketType::Tcp,
+            dnsname_hint: "brave-otter-0001".into(),
+            port_hint: PORT_MIN,
+            protected: false,
+            protected_username: None,
+            protected_password: None,
+            cloud_auth_enabled: false,
+            allowed_emails: vec![],
+            allowed_domains: vec![],
+        },
+        limits: limits(),
+        first_tunnel: Some(NewTunnel { tunnel_id: tid(n), local_port_hint: 10_000 }),
+    };
+    let Response::Socket(first) = r.apply(&Request { request_id: None, at_ms: 2, cmd: mk(1) }, &mut d) else {
+        panic!("socket not created")
+    };
+    assert_eq!(first.socket.dnsname, "brave-otter-0001.localhost");
+    assert_eq!(first.socket.port, Some(PORT_MIN));
+    let Response::Socket(second) = r.apply(&Request { request_id: None, at_ms: 3, cmd: mk(2) }, &mut d) else {
+        panic!("second socket not created")
+    };
+    assert_eq!(second.socket.dnsname, "brave-otter-0002.localhost", "the next free name");
+    assert_eq!(second.socket.port, Some(PORT_MIN + 1), "the next free port");
+    assert_ne!(second.tunnels[0].local_port, first.tunnels[0].local_port);
+
+    let del = Command::DeleteSocket { user_id: uid(1), socket_id: sid(1) };
+    assert_eq!(r.apply(&Request { request_id: None, at_ms: 4, cmd: del }, &mut d), Response::Done);
+    assert!(r.tunnel(&tid(1)).is_none());
+    assert!(r.socket_by_port(PORT_MIN).is_none());
+    assert!(r.socket_by_dnsname("brave-otter-0001.localhost").is_none());
+    let del = Command::DeleteSocket { user_id: uid(1), socket_id: sid(1) };
+    assert!(matches!(r.apply(&Request { request_id: None, at_ms: 5, cmd: del }, &mut d), Response::Rejected(Rejection::NotFound(_))));
+}
+
+#[test]
+fn newest_claim_wins_and_only_the_holder_releases() {
+    let mut r = Registry::default();
+    let mut d = Dirty::new();
+    let q = |cmd| Request { request_id: None, at_ms: 0, cmd };
+    r.apply(&bootstrap(), &mut d);
+    r.apply(&q(Command::CreateAccount { user_id: uid(1), name: "n".into(), email: "a@x.io".into(), password_hash: "h".into(), sshkey: "k".into() }), &mut d);
+    r.apply(&q(Command::CreateSocket {
+        user_id: uid(1),
+        socket: NewSocket { socket_id: sid(1), name: "s".into(), socket_type: SocketType::Http, dnsname_hint: "a-b-0000".into(), port_hint: 0, protected: false, protected_username: None, protected_password: None, cloud_auth_enabled: false, allowed_emails: vec![], allowed_domains: vec![] },
+        limits: limits(),
+        first_tunnel: Some(NewTunnel { tunnel_id: tid(1), local_port_hint: 0 }),
+    }), &mut d);
+    let claim = |n| q(Command::ClaimTunnel { user_id: uid(1), tunnel_id: tid(1), node_id: n });
+    let Response::Claimed { session: s1, superseded: None } = r.apply(&claim(1), &mut d) else { panic!() };
+    let Response::Claimed { session: s2, superseded: Some(old) } = r.apply(&claim(2), &mut d) else { panic!() };
+    assert_eq!(old, s1);
+    assert!(s2.epoch > s1.epoch);
+    // The superseded holder cannot release the newer session.
+    let rel = |n, e| q(Command::ReleaseTunnel { tunnel_id: tid(1), node_id: n, epoch: e });
+    assert!(matches!(r.apply(&rel(1, s1.epoch), &mut d), Response::Rejected(Rejection::Stale(_))));
+    assert_eq!(r.session(&tid(1)), Some(&s2));
+    assert!(matches!(r.apply(&rel(2, s2.epoch), &mut d), Response::Released(_)));
+    assert!(r.session(&tid(1)).is_none());
+    // Epochs keep growing after a release.
+    let Response::Claimed { session: s3, .. } = r.apply(&claim(1), &mut d) else { panic!() };
+    assert!(s3.epoch > s2.epoch);
+    // Another account cannot claim it.
+    let foreign = q(Command::ClaimTunnel { user_id: uid(2), tunnel_id: tid(1), node_id: 1 });
+    assert!(matches!(r.apply(&foreign, &mut d), Response::Rejected(Rejection::NotFound(_))));
+    // A node marked dead loses its sessions.
+    r.apply(&q(Command::RegisterNode(NodeRecord { node_id: 1, raft_addr: String::new(), api_addr: String::new(), ssh_addr: String::new(), http_addr: String::new(), https_addr: String::new(), alive: true, changed_at_ms: 0 })), &mut d);
+    let Response::Released(v) = r.apply(&q(Command::SetNodeAlive { node_id: 1, alive: false }), &mut d) else { panic!() };
+    assert_eq!(v.len(), 1);
+    assert!(r.session(&tid(1)).is_none());
+}

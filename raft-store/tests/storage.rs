@@ -1,0 +1,128 @@
+//! The RocksDB store against openraft's own conformance suite, and durability across reopen.
+
+use std::io;
+
+use futures::stream;
+use mysocket_raft_store::*;
+use openraft::entry::RaftEntry;
+use openraft::storage::RaftLogStorage;
+use openraft::storage::RaftStateMachine;
+use openraft::testing::log::StoreBuilder;
+use openraft::testing::log::Suite;
+use openraft::RaftLogReader;
+use openraft::RaftSnapshotBuilder;
+use openraft::StorageError;
+use openraft::type_config::TypeConfigExt;
+use tempfile::TempDir;
+use uuid::Uuid;
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
+        let dir = TempDir::new().expect("temp dir");
+        let (log, sm) = open(dir.path()).expect("open store");
+        Ok((dir, log, sm))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_conformance_suite() {
+    Suite::test_all(Builder).await.expect("storage conformance");
+}
+
+type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
+
+fn entry(index: u64, cmd: Command) -> Entry {
+    Entry::new_normal(
+        openraft::testing::log_id::<TypeConfig>(1, 1, index),
+        Request { request_id: Some(format!("r{index}")), at_ms: index, cmd },
+    )
+}
+
+fn account(n: u32) -> Command {
+    Command::CreateAccount {
+        user_id: Uuid::from_u128(n as u128 + 1),
+        name: format!("user {n}"),
+        email: format!("u{n}@example.com"),
+        password_hash: "$argon2id$fake".into(),
+        sshkey: "ssh-ed25519 AAAA".into(),
+    }
+}
+
+async fn apply(sm: &mut StateMachine, entries: Vec<Entry>) {
+    let items: Vec<Result<openraft::storage::EntryResponder<TypeConfig>, io::Error>> =
+        entries.into_iter().map(|e| Ok((e, None))).collect();
+    sm.apply(stream::iter(items)).await.expect("apply");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopen_after_close_keeps_everything() {
+    let dir = TempDir::new().unwrap();
+    let (digest, vote) = {
+        let (mut log, mut sm) = open(dir.path()).unwrap();
+        let vote = openraft::impls::Vote::new_committed(3, 1);
+        log.save_vote(&vote).await.unwrap();
+        let entries: Vec<Entry> = (1..=20).map(|i| entry(i, account(i as u32))).collect();
+        let (tx, rx) = TypeConfig::oneshot();
+        let cb = openraft::storage::IOFlushed::<TypeConfig>::signal(tx);
+        log.append(entries.clone(), cb).await.unwrap();
+        rx.await.unwrap().unwrap();
+        apply(&mut sm, entries[..15].to_vec()).await;
+        let digest = sm.registry().read().unwrap().digest();
+        (digest, vote)
+    };
+    let (mut log, mut sm) = open(dir.path()).unwrap();
+    assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id.map(|l| l.index()), Some(20));
+    assert_eq!(log.try_get_log_entries(1..=20).await.unwrap().len(), 20);
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.map(|l| l.index()), Some(15));
+    let reg = sm.registry();
+    assert_eq!(reg.read().unwrap().digest(), digest);
+    assert_eq!(reg.read().unwrap().counts().0, 15);
+    assert_eq!(reg.read().unwrap().applied_index(), 15);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_installs_the_same_state_elsewhere() {
+    let a = TempDir::new().unwrap();
+    let (_, mut sm_a) = open(a.path()).unwrap();
+    apply(&mut sm_a, (1..=30).map(|i| entry(i, account(i as u32))).collect()).await;
+    let snap = sm_a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    assert_eq!(snap.meta.last_log_id.as_ref().map(|l| l.index()), Some(30));
+
+    let b = TempDir::new().unwrap();
+    let (_, mut sm_b) = open(b.path()).unwrap();
+    apply(&mut sm_b, vec![entry(1, account(999))]).await;
+    sm_b.install_snapshot(&snap.meta, snap.snapshot.clone()).await.unwrap();
+    assert_eq!(sm_b.registry().read().unwrap().digest(), sm_a.registry().read().unwrap().digest());
+    assert_eq!(sm_b.snapshots_installed(), 1);
+    drop(sm_b);
+    // The installed state and the snapshot itself survive a restart.
+    let (_, mut sm_b) = open(b.path()).unwrap();
+    assert_eq!(sm_b.registry().read().unwrap().digest(), sm_a.registry().read().unwrap().digest());
+    let cur = sm_b.get_current_snapshot().await.unwrap().expect("snapshot kept");
+    assert_eq!(cur.meta, snap.meta);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_and_truncate_leave_no_hole() {
+    let dir = TempDir::new().unwrap();
+    {
+        let (mut log, _) = open(dir.path()).unwrap();
+        let entries: Vec<Entry> = (1..=10).map(|i| entry(i, account(i as u32))).collect();
+        let (tx, rx) = TypeConfig::oneshot();
+        log.append(entries, openraft::storage::IOFlushed::<TypeConfig>::signal(tx)).await.unwrap();
+        rx.await.unwrap().unwrap();
+        log.purge(openraft::testing::log_id::<TypeConfig>(1, 1, 4)).await.unwrap();
+        log.truncate_after(Some(openraft::testing::log_id::<TypeConfig>(1, 1, 8))).await.unwrap();
+    }
+    let (mut log, _) = open(dir.path()).unwrap();
+    let st = log.get_log_state().await.unwrap();
+    assert_eq!(st.last_purged_log_id.map(|l| l.index()), Some(4));
+    assert_eq!(st.last_log_id.map(|l| l.index()), Some(8));
+    let got: Vec<u64> = log.try_get_log_entries(0..100).await.unwrap().iter().map(|e| e.index()).collect();
+    assert_eq!(got, vec![5, 6, 7, 8]);
+}
