@@ -5,11 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: clang/libclang for RocksDB's bindings, curl for the local-cluster script.
+# Debian packages: clang/libclang for RocksDB's bindings, curl for the local-cluster script,
+# the OpenSSH client for the data-plane tests.
 NEED_PKGS=()
 command -v clang >/dev/null || NEED_PKGS+=(clang)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || NEED_PKGS+=(libclang-dev)
 command -v curl >/dev/null || NEED_PKGS+=(curl)
+# The data-plane tests drive the real OpenSSH client against our SSH server.
+command -v ssh >/dev/null && command -v ssh-keygen >/dev/null || NEED_PKGS+=(openssh-client)
 if ((${#NEED_PKGS[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     echo "installing: ${NEED_PKGS[*]}"

@@ -10,6 +10,8 @@
 //! - [`cluster`]: writes forwarded to the leader, linearizable reads, membership changes.
 //! - [`bootstrap`]: cluster secrets generated once by the first leader.
 //! - [`http`], [`auth`], [`validate`]: the REST API.
+//! - [`ssh`], [`tunnels`]: the SSH tunnel server and the tunnels this node holds.
+//! - [`proxy`]: public HTTP endpoints routed by Host.
 //! - [`server`]: start-up, background duties and graceful shutdown.
 
 pub mod auth;
@@ -20,9 +22,12 @@ pub mod http;
 pub mod internal;
 pub mod openapi;
 pub mod peers;
+pub mod proxy;
 pub mod raft_net;
 pub mod server;
 pub mod sockets;
+pub mod ssh;
+pub mod tunnels;
 pub mod validate;
 
 pub use server::run;

@@ -18,6 +18,7 @@ use mysocket_raft_store::Command;
 use mysocket_raft_store::NodeRecord;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::BasicNode;
+use openraft::Instant as _;
 use openraft::ServerState;
 use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
@@ -64,6 +65,8 @@ fn raft_config(cfg: &Config) -> anyhow::Result<Arc<openraft::Config>> {
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let api_listener = bind(cfg.api_addr, "the API").await?;
     let raft_listener = bind(cfg.raft_addr, "Raft").await?;
+    let ssh_listener = bind(cfg.ssh_addr, "SSH").await?;
+    let http_listener = bind(cfg.http_addr, "public HTTP").await?;
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
 
     let (log_store, state_machine) = mysocket_raft_store::open(&cfg.data_dir)
@@ -136,6 +139,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     {
         let (node, stop) = (node.clone(), root.child_token());
         tasks.spawn(async move { duties(node, stop).await });
+    }
+
+    // Data plane: SSH tunnels, the tunnels held here, public HTTP.
+    {
+        let holdings = Arc::new(crate::tunnels::Holdings::default());
+        let (n, h, stop) = (node.clone(), holdings.clone(), root.child_token());
+        tasks.spawn(async move { crate::ssh::serve(n, ssh_listener, h, stop).await });
+        let (n, h, stop) = (node.clone(), holdings.clone(), root.child_token());
+        tasks.spawn(async move { crate::tunnels::watch(n, h, stop).await });
+        let (n, h, stop) = (node.clone(), holdings, root.child_token());
+        tasks.spawn(async move { crate::proxy::serve_http(n, h, http_listener, stop).await });
     }
 
     // REST API.
@@ -212,10 +226,27 @@ async fn duties(node: NodeRef, stop: CancellationToken) {
     }
 }
 
+/// How long the leader waits without an answer from a node before releasing its tunnels.
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(3);
+
 async fn duty_pass(node: &NodeRef) -> anyhow::Result<()> {
     let m = node.metrics();
     if m.current_leader.is_none() || !node.is_member() {
         return Ok(());
+    }
+    // Leader-driven release: a node that stopped answering Raft (dead, paused, cut off from
+    // the majority) loses its tunnel sessions, so clients reconnecting elsewhere take over.
+    if m.state == ServerState::Leader {
+        if let Some(heartbeats) = &m.heartbeat {
+            for (id, last) in heartbeats.iter() {
+                let silent = last.as_ref().map(|t| t.elapsed() > LIVENESS_TIMEOUT).unwrap_or(true);
+                let holds = node.read(|r| r.sessions_on(*id) > 0);
+                if *id != node.id && silent && holds {
+                    tracing::warn!(node = id, "node stopped answering; releasing its tunnels");
+                    node.write(Command::SetNodeAlive { node_id: *id, alive: false }).await?;
+                }
+            }
+        }
     }
     if m.state == ServerState::Leader && node.read(|r| r.config().is_none()) {
         let cfg = &node.config;

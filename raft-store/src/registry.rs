@@ -291,13 +291,16 @@ impl Registry {
                 Ok(Response::Done)
             }
             Command::SetNodeAlive { node_id, alive } => {
-                let Some(rec) = self.nodes.get_mut(node_id) else {
-                    return Err(Rejection::NotFound(format!("node {node_id} is not registered")));
-                };
-                if rec.alive != *alive {
-                    rec.alive = *alive;
-                    rec.changed_at_ms = now;
-                    dirty.insert(RowKey::Node(*node_id));
+                match self.nodes.get_mut(node_id) {
+                    Some(rec) if rec.alive != *alive => {
+                        rec.alive = *alive;
+                        rec.changed_at_ms = now;
+                        dirty.insert(RowKey::Node(*node_id));
+                    }
+                    Some(_) => {}
+                    // An unregistered node can still hold sessions: releasing them is allowed.
+                    None if !*alive => {}
+                    None => return Err(Rejection::NotFound(format!("node {node_id} is not registered"))),
                 }
                 if *alive {
                     Ok(Response::Done)

@@ -1,7 +1,9 @@
 //! The registry state machine on RocksDB.
 //!
-//! Applied rows, `last_applied` and the membership are written in one synced batch, so a
-//! restart never sees data without the index it belongs to. Snapshots are a consistent
+//! Applied rows, `last_applied` and the membership are written in one batch, so a restart
+//! never sees data without the index it belongs to. The batch shares the write-ahead log with
+//! the Raft log, so it is durable no later than the next synced log write, and always before
+//! any log entry it depends on is purged. Snapshots are a consistent
 //! RocksDB view of those rows, stored in one file and streamed to followers in chunks.
 
 use std::fs;
@@ -238,14 +240,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(m) = &membership {
             batch.put_cf(cf_meta, KEY_MEMBERSHIP, serde_json::to_vec(m).map_err(other)?);
         }
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut o = WriteOptions::default();
-            o.set_sync(true);
-            db.write_opt(batch, &o).map_err(other)
-        })
-        .await
-        .map_err(other)??;
+        // Not synced on its own: it shares the WAL with the log, and every later synced write
+        // (the next log append, and `last_purged` before any log is purged) makes it durable
+        // first. Until then the log still holds these entries and a restart re-applies them.
+        self.db.write_opt(batch, &WriteOptions::default()).map_err(other)?;
         for a in applied {
             let _ = self.events.send(a);
         }

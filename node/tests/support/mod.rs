@@ -94,7 +94,7 @@ impl Builder {
         let slot = SLOT.fetch_add(1, Ordering::SeqCst);
         assert!(slot < 31, "too many clusters in one test process");
         let pid = std::process::id();
-        let base = format!("127.{}.{}", (pid >> 8) & 0xff, pid & 0xff);
+        let base = format!("127.{}.{}", 1 + (pid >> 8) % 254, pid & 0xff);
         let dir = tempfile::Builder::new().prefix("mysocket-test-").tempdir().expect("temp dir");
         let secret = format!("test-secret-{pid}-{slot}-0123456789");
         std::fs::write(dir.path().join("secret"), &secret).unwrap();

@@ -1,0 +1,292 @@
+//! Public endpoints: HTTP routed by Host on the HTTP port. A request's socket is looked up in
+//! the local replica; the connection goes to a live tunnel of that socket held on this node
+//! (a `forwarded-tcpip` channel on its SSH session). Keep-alive, WebSocket upgrades,
+//! `X-Forwarded-For/-Proto/-Host`, Basic auth for protected sockets, clear 404/401/502/503
+//! pages.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::BodyExt;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header;
+use hyper::header::HeaderValue;
+use hyper::Request;
+use hyper::Response;
+use hyper::StatusCode;
+use hyper_util::rt::TokioIo;
+use mysocket_raft_store::Socket;
+use mysocket_raft_store::SocketType;
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::cluster::NodeRef;
+use crate::tunnels::Holding;
+use crate::tunnels::Holdings;
+
+/// Most concurrent public connections per listener.
+const MAX_CONNECTIONS: usize = 20_000;
+/// Time a client gets to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// The public URLs of a socket, as shown in banners and listings.
+pub fn public_urls(node: &NodeRef, s: &Socket) -> Vec<String> {
+    let host_of = |a: SocketAddr| a.port();
+    match s.socket_type {
+        SocketType::Http | SocketType::Https => vec![
+            format!("http://{}:{}/", s.dnsname, host_of(node.config.http_addr)),
+            format!("https://{}:{}/", s.dnsname, host_of(node.config.https_addr)),
+        ],
+        SocketType::Tcp => vec![format!("tcp://{}:{}", s.dnsname, s.port.unwrap_or(0))],
+        SocketType::Tls => vec![format!("tls://{}:{}", s.dnsname, s.port.unwrap_or(0))],
+    }
+}
+
+fn page(status: StatusCode, title: &str, detail: &str) -> Response<Body> {
+    let html = format!(
+        "<!doctype html><html><head><title>{code} {title}</title></head><body><h1>{code} {title}</h1><p>{detail}</p><hr><p>mysocket</p></body></html>\n",
+        code = status.as_u16()
+    );
+    let mut r = Response::new(Full::new(Bytes::from(html)).map_err(|never| match never {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    r
+}
+
+/// Serves public HTTP until `stop`.
+pub async fn serve_http(node: NodeRef, holdings: Arc<Holdings>, listener: TcpListener, stop: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (node, holdings) = (node.clone(), holdings.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            serve_connection(node, holdings, TokioIo::new(stream), peer, "http").await;
+        });
+    }
+}
+
+/// One client connection; its upstream (one channel through the tunnel) is reused by the
+/// requests that follow on it while they go to the same socket.
+pub async fn serve_connection<I>(node: NodeRef, holdings: Arc<Holdings>, io: I, peer: SocketAddr, scheme: &'static str)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let upstream: Arc<Mutex<Option<(Uuid, hyper::client::conn::http1::SendRequest<Incoming>)>>> = Arc::default();
+    let svc = hyper::service::service_fn(move |req| {
+        let (node, holdings, upstream) = (node.clone(), holdings.clone(), upstream.clone());
+        async move { Ok::<_, Infallible>(handle(node, holdings, upstream, peer, scheme, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(true)
+        .serve_connection(io, svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, error = %e, "public connection ended");
+    }
+}
+
+/// The socket a request is for: Host (or the authority), case-insensitive, port stripped.
+fn socket_for(node: &NodeRef, req: &Request<Incoming>) -> Option<Socket> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().host().map(str::to_string))?;
+    let name = host.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or(host).to_ascii_lowercase();
+    node.read(|r| r.socket_by_dnsname(name.trim_end_matches('.')).cloned())
+        .filter(|s| matches!(s.socket_type, SocketType::Http | SocketType::Https))
+}
+
+fn authorized(s: &Socket, req: &Request<Incoming>) -> bool {
+    if !s.protected {
+        return true;
+    }
+    let Some(v) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
+    let Some(b64) = v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")) else { return false };
+    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else { return false };
+    let Ok(pair) = String::from_utf8(raw) else { return false };
+    let Some((u, p)) = pair.split_once(':') else { return false };
+    use subtle::ConstantTimeEq;
+    let want_u = s.protected_username.as_deref().unwrap_or("");
+    let want_p = s.protected_password.as_deref().unwrap_or("");
+    bool::from(u.as_bytes().ct_eq(want_u.as_bytes())) & bool::from(p.as_bytes().ct_eq(want_p.as_bytes()))
+}
+
+/// Live tunnels of a socket held on this node, in a rotating order so several tunnels share
+/// new connections.
+fn local_tunnels(node: &NodeRef, holdings: &Holdings, socket_id: &Uuid) -> Vec<Holding> {
+    let mut held: Vec<Holding> = node.read(|r| {
+        r.tunnels_of(socket_id)
+            .iter()
+            .filter_map(|t| r.session(&t.tunnel_id))
+            .filter(|s| s.node_id == node.id)
+            .filter_map(|s| holdings.get(&s.tunnel_id).filter(|h| h.epoch == s.epoch))
+            .collect()
+    });
+    if held.len() > 1 {
+        let k = rand::random::<usize>() % held.len();
+        held.rotate_left(k);
+    }
+    held
+}
+
+async fn open_channel(h: &Holding, peer: SocketAddr) -> Result<russh::ChannelStream<russh::server::Msg>, russh::Error> {
+    let ch = h
+        .handle
+        .channel_open_forwarded_tcpip(h.bind_address.clone(), h.relay_port, peer.ip().to_string(), u32::from(peer.port()))
+        .await?;
+    Ok(ch.into_stream())
+}
+
+fn log_line(h: &Holding, line: String) {
+    if let Some(ch) = h.log {
+        let handle = h.handle.clone();
+        tokio::spawn(async move {
+            let _ = handle.data(ch, line.into_bytes()).await;
+        });
+    }
+}
+
+async fn handle(
+    node: NodeRef,
+    holdings: Arc<Holdings>,
+    upstream: Arc<Mutex<Option<(Uuid, hyper::client::conn::http1::SendRequest<Incoming>)>>>,
+    peer: SocketAddr,
+    scheme: &'static str,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let Some(socket) = socket_for(&node, &req) else {
+        return page(StatusCode::NOT_FOUND, "Not Found", "There is no socket with this name.");
+    };
+    if !authorized(&socket, &req) {
+        let mut r = page(StatusCode::UNAUTHORIZED, "Unauthorized", "This socket is protected: log in with its username and password.");
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"mysocket\", charset=\"UTF-8\""));
+        return r;
+    }
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+
+    // X-Forwarded-*: the client as we saw it, appended to what an upstream proxy said.
+    let xff = match req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    let host = req.headers().get(header::HOST).cloned();
+    let hs = req.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        hs.insert("x-forwarded-for", v);
+    }
+    hs.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+    if let Some(h) = host {
+        hs.insert("x-forwarded-host", h);
+    }
+    // Protected sockets: the edge checked the credentials; the service does not see them.
+    if socket.protected {
+        hs.remove(header::AUTHORIZATION);
+    }
+
+    let is_upgrade = req.headers().contains_key(header::UPGRADE);
+    let mut guard = upstream.lock().await;
+    let reuse = matches!(&*guard, Some((sid, s)) if *sid == socket.socket_id && s.is_ready() && !is_upgrade);
+    let holding;
+    if !reuse {
+        let tunnels = local_tunnels(&node, &holdings, &socket.socket_id);
+        if tunnels.is_empty() {
+            let elsewhere = node.read(|r| r.tunnels_of(&socket.socket_id).iter().any(|t| r.session(&t.tunnel_id).is_some()));
+            return if elsewhere {
+                page(StatusCode::BAD_GATEWAY, "Bad Gateway", "The tunnel of this socket is connected to another node of the cluster.")
+            } else {
+                page(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", "This socket has no live tunnel: start mysocketctl connect (or ssh -R) for it.")
+            };
+        }
+        let mut opened = None;
+        for h in &tunnels {
+            match open_channel(h, peer).await {
+                Ok(stream) => {
+                    opened = Some((h.clone(), stream));
+                    break;
+                }
+                Err(e) => tracing::debug!(tunnel_id = %h.tunnel_id, error = %e, "tunnel channel refused; trying the next"),
+            }
+        }
+        let Some((h, stream)) = opened else {
+            return page(StatusCode::BAD_GATEWAY, "Bad Gateway", "The tunnel of this socket did not accept the connection.");
+        };
+        let (sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+            Ok(x) => x,
+            Err(e) => return page(StatusCode::BAD_GATEWAY, "Bad Gateway", &format!("The tunnel failed: {e}")),
+        };
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        *guard = Some((socket.socket_id, sender));
+        holding = Some(h);
+    } else {
+        holding = None;
+    }
+    let (_, sender) = guard.as_mut().expect("set above");
+    let client_upgrade = if is_upgrade { Some(hyper::upgrade::on(&mut req)) } else { None };
+    let resp = sender.send_request(req).await;
+    drop(guard);
+    let mut resp = match resp {
+        Ok(r) => r,
+        Err(e) => {
+            *upstream.lock().await = None;
+            let local = e.is_closed() || e.is_incomplete_message() || e.is_canceled();
+            let why = if local { "The service behind the tunnel is not answering (is it running?)." } else { "The service behind the tunnel failed." };
+            if let Some(h) = &holding {
+                log_line(h, format!("{} {peer} {method} {path} -> 502 ({e})\r\n", now_hms()));
+            }
+            return page(StatusCode::BAD_GATEWAY, "Bad Gateway", why);
+        }
+    };
+    if let Some(h) = &holding {
+        log_line(h, format!("{} {} {method} {path} {} {}ms\r\n", now_hms(), peer.ip(), resp.status().as_u16(), started.elapsed().as_millis()));
+    }
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(cu) = client_upgrade {
+            let su = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                if let (Ok(c), Ok(s)) = (cu.await, su.await) {
+                    let (mut c, mut s) = (TokioIo::new(c), TokioIo::new(s));
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
+                }
+            });
+        }
+        *upstream.lock().await = None;
+    }
+    resp.map(|b| b.boxed())
+}
+
+fn now_hms() -> String {
+    let secs = crate::cluster::now_ms() / 1000;
+    format!("{:02}:{:02}:{:02}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60)
+}

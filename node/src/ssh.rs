@@ -1,0 +1,278 @@
+//! The SSH tunnel server (russh): public-key auth against the account whose `user_name` is the
+//! login, `tcpip-forward` for the account's tunnels (claimed in Raft before the reply), a
+//! session channel that shows a banner and a line per proxied connection, nothing ever
+//! executed. When the session ends, its claims are released.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use mysocket_raft_store::Command;
+use mysocket_raft_store::Response as RegResponse;
+use russh::keys::PrivateKey;
+use russh::keys::PublicKey;
+use russh::server::Auth;
+use russh::server::Msg;
+use russh::server::Session;
+use russh::Channel;
+use russh::ChannelId;
+use russh::MethodKind;
+use russh::MethodSet;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::cluster::NodeRef;
+use crate::tunnels::Holding;
+use crate::tunnels::Holdings;
+
+/// Most concurrent SSH connections per node.
+const MAX_CONNECTIONS: usize = 10_000;
+/// Most tunnels one SSH session may forward.
+const MAX_FORWARDS_PER_SESSION: usize = 64;
+
+/// Waits for the replicated host key, then serves SSH until `stop`.
+pub async fn serve(node: NodeRef, listener: TcpListener, holdings: Arc<Holdings>, stop: CancellationToken) {
+    let key = loop {
+        if let Some(k) = node.read(|r| r.config().map(|c| c.ssh_host_key.clone())) {
+            break k;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    };
+    let key = match PrivateKey::from_openssh(&key) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(error = %e, "the cluster's SSH host key is unreadable; SSH is off");
+            return;
+        }
+    };
+    let config = Arc::new(russh::server::Config {
+        keys: vec![key],
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        // Keepalives detect dead peers; an idle tunnel is never dropped for idleness.
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 4,
+        inactivity_timeout: None,
+        nodelay: true,
+        max_auth_attempts: 6,
+        ..Default::default()
+    });
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    tracing::info!(addr = ?listener.local_addr().ok(), "SSH server listening");
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "SSH accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (node, holdings, config) = (node.clone(), holdings.clone(), config.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let state = Arc::new(Mutex::new(SessionState::default()));
+            let handler = SshSession { node: node.clone(), holdings: holdings.clone(), peer, state: state.clone() };
+            match russh::server::run_stream(config, stream, handler).await {
+                Ok(running) => {
+                    if let Err(e) = running.await {
+                        tracing::debug!(%peer, error = %e, "SSH session ended with an error");
+                    }
+                }
+                Err(e) => tracing::debug!(%peer, error = %e, "SSH handshake failed"),
+            }
+            let claims: Vec<(Uuid, u64)> = state.lock().expect("ssh state").claims.drain().collect();
+            for (tunnel_id, epoch) in claims {
+                holdings.remove(&tunnel_id, epoch);
+                let cmd = Command::ReleaseTunnel { tunnel_id, node_id: node.id, epoch };
+                match node.write(cmd).await {
+                    Ok(_) => tracing::info!(%tunnel_id, epoch, "tunnel released"),
+                    Err(e) => tracing::warn!(%tunnel_id, error = %e, "tunnel release failed; the leader releases it when it notices"),
+                }
+            }
+        });
+    }
+}
+
+#[derive(Default)]
+struct SessionState {
+    user: Option<(Uuid, String)>,
+    /// Tunnels this session claimed: tunnel id -> epoch.
+    claims: HashMap<Uuid, u64>,
+    /// The session channel that gets the banner and the log lines.
+    log_channel: Option<ChannelId>,
+}
+
+struct SshSession {
+    node: NodeRef,
+    holdings: Arc<Holdings>,
+    peer: SocketAddr,
+    state: Arc<Mutex<SessionState>>,
+}
+
+fn same_key(registered: &str, offered: &PublicKey) -> bool {
+    PublicKey::from_openssh(registered).map(|k| k.key_data() == offered.key_data()).unwrap_or(false)
+}
+
+impl russh::server::Handler for SshSession {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: russh::server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        // Only say "go ahead and sign" for the right key; the answer does not tell an unknown
+        // user from a wrong key.
+        let ok = self.node.read(|r| r.account_by_user_name(user).map(|a| same_key(&a.sshkey, offer.public_key)));
+        Ok(if ok == Some(true) { Auth::Accept } else { Auth::reject() })
+    }
+
+    async fn auth_publickey(&mut self, user: &str, key: russh::server::VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+        let found = self.node.read(|r| {
+            r.account_by_user_name(user).filter(|a| same_key(&a.sshkey, key.public_key)).map(|a| (a.user_id, a.user_name.clone()))
+        });
+        match found {
+            Some(u) => {
+                tracing::info!(peer = %self.peer, user, "SSH login");
+                self.state.lock().expect("ssh state").user = Some(u);
+                Ok(Auth::Accept)
+            }
+            None => {
+                tracing::info!(peer = %self.peer, user, "SSH login refused");
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.state.lock().expect("ssh state").log_channel = Some(channel.id());
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col: u32,
+        _row: u32,
+        _pw: u32,
+        _ph: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        self.banner(channel, session);
+        Ok(())
+    }
+
+    async fn exec_request(&mut self, channel: ChannelId, _data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+        // Nothing is ever executed; the channel only carries the banner and the log.
+        session.channel_success(channel)?;
+        self.banner(channel, session);
+        Ok(())
+    }
+
+    async fn tcpip_forward(&mut self, address: &str, port: &mut u32, session: &mut Session) -> Result<bool, Self::Error> {
+        let Some((user_id, user_name)) = self.state.lock().expect("ssh state").user.clone() else {
+            return Ok(false);
+        };
+        if self.state.lock().expect("ssh state").claims.len() >= MAX_FORWARDS_PER_SESSION {
+            tracing::info!(peer = %self.peer, "too many forwards in one session");
+            return Ok(false);
+        }
+        let Ok(relay_port) = u16::try_from(*port) else { return Ok(false) };
+        if self.node.linearizable().await.is_err() {
+            return Ok(false);
+        }
+        let Some(tunnel) = self.node.read(|r| r.tunnel_by_relay_port(&user_id, relay_port).cloned()) else {
+            tracing::info!(peer = %self.peer, user = %user_name, relay_port, "forward refused: not a tunnel of this account");
+            return Ok(false);
+        };
+        let cmd = Command::ClaimTunnel { user_id, tunnel_id: tunnel.tunnel_id, node_id: self.node.id };
+        match self.node.write(cmd).await {
+            Ok(RegResponse::Claimed { session: claim, superseded }) => {
+                self.holdings.insert(Holding {
+                    tunnel_id: tunnel.tunnel_id,
+                    socket_id: tunnel.socket_id,
+                    epoch: claim.epoch,
+                    handle: session.handle(),
+                    bind_address: address.to_string(),
+                    relay_port: *port,
+                    log: self.state.lock().expect("ssh state").log_channel,
+                });
+                self.state.lock().expect("ssh state").claims.insert(tunnel.tunnel_id, claim.epoch);
+                tracing::info!(
+                    tunnel_id = %tunnel.tunnel_id, epoch = claim.epoch, previous = ?superseded.map(|s| s.node_id),
+                    "tunnel claimed"
+                );
+                Ok(true)
+            }
+            Ok(other) => {
+                tracing::info!(?other, "tunnel claim refused");
+                Ok(false)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "tunnel claim failed");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn cancel_tcpip_forward(&mut self, _address: &str, port: u32, _session: &mut Session) -> Result<bool, Self::Error> {
+        let Some((user_id, _)) = self.state.lock().expect("ssh state").user.clone() else { return Ok(false) };
+        let Ok(relay_port) = u16::try_from(port) else { return Ok(false) };
+        let Some(tunnel_id) = self.node.read(|r| r.tunnel_by_relay_port(&user_id, relay_port).map(|t| t.tunnel_id)) else {
+            return Ok(false);
+        };
+        let Some(epoch) = self.state.lock().expect("ssh state").claims.remove(&tunnel_id) else { return Ok(false) };
+        self.holdings.remove(&tunnel_id, epoch);
+        let _ = self.node.write(Command::ReleaseTunnel { tunnel_id, node_id: self.node.id, epoch }).await;
+        Ok(true)
+    }
+}
+
+impl SshSession {
+    fn banner(&self, channel: ChannelId, session: &mut Session) {
+        let user = self.state.lock().expect("ssh state").user.clone();
+        let text = match user {
+            None => "mysocket: not logged in\r\n".to_string(),
+            Some((user_id, _)) => self.node.read(|r| {
+                let mut s = String::from("\r\nWelcome to mysocket.\r\n");
+                let mut socks = r.sockets_of(&user_id);
+                socks.sort_by_key(|s| s.created_at_ms);
+                for sock in socks {
+                    let urls = crate::proxy::public_urls(&self.node, sock);
+                    s.push_str(&format!("  {} ({}): {}\r\n", sock.name, sock.socket_type.as_str(), urls.join("  ")));
+                }
+                s.push_str("Requests and connections are logged below.\r\n\r\n");
+                s
+            }),
+        };
+        let _ = session.data(channel, text.into_bytes());
+    }
+}

@@ -1,0 +1,122 @@
+//! The tunnels this node holds: which SSH session forwards each claimed tunnel, under which
+//! epoch. A newer claim elsewhere (newest connection wins) or a release by the leader closes
+//! the older session here, and the proxy never uses a holding whose epoch was superseded.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use mysocket_raft_store::Response;
+use russh::server::Handle;
+use russh::ChannelId;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::cluster::NodeRef;
+
+/// One tunnel held by an SSH session on this node.
+#[derive(Clone)]
+pub struct Holding {
+    pub tunnel_id: Uuid,
+    pub socket_id: Uuid,
+    pub epoch: u64,
+    pub handle: Handle,
+    /// The address and port the client asked to forward; echoed in `forwarded-tcpip` opens.
+    pub bind_address: String,
+    pub relay_port: u32,
+    /// The session channel that gets log lines, if the client opened one.
+    pub log: Option<ChannelId>,
+}
+
+#[derive(Default)]
+pub struct Holdings {
+    map: Mutex<HashMap<Uuid, Holding>>,
+}
+
+impl Holdings {
+    pub fn insert(&self, h: Holding) {
+        let old = self.map.lock().expect("holdings").insert(h.tunnel_id, h);
+        if let Some(old) = old {
+            // Another session on this node re-claimed the tunnel: the older one goes.
+            close(old, "a newer connection took over this tunnel");
+        }
+    }
+
+    /// Forgets a holding if it still has `epoch`.
+    pub fn remove(&self, tunnel_id: &Uuid, epoch: u64) -> Option<Holding> {
+        let mut map = self.map.lock().expect("holdings");
+        match map.get(tunnel_id) {
+            Some(h) if h.epoch == epoch => map.remove(tunnel_id),
+            _ => None,
+        }
+    }
+
+    pub fn get(&self, tunnel_id: &Uuid) -> Option<Holding> {
+        self.map.lock().expect("holdings").get(tunnel_id).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().expect("holdings").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn close(h: Holding, why: &'static str) {
+    tokio::spawn(async move {
+        if let Some(ch) = h.log {
+            let _ = h.handle.data(ch, format!("mysocket: {why}; closing.\r\n").into_bytes()).await;
+        }
+        let _ = h.handle.disconnect(russh::Disconnect::ByApplication, why.to_string(), String::new()).await;
+    });
+}
+
+/// Follows applied registry changes: closes holdings that a newer claim superseded or that
+/// the cluster released.
+pub async fn watch(node: NodeRef, holdings: Arc<Holdings>, stop: CancellationToken) {
+    let mut events = node.state_machine.subscribe();
+    loop {
+        let ev = tokio::select! {
+            _ = stop.cancelled() => return,
+            ev = events.recv() => ev,
+        };
+        match ev {
+            Ok(applied) => {
+                let gone: Vec<(Uuid, u64, &'static str)> = match &applied.response {
+                    Response::Claimed { session, superseded: Some(old) } if old.node_id == node.id && session.node_id != node.id => {
+                        vec![(old.tunnel_id, old.epoch, "a newer connection to another node took over this tunnel")]
+                    }
+                    Response::Released(list) => list
+                        .iter()
+                        .filter(|s| s.node_id == node.id)
+                        .map(|s| (s.tunnel_id, s.epoch, "the cluster released this tunnel"))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                for (tunnel_id, epoch, why) in gone {
+                    if let Some(h) = holdings.remove(&tunnel_id, epoch) {
+                        tracing::info!(%tunnel_id, epoch, why, "closing superseded tunnel session");
+                        close(h, why);
+                    }
+                }
+            }
+            Err(RecvError::Lagged(n)) => {
+                // Missed events: check every holding against the registry instead.
+                tracing::warn!(missed = n, "tunnel watcher lagged; resynchronising");
+                let held: Vec<Holding> = holdings.map.lock().expect("holdings").values().cloned().collect();
+                for h in held {
+                    let current = node.read(|r| r.session(&h.tunnel_id).map(|s| (s.node_id, s.epoch)));
+                    if current != Some((node.id, h.epoch)) {
+                        if let Some(h) = holdings.remove(&h.tunnel_id, h.epoch) {
+                            close(h, "this tunnel was taken over");
+                        }
+                    }
+                }
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}

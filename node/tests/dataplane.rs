@@ -1,0 +1,237 @@
+//! The data plane with real processes and the real OpenSSH client: `ssh -R` to a node's SSH
+//! server, a public HTTP request routed by Host to the service behind the tunnel, protected
+//! sockets, refused strangers and foreign ports, newest connection wins.
+
+mod support;
+
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+
+use mysocket_api::SocketCreate;
+use mysocket_api::UserCreate;
+use support::*;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+
+/// A tiny origin: answers every request with its request head as the body.
+async fn origin() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    let head: Vec<u8> = buf.drain(..end).collect();
+                    let body = format!("origin saw:\n{}", String::from_utf8_lossy(&head));
+                    let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{body}", body.len());
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn keygen(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, String) {
+    let key = dir.join(name);
+    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"]).arg(&key).status().unwrap();
+    assert!(st.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    (key, public.trim().to_string())
+}
+
+struct Ssh(Child);
+
+impl Drop for Ssh {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn ssh_forward(key: &std::path::Path, user: &str, host: &str, relay_port: u16, origin: u16) -> Ssh {
+    let child = Command::new("ssh")
+        .args(["-N", "-T", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ExitOnForwardFailure=yes"])
+        .args(["-o", "BatchMode=yes", "-o", "ServerAliveInterval=5", "-o", "LogLevel=ERROR", "-i"])
+        .arg(key)
+        .args(["-p", "2222", "-l", user, "-R", &format!("{relay_port}:127.0.0.1:{origin}"), host])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ssh");
+    Ssh(child)
+}
+
+async fn get(node_ip: &str, host: &str, auth: Option<(&str, &str)>) -> (u16, String) {
+    let mut r = reqwest::Client::new().get(format!("http://{node_ip}:8080/some/path")).header("host", host);
+    if let Some((u, p)) = auth {
+        r = r.basic_auth(u, Some(p));
+    }
+    match r.send().await {
+        Ok(resp) => (resp.status().as_u16(), resp.text().await.unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssh_reverse_forward_serves_public_http() {
+    let c = TestCluster::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(dir.path(), "alice");
+    let (stranger_key, _) = keygen(dir.path(), "stranger");
+    let api = c.api(1);
+    let u = api
+        .create_user(&UserCreate { name: "Alice".into(), email: "alice@example.com".into(), password: "alice-pass".into(), sshkey: public })
+        .await
+        .unwrap();
+    let token = api.login("alice@example.com", "alice-pass").await.unwrap().token;
+    let api = api.with_token(token);
+    let sock = api.connect(&SocketCreate { name: "web".into(), socket_type: Some("http".into()), ..Default::default() }).await.unwrap();
+    let relay = sock.tunnels[0].local_port;
+    let origin_port = origin().await;
+    let n1 = c.nodes[&1].ip.clone();
+
+    // Before any tunnel: a clear 503; an unknown host: 404.
+    assert_eq!(get(&n1, &sock.dnsname, None).await.0, 503);
+    assert_eq!(get(&n1, "nope.localhost", None).await.0, 404);
+
+    // A stranger's key and a port that is no tunnel of the account are refused.
+    let mut bad = ssh_forward(&stranger_key, &u.user_name, &n1, relay, origin_port);
+    assert!(!bad.0.wait().unwrap().success(), "a stranger's key was accepted");
+    let mut bad = ssh_forward(&key, &u.user_name, &n1, 9, origin_port);
+    assert!(!bad.0.wait().unwrap().success(), "a foreign relay port was accepted");
+
+    let _tunnel = ssh_forward(&key, &u.user_name, &n1, relay, origin_port);
+    let host = sock.dnsname.to_uppercase() + ":8080";
+    let body = eventually(Duration::from_secs(20), "the URL to answer through node 1", || {
+        let (n1, host) = (n1.clone(), host.clone());
+        async move {
+            let (status, body) = get(&n1, &host, None).await;
+            (status == 200).then_some(body)
+        }
+    })
+    .await;
+    assert!(body.contains("GET /some/path"), "{body}");
+    assert!(body.to_lowercase().contains("x-forwarded-for: "), "{body}");
+    assert!(body.to_lowercase().contains("x-forwarded-proto: http"), "{body}");
+    let view = c.api(2).cluster().await.unwrap();
+    assert_eq!(view.nodes.iter().find(|n| n.id == 1).unwrap().tunnels, 1, "the claim is replicated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_sockets_and_newest_connection_wins() {
+    let c = TestCluster::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(dir.path(), "bob");
+    let api = c.api(2);
+    let u = api
+        .create_user(&UserCreate { name: "Bob".into(), email: "bob@example.com".into(), password: "bob-pass".into(), sshkey: public })
+        .await
+        .unwrap();
+    let api = api.clone().with_token(api.login("bob@example.com", "bob-pass").await.unwrap().token);
+    let sock = api
+        .connect(&SocketCreate {
+            name: "private".into(),
+            socket_type: Some("http".into()),
+            protected_socket: true,
+            protected_username: Some("bob".into()),
+            protected_password: Some("open sesame".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let relay = sock.tunnels[0].local_port;
+    let origin_port = origin().await;
+    let n1 = c.nodes[&1].ip.clone();
+    let n2 = c.nodes[&2].ip.clone();
+
+    let mut first = ssh_forward(&key, &u.user_name, &n1, relay, origin_port);
+    let body = eventually(Duration::from_secs(20), "the protected URL to answer with credentials", || {
+        let (n1, host) = (n1.clone(), sock.dnsname.clone());
+        async move {
+            let (status, body) = get(&n1, &host, Some(("bob", "open sesame"))).await;
+            (status == 200).then_some(body)
+        }
+    })
+    .await;
+    assert_eq!(get(&n1, &sock.dnsname, None).await.0, 401);
+    assert_eq!(get(&n1, &sock.dnsname, Some(("bob", "wrong"))).await.0, 401);
+    assert!(!body.to_lowercase().contains("authorization:"), "credentials leaked to the service: {body}");
+
+    // A newer connection for the same tunnel, to another node, wins: the first is closed.
+    let _second = ssh_forward(&key, &u.user_name, &n2, relay, origin_port);
+    eventually(Duration::from_secs(20), "the older SSH session to be closed", || {
+        let done = first.0.try_wait().unwrap().is_some();
+        async move { done.then_some(()) }
+    })
+    .await;
+    eventually(Duration::from_secs(20), "the URL to answer through the new holder", || {
+        let (n2, host) = (n2.clone(), sock.dnsname.clone());
+        async move { (get(&n2, &host, Some(("bob", "open sesame"))).await.0 == 200).then_some(()) }
+    })
+    .await;
+    let view = c.api(3).cluster().await.unwrap();
+    let held: Vec<(u64, usize)> = view.nodes.iter().map(|n| (n.id, n.tunnels)).collect();
+    assert!(held.contains(&(2, 1)) && held.contains(&(1, 0)), "{held:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_holding_node_releases_its_tunnels() {
+    let mut c = TestCluster::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(dir.path(), "carol");
+    let api = c.api(1);
+    let u = api
+        .create_user(&UserCreate { name: "Carol".into(), email: "carol@example.com".into(), password: "carol-pass".into(), sshkey: public })
+        .await
+        .unwrap();
+    let api = api.clone().with_token(api.login("carol@example.com", "carol-pass").await.unwrap().token);
+    let sock = api.connect(&SocketCreate { name: "svc".into(), ..Default::default() }).await.unwrap();
+    let relay = sock.tunnels[0].local_port;
+    let origin_port = origin().await;
+    let (n1, n3) = (c.nodes[&1].ip.clone(), c.nodes[&3].ip.clone());
+
+    let first = ssh_forward(&key, &u.user_name, &n3, relay, origin_port);
+    eventually(Duration::from_secs(20), "the URL through node 3", || {
+        let (n3, host) = (n3.clone(), sock.dnsname.clone());
+        async move { (get(&n3, &host, None).await.0 == 200).then_some(()) }
+    })
+    .await;
+
+    let t0 = std::time::Instant::now();
+    c.kill9(3);
+    let a1 = c.api(1);
+    eventually(Duration::from_secs(30), "the dead node's tunnel to be released", || {
+        let a1 = a1.clone();
+        async move {
+            let v = a1.cluster().await.ok()?;
+            (v.nodes.iter().find(|n| n.id == 3)?.tunnels == 0).then_some(())
+        }
+    })
+    .await;
+    eprintln!("tunnel of the killed node released after {:?}", t0.elapsed());
+    drop(first);
+
+    let _second = ssh_forward(&key, &u.user_name, &n1, relay, origin_port);
+    eventually(Duration::from_secs(20), "the URL through node 1 after the reconnect", || {
+        let (n1, host) = (n1.clone(), sock.dnsname.clone());
+        async move { (get(&n1, &host, None).await.0 == 200).then_some(()) }
+    })
+    .await;
+    eprintln!("URL answering again through another node {:?} after the kill", t0.elapsed());
+}
