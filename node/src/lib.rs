@@ -11,7 +11,8 @@
 //! - [`bootstrap`]: cluster secrets generated once by the first leader.
 //! - [`http`], [`auth`], [`validate`]: the REST API.
 //! - [`ssh`], [`tunnels`]: the SSH tunnel server and the tunnels this node holds.
-//! - [`proxy`]: public HTTP endpoints routed by Host.
+//! - [`proxy`], [`relay`]: public HTTP endpoints routed by Host; relaying a connection to the
+//!   node that holds the tunnel.
 //! - [`server`]: start-up, background duties and graceful shutdown.
 
 pub mod auth;
@@ -24,6 +25,7 @@ pub mod openapi;
 pub mod peers;
 pub mod proxy;
 pub mod raft_net;
+pub mod relay;
 pub mod server;
 pub mod sockets;
 pub mod ssh;

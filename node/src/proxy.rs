@@ -158,7 +158,68 @@ fn local_tunnels(node: &NodeRef, holdings: &Holdings, socket_id: &Uuid) -> Vec<H
     held
 }
 
-async fn open_channel(h: &Holding, peer: SocketAddr) -> Result<russh::ChannelStream<russh::server::Msg>, russh::Error> {
+/// A byte stream to the service behind a tunnel: a channel on a local SSH session, or a relay
+/// to the node holding the tunnel.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
+/// Opens a stream to a live tunnel of the socket: tunnels held here first, then relays to the
+/// nodes holding the others. When every candidate fails (the local replica may be stale), the
+/// replica is refreshed once and the choice made again.
+pub async fn open_upstream(
+    node: &NodeRef,
+    holdings: &Holdings,
+    socket_id: &Uuid,
+    peer: SocketAddr,
+) -> Result<(Box<dyn Io>, Option<Holding>), Response<Body>> {
+    for attempt in 0..2 {
+        let local = local_tunnels(node, holdings, socket_id);
+        for h in &local {
+            match open_channel(h, peer).await {
+                Ok(stream) => return Ok((Box::new(stream), Some(h.clone()))),
+                Err(e) => tracing::debug!(tunnel_id = %h.tunnel_id, error = %e, "tunnel channel refused; trying the next"),
+            }
+        }
+        let membership = node.metrics().membership_config.membership().clone();
+        let mut remote: Vec<(Uuid, u64, String)> = node.read(|r| {
+            r.tunnels_of(socket_id)
+                .iter()
+                .filter_map(|t| r.session(&t.tunnel_id))
+                .filter(|s| s.node_id != node.id)
+                .filter_map(|s| membership.get_node(&s.node_id).map(|n| (s.tunnel_id, s.epoch, n.addr.clone())))
+                .collect()
+        });
+        if remote.len() > 1 {
+            let k = rand::random::<usize>() % remote.len();
+            remote.rotate_left(k);
+        }
+        for (tunnel_id, epoch, addr) in &remote {
+            let open = mysocket_api::internal::RelayOpen {
+                socket_id: socket_id.to_string(),
+                tunnel_id: tunnel_id.to_string(),
+                epoch: *epoch,
+                client_addr: peer.to_string(),
+            };
+            match crate::relay::connect(&node.peers, addr, open).await {
+                Ok(stream) => return Ok((Box::new(stream), None)),
+                Err(e) => tracing::debug!(%tunnel_id, epoch, %addr, error = %e.message(), "relay refused; trying the next"),
+            }
+        }
+        if local.is_empty() && remote.is_empty() && attempt == 1 {
+            return Err(page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+                "This socket has no live tunnel: start mysocketctl connect (or ssh -R) for it.",
+            ));
+        }
+        if attempt == 0 && node.linearizable().await.is_err() {
+            break;
+        }
+    }
+    Err(page(StatusCode::BAD_GATEWAY, "Bad Gateway", "The tunnels of this socket did not accept the connection."))
+}
+
+pub async fn open_channel(h: &Holding, peer: SocketAddr) -> Result<russh::ChannelStream<russh::server::Msg>, russh::Error> {
     let ch = h
         .handle
         .channel_open_forwarded_tcpip(h.bind_address.clone(), h.relay_port, peer.ip().to_string(), u32::from(peer.port()))
@@ -218,27 +279,9 @@ async fn handle(
     let reuse = matches!(&*guard, Some((sid, s)) if *sid == socket.socket_id && s.is_ready() && !is_upgrade);
     let holding;
     if !reuse {
-        let tunnels = local_tunnels(&node, &holdings, &socket.socket_id);
-        if tunnels.is_empty() {
-            let elsewhere = node.read(|r| r.tunnels_of(&socket.socket_id).iter().any(|t| r.session(&t.tunnel_id).is_some()));
-            return if elsewhere {
-                page(StatusCode::BAD_GATEWAY, "Bad Gateway", "The tunnel of this socket is connected to another node of the cluster.")
-            } else {
-                page(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", "This socket has no live tunnel: start mysocketctl connect (or ssh -R) for it.")
-            };
-        }
-        let mut opened = None;
-        for h in &tunnels {
-            match open_channel(h, peer).await {
-                Ok(stream) => {
-                    opened = Some((h.clone(), stream));
-                    break;
-                }
-                Err(e) => tracing::debug!(tunnel_id = %h.tunnel_id, error = %e, "tunnel channel refused; trying the next"),
-            }
-        }
-        let Some((h, stream)) = opened else {
-            return page(StatusCode::BAD_GATEWAY, "Bad Gateway", "The tunnel of this socket did not accept the connection.");
+        let (stream, h) = match open_upstream(&node, &holdings, &socket.socket_id, peer).await {
+            Ok(x) => x,
+            Err(page) => return page,
         };
         let (sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
             Ok(x) => x,
@@ -248,7 +291,7 @@ async fn handle(
             let _ = conn.with_upgrades().await;
         });
         *guard = Some((socket.socket_id, sender));
-        holding = Some(h);
+        holding = h;
     } else {
         holding = None;
     }

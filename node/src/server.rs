@@ -89,10 +89,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let root = CancellationToken::new();
     let tasks = TaskTracker::new();
 
+    let holdings = Arc::new(crate::tunnels::Holdings::default());
+
     // Internal gRPC server.
     {
         let svc = InternalServer::with_interceptor(
-            InternalService { node: node.clone() },
+            InternalService { node: node.clone(), holdings: holdings.clone() },
             CheckCredential { secret: Arc::new(cfg.cluster_secret.0.as_bytes().to_vec()) },
         );
         let mut builder = tonic::transport::Server::builder()
@@ -143,7 +145,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
 
     // Data plane: SSH tunnels, the tunnels held here, public HTTP.
     {
-        let holdings = Arc::new(crate::tunnels::Holdings::default());
         let (n, h, stop) = (node.clone(), holdings.clone(), root.child_token());
         tasks.spawn(async move { crate::ssh::serve(n, ssh_listener, h, stop).await });
         let (n, h, stop) = (node.clone(), holdings.clone(), root.child_token());

@@ -131,6 +131,40 @@ async fn openssh_reverse_forward_serves_public_http() {
     assert!(body.to_lowercase().contains("x-forwarded-proto: http"), "{body}");
     let view = c.api(2).cluster().await.unwrap();
     assert_eq!(view.nodes.iter().find(|n| n.id == 1).unwrap().tunnels, 1, "the claim is replicated");
+
+    // Every node serves the socket: nodes 2 and 3 relay to node 1, which holds the tunnel.
+    for n in [2u64, 3] {
+        let ip = c.nodes[&n].ip.clone();
+        let body = eventually(Duration::from_secs(20), &format!("the URL through node {n}"), || {
+            let (ip, host) = (ip.clone(), sock.dnsname.clone());
+            async move {
+                let (status, body) = get(&ip, &host, None).await;
+                (status == 200).then_some(body)
+            }
+        })
+        .await;
+        assert!(body.contains("GET /some/path"), "{body}");
+    }
+
+    // Fencing: the holder refuses a relay that carries an epoch it does not hold.
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.node_raft_addr(1))).unwrap().connect().await.unwrap();
+    let secret = c.secret.clone();
+    let mut internal = mysocket_api::internal::internal_client::InternalClient::with_interceptor(ch, move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert(mysocket_api::CLUSTER_CREDENTIAL_HEADER, secret.parse().unwrap());
+        Ok(r)
+    });
+    use mysocket_api::internal::relay_frame::Payload;
+    let open = |epoch| mysocket_api::internal::RelayFrame {
+        payload: Some(Payload::Open(mysocket_api::internal::RelayOpen {
+            socket_id: sock.socket_id.clone(),
+            tunnel_id: sock.tunnels[0].tunnel_id.clone(),
+            epoch,
+            client_addr: "127.0.0.1:1".into(),
+        })),
+    };
+    let err = internal.relay(futures::stream::iter(vec![open(0)])).await.err().expect("stale epoch refused");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(internal.relay(futures::stream::iter(vec![open(1)])).await.is_ok(), "the current epoch is accepted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
