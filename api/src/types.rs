@@ -25,6 +25,9 @@ pub struct NodeView {
     /// Empty until the node has registered its addresses.
     pub api_addr: String,
     pub raft_addr: String,
+    /// SSH tunnel endpoint of the node; empty until it has registered.
+    #[serde(default)]
+    pub ssh_addr: String,
     pub voter: bool,
     /// `null` when the node did not answer.
     pub last_applied: Option<u64>,

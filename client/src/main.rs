@@ -5,6 +5,7 @@
 //! 2 usage error, 3 not logged in or token refused, 4 not found, 5 conflict or limit.
 
 mod table;
+mod tunnel;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -53,6 +54,30 @@ enum Cmd {
     Tunnel {
         #[command(subcommand)]
         cmd: TunnelCmd,
+    },
+    /// Create a socket with a tunnel and serve a local port through it until Ctrl-C (which
+    /// deletes the socket again).
+    Connect {
+        /// The local port to publish.
+        #[arg(long)]
+        port: u16,
+        #[arg(long, short = 'n', default_value = "mysocketctl connect")]
+        name: String,
+        /// http, https, tcp or tls.
+        #[arg(long = "type", short = 't', default_value = "http")]
+        socket_type: String,
+        #[arg(long, short = 'P')]
+        protected: bool,
+        #[arg(long, short = 'u')]
+        username: Option<String>,
+        #[arg(long, short = 'p')]
+        password: Option<String>,
+        /// Where the local service listens.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// SSH private key; default ~/.ssh/id_ed25519, id_ecdsa or id_rsa.
+        #[arg(long, short = 'i')]
+        identity: Option<PathBuf>,
     },
     /// Inspect and change the cluster's membership (operators).
     Cluster {
@@ -138,6 +163,19 @@ enum TunnelCmd {
         socket_id: String,
         #[arg(long = "tunnel_id", alias = "tunnel-id", short = 't')]
         tunnel_id: String,
+    },
+    /// Serve a local port through an existing tunnel until stopped.
+    Connect {
+        #[arg(long = "socket_id", alias = "socket-id", short = 's')]
+        socket_id: String,
+        #[arg(long = "tunnel_id", alias = "tunnel-id", short = 't')]
+        tunnel_id: String,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, short = 'i')]
+        identity: Option<PathBuf>,
     },
 }
 
@@ -305,6 +343,36 @@ fn cluster_table(v: &mysocket_api::ClusterView) {
     t.print();
 }
 
+/// SSH endpoints to try: the tunnel's own server first, then every node's.
+async fn servers(api: &ApiClient, first: &str) -> Vec<String> {
+    let mut v = vec![first.to_string()];
+    if let Ok(view) = api.cluster().await {
+        for n in view.nodes {
+            if !n.ssh_addr.is_empty() && !v.contains(&n.ssh_addr) {
+                v.push(n.ssh_addr);
+            }
+        }
+    }
+    v
+}
+
+fn print_urls(s: &mysocket_api::Socket) {
+    match s.socket_type.as_str() {
+        "tcp" | "tls" => eprintln!("{}://{}:{}", s.socket_type, s.dnsname, s.socket_tcp_ports.first().copied().unwrap_or(0)),
+        _ => eprintln!("http://{} (HTTP port 8080 on the local cluster), https://{} (8443)", s.dnsname, s.dnsname),
+    }
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::signal;
+    use tokio::signal::unix::SignalKind;
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let cli = Cli::parse();
@@ -412,11 +480,70 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     let t = api.tunnel(&socket_id, &tunnel_id).await?;
                     if as_json { json(&t) } else { tunnel_table(std::slice::from_ref(&t)) }
                 }
+                TunnelCmd::Connect { socket_id, tunnel_id, port, host, identity } => {
+                    let sock = api.socket(&socket_id).await?;
+                    let t = sock
+                        .tunnels
+                        .iter()
+                        .find(|t| t.tunnel_id == tunnel_id)
+                        .ok_or_else(|| fail(4, format!("socket {socket_id} has no tunnel {tunnel_id}")))?;
+                    let spec = tunnel::TunnelSpec {
+                        user: sock.user_name.clone(),
+                        relay_port: t.local_port,
+                        host,
+                        port,
+                        identity: tunnel::find_identity(identity)?,
+                        servers: servers(&api, &t.tunnel_server).await,
+                    };
+                    print_urls(&sock);
+                    tokio::select! {
+                        r = tunnel::run(spec, api.clone()) => r?,
+                        _ = stop_signal() => eprintln!("stopped"),
+                    }
+                }
                 TunnelCmd::Delete { socket_id, tunnel_id } => {
                     api.delete_tunnel(&socket_id, &tunnel_id).await?;
                     if as_json { json(&serde_json::json!({"deleted": tunnel_id})) } else { println!("Tunnel {tunnel_id} deleted") }
                 }
             }
+        }
+        Cmd::Connect { port, name, socket_type, protected, username, password, host, identity } => {
+            let api = authed()?;
+            let identity = tunnel::find_identity(identity)?;
+            let req = SocketCreate {
+                name,
+                socket_type: Some(socket_type),
+                protected_socket: protected,
+                protected_username: username,
+                protected_password: password,
+                ..Default::default()
+            };
+            let sock = api.connect(&req).await?;
+            let t = sock.tunnels.first().ok_or_else(|| fail(1, "the server created no tunnel"))?.clone();
+            if as_json {
+                json(&sock);
+            } else {
+                socket_table(std::slice::from_ref(&sock));
+            }
+            print_urls(&sock);
+            let spec = tunnel::TunnelSpec {
+                user: sock.user_name.clone(),
+                relay_port: t.local_port,
+                host,
+                port,
+                identity,
+                servers: servers(&api, &t.tunnel_server).await,
+            };
+            let outcome = tokio::select! {
+                r = tunnel::run(spec, api.clone()) => r.map_err(Failure::from),
+                _ = stop_signal() => Ok(()),
+            };
+            // Ctrl-C (or a fatal error): the socket goes away with us.
+            match api.delete_socket(&sock.socket_id).await {
+                Ok(()) => eprintln!("Socket {} deleted", sock.socket_id),
+                Err(e) => eprintln!("could not delete socket {}: {e}", sock.socket_id),
+            }
+            outcome?;
         }
         Cmd::Cluster { cmd } => match cmd {
             ClusterCmd::Status => {

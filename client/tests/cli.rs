@@ -108,3 +108,74 @@ async fn the_cli_drives_accounts_sockets_and_tunnels() {
     assert_eq!(code, 1);
     assert!(err.contains("no node answered"), "{err}");
 }
+
+async fn http_get(node_ip: &str, host: &str) -> u16 {
+    match reqwest::Client::new().get(format!("http://{node_ip}:8080/")).header("host", host).send().await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_publishes_a_local_port_survives_its_node_and_cleans_up() {
+    let mut c = TestCluster::builder().start().await;
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join(".ssh")).unwrap();
+    let key = home.path().join(".ssh/id_ed25519");
+    assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap().success());
+    let urls = [1u64, 2, 3].iter().map(|id| c.nodes[id].api_url()).collect::<Vec<_>>().join(",");
+    let ctl = Ctl { urls: urls.clone(), token_file: home.path().join("token"), home };
+    ctl.ok(&["account", "create", "--name", "Eve", "--email", "eve@example.com", "--password", "eve-password"]);
+    ctl.ok(&["login", "--email", "eve@example.com", "--password", "eve-password"]);
+    let port = origin().await;
+
+    let log = ctl.home.path().join("connect.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mysocketctl"))
+        .args(["connect", "--port", &port.to_string(), "--name", "demo"])
+        .env("MYSOCKET_API", &urls)
+        .env("MYSOCKET_TOKEN_FILE", &ctl.token_file)
+        .env("HOME", ctl.home.path())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(ctl.home.path().join("connect.err")).unwrap())
+        .spawn()
+        .unwrap();
+
+    let socks = eventually(std::time::Duration::from_secs(20), "connect to create its socket", || {
+        let v = ctl.json(&["socket", "ls"]);
+        async move { (!v.as_array().unwrap().is_empty()).then_some(v) }
+    })
+    .await;
+    let dnsname = socks[0]["dnsname"].as_str().unwrap().to_string();
+    for id in [1u64, 2, 3] {
+        let ip = c.nodes[&id].ip.clone();
+        eventually(std::time::Duration::from_secs(20), &format!("the URL through node {id}"), || {
+            let (ip, host) = (ip.clone(), dnsname.clone());
+            async move { (http_get(&ip, &host).await == 200).then_some(()) }
+        })
+        .await;
+    }
+
+    // kill -9 the node holding the tunnel: connect moves to another node and the URL answers again.
+    let view = c.api(1).cluster().await.unwrap();
+    let holder = view.nodes.iter().find(|n| n.tunnels == 1).expect("a node holds the tunnel").id;
+    let t0 = std::time::Instant::now();
+    c.kill9(holder);
+    let other = c.running()[0];
+    let ip = c.nodes[&other].ip.clone();
+    eventually(std::time::Duration::from_secs(45), "the URL to answer after the holder died", || {
+        let (ip, host) = (ip.clone(), dnsname.clone());
+        async move { (http_get(&ip, &host).await == 200).then_some(()) }
+    })
+    .await;
+    eprintln!("mysocketctl connect: URL answering again {:?} after kill -9 of node {holder}", t0.elapsed());
+
+    // Ctrl-C: the socket is deleted, and connect says so.
+    Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "connect exit {status:?}");
+    let err = std::fs::read_to_string(ctl.home.path().join("connect.err")).unwrap();
+    assert!(err.contains("deleted"), "{err}");
+    assert!(ctl.json(&["socket", "ls"]).as_array().unwrap().is_empty());
+    let out = std::fs::read_to_string(&log).unwrap();
+    assert!(out.contains("Welcome to mysocket"), "banner missing: {out}");
+}

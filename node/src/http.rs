@@ -175,6 +175,7 @@ pub async fn cluster_view(node: &NodeRef) -> ClusterView {
                 id: *id,
                 api_addr: reg.node(*id).map(|r| r.api_addr.clone()).unwrap_or_default(),
                 raft_addr: addr.clone(),
+                ssh_addr: reg.node(*id).map(|r| r.ssh_addr.clone()).unwrap_or_default(),
                 voter: voters.contains(id),
                 last_applied,
                 tunnels: reg.sessions_on(*id),

@@ -12,39 +12,6 @@ use std::time::Duration;
 use mysocket_api::SocketCreate;
 use mysocket_api::UserCreate;
 use support::*;
-use tokio::io::AsyncReadExt;
-use tokio::io::AsyncWriteExt;
-
-/// A tiny origin: answers every request with its request head as the body.
-async fn origin() -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                    let head: Vec<u8> = buf.drain(..end).collect();
-                    let body = format!("origin saw:\n{}", String::from_utf8_lossy(&head));
-                    let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{body}", body.len());
-                    if s.write_all(resp.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
 
 fn keygen(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, String) {
     let key = dir.join(name);

@@ -1,0 +1,160 @@
+//! The tunnel client: an SSH session (russh, no system `ssh` needed) that asks a node to
+//! forward the tunnel's relay port and connects every forwarded channel to the local service.
+//! On disconnect it reconnects with backoff, moving to the next node of the cluster.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::anyhow;
+use anyhow::bail;
+use anyhow::Context;
+use mysocket_api::ApiClient;
+use russh::client;
+use russh::keys::PrivateKeyWithHashAlg;
+use russh::ChannelMsg;
+
+/// What to forward where.
+pub struct TunnelSpec {
+    /// SSH login: the account's `user_name`.
+    pub user: String,
+    /// The tunnel's relay port (`local_port` in the API).
+    pub relay_port: u16,
+    /// The local service.
+    pub host: String,
+    pub port: u16,
+    pub identity: PathBuf,
+    /// SSH endpoints to try, first the tunnel's own server.
+    pub servers: Vec<String>,
+}
+
+/// The private key to use: `--identity`, else ~/.ssh/id_ed25519, id_ecdsa, id_rsa.
+pub fn find_identity(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    for f in ["id_ed25519", "id_ecdsa", "id_rsa"] {
+        let p = home.join(".ssh").join(f);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    bail!("no --identity given and no ~/.ssh/id_ed25519, id_ecdsa or id_rsa; create one with ssh-keygen -t ed25519")
+}
+
+struct Forwarder {
+    host: String,
+    port: u16,
+}
+
+impl client::Handler for Forwarder {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, _key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        // Every node presents the cluster's one host key; the API that gave us the nodes is
+        // the trust anchor for now.
+        Ok(true)
+    }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: russh::Channel<client::Msg>,
+        _connected_address: &str,
+        _connected_port: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        reply.accept().await;
+        let (host, port) = (self.host.clone(), self.port);
+        let from = format!("{originator_address}:{originator_port}");
+        tokio::spawn(async move {
+            match tokio::net::TcpStream::connect((host.as_str(), port)).await {
+                Ok(mut local) => {
+                    let _ = local.set_nodelay(true);
+                    let mut remote = channel.into_stream();
+                    let _ = tokio::io::copy_bidirectional(&mut remote, &mut local).await;
+                }
+                Err(e) => {
+                    eprintln!("connection from {from}: the local service at {host}:{port} is down ({e}); the visitor gets 502");
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+async fn session_once(spec: &TunnelSpec, key: &Arc<russh::keys::PrivateKey>, server: &str) -> anyhow::Result<()> {
+    let config = Arc::new(client::Config {
+        keepalive_interval: Some(Duration::from_secs(5)),
+        keepalive_max: 3,
+        inactivity_timeout: None,
+        nodelay: true,
+        ..Default::default()
+    });
+    let handler = Forwarder { host: spec.host.clone(), port: spec.port };
+    let mut h = tokio::time::timeout(Duration::from_secs(10), client::connect(config, server, handler))
+        .await
+        .map_err(|_| anyhow!("timed out connecting"))??;
+    let hash = h.best_supported_rsa_hash().await?.flatten();
+    match h.authenticate_publickey(&spec.user, PrivateKeyWithHashAlg::new(key.clone(), hash)).await? {
+        russh::client::AuthResult::Success => {}
+        _ => bail!("the server refused the key {} for {}", spec.identity.display(), spec.user),
+    }
+    h.tcpip_forward("127.0.0.1", u32::from(spec.relay_port))
+        .await
+        .map_err(|e| anyhow!("the server refused to forward relay port {}: {e}", spec.relay_port))?;
+    let mut ch = h.channel_open_session().await?;
+    ch.request_shell(false).await?;
+    eprintln!("tunnel up via {server}: relay port {} -> {}:{}", spec.relay_port, spec.host, spec.port);
+    while let Some(msg) = ch.wait().await {
+        match msg {
+            ChannelMsg::Data { data } => {
+                use std::io::Write;
+                let mut out = std::io::stdout();
+                let _ = out.write_all(&String::from_utf8_lossy(&data).replace("\r\n", "\n").into_bytes());
+                let _ = out.flush();
+            }
+            ChannelMsg::Eof | ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the tunnel up until the process is stopped: reconnects with backoff, moving to the
+/// next node each time, and refreshes the node list from the API when it can.
+pub async fn run(mut spec: TunnelSpec, api: ApiClient) -> anyhow::Result<()> {
+    let key = russh::keys::load_secret_key(&spec.identity, None)
+        .with_context(|| format!("cannot read the private key {} (passphrase-protected keys are not supported)", spec.identity.display()))?;
+    let key = Arc::new(key);
+    let mut backoff = Duration::from_millis(250);
+    let mut i = 0usize;
+    loop {
+        if spec.servers.is_empty() {
+            bail!("no SSH endpoint known for this cluster");
+        }
+        let server = spec.servers[i % spec.servers.len()].clone();
+        let started = Instant::now();
+        match session_once(&spec, &key, &server).await {
+            Ok(()) => eprintln!("tunnel via {server} closed; reconnecting"),
+            Err(e) => eprintln!("tunnel via {server}: {e:#}"),
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(250);
+        }
+        if let Ok(view) = api.cluster().await {
+            let mut fresh: Vec<String> = view.nodes.iter().filter(|n| !n.ssh_addr.is_empty()).map(|n| n.ssh_addr.clone()).collect();
+            if !fresh.is_empty() {
+                fresh.sort();
+                spec.servers = fresh;
+            }
+        }
+        i += 1;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
