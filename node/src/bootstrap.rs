@@ -17,6 +17,17 @@ use russh::keys::PrivateKey;
 
 use mysocket_raft_store::ClusterConfig;
 
+/// The cluster CA's parameters. Deterministic for a domain, so a node can rebuild the issuer
+/// from the replicated CA key and sign certificates that chain to the replicated CA cert.
+pub fn ca_params(domain: &str) -> Result<CertificateParams, rcgen::Error> {
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name = DistinguishedName::new();
+    ca.distinguished_name.push(DnType::CommonName, format!("mysocket CA for {domain}"));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    Ok(ca)
+}
+
 /// Generates fresh cluster material for `domain`.
 pub fn generate(domain: &str, tcp_ports: (u16, u16), now_ms: u64) -> Result<ClusterConfig, String> {
     let mut rng = rand::thread_rng();
@@ -28,11 +39,7 @@ pub fn generate(domain: &str, tcp_ports: (u16, u16), now_ms: u64) -> Result<Clus
 
     let err = |e: rcgen::Error| format!("generate certificates: {e}");
     let ca_key = KeyPair::generate().map_err(err)?;
-    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name = DistinguishedName::new();
-    ca.distinguished_name.push(DnType::CommonName, format!("mysocket CA for {domain}"));
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let ca = ca_params(domain).map_err(err)?;
     let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
 
     let leaf_key = KeyPair::generate().map_err(err)?;

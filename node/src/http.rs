@@ -108,6 +108,7 @@ pub fn router(node: NodeRef) -> Router {
         .route("/readyz", get(readyz))
         .route("/cluster", get(cluster))
         .route("/cluster/digest", get(digest))
+        .route("/cluster/ca.pem", get(ca_pem))
         .route("/cluster/nodes", post(add_node))
         .route("/cluster/nodes/{id}", delete(remove_node))
         .route("/user", post(create_user))
@@ -208,6 +209,14 @@ pub(crate) async fn digest(State(node): State<NodeRef>) -> Json<DigestView> {
         snapshot_index: m.snapshot.map(|l| l.index),
         purged_index: m.purged.map(|l| l.index),
     })
+}
+
+#[utoipa::path(get, path = "/cluster/ca.pem", tag = "cluster", responses((status = 200, description = "The cluster CA certificate (PEM), for curl --cacert", content_type = "application/x-pem-file"), (status = 503, body = ErrorBody)))]
+pub(crate) async fn ca_pem(State(node): State<NodeRef>) -> ApiResult<Response> {
+    let ca = node
+        .read(|r| r.config().map(|c| c.tls_ca_cert.clone()))
+        .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "cluster not bootstrapped yet".into()))?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/x-pem-file")], ca).into_response())
 }
 
 #[utoipa::path(post, path = "/cluster/nodes", tag = "cluster", request_body = AddNode, responses((status = 200, body = ClusterView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]

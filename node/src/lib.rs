@@ -13,6 +13,7 @@
 //! - [`ssh`], [`tunnels`]: the SSH tunnel server and the tunnels this node holds.
 //! - [`proxy`], [`relay`]: public HTTP endpoints routed by Host; relaying a connection to the
 //!   node that holds the tunnel.
+//! - [`tcp`], [`tls`]: listeners for tcp/tls sockets; TLS with the cluster certificate.
 //! - [`server`]: start-up, background duties and graceful shutdown.
 
 pub mod auth;
@@ -28,6 +29,8 @@ pub mod raft_net;
 pub mod relay;
 pub mod server;
 pub mod sockets;
+pub mod tcp;
+pub mod tls;
 pub mod ssh;
 pub mod tunnels;
 pub mod validate;

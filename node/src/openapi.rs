@@ -25,6 +25,7 @@ impl Modify for TokenHeader {
         crate::http::readyz,
         crate::http::cluster,
         crate::http::digest,
+        crate::http::ca_pem,
         crate::http::add_node,
         crate::http::remove_node,
         crate::http::create_user,

@@ -90,6 +90,39 @@ pub async fn serve_http(node: NodeRef, holdings: Arc<Holdings>, listener: TcpLis
     }
 }
 
+/// Serves public HTTPS until `stop`: TLS terminated with the cluster certificate, then the
+/// same routing as HTTP.
+pub async fn serve_https(node: NodeRef, holdings: Arc<Holdings>, tls: crate::tls::Slot, listener: TcpListener, stop: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "HTTPS accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let Some(acceptor) = tls.read().expect("tls slot").clone() else {
+            // Not bootstrapped yet: nothing to present.
+            continue;
+        };
+        let (node, holdings) = (node.clone(), holdings.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve_connection(node, holdings, TokioIo::new(tls), peer, "https").await,
+                _ => tracing::debug!(%peer, "TLS handshake failed"),
+            }
+        });
+    }
+}
+
 /// One client connection; its upstream (one channel through the tunnel) is reused by the
 /// requests that follow on it while they go to the same socket.
 pub async fn serve_connection<I>(node: NodeRef, holdings: Arc<Holdings>, io: I, peer: SocketAddr, scheme: &'static str)
@@ -171,7 +204,7 @@ pub async fn open_upstream(
     holdings: &Holdings,
     socket_id: &Uuid,
     peer: SocketAddr,
-) -> Result<(Box<dyn Io>, Option<Holding>), Response<Body>> {
+) -> Result<(Box<dyn Io>, Option<Holding>), NoUpstream> {
     for attempt in 0..2 {
         let local = local_tunnels(node, holdings, socket_id);
         for h in &local {
@@ -206,17 +239,35 @@ pub async fn open_upstream(
             }
         }
         if local.is_empty() && remote.is_empty() && attempt == 1 {
-            return Err(page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Service Unavailable",
-                "This socket has no live tunnel: start mysocketctl connect (or ssh -R) for it.",
-            ));
+            return Err(NoUpstream::NoTunnel);
         }
         if attempt == 0 && node.linearizable().await.is_err() {
             break;
         }
     }
-    Err(page(StatusCode::BAD_GATEWAY, "Bad Gateway", "The tunnels of this socket did not accept the connection."))
+    Err(NoUpstream::Refused)
+}
+
+/// Why no stream to the service could be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoUpstream {
+    /// No tunnel of the socket is connected anywhere.
+    NoTunnel,
+    /// Tunnels exist but none accepted the connection.
+    Refused,
+}
+
+impl NoUpstream {
+    fn page(self) -> Response<Body> {
+        match self {
+            NoUpstream::NoTunnel => page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+                "This socket has no live tunnel: start mysocketctl connect (or ssh -R) for it.",
+            ),
+            NoUpstream::Refused => page(StatusCode::BAD_GATEWAY, "Bad Gateway", "The tunnels of this socket did not accept the connection."),
+        }
+    }
 }
 
 pub async fn open_channel(h: &Holding, peer: SocketAddr) -> Result<russh::ChannelStream<russh::server::Msg>, russh::Error> {
@@ -281,7 +332,7 @@ async fn handle(
     if !reuse {
         let (stream, h) = match open_upstream(&node, &holdings, &socket.socket_id, peer).await {
             Ok(x) => x,
-            Err(page) => return page,
+            Err(e) => return e.page(),
         };
         let (sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
             Ok(x) => x,

@@ -67,6 +67,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let raft_listener = bind(cfg.raft_addr, "Raft").await?;
     let ssh_listener = bind(cfg.ssh_addr, "SSH").await?;
     let http_listener = bind(cfg.http_addr, "public HTTP").await?;
+    let https_listener = bind(cfg.https_addr, "public HTTPS").await?;
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
 
     let (log_store, state_machine) = mysocket_raft_store::open(&cfg.data_dir)
@@ -143,14 +144,21 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         tasks.spawn(async move { duties(node, stop).await });
     }
 
-    // Data plane: SSH tunnels, the tunnels held here, public HTTP.
+    // Data plane: SSH tunnels, the tunnels held here, public HTTP(S), tcp/tls sockets.
     {
         let (n, h, stop) = (node.clone(), holdings.clone(), root.child_token());
         tasks.spawn(async move { crate::ssh::serve(n, ssh_listener, h, stop).await });
         let (n, h, stop) = (node.clone(), holdings.clone(), root.child_token());
         tasks.spawn(async move { crate::tunnels::watch(n, h, stop).await });
-        let (n, h, stop) = (node.clone(), holdings, root.child_token());
+        let (n, h, stop) = (node.clone(), holdings.clone(), root.child_token());
         tasks.spawn(async move { crate::proxy::serve_http(n, h, http_listener, stop).await });
+        let (https_tls, raw_tls): (crate::tls::Slot, crate::tls::Slot) = Default::default();
+        let (n, a, b, stop) = (node.clone(), https_tls.clone(), raw_tls.clone(), root.child_token());
+        tasks.spawn(async move { crate::tls::load_when_ready(n, a, b, stop).await });
+        let (n, h, t, stop) = (node.clone(), holdings.clone(), https_tls, root.child_token());
+        tasks.spawn(async move { crate::proxy::serve_https(n, h, t, https_listener, stop).await });
+        let (n, h, t, stop) = (node.clone(), holdings, raw_tls, root.child_token());
+        tasks.spawn(async move { crate::tcp::reconcile(n, h, t, stop).await });
     }
 
     // REST API.

@@ -236,3 +236,121 @@ async fn killing_the_holding_node_releases_its_tunnels() {
     .await;
     eprintln!("URL answering again through another node {:?} after the kill", t0.elapsed());
 }
+
+/// Reads until a whole answer is in: the origin's echo (ends with the echoed head's blank
+/// line) or one of our HTML pages.
+async fn read_answer<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let done = |b: &[u8]| {
+        let t = String::from_utf8_lossy(b);
+        (t.contains("origin saw:") && t.ends_with("\r\n\r\n")) || t.ends_with("</html>\n")
+    };
+    while !done(&buf) && std::time::Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn tls_connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+}
+
+/// A request over TLS (verified with the cluster CA) or plain TCP; returns what came back.
+async fn request(ip: &str, port: u16, tls: Option<(&tokio_rustls::TlsConnector, &str)>, host: &str) -> String {
+    use tokio::io::AsyncWriteExt;
+    let Ok(tcp) = tokio::net::TcpStream::connect((ip, port)).await else { return String::new() };
+    let req = format!("GET /via-{port} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    match tls {
+        Some((conn, name)) => {
+            let Ok(mut s) = conn.connect(rustls::pki_types::ServerName::try_from(name.to_string()).unwrap(), tcp).await else {
+                return String::from("tls handshake failed");
+            };
+            let _ = s.write_all(req.as_bytes()).await;
+            read_answer(&mut s).await
+        }
+        None => {
+            let mut s = tcp;
+            let _ = s.write_all(req.as_bytes()).await;
+            read_answer(&mut s).await
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_tcp_and_tls_sockets_answer_through_every_node() {
+    let c = TestCluster::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(dir.path(), "dave");
+    let api = c.api(1);
+    let u = api
+        .create_user(&UserCreate { name: "Dave".into(), email: "dave@example.com".into(), password: "dave-pass".into(), sshkey: public })
+        .await
+        .unwrap();
+    let api = api.clone().with_token(api.login("dave@example.com", "dave-pass").await.unwrap().token);
+    let ca = reqwest::get(format!("{}/cluster/ca.pem", c.nodes[&2].api_url())).await.unwrap().text().await.unwrap();
+    assert!(ca.contains("BEGIN CERTIFICATE"));
+    let conn = tls_connector(&ca);
+    let origin_port = origin().await;
+    let mk = |t: &str| SocketCreate { name: t.into(), socket_type: Some(t.into()), ..Default::default() };
+    let https = api.connect(&mk("https")).await.unwrap();
+    let tcp = api.connect(&mk("tcp")).await.unwrap();
+    let tls = api.connect(&mk("tls")).await.unwrap();
+    let n1 = c.nodes[&1].ip.clone();
+    let _t1 = ssh_forward(&key, &u.user_name, &n1, https.tunnels[0].local_port, origin_port);
+    let _t2 = ssh_forward(&key, &u.user_name, &c.nodes[&2].ip, tcp.tunnels[0].local_port, origin_port);
+    let _t3 = ssh_forward(&key, &u.user_name, &c.nodes[&3].ip, tls.tunnels[0].local_port, origin_port);
+
+    for id in [1u64, 2, 3] {
+        let ip = c.nodes[&id].ip.clone();
+        let (conn, ca) = (conn.clone(), ca.clone());
+        let _ = ca;
+        let got = eventually(Duration::from_secs(20), &format!("https through node {id}"), || {
+            let (ip, conn, name) = (ip.clone(), conn.clone(), https.dnsname.clone());
+            async move {
+                let r = request(&ip, 8443, Some((&conn, &name)), &name).await;
+                r.starts_with("HTTP/1.1 200").then_some(r)
+            }
+        })
+        .await;
+        assert!(got.to_lowercase().contains("x-forwarded-proto: https"), "{got}");
+        let port = tcp.socket_tcp_ports[0];
+        eventually(Duration::from_secs(20), &format!("tcp through node {id}"), || {
+            let (ip, name) = (ip.clone(), tcp.dnsname.clone());
+            async move { request(&ip, port, None, &name).await.contains("origin saw:").then_some(()) }
+        })
+        .await;
+        let port = tls.socket_tcp_ports[0];
+        eventually(Duration::from_secs(20), &format!("tls through node {id}"), || {
+            let (ip, conn, name) = (ip.clone(), conn.clone(), tls.dnsname.clone());
+            async move { request(&ip, port, Some((&conn, &name)), &name).await.contains("origin saw:").then_some(()) }
+        })
+        .await;
+    }
+
+    // Deleting a socket closes its listeners on every node.
+    api.delete_socket(&tcp.socket_id).await.unwrap();
+    let port = tcp.socket_tcp_ports[0];
+    for id in [1u64, 2, 3] {
+        let ip = c.nodes[&id].ip.clone();
+        eventually(Duration::from_secs(20), &format!("node {id} to close the tcp listener"), || {
+            let ip = ip.clone();
+            async move { tokio::net::TcpStream::connect((ip.as_str(), port)).await.is_err().then_some(()) }
+        })
+        .await;
+    }
+}

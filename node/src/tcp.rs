@@ -1,0 +1,117 @@
+//! tcp (and, with TLS terminated here, tls) sockets: every node listens on each such socket's
+//! allocated port while the socket exists, following registry changes as they are applied,
+//! and splices each connection to a live tunnel of the socket (local or relayed).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mysocket_raft_store::SocketType;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::cluster::NodeRef;
+use crate::tunnels::Holdings;
+
+/// Most concurrent connections per tcp socket on one node.
+const MAX_CONNECTIONS_PER_SOCKET: usize = 4096;
+
+/// Keeps one listener per tcp/tls socket until `stop`.
+pub async fn reconcile(node: NodeRef, holdings: Arc<Holdings>, tls: crate::tls::Slot, stop: CancellationToken) {
+    let mut events = node.state_machine.subscribe();
+    let mut listeners: HashMap<u16, (Uuid, CancellationToken)> = HashMap::new();
+    let ip = node.config.http_addr.ip();
+    loop {
+        let wanted: HashMap<u16, (Uuid, SocketType)> = node.read(|r| {
+            r.sockets().filter_map(|s| s.port.filter(|_| s.socket_type.needs_port()).map(|p| (p, (s.socket_id, s.socket_type)))).collect()
+        });
+        listeners.retain(|port, (sid, tok)| {
+            let keep = wanted.get(port).map(|(w, _)| w == sid).unwrap_or(false);
+            if !keep {
+                tracing::info!(port, socket_id = %sid, "closing tcp listener");
+                tok.cancel();
+            }
+            keep
+        });
+        for (port, (sid, kind)) in &wanted {
+            if listeners.contains_key(port) {
+                continue;
+            }
+            match TcpListener::bind(SocketAddr::new(ip, *port)).await {
+                Ok(l) => {
+                    let tok = stop.child_token();
+                    listeners.insert(*port, (*sid, tok.clone()));
+                    tracing::info!(port, socket_id = %sid, kind = kind.as_str(), "tcp listener open");
+                    let (node, holdings, tls, sid, kind) = (node.clone(), holdings.clone(), tls.clone(), *sid, *kind);
+                    tokio::spawn(async move { accept_loop(node, holdings, tls, l, sid, kind, tok).await });
+                }
+                // Retried on the next pass (a previous listener may still be closing).
+                Err(e) => tracing::warn!(port, error = %e, "cannot listen for a tcp socket"),
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = events.recv() => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+async fn accept_loop(
+    node: NodeRef,
+    holdings: Arc<Holdings>,
+    tls: crate::tls::Slot,
+    listener: TcpListener,
+    socket_id: Uuid,
+    kind: SocketType,
+    stop: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_SOCKET));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let (mut client, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "tcp accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = client.set_nodelay(true);
+        let (node, holdings, tls, stop) = (node.clone(), holdings.clone(), tls.clone(), stop.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut upstream = match crate::proxy::open_upstream(&node, &holdings, &socket_id, peer).await {
+                Ok((u, _)) => u,
+                Err(e) => {
+                    tracing::debug!(%peer, %socket_id, reason = ?e, "no tunnel for tcp connection");
+                    return;
+                }
+            };
+            let piped = async {
+                if kind == SocketType::Tls {
+                    let Some(acceptor) = tls.read().expect("tls lock").clone() else { return };
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(client)).await {
+                        Ok(Ok(mut s)) => {
+                            let _ = tokio::io::copy_bidirectional(&mut s, &mut upstream).await;
+                        }
+                        _ => tracing::debug!(%peer, "tls handshake failed"),
+                    }
+                } else {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            };
+            // Deleting the socket closes its connections too.
+            tokio::select! {
+                _ = piped => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+}
