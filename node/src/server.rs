@@ -94,8 +94,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
 
     // Internal gRPC server.
     {
-        let svc = InternalServer::with_interceptor(
-            InternalService { node: node.clone(), holdings: holdings.clone() },
+        let svc = tonic::service::interceptor::InterceptedService::new(
+            InternalServer::new(InternalService { node: node.clone(), holdings: holdings.clone() })
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
             CheckCredential { secret: Arc::new(cfg.cluster_secret.0.as_bytes().to_vec()) },
         );
         let mut builder = tonic::transport::Server::builder()
@@ -108,7 +110,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                 .client_ca_root(tonic::transport::Certificate::from_pem(&tls.ca_pem));
             builder = builder.tls_config(t).context("internal TLS configuration")?;
         }
-        let _ = MAX_MESSAGE;
         let router = builder.add_service(svc);
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(raft_listener);
         let stop = root.child_token();

@@ -209,3 +209,23 @@ async fn sigterm_shuts_down_gracefully_and_restart_keeps_state() {
     c.converged().await;
     c.api(2).login(&user(1).email, &user(1).password).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_internal_port_can_run_mutual_tls() {
+    let mut c = TestCluster::builder().internal_tls().start().await;
+    c.api(1).create_user(&user(1)).await.unwrap();
+    c.api(3).login(&user(1).email, &user(1).password).await.unwrap();
+    // Plaintext gRPC to a TLS internal port gets nowhere.
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", c.node_raft_addr(2))).unwrap().connect().await;
+    if let Ok(ch) = plain {
+        assert!(InternalClient::new(ch).node_status(Empty {}).await.is_err(), "plaintext call answered");
+    }
+    // Failover works over TLS too.
+    let leader = c.agreed_leader(Duration::from_secs(10)).await;
+    c.kill9(leader);
+    let survivor = c.agreed_leader(Duration::from_secs(20)).await;
+    c.api(survivor).create_user(&user(2)).await.unwrap();
+    c.restart(leader);
+    c.wait_ready().await;
+    assert_eq!(c.converged().await.accounts, 2);
+}

@@ -77,6 +77,9 @@ pub struct StateMachine {
     events: broadcast::Sender<Applied>,
     /// Snapshots received from a leader and installed since start (for tests and reports).
     installed: Arc<std::sync::atomic::AtomicU64>,
+    /// Serialises writes of the snapshot file (a build and an install may race) and remembers
+    /// the last index written, so an older snapshot never replaces a newer one.
+    snapshot_file: Arc<std::sync::Mutex<Option<u64>>>,
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -96,7 +99,7 @@ impl StateMachine {
         }
         let mut registry = Registry::from_rows(raw.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(invalid)?;
         let (events, _) = broadcast::channel(4096);
-        let mut sm = StateMachine { db, registry: Default::default(), snapshot_dir, events, installed: Default::default() };
+        let mut sm = StateMachine { db, registry: Default::default(), snapshot_dir, events, installed: Default::default(), snapshot_file: Default::default() };
         let (last, _) = sm.read_meta(None)?;
         registry.set_applied_index(last.map(|l| l.index()).unwrap_or(0));
         sm.registry = Arc::new(RwLock::new(registry));
@@ -141,7 +144,14 @@ impl StateMachine {
 
     fn write_snapshot_file(&self, file: &SnapshotFile) -> io::Result<Vec<u8>> {
         let bytes = serde_json::to_vec(file).map_err(other)?;
-        let tmp = self.snapshot_dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+        let index = file.meta.last_log_id.as_ref().map(|l| l.index());
+        let mut current = self.snapshot_file.lock().expect("snapshot file lock");
+        if let (Some(cur), Some(new)) = (*current, index) {
+            if new < cur {
+                return Ok(bytes);
+            }
+        }
+        let tmp = self.snapshot_dir.join(format!("{SNAPSHOT_FILE}.{}.tmp", uuid::Uuid::new_v4().simple()));
         {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(&bytes)?;
@@ -151,6 +161,7 @@ impl StateMachine {
         if let Ok(d) = fs::File::open(&self.snapshot_dir) {
             let _ = d.sync_all();
         }
+        *current = index.or(*current);
         Ok(bytes)
     }
 }

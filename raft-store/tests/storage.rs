@@ -126,3 +126,24 @@ async fn purge_and_truncate_leave_no_hole() {
     let got: Vec<u64> = log.try_get_log_entries(0..100).await.unwrap().iter().map(|e| e.index()).collect();
     assert_eq!(got, vec![5, 6, 7, 8]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_build_racing_an_install_fails_neither() {
+    let a = TempDir::new().unwrap();
+    let (_, mut sm_a) = open(a.path()).unwrap();
+    apply(&mut sm_a, (1..=30).map(|i| entry(i, account(i as u32))).collect()).await;
+    let snap = sm_a.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let b = TempDir::new().unwrap();
+    let (_, mut sm_b) = open(b.path()).unwrap();
+    apply(&mut sm_b, (1..=10).map(|i| entry(i, account(i as u32))).collect()).await;
+    for _ in 0..20 {
+        let mut builder = sm_b.get_snapshot_builder().await;
+        let mut installer = sm_b.clone();
+        let (built, installed) = tokio::join!(builder.build_snapshot(), installer.install_snapshot(&snap.meta, snap.snapshot.clone()));
+        built.expect("build");
+        installed.expect("install");
+    }
+    // The newest snapshot is the one kept.
+    let cur = sm_b.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(cur.meta.last_log_id, snap.meta.last_log_id);
+}

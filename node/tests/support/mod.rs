@@ -75,6 +75,7 @@ pub struct Builder {
     nodes: u64,
     snapshot_threshold: u64,
     extra: Vec<String>,
+    internal_tls: bool,
 }
 
 impl Builder {
@@ -86,6 +87,12 @@ impl Builder {
         self.snapshot_threshold = n;
         self
     }
+    /// Mutual TLS on the internal port, with a CA and a certificate made for the test.
+    pub fn internal_tls(mut self) -> Self {
+        self.internal_tls = true;
+        self
+    }
+
     pub fn arg(mut self, a: &str) -> Self {
         self.extra.push(a.to_string());
         self
@@ -109,6 +116,17 @@ impl Builder {
             extra: self.extra,
             nodes: BTreeMap::new(),
         };
+        if self.internal_tls {
+            let ips: Vec<String> = (1..=7).map(|id| c.node_ip(id)).collect();
+            let (ca, cert, key) = test_pki(&ips);
+            for (name, pem) in [("ca.pem", ca), ("node.pem", cert), ("node.key", key)] {
+                std::fs::write(c.dir.path().join(name), pem).unwrap();
+            }
+            for (flag, name) in [("--internal-tls-ca", "ca.pem"), ("--internal-tls-cert", "node.pem"), ("--internal-tls-key", "node.key")] {
+                c.extra.push(flag.to_string());
+                c.extra.push(c.dir.path().join(name).to_str().unwrap().to_string());
+            }
+        }
         let initial: Vec<String> = (1..=self.nodes).map(|id| format!("{id}={}", c.node_raft_addr(id))).collect();
         let initial = initial.join(",");
         for id in 1..=self.nodes {
@@ -131,7 +149,7 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub fn builder() -> Builder {
-        Builder { nodes: 3, snapshot_threshold: 1000, extra: Vec::new() }
+        Builder { nodes: 3, snapshot_threshold: 1000, extra: Vec::new(), internal_tls: false }
     }
 
     pub fn node_ip(&self, id: u64) -> String {
@@ -323,6 +341,26 @@ pub async fn origin() -> u16 {
         }
     });
     port
+}
+
+/// A CA and one certificate (server and client) valid for the given IPs: (ca, cert, key) PEM.
+pub fn test_pki(ips: &[String]) -> (String, String, String) {
+    use rcgen::BasicConstraints;
+    use rcgen::CertificateParams;
+    use rcgen::ExtendedKeyUsagePurpose;
+    use rcgen::IsCa;
+    use rcgen::Issuer;
+    use rcgen::KeyPair;
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(ips.to_vec()).unwrap();
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
 }
 
 pub fn user(n: usize) -> UserCreate {
