@@ -354,3 +354,125 @@ async fn https_tcp_and_tls_sockets_answer_through_every_node() {
         .await;
     }
 }
+
+/// An origin speaking real HTTP (hyper): POST answers with the body's size, GET /big streams
+/// 100 MiB, and an `Upgrade: websocket` request switches protocols and echoes bytes.
+async fn hyper_origin() -> u16 {
+    use http_body_util::BodyExt;
+    use hyper::body::Bytes;
+    use hyper::body::Frame;
+    use hyper::service::service_fn;
+    type B = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = service_fn(|mut req: hyper::Request<hyper::body::Incoming>| async move {
+                    let resp: hyper::Response<B> = if req.headers().contains_key("upgrade") {
+                        let on = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            if let Ok(up) = on.await {
+                                let mut io = hyper_util::rt::TokioIo::new(up);
+                                let (mut r, mut w) = tokio::io::split(&mut io);
+                                let _ = tokio::io::copy(&mut r, &mut w).await;
+                            }
+                        });
+                        hyper::Response::builder()
+                            .status(101)
+                            .header("upgrade", "websocket")
+                            .header("connection", "upgrade")
+                            .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+                            .body(http_body_util::Empty::new().boxed())
+                            .unwrap()
+                    } else if req.method() == hyper::Method::POST {
+                        let mut n = 0usize;
+                        let mut body = req.into_body();
+                        while let Some(Ok(f)) = body.frame().await {
+                            if let Some(d) = f.data_ref() {
+                                n += d.len();
+                            }
+                        }
+                        hyper::Response::new(http_body_util::Full::new(Bytes::from(format!("got {n}"))).boxed())
+                    } else {
+                        let chunk = Bytes::from(vec![b'x'; 1 << 16]);
+                        let frames = futures::stream::iter((0..1600).map(move |_| Ok::<_, std::convert::Infallible>(Frame::data(chunk.clone()))));
+                        hyper::Response::builder()
+                            .header("content-length", (1600usize << 16).to_string())
+                            .body(http_body_util::StreamBody::new(frames).boxed())
+                            .unwrap()
+                    };
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_and_100_mib_bodies_cross_the_relay_intact() {
+    use tokio::io::AsyncWriteExt;
+    let c = TestCluster::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(dir.path(), "frank");
+    let api = c.api(1);
+    let u = api
+        .create_user(&UserCreate { name: "Frank".into(), email: "frank@example.com".into(), password: "frank-pass".into(), sshkey: public })
+        .await
+        .unwrap();
+    let api = api.clone().with_token(api.login("frank@example.com", "frank-pass").await.unwrap().token);
+    let sock = api.connect(&SocketCreate { name: "big".into(), ..Default::default() }).await.unwrap();
+    let origin_port = hyper_origin().await;
+    let _t = ssh_forward(&key, &u.user_name, &c.nodes[&1].ip, sock.tunnels[0].local_port, origin_port);
+    // Through node 2: relayed to node 1, then the tunnel.
+    let n2 = c.nodes[&2].ip.clone();
+    let client = reqwest::Client::new();
+    eventually(Duration::from_secs(20), "the socket through node 2", || {
+        let (client, n2, host) = (client.clone(), n2.clone(), sock.dnsname.clone());
+        async move {
+            let r = client.post(format!("http://{n2}:8080/up")).header("host", &host).body("ping").send().await.ok()?;
+            (r.text().await.ok()? == "got 4").then_some(())
+        }
+    })
+    .await;
+
+    let big = vec![7u8; 100 << 20];
+    let r = client.post(format!("http://{n2}:8080/up")).header("host", &sock.dnsname).body(big).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), format!("got {}", 100 << 20), "upload arrived incomplete");
+    let r = client.get(format!("http://{n2}:8080/big")).header("host", &sock.dnsname).send().await.unwrap();
+    let body = r.bytes().await.unwrap();
+    assert_eq!(body.len(), 1600 << 16, "download arrived incomplete");
+    assert!(body.iter().all(|b| *b == b'x'), "download corrupted");
+
+    // WebSocket: the upgrade goes through and bytes are echoed both ways.
+    let mut s = tokio::net::TcpStream::connect((n2.as_str(), 8080)).await.unwrap();
+    let hs = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        sock.dnsname
+    );
+    s.write_all(hs.as_bytes()).await.unwrap();
+    let head = read_answer_until(&mut s, "\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.write_all(b"hello over websocket").await.unwrap();
+    let echoed = read_answer_until(&mut s, "hello over websocket").await;
+    assert!(echoed.contains("hello over websocket"), "{echoed}");
+}
+
+async fn read_answer_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !String::from_utf8_lossy(&buf).contains(needle) {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
