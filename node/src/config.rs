@@ -90,7 +90,7 @@ pub struct Flags {
     /// Minimum election timeout in milliseconds (default 1000; the maximum is twice it).
     #[arg(long, env = "MYSOCKET_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
-    /// Build a snapshot and compact the log after this many entries (default 5000).
+    /// Build a snapshot and compact the log after this many entries (default 50000).
     #[arg(long, env = "MYSOCKET_SNAPSHOT_THRESHOLD")]
     pub snapshot_threshold: Option<u64>,
     /// Most http/https sockets per account (default 10).
@@ -367,7 +367,7 @@ impl Config {
         if heartbeat_ms == 0 || election_ms < heartbeat_ms * 3 {
             return Err(bad("--election-timeout-ms must be at least three heartbeats (--heartbeat-ms)"));
         }
-        let snapshot_threshold = pick!(snapshot_threshold).unwrap_or(5000);
+        let snapshot_threshold = pick!(snapshot_threshold).unwrap_or(50_000);
         if snapshot_threshold == 0 {
             return Err(bad("--snapshot-threshold must be positive"));
         }

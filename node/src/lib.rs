@@ -16,6 +16,7 @@
 //! - [`tcp`], [`tls`]: listeners for tcp/tls sockets; TLS with the cluster certificate.
 //! - [`server`]: start-up, background duties and graceful shutdown.
 
+pub mod accept;
 pub mod auth;
 pub mod bootstrap;
 pub mod cluster;

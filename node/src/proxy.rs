@@ -26,7 +26,6 @@ use mysocket_raft_store::Socket;
 use mysocket_raft_store::SocketType;
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -67,60 +66,29 @@ fn page(status: StatusCode, title: &str, detail: &str) -> Response<Body> {
 
 /// Serves public HTTP until `stop`.
 pub async fn serve_http(node: NodeRef, holdings: Arc<Holdings>, listener: TcpListener, stop: CancellationToken) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "HTTP accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    crate::accept::serve(listener, MAX_CONNECTIONS, "public HTTP", stop, |stream, peer| {
         let (node, holdings) = (node.clone(), holdings.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            serve_connection(node, holdings, TokioIo::new(stream), peer, "http").await;
-        });
-    }
+        async move { serve_connection(node, holdings, TokioIo::new(stream), peer, "http").await }
+    })
+    .await
 }
 
-/// Serves public HTTPS until `stop`: TLS terminated with the cluster certificate, then the
+/// Serves public HTTPS until `stop`: TLS terminated with the cluster's certificates, then the
 /// same routing as HTTP.
 pub async fn serve_https(node: NodeRef, holdings: Arc<Holdings>, tls: crate::tls::Slot, listener: TcpListener, stop: CancellationToken) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "HTTPS accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let Some(acceptor) = tls.read().expect("tls slot").clone() else {
-            // Not bootstrapped yet: nothing to present.
-            continue;
-        };
+    crate::accept::serve(listener, MAX_CONNECTIONS, "public HTTPS", stop, |stream, peer| {
         let (node, holdings) = (node.clone(), holdings.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
+        // None until the cluster is bootstrapped: the connection is closed, nothing to present.
+        let acceptor = tls.read().expect("tls slot").clone();
+        async move {
+            let Some(acceptor) = acceptor else { return };
             match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => serve_connection(node, holdings, TokioIo::new(tls), peer, "https").await,
                 _ => tracing::debug!(%peer, "TLS handshake failed"),
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// One client connection; its upstream (one channel through the tunnel) is reused by the

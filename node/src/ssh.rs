@@ -21,7 +21,6 @@ use russh::ChannelId;
 use russh::MethodKind;
 use russh::MethodSet;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -65,25 +64,10 @@ pub async fn serve(node: NodeRef, listener: TcpListener, holdings: Arc<Holdings>
         max_auth_attempts: 6,
         ..Default::default()
     });
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tracing::info!(addr = ?listener.local_addr().ok(), "SSH server listening");
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "SSH accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    crate::accept::serve(listener, MAX_CONNECTIONS, "SSH", stop, |stream, peer| {
         let (node, holdings, config) = (node.clone(), holdings.clone(), config.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
+        async move {
             let state = Arc::new(Mutex::new(SessionState::default()));
             let handler = SshSession { node: node.clone(), holdings: holdings.clone(), peer, state: state.clone() };
             match russh::server::run_stream(config, stream, handler).await {
@@ -103,8 +87,9 @@ pub async fn serve(node: NodeRef, listener: TcpListener, holdings: Arc<Holdings>
                     Err(e) => tracing::warn!(%tunnel_id, error = %e, "tunnel release failed; the leader releases it when it notices"),
                 }
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 #[derive(Default)]

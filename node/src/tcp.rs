@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use mysocket_raft_store::SocketType;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -69,24 +68,10 @@ async fn accept_loop(
     kind: SocketType,
     stop: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_SOCKET));
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
-        let (mut client, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "tcp accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = client.set_nodelay(true);
+    let stop2 = stop.clone();
+    crate::accept::serve(listener, MAX_CONNECTIONS_PER_SOCKET, "tcp socket", stop2, move |mut client, peer| {
         let (node, holdings, tls, stop) = (node.clone(), holdings.clone(), tls.clone(), stop.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
+        async move {
             let mut upstream = match crate::proxy::open_upstream(&node, &holdings, &socket_id, peer).await {
                 Ok((u, _)) => u,
                 Err(e) => {
@@ -112,6 +97,7 @@ async fn accept_loop(
                 _ = piped => {}
                 _ = stop.cancelled() => {}
             }
-        });
-    }
+        }
+    })
+    .await
 }
