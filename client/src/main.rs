@@ -61,17 +61,8 @@ enum Cmd {
         /// The local port to publish.
         #[arg(long)]
         port: u16,
-        #[arg(long, short = 'n', default_value = "mysocketctl connect")]
-        name: String,
-        /// http, https, tcp or tls.
-        #[arg(long = "type", short = 't', default_value = "http")]
-        socket_type: String,
-        #[arg(long, short = 'P')]
-        protected: bool,
-        #[arg(long, short = 'u')]
-        username: Option<String>,
-        #[arg(long, short = 'p')]
-        password: Option<String>,
+        #[command(flatten)]
+        spec: SocketSpec,
         /// Where the local service listens.
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
@@ -106,7 +97,7 @@ enum AccountCmd {
 
 #[derive(clap::Args, Debug)]
 struct SocketSpec {
-    #[arg(long, short = 'n')]
+    #[arg(long, short = 'n', default_value = "mysocketctl")]
     name: String,
     /// http, https, tcp or tls.
     #[arg(long = "type", short = 't', default_value = "http")]
@@ -118,6 +109,19 @@ struct SocketSpec {
     username: Option<String>,
     #[arg(long, short = 'p')]
     password: Option<String>,
+}
+
+impl From<SocketSpec> for SocketCreate {
+    fn from(s: SocketSpec) -> SocketCreate {
+        SocketCreate {
+            name: s.name,
+            socket_type: Some(s.socket_type),
+            protected_socket: s.protected,
+            protected_username: s.username,
+            protected_password: s.password,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -438,15 +442,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     if as_json { json(&s) } else { socket_table(&s) }
                 }
                 SocketCmd::Create(spec) => {
-                    let req = SocketCreate {
-                        name: spec.name,
-                        socket_type: Some(spec.socket_type),
-                        protected_socket: spec.protected,
-                        protected_username: spec.username,
-                        protected_password: spec.password,
-                        ..Default::default()
-                    };
-                    let s = api.create_socket(&req).await?;
+                    let s = api.create_socket(&spec.into()).await?;
                     if as_json { json(&s) } else { socket_table(std::slice::from_ref(&s)) }
                 }
                 SocketCmd::Show { socket_id } => {
@@ -507,18 +503,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
-        Cmd::Connect { port, name, socket_type, protected, username, password, host, identity } => {
+        Cmd::Connect { port, spec, host, identity } => {
             let api = authed()?;
             let identity = tunnel::find_identity(identity)?;
-            let req = SocketCreate {
-                name,
-                socket_type: Some(socket_type),
-                protected_socket: protected,
-                protected_username: username,
-                protected_password: password,
-                ..Default::default()
-            };
-            let sock = api.connect(&req).await?;
+            let sock = api.connect(&spec.into()).await?;
             let t = sock.tunnels.first().ok_or_else(|| fail(1, "the server created no tunnel"))?.clone();
             if as_json {
                 json(&sock);

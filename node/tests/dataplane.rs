@@ -21,6 +21,19 @@ fn keygen(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, String) {
     (key, public.trim().to_string())
 }
 
+/// A user with a fresh SSH key, logged in through node `via`: (key path, user, authorised client).
+async fn ssh_user(c: &TestCluster, dir: &std::path::Path, via: u64, name: &str) -> (std::path::PathBuf, mysocket_api::User, mysocket_api::ApiClient) {
+    let (key, public) = keygen(dir, name);
+    let (email, password) = (format!("{name}@example.com"), format!("{name}-pass"));
+    let api = c.api(via);
+    let u = api
+        .create_user(&UserCreate { name: name.into(), email: email.clone(), password: password.clone(), sshkey: public })
+        .await
+        .unwrap();
+    let token = api.login(&email, &password).await.unwrap().token;
+    (key, u, api.with_token(token))
+}
+
 struct Ssh(Child);
 
 impl Drop for Ssh {
@@ -59,15 +72,8 @@ async fn get(node_ip: &str, host: &str, auth: Option<(&str, &str)>) -> (u16, Str
 async fn openssh_reverse_forward_serves_public_http() {
     let c = TestCluster::builder().start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (key, public) = keygen(dir.path(), "alice");
+    let (key, u, api) = ssh_user(&c, dir.path(), 1, "alice").await;
     let (stranger_key, _) = keygen(dir.path(), "stranger");
-    let api = c.api(1);
-    let u = api
-        .create_user(&UserCreate { name: "Alice".into(), email: "alice@example.com".into(), password: "alice-pass".into(), sshkey: public })
-        .await
-        .unwrap();
-    let token = api.login("alice@example.com", "alice-pass").await.unwrap().token;
-    let api = api.with_token(token);
     let sock = api.connect(&SocketCreate { name: "web".into(), socket_type: Some("http".into()), ..Default::default() }).await.unwrap();
     let relay = sock.tunnels[0].local_port;
     let origin_port = origin().await;
@@ -138,13 +144,7 @@ async fn openssh_reverse_forward_serves_public_http() {
 async fn protected_sockets_and_newest_connection_wins() {
     let c = TestCluster::builder().start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (key, public) = keygen(dir.path(), "bob");
-    let api = c.api(2);
-    let u = api
-        .create_user(&UserCreate { name: "Bob".into(), email: "bob@example.com".into(), password: "bob-pass".into(), sshkey: public })
-        .await
-        .unwrap();
-    let api = api.clone().with_token(api.login("bob@example.com", "bob-pass").await.unwrap().token);
+    let (key, u, api) = ssh_user(&c, dir.path(), 2, "bob").await;
     let sock = api
         .connect(&SocketCreate {
             name: "private".into(),
@@ -195,13 +195,7 @@ async fn protected_sockets_and_newest_connection_wins() {
 async fn killing_the_holding_node_releases_its_tunnels() {
     let mut c = TestCluster::builder().start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (key, public) = keygen(dir.path(), "carol");
-    let api = c.api(1);
-    let u = api
-        .create_user(&UserCreate { name: "Carol".into(), email: "carol@example.com".into(), password: "carol-pass".into(), sshkey: public })
-        .await
-        .unwrap();
-    let api = api.clone().with_token(api.login("carol@example.com", "carol-pass").await.unwrap().token);
+    let (key, u, api) = ssh_user(&c, dir.path(), 1, "carol").await;
     let sock = api.connect(&SocketCreate { name: "svc".into(), ..Default::default() }).await.unwrap();
     let relay = sock.tunnels[0].local_port;
     let origin_port = origin().await;
@@ -295,13 +289,7 @@ async fn request(ip: &str, port: u16, tls: Option<(&tokio_rustls::TlsConnector, 
 async fn https_tcp_and_tls_sockets_answer_through_every_node() {
     let c = TestCluster::builder().start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (key, public) = keygen(dir.path(), "dave");
-    let api = c.api(1);
-    let u = api
-        .create_user(&UserCreate { name: "Dave".into(), email: "dave@example.com".into(), password: "dave-pass".into(), sshkey: public })
-        .await
-        .unwrap();
-    let api = api.clone().with_token(api.login("dave@example.com", "dave-pass").await.unwrap().token);
+    let (key, u, api) = ssh_user(&c, dir.path(), 1, "dave").await;
     let ca = reqwest::get(format!("{}/cluster/ca.pem", c.nodes[&2].api_url())).await.unwrap().text().await.unwrap();
     assert!(ca.contains("BEGIN CERTIFICATE"));
     let conn = tls_connector(&ca);
@@ -420,13 +408,7 @@ async fn websocket_upgrade_and_100_mib_bodies_cross_the_relay_intact() {
     use tokio::io::AsyncWriteExt;
     let c = TestCluster::builder().start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (key, public) = keygen(dir.path(), "frank");
-    let api = c.api(1);
-    let u = api
-        .create_user(&UserCreate { name: "Frank".into(), email: "frank@example.com".into(), password: "frank-pass".into(), sshkey: public })
-        .await
-        .unwrap();
-    let api = api.clone().with_token(api.login("frank@example.com", "frank-pass").await.unwrap().token);
+    let (key, u, api) = ssh_user(&c, dir.path(), 1, "frank").await;
     let sock = api.connect(&SocketCreate { name: "big".into(), ..Default::default() }).await.unwrap();
     let origin_port = hyper_origin().await;
     let _t = ssh_forward(&key, &u.user_name, &c.nodes[&1].ip, sock.tunnels[0].local_port, origin_port);
