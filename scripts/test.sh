@@ -13,6 +13,8 @@ ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux
 command -v curl >/dev/null || NEED_PKGS+=(curl)
 # The data-plane tests drive the real OpenSSH client against our SSH server.
 command -v ssh >/dev/null && command -v ssh-keygen >/dev/null || NEED_PKGS+=(openssh-client)
+# The tests signal nodes with /bin/kill (SIGTERM, SIGINT), which Debian ships in procps.
+[[ -x /bin/kill || -x /usr/bin/kill ]] || NEED_PKGS+=(procps)
 if ((${#NEED_PKGS[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     echo "installing: ${NEED_PKGS[*]}"
