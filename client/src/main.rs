@@ -22,7 +22,14 @@ use table::Table;
 #[command(name = "mysocketctl", version, about = "Client for a mysocket cluster: accounts, sockets and tunnels")]
 struct Cli {
     /// API URL(s) of the cluster, comma separated; the next is tried when one is down.
-    #[arg(long = "api-url", alias = "api_url", env = "MYSOCKET_API", value_delimiter = ',', default_value = "http://127.0.0.1:7070", global = true)]
+    #[arg(
+        long = "api-url",
+        alias = "api_url",
+        env = "MYSOCKET_API",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
     api_url: Vec<String>,
     /// `table` (default) or `json` for scripts.
     #[arg(long, short = 'o', value_parser = ["table", "json"], default_value = "table", global = true)]
@@ -342,7 +349,14 @@ fn cluster_table(v: &mysocket_api::ClusterView) {
     let mut t = Table::new(["ID", "API", "RAFT", "VOTER", "LAST APPLIED", "TUNNELS"]);
     for n in &v.nodes {
         let applied = n.last_applied.map(|a| a.to_string()).unwrap_or_else(|| "down".into());
-        t.row([n.id.to_string(), n.api_addr.clone(), n.raft_addr.clone(), n.voter.to_string(), applied, n.tunnels.to_string()]);
+        t.row([
+            n.id.to_string(),
+            n.api_addr.clone(),
+            n.raft_addr.clone(),
+            n.voter.to_string(),
+            applied,
+            n.tunnels.to_string(),
+        ]);
     }
     t.print();
 }
@@ -362,7 +376,9 @@ async fn servers(api: &ApiClient, first: &str) -> Vec<String> {
 
 fn print_urls(s: &mysocket_api::Socket) {
     match s.socket_type.as_str() {
-        "tcp" | "tls" => eprintln!("{}://{}:{}", s.socket_type, s.dnsname, s.socket_tcp_ports.first().copied().unwrap_or(0)),
+        "tcp" | "tls" => {
+            eprintln!("{}://{}:{}", s.socket_type, s.dnsname, s.socket_tcp_ports.first().copied().unwrap_or(0))
+        }
         _ => eprintln!("http://{} (HTTP port 8080 on the local cluster), https://{} (8443)", s.dnsname, s.dnsname),
     }
 }
@@ -401,12 +417,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if as_json {
                 json(&u);
             } else {
-                println!("Account created: {} <{}>\nuser id:  {}\nssh user: {}\nNext: mysocketctl login --email {}", u.name, u.email, u.user_id, u.user_name, u.email);
+                println!(
+                    "Account created: {} <{}>\nuser id:  {}\nssh user: {}\nNext: mysocketctl login --email {}",
+                    u.name, u.email, u.user_id, u.user_name, u.email
+                );
             }
         }
         Cmd::Account { cmd: AccountCmd::Show } => {
             let token = read_token()?;
-            let id = mysocket_api::token_user_id(&token).ok_or_else(|| fail(3, "the stored token is unreadable; log in again"))?;
+            let id = mysocket_api::token_user_id(&token)
+                .ok_or_else(|| fail(3, "the stored token is unreadable; log in again"))?;
             let u = anon.clone().with_token(token).get_user(&id).await?;
             if as_json {
                 json(&u);
@@ -439,11 +459,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             match cmd {
                 SocketCmd::Ls => {
                     let s = api.sockets().await?;
-                    if as_json { json(&s) } else { socket_table(&s) }
+                    if as_json {
+                        json(&s)
+                    } else {
+                        socket_table(&s)
+                    }
                 }
                 SocketCmd::Create(spec) => {
                     let s = api.create_socket(&spec.into()).await?;
-                    if as_json { json(&s) } else { socket_table(std::slice::from_ref(&s)) }
+                    if as_json {
+                        json(&s)
+                    } else {
+                        socket_table(std::slice::from_ref(&s))
+                    }
                 }
                 SocketCmd::Show { socket_id } => {
                     let s = api.socket(&socket_id).await?;
@@ -457,7 +485,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
                 SocketCmd::Delete { socket_id } => {
                     api.delete_socket(&socket_id).await?;
-                    if as_json { json(&serde_json::json!({"deleted": socket_id})) } else { println!("Socket {socket_id} deleted") }
+                    if as_json {
+                        json(&serde_json::json!({"deleted": socket_id}))
+                    } else {
+                        println!("Socket {socket_id} deleted")
+                    }
                 }
             }
         }
@@ -466,15 +498,27 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             match cmd {
                 TunnelCmd::Ls { socket_id } => {
                     let t = api.tunnels(&socket_id).await?;
-                    if as_json { json(&t) } else { tunnel_table(&t) }
+                    if as_json {
+                        json(&t)
+                    } else {
+                        tunnel_table(&t)
+                    }
                 }
                 TunnelCmd::Create { socket_id } => {
                     let t = api.create_tunnel(&socket_id).await?;
-                    if as_json { json(&t) } else { tunnel_table(std::slice::from_ref(&t)) }
+                    if as_json {
+                        json(&t)
+                    } else {
+                        tunnel_table(std::slice::from_ref(&t))
+                    }
                 }
                 TunnelCmd::Show { socket_id, tunnel_id } => {
                     let t = api.tunnel(&socket_id, &tunnel_id).await?;
-                    if as_json { json(&t) } else { tunnel_table(std::slice::from_ref(&t)) }
+                    if as_json {
+                        json(&t)
+                    } else {
+                        tunnel_table(std::slice::from_ref(&t))
+                    }
                 }
                 TunnelCmd::Connect { socket_id, tunnel_id, port, host, identity } => {
                     let sock = api.socket(&socket_id).await?;
@@ -499,7 +543,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
                 TunnelCmd::Delete { socket_id, tunnel_id } => {
                     api.delete_tunnel(&socket_id, &tunnel_id).await?;
-                    if as_json { json(&serde_json::json!({"deleted": tunnel_id})) } else { println!("Tunnel {tunnel_id} deleted") }
+                    if as_json {
+                        json(&serde_json::json!({"deleted": tunnel_id}))
+                    } else {
+                        println!("Tunnel {tunnel_id} deleted")
+                    }
                 }
             }
         }
@@ -536,15 +584,27 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Cluster { cmd } => match cmd {
             ClusterCmd::Status => {
                 let v = anon.cluster().await?;
-                if as_json { json(&v) } else { cluster_table(&v) }
+                if as_json {
+                    json(&v)
+                } else {
+                    cluster_table(&v)
+                }
             }
             ClusterCmd::Add { id, raft_addr } => {
                 let v = anon.add_node(id, &raft_addr).await?;
-                if as_json { json(&v) } else { cluster_table(&v) }
+                if as_json {
+                    json(&v)
+                } else {
+                    cluster_table(&v)
+                }
             }
             ClusterCmd::Remove { id } => {
                 anon.remove_node(id).await?;
-                if as_json { json(&serde_json::json!({"removed": id})) } else { println!("Node {id} removed") }
+                if as_json {
+                    json(&serde_json::json!({"removed": id}))
+                } else {
+                    println!("Node {id} removed")
+                }
             }
         },
     }

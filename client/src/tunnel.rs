@@ -128,8 +128,9 @@ async fn session_once(spec: &TunnelSpec, key: &Arc<russh::keys::PrivateKey>, ser
 /// Keeps the tunnel up until the process is stopped: reconnects with backoff, moving to the
 /// next node each time, and refreshes the node list from the API when it can.
 pub async fn run(mut spec: TunnelSpec, api: ApiClient) -> anyhow::Result<()> {
-    let key = russh::keys::load_secret_key(&spec.identity, None)
-        .with_context(|| format!("cannot read the private key {} (passphrase-protected keys are not supported)", spec.identity.display()))?;
+    let key = russh::keys::load_secret_key(&spec.identity, None).with_context(|| {
+        format!("cannot read the private key {} (passphrase-protected keys are not supported)", spec.identity.display())
+    })?;
     let key = Arc::new(key);
     let mut backoff = Duration::from_millis(250);
     let mut i = 0usize;
@@ -147,7 +148,8 @@ pub async fn run(mut spec: TunnelSpec, api: ApiClient) -> anyhow::Result<()> {
             backoff = Duration::from_millis(250);
         }
         if let Ok(view) = api.cluster().await {
-            let mut fresh: Vec<String> = view.nodes.iter().filter(|n| !n.ssh_addr.is_empty()).map(|n| n.ssh_addr.clone()).collect();
+            let mut fresh: Vec<String> =
+                view.nodes.iter().filter(|n| !n.ssh_addr.is_empty()).map(|n| n.ssh_addr.clone()).collect();
             if !fresh.is_empty() {
                 fresh.sort();
                 spec.servers = fresh;

@@ -61,9 +61,11 @@ async fn the_cli_drives_accounts_sockets_and_tunnels() {
     assert!(err.contains("mysocketctl login"), "{err}");
 
     // account create takes the default public key when --sshkey is absent.
-    let out = ctl.ok(&["account", "create", "--name", "Ada", "--email", "ada@example.com", "--password", "s3cret-pass"]);
+    let out =
+        ctl.ok(&["account", "create", "--name", "Ada", "--email", "ada@example.com", "--password", "s3cret-pass"]);
     assert!(out.contains("Account created"), "{out}");
-    let (code, _, err) = ctl.run(&["account", "create", "--name", "Ada", "--email", "ada@example.com", "--password", "s3cret-pass"]);
+    let (code, _, err) =
+        ctl.run(&["account", "create", "--name", "Ada", "--email", "ada@example.com", "--password", "s3cret-pass"]);
     assert_eq!(code, 5, "duplicate email: {err}");
 
     let (code, _, err) = ctl.run(&["login", "--email", "ada@example.com", "--password", "wrong-pass"]);
@@ -80,7 +82,19 @@ async fn the_cli_drives_accounts_sockets_and_tunnels() {
     let sid = s["socket_id"].as_str().unwrap().to_string();
     let table = ctl.ok(&["socket", "ls"]);
     assert!(table.contains(&sid) && table.contains("https"), "{table}");
-    let p = ctl.json(&["socket", "create", "--name", "private", "--type", "http", "--protected", "--username", "u", "--password", "p"]);
+    let p = ctl.json(&[
+        "socket",
+        "create",
+        "--name",
+        "private",
+        "--type",
+        "http",
+        "--protected",
+        "--username",
+        "u",
+        "--password",
+        "p",
+    ]);
     assert_eq!(p["protected_socket"], true);
     let (code, _, err) = ctl.run(&["socket", "create", "--name", "bad", "--type", "gopher"]);
     assert_eq!(code, 2, "bad type: {err}");
@@ -103,7 +117,11 @@ async fn the_cli_drives_accounts_sockets_and_tunnels() {
     assert_eq!(v["nodes"].as_array().unwrap().len(), 3);
 
     // Every URL down: exit 1 with a clear message.
-    let dead = Ctl { urls: "http://127.0.0.1:1".into(), token_file: ctl.token_file.clone(), home: tempfile::tempdir().unwrap() };
+    let dead = Ctl {
+        urls: "http://127.0.0.1:1".into(),
+        token_file: ctl.token_file.clone(),
+        home: tempfile::tempdir().unwrap(),
+    };
     let (code, _, err) = dead.run(&["socket", "ls"]);
     assert_eq!(code, 1);
     assert!(err.contains("no node answered"), "{err}");
@@ -122,7 +140,12 @@ async fn connect_publishes_a_local_port_survives_its_node_and_cleans_up() {
     let home = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(home.path().join(".ssh")).unwrap();
     let key = home.path().join(".ssh/id_ed25519");
-    assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap().success());
+    assert!(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap()
+        .success());
     let urls = [1u64, 2, 3].iter().map(|id| c.nodes[id].api_url()).collect::<Vec<_>>().join(",");
     let ctl = Ctl { urls: urls.clone(), token_file: home.path().join("token"), home };
     ctl.ok(&["account", "create", "--name", "Eve", "--email", "eve@example.com", "--password", "eve-password"]);

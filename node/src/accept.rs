@@ -13,8 +13,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// Accepts on `listener` until `stop`, at most `max` connections at once.
-pub async fn serve<F, Fut>(listener: TcpListener, max: usize, what: &'static str, stop: CancellationToken, mut on_conn: F)
-where
+pub async fn serve<F, Fut>(
+    listener: TcpListener,
+    max: usize,
+    what: &'static str,
+    stop: CancellationToken,
+    mut on_conn: F,
+) where
     F: FnMut(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {

@@ -82,9 +82,11 @@ impl Node {
         f(&self.registry.read().expect("registry lock"))
     }
 
-    /// The leader's id and raft address, if this node knows one.
+    /// The leader's id and raft address, if this node knows one. Borrows the metrics instead
+    /// of cloning them: it runs on every write and read.
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        let m = self.metrics();
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
         let id = m.current_leader?;
         let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())?;
         Some((id, addr))
@@ -168,17 +170,19 @@ impl Node {
         loop {
             let (leader, addr) = self.wait_for_leader(deadline).await?;
             let index = if leader == self.id {
-                match self.read_index_local().await {
-                    Ok(i) => Ok(i),
-                    Err(e) => Err(e),
-                }
+                self.read_index_local().await
             } else {
                 self.read_index_remote(&addr, deadline).await
             };
             match index {
                 Ok(index) => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    return match self.raft.wait(Some(left)).applied_index_at_least(Some(index), "linearizable read").await {
+                    return match self
+                        .raft
+                        .wait(Some(left))
+                        .applied_index_at_least(Some(index), "linearizable read")
+                        .await
+                    {
                         Ok(_) => Ok(()),
                         Err(_) => Err(ClusterError::Timeout),
                     };
@@ -242,7 +246,9 @@ impl Node {
         match tokio::time::timeout(Duration::from_secs(60), client.change_membership(to_blob(change))).await {
             Err(_) => Err(Retry::Again("forwarded membership change timed out".into())),
             Ok(Err(s)) => Err(Retry::Again(s.message().to_string())),
-            Ok(Ok(r)) => from_blob::<Result<(), Retry>>(r.get_ref()).map_err(|s| Retry::Again(s.message().to_string()))?,
+            Ok(Ok(r)) => {
+                from_blob::<Result<(), Retry>>(r.get_ref()).map_err(|s| Retry::Again(s.message().to_string()))?
+            }
         }
     }
 
@@ -258,7 +264,9 @@ impl Node {
         match change {
             MembershipChange::Add { id, raft_addr } => {
                 if self.read(|r| r.is_retired(*id)) {
-                    return Err(Retry::Final(format!("node id {id} was removed from this cluster and cannot be reused")));
+                    return Err(Retry::Final(format!(
+                        "node id {id} was removed from this cluster and cannot be reused"
+                    )));
                 }
                 if let Some(existing) = nodes.get(id) {
                     if existing != raft_addr {
@@ -305,7 +313,7 @@ impl Node {
 
     /// Whether this node is a voter or learner of the current membership.
     pub fn is_member(&self) -> bool {
-        self.metrics().membership_config.membership().get_node(&self.id).is_some()
+        self.raft.metrics().borrow_watched().membership_config.membership().get_node(&self.id).is_some()
     }
 }
 

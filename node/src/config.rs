@@ -207,13 +207,10 @@ fn bad(msg: impl Into<String>) -> ConfigError {
 pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
     let mut out = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) = part
-            .split_once('=')
-            .ok_or_else(|| bad(format!("--initial-cluster entry {part:?} is not ID=HOST:PORT")))?;
-        let id: u64 = id
-            .trim()
-            .parse()
-            .map_err(|_| bad(format!("--initial-cluster id {id:?} is not a positive integer")))?;
+        let (id, addr) =
+            part.split_once('=').ok_or_else(|| bad(format!("--initial-cluster entry {part:?} is not ID=HOST:PORT")))?;
+        let id: u64 =
+            id.trim().parse().map_err(|_| bad(format!("--initial-cluster id {id:?} is not a positive integer")))?;
         if id == 0 {
             return Err(bad("--initial-cluster ids start at 1"));
         }
@@ -269,8 +266,7 @@ impl Config {
             return Err(bad("--id must be a positive integer"));
         }
         let host = pick!(host).unwrap_or_else(|| "127.0.0.1".to_string());
-        let ip: std::net::IpAddr =
-            host.parse().map_err(|_| bad(format!("--host {host:?} is not an IP address")))?;
+        let ip: std::net::IpAddr = host.parse().map_err(|_| bad(format!("--host {host:?} is not an IP address")))?;
         let at = |port: u16| SocketAddr::new(ip, port);
         let api_addr = pick!(api_addr).unwrap_or(at(7070));
         let raft_addr = pick!(raft_addr).unwrap_or(at(7071));
@@ -296,7 +292,8 @@ impl Config {
         let data_dir = pick!(data_dir).unwrap_or_else(|| PathBuf::from(format!("mysocket-data/node-{id}")));
 
         let has_state = data_dir.join("db").join("CURRENT").exists();
-        let join: Vec<String> = if !flags.join.is_empty() { flags.join.clone() } else { file.join.clone().unwrap_or_default() };
+        let join: Vec<String> =
+            if !flags.join.is_empty() { flags.join.clone() } else { file.join.clone().unwrap_or_default() };
         let membership = match (pick!(initial_cluster), join.is_empty()) {
             (Some(_), false) => return Err(bad("give either --initial-cluster or --join, not both")),
             (Some(ic), true) => {
@@ -310,10 +307,18 @@ impl Config {
                     }
                     Some(_) => {}
                 }
-                if has_state { Membership::Existing } else { Membership::Initial(members) }
+                if has_state {
+                    Membership::Existing
+                } else {
+                    Membership::Initial(members)
+                }
             }
             (None, false) => {
-                if has_state { Membership::Existing } else { Membership::Join(join) }
+                if has_state {
+                    Membership::Existing
+                } else {
+                    Membership::Join(join)
+                }
             }
             (None, true) if has_state => Membership::Existing,
             (None, true) => {
@@ -352,7 +357,11 @@ impl Config {
                     domain: pick!(internal_tls_domain),
                 })
             }
-            _ => return Err(bad("internal TLS needs all of --internal-tls-cert, --internal-tls-key and --internal-tls-ca")),
+            _ => {
+                return Err(bad(
+                    "internal TLS needs all of --internal-tls-cert, --internal-tls-key and --internal-tls-ca",
+                ))
+            }
         };
 
         let domain = pick!(domain).unwrap_or_else(|| "localhost".to_string()).to_ascii_lowercase();

@@ -288,7 +288,10 @@ pub fn authenticate(node: &NodeRef, headers: &HeaderMap) -> ApiResult<Uuid> {
         .get("x-access-token")
         .and_then(|v| v.to_str().ok())
         .or_else(|| {
-            headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+            headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
         })
         .ok_or_else(ApiError::unauthorized)?;
     let claims = auth::verify_token(&token_key(node)?, token.trim()).ok_or_else(ApiError::unauthorized)?;
@@ -321,7 +324,11 @@ pub(crate) async fn refresh(State(node): State<NodeRef>, headers: HeaderMap) -> 
 }
 
 #[utoipa::path(get, path = "/user/{user_id}", tag = "account", params(("user_id" = String, Path)), responses((status = 200, body = User), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("token" = [])))]
-pub(crate) async fn get_user(State(node): State<NodeRef>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<User>> {
+pub(crate) async fn get_user(
+    State(node): State<NodeRef>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<User>> {
     let me = authenticate(&node, &headers)?;
     // Another account's id answers exactly like a missing one.
     if id.parse::<Uuid>().ok() != Some(me) {

@@ -30,9 +30,9 @@ pub mod raft_net;
 pub mod relay;
 pub mod server;
 pub mod sockets;
+pub mod ssh;
 pub mod tcp;
 pub mod tls;
-pub mod ssh;
 pub mod tunnels;
 pub mod validate;
 

@@ -13,7 +13,8 @@ struct TokenHeader;
 impl Modify for TokenHeader {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("token", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-access-token"))));
+        components
+            .add_security_scheme("token", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-access-token"))));
     }
 }
 

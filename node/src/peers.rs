@@ -45,7 +45,8 @@ pub struct Peers {
 
 impl Peers {
     pub fn new(secret: &str, tls: Option<&InternalTls>) -> Result<Arc<Peers>, String> {
-        let value = MetadataValue::try_from(secret).map_err(|_| "the cluster secret must be printable ASCII".to_string())?;
+        let value =
+            MetadataValue::try_from(secret).map_err(|_| "the cluster secret must be printable ASCII".to_string())?;
         let tls = tls.map(|t| {
             let mut c = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(&t.ca_pem))

@@ -42,11 +42,10 @@ type Body = BoxBody<Bytes, hyper::Error>;
 
 /// The public URLs of a socket, as shown in banners and listings.
 pub fn public_urls(node: &NodeRef, s: &Socket) -> Vec<String> {
-    let host_of = |a: SocketAddr| a.port();
     match s.socket_type {
         SocketType::Http | SocketType::Https => vec![
-            format!("http://{}:{}/", s.dnsname, host_of(node.config.http_addr)),
-            format!("https://{}:{}/", s.dnsname, host_of(node.config.https_addr)),
+            format!("http://{}:{}/", s.dnsname, node.config.http_addr.port()),
+            format!("https://{}:{}/", s.dnsname, node.config.https_addr.port()),
         ],
         SocketType::Tcp => vec![format!("tcp://{}:{}", s.dnsname, s.port.unwrap_or(0))],
         SocketType::Tls => vec![format!("tls://{}:{}", s.dnsname, s.port.unwrap_or(0))],
@@ -75,7 +74,13 @@ pub async fn serve_http(node: NodeRef, holdings: Arc<Holdings>, listener: TcpLis
 
 /// Serves public HTTPS until `stop`: TLS terminated with the cluster's certificates, then the
 /// same routing as HTTP.
-pub async fn serve_https(node: NodeRef, holdings: Arc<Holdings>, tls: crate::tls::Slot, listener: TcpListener, stop: CancellationToken) {
+pub async fn serve_https(
+    node: NodeRef,
+    holdings: Arc<Holdings>,
+    tls: crate::tls::Slot,
+    listener: TcpListener,
+    stop: CancellationToken,
+) {
     crate::accept::serve(listener, MAX_CONNECTIONS, "public HTTPS", stop, |stream, peer| {
         let (node, holdings) = (node.clone(), holdings.clone());
         // None until the cluster is bootstrapped: the connection is closed, nothing to present.
@@ -178,7 +183,9 @@ pub async fn open_upstream(
         for h in &local {
             match open_channel(h, peer).await {
                 Ok(stream) => return Ok((Box::new(stream), Some(h.clone()))),
-                Err(e) => tracing::debug!(tunnel_id = %h.tunnel_id, error = %e, "tunnel channel refused; trying the next"),
+                Err(e) => {
+                    tracing::debug!(tunnel_id = %h.tunnel_id, error = %e, "tunnel channel refused; trying the next")
+                }
             }
         }
         let membership = node.metrics().membership_config.membership().clone();
@@ -203,7 +210,9 @@ pub async fn open_upstream(
             };
             match crate::relay::connect(&node.peers, addr, open).await {
                 Ok(stream) => return Ok((Box::new(stream), None)),
-                Err(e) => tracing::debug!(%tunnel_id, epoch, %addr, error = %e.message(), "relay refused; trying the next"),
+                Err(e) => {
+                    tracing::debug!(%tunnel_id, epoch, %addr, error = %e.message(), "relay refused; trying the next")
+                }
             }
         }
         if local.is_empty() && remote.is_empty() && attempt == 1 {
@@ -233,15 +242,27 @@ impl NoUpstream {
                 "Service Unavailable",
                 "This socket has no live tunnel: start mysocketctl connect (or ssh -R) for it.",
             ),
-            NoUpstream::Refused => page(StatusCode::BAD_GATEWAY, "Bad Gateway", "The tunnels of this socket did not accept the connection."),
+            NoUpstream::Refused => page(
+                StatusCode::BAD_GATEWAY,
+                "Bad Gateway",
+                "The tunnels of this socket did not accept the connection.",
+            ),
         }
     }
 }
 
-pub async fn open_channel(h: &Holding, peer: SocketAddr) -> Result<russh::ChannelStream<russh::server::Msg>, russh::Error> {
+pub async fn open_channel(
+    h: &Holding,
+    peer: SocketAddr,
+) -> Result<russh::ChannelStream<russh::server::Msg>, russh::Error> {
     let ch = h
         .handle
-        .channel_open_forwarded_tcpip(h.bind_address.clone(), h.relay_port, peer.ip().to_string(), u32::from(peer.port()))
+        .channel_open_forwarded_tcpip(
+            h.bind_address.clone(),
+            h.relay_port,
+            peer.ip().to_string(),
+            u32::from(peer.port()),
+        )
         .await?;
     Ok(ch.into_stream())
 }
@@ -268,8 +289,13 @@ async fn handle(
         return page(StatusCode::NOT_FOUND, "Not Found", "There is no socket with this name.");
     };
     if !authorized(&socket, &req) {
-        let mut r = page(StatusCode::UNAUTHORIZED, "Unauthorized", "This socket is protected: log in with its username and password.");
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"mysocket\", charset=\"UTF-8\""));
+        let mut r = page(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "This socket is protected: log in with its username and password.",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"mysocket\", charset=\"UTF-8\""));
         return r;
     }
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
@@ -323,7 +349,11 @@ async fn handle(
         Err(e) => {
             *upstream.lock().await = None;
             let local = e.is_closed() || e.is_incomplete_message() || e.is_canceled();
-            let why = if local { "The service behind the tunnel is not answering (is it running?)." } else { "The service behind the tunnel failed." };
+            let why = if local {
+                "The service behind the tunnel is not answering (is it running?)."
+            } else {
+                "The service behind the tunnel failed."
+            };
             if let Some(h) = &holding {
                 log_line(h, format!("{} {peer} {method} {path} -> 502 ({e})\r\n", now_hms()));
             }
@@ -331,7 +361,16 @@ async fn handle(
         }
     };
     if let Some(h) = &holding {
-        log_line(h, format!("{} {} {method} {path} {} {}ms\r\n", now_hms(), peer.ip(), resp.status().as_u16(), started.elapsed().as_millis()));
+        log_line(
+            h,
+            format!(
+                "{} {} {method} {path} {} {}ms\r\n",
+                now_hms(),
+                peer.ip(),
+                resp.status().as_u16(),
+                started.elapsed().as_millis()
+            ),
+        );
     }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(cu) = client_upgrade {

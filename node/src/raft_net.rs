@@ -12,16 +12,14 @@ use mysocket_api::internal::snapshot_chunk::Payload as ChunkPayload;
 use mysocket_api::internal::Blob;
 use mysocket_api::internal::SnapshotChunk;
 use mysocket_raft_store::TypeConfig;
-use openraft::type_config::alias::SnapshotOf;
-use openraft::type_config::alias::VoteOf;
 use openraft::errors::NetworkError;
 use openraft::errors::RPCError;
 use openraft::errors::ReplicationClosed;
 use openraft::errors::StreamingError;
 use openraft::errors::Unreachable;
+use openraft::network::v2::RaftNetworkV2;
 use openraft::network::RPCOption;
 use openraft::network::RaftNetworkFactory;
-use openraft::network::v2::RaftNetworkV2;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::SnapshotResponse;
@@ -29,6 +27,8 @@ use openraft::raft::TransferLeaderRequest;
 use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
+use openraft::type_config::alias::SnapshotOf;
+use openraft::type_config::alias::VoteOf;
 use openraft::AnyError;
 use openraft::BasicNode;
 use openraft::OptionalSend;
@@ -137,9 +137,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&rpc, option.soft_ttl(), |mut c, b| async move { c.vote(b).await })
-            .await
-            .map_err(Failure::into_rpc)
+        self.unary(&rpc, option.soft_ttl(), |mut c, b| async move { c.vote(b).await }).await.map_err(Failure::into_rpc)
     }
 
     async fn pre_vote(
@@ -169,19 +167,19 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let mut client = self.peers.client(&self.addr).map_err(|s| Failure::Network(s.message().to_string()).into_streaming())?;
+        let mut client =
+            self.peers.client(&self.addr).map_err(|s| Failure::Network(s.message().to_string()).into_streaming())?;
         let meta = serde_json::to_vec(&(&vote, &snapshot.meta)).expect("snapshot meta serializes");
         let data = snapshot.snapshot;
         tracing::info!(target_node = self.target, bytes = data.len(), "sending snapshot");
         // The chunks are produced lazily so at most a couple are buffered at once.
-        let chunks = futures::stream::iter(
-            std::iter::once(SnapshotChunk { payload: Some(ChunkPayload::Meta(meta)) }).chain(
+        let chunks =
+            futures::stream::iter(std::iter::once(SnapshotChunk { payload: Some(ChunkPayload::Meta(meta)) }).chain(
                 (0..data.len().div_ceil(SNAPSHOT_CHUNK)).map(move |i| {
                     let end = ((i + 1) * SNAPSHOT_CHUNK).min(data.len());
                     SnapshotChunk { payload: Some(ChunkPayload::Data(data[i * SNAPSHOT_CHUNK..end].to_vec())) }
                 }),
-            ),
-        );
+            ));
         let ttl = option.hard_ttl().max(Duration::from_secs(10));
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),

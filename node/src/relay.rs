@@ -37,37 +37,55 @@ fn data(bytes: &[u8]) -> RelayFrame {
 pub async fn connect(peers: &Peers, addr: &str, open: RelayOpen) -> Result<DuplexStream, Status> {
     let mut client = peers.client(addr)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<RelayFrame>(WINDOW);
-    tx.send(RelayFrame { payload: Some(Payload::Open(open)) }).await.map_err(|_| Status::internal("relay channel closed"))?;
+    tx.send(RelayFrame { payload: Some(Payload::Open(open)) })
+        .await
+        .map_err(|_| Status::internal("relay channel closed"))?;
     let resp = tokio::time::timeout(OPEN_TIMEOUT, client.relay(ReceiverStream::new(rx)))
         .await
         .map_err(|_| Status::deadline_exceeded("relay open timed out"))??;
-    let mut inbound = resp.into_inner();
     let (near, far) = tokio::io::duplex(FRAME * 2);
-    let (mut far_r, mut far_w) = tokio::io::split(far);
+    let (far_r, far_w) = tokio::io::split(far);
+    pump_out(far_r, tx, |d| d);
+    pump_in(resp.into_inner(), far_w);
+    Ok(near)
+}
+
+/// Reads `r` into data frames on `tx` (wrapped by `wrap`) until either side ends.
+fn pump_out<R, T>(mut r: R, tx: tokio::sync::mpsc::Sender<T>, wrap: fn(RelayFrame) -> T)
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    T: Send + 'static,
+{
     tokio::spawn(async move {
         let mut buf = vec![0u8; FRAME];
         loop {
-            match far_r.read(&mut buf).await {
+            match r.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if tx.send(data(&buf[..n])).await.is_err() {
+                    if tx.send(wrap(data(&buf[..n]))).await.is_err() {
                         break;
                     }
                 }
             }
         }
     });
+}
+
+/// Writes the data frames of `inbound` to `w`, then shuts `w` down.
+fn pump_in<W>(mut inbound: tonic::Streaming<RelayFrame>, mut w: W)
+where
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     tokio::spawn(async move {
         while let Some(Ok(frame)) = inbound.next().await {
             if let Some(Payload::Data(d)) = frame.payload {
-                if far_w.write_all(&d).await.is_err() {
+                if w.write_all(&d).await.is_err() {
                     break;
                 }
             }
         }
-        let _ = far_w.shutdown().await;
+        let _ = w.shutdown().await;
     });
-    Ok(near)
 }
 
 pub type RelayStream = Pin<Box<dyn Stream<Item = Result<RelayFrame, Status>> + Send>>;
@@ -99,30 +117,9 @@ pub async fn accept(
     let stream = crate::proxy::open_channel(&holding, client)
         .await
         .map_err(|e| Status::unavailable(format!("the tunnel did not accept the connection: {e}")))?;
-    let (mut r, mut w) = tokio::io::split(stream);
-    tokio::spawn(async move {
-        while let Some(Ok(frame)) = inbound.next().await {
-            if let Some(Payload::Data(d)) = frame.payload {
-                if w.write_all(&d).await.is_err() {
-                    break;
-                }
-            }
-        }
-        let _ = w.shutdown().await;
-    });
+    let (r, w) = tokio::io::split(stream);
+    pump_in(inbound, w);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<RelayFrame, Status>>(WINDOW);
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; FRAME];
-        loop {
-            match r.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if tx.send(Ok(data(&buf[..n]))).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
+    pump_out(r, tx, Ok);
     Ok(Box::pin(ReceiverStream::new(rx)))
 }

@@ -78,14 +78,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let raft = mysocket_raft_store::Raft::new(cfg.id, raft_config(&cfg)?, network, log_store, state_machine.clone())
         .await
         .context("start raft")?;
-    let node: NodeRef = Arc::new(Node {
-        id: cfg.id,
-        config: cfg.clone(),
-        raft: raft.clone(),
-        registry,
-        state_machine,
-        peers,
-    });
+    let node: NodeRef =
+        Arc::new(Node { id: cfg.id, config: cfg.clone(), raft: raft.clone(), registry, state_machine, peers });
 
     let root = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -277,8 +271,12 @@ async fn duty_pass(node: &NodeRef) -> anyhow::Result<()> {
     };
     let registered = node.read(|r| {
         r.node(node.id).map(|n| {
-            n.alive && n.raft_addr == me.raft_addr && n.api_addr == me.api_addr && n.ssh_addr == me.ssh_addr
-                && n.http_addr == me.http_addr && n.https_addr == me.https_addr
+            n.alive
+                && n.raft_addr == me.raft_addr
+                && n.api_addr == me.api_addr
+                && n.ssh_addr == me.ssh_addr
+                && n.http_addr == me.http_addr
+                && n.https_addr == me.https_addr
         })
     });
     if registered != Some(true) && !node.read(|r| r.is_retired(node.id)) {

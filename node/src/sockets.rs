@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Json;
 use axum::Router;
-use mysocket_api::types::Socket as SocketJson;
 use mysocket_api::types::ErrorBody;
+use mysocket_api::types::Socket as SocketJson;
 use mysocket_api::types::SocketCreate;
 use mysocket_api::types::Tunnel as TunnelJson;
 use mysocket_raft_store::Command;
@@ -127,7 +127,8 @@ fn dnsname_hint() -> String {
 }
 
 fn relay_port_hint() -> u16 {
-    rand::thread_rng().gen_range(mysocket_raft_store::registry::RELAY_PORT_MIN..=mysocket_raft_store::registry::RELAY_PORT_MAX)
+    rand::thread_rng()
+        .gen_range(mysocket_raft_store::registry::RELAY_PORT_MIN..=mysocket_raft_store::registry::RELAY_PORT_MAX)
 }
 
 fn new_socket(node: &NodeRef, req: &SocketCreate) -> ApiResult<NewSocket> {
@@ -145,11 +146,15 @@ fn new_socket(node: &NodeRef, req: &SocketCreate) -> ApiResult<NewSocket> {
             return Err(ApiError::bad("a protected socket needs protected_username and protected_password"));
         }
         if u.len() > 100 || p.len() > 100 || u.contains(':') || u.chars().chain(p.chars()).any(char::is_control) {
-            return Err(ApiError::bad("protected_username and protected_password: at most 100 printable characters, no ':' in the username"));
+            return Err(ApiError::bad(
+                "protected_username and protected_password: at most 100 printable characters, no ':' in the username",
+            ));
         }
         (user, pass) = (Some(u.to_string()), Some(p.to_string()));
     }
-    if req.cloud_authentication_email_allowed_addressses.len() > 100 || req.cloud_authentication_email_allowed_domains.len() > 100 {
+    if req.cloud_authentication_email_allowed_addressses.len() > 100
+        || req.cloud_authentication_email_allowed_domains.len() > 100
+    {
         return Err(ApiError::bad("at most 100 allowed addresses and 100 allowed domains"));
     }
     let emails = req
@@ -201,7 +206,12 @@ pub(crate) async fn list_connect(state: State<NodeRef>, headers: HeaderMap) -> A
     list(state, headers).await
 }
 
-async fn create_socket(node: NodeRef, headers: HeaderMap, req: SocketCreate, with_tunnel: bool) -> ApiResult<Json<SocketJson>> {
+async fn create_socket(
+    node: NodeRef,
+    headers: HeaderMap,
+    req: SocketCreate,
+    with_tunnel: bool,
+) -> ApiResult<Json<SocketJson>> {
     let me = authenticate(&node, &headers)?;
     let socket = new_socket(&node, &req)?;
     let first_tunnel = with_tunnel.then(|| NewTunnel { tunnel_id: Uuid::new_v4(), local_port_hint: relay_port_hint() });
@@ -213,17 +223,29 @@ async fn create_socket(node: NodeRef, headers: HeaderMap, req: SocketCreate, wit
 }
 
 #[utoipa::path(post, path = "/socket", tag = "socket", request_body = SocketCreate, responses((status = 200, body = SocketJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)), security(("token" = [])))]
-pub(crate) async fn create(State(node): State<NodeRef>, headers: HeaderMap, Body(req): Body<SocketCreate>) -> ApiResult<Json<SocketJson>> {
+pub(crate) async fn create(
+    State(node): State<NodeRef>,
+    headers: HeaderMap,
+    Body(req): Body<SocketCreate>,
+) -> ApiResult<Json<SocketJson>> {
     create_socket(node, headers, req, false).await
 }
 
 #[utoipa::path(post, path = "/connect", tag = "socket", request_body = SocketCreate, responses((status = 200, body = SocketJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)), security(("token" = [])))]
-pub(crate) async fn connect(State(node): State<NodeRef>, headers: HeaderMap, Body(req): Body<SocketCreate>) -> ApiResult<Json<SocketJson>> {
+pub(crate) async fn connect(
+    State(node): State<NodeRef>,
+    headers: HeaderMap,
+    Body(req): Body<SocketCreate>,
+) -> ApiResult<Json<SocketJson>> {
     create_socket(node, headers, req, true).await
 }
 
 #[utoipa::path(get, path = "/socket/{socket_id}", tag = "socket", params(("socket_id" = String, Path)), responses((status = 200, body = SocketJson), (status = 404, body = ErrorBody)), security(("token" = [])))]
-pub(crate) async fn show(State(node): State<NodeRef>, headers: HeaderMap, Path(sid): Path<String>) -> ApiResult<Json<SocketJson>> {
+pub(crate) async fn show(
+    State(node): State<NodeRef>,
+    headers: HeaderMap,
+    Path(sid): Path<String>,
+) -> ApiResult<Json<SocketJson>> {
     let me = authenticate(&node, &headers)?;
     let sid = parse_id(&sid, "socket")?;
     node.linearizable().await?;
@@ -231,7 +253,11 @@ pub(crate) async fn show(State(node): State<NodeRef>, headers: HeaderMap, Path(s
 }
 
 #[utoipa::path(delete, path = "/socket/{socket_id}", tag = "socket", params(("socket_id" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)), security(("token" = [])))]
-pub(crate) async fn remove(State(node): State<NodeRef>, headers: HeaderMap, Path(sid): Path<String>) -> ApiResult<StatusCode> {
+pub(crate) async fn remove(
+    State(node): State<NodeRef>,
+    headers: HeaderMap,
+    Path(sid): Path<String>,
+) -> ApiResult<StatusCode> {
     let me = authenticate(&node, &headers)?;
     let sid = parse_id(&sid, "socket")?;
     match node.write(Command::DeleteSocket { user_id: me, socket_id: sid }).await? {
@@ -241,7 +267,11 @@ pub(crate) async fn remove(State(node): State<NodeRef>, headers: HeaderMap, Path
 }
 
 #[utoipa::path(get, path = "/socket/{socket_id}/tunnel", tag = "tunnel", params(("socket_id" = String, Path)), responses((status = 200, body = Vec<TunnelJson>), (status = 404, body = ErrorBody)), security(("token" = [])))]
-pub(crate) async fn list_tunnels(State(node): State<NodeRef>, headers: HeaderMap, Path(sid): Path<String>) -> ApiResult<Json<Vec<TunnelJson>>> {
+pub(crate) async fn list_tunnels(
+    State(node): State<NodeRef>,
+    headers: HeaderMap,
+    Path(sid): Path<String>,
+) -> ApiResult<Json<Vec<TunnelJson>>> {
     let me = authenticate(&node, &headers)?;
     let sid = parse_id(&sid, "socket")?;
     node.linearizable().await?;

@@ -126,9 +126,15 @@ impl russh::server::Handler for SshSession {
         Ok(if ok == Some(true) { Auth::Accept } else { Auth::reject() })
     }
 
-    async fn auth_publickey(&mut self, user: &str, key: russh::server::VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: russh::server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
         let found = self.node.read(|r| {
-            r.account_by_user_name(user).filter(|a| same_key(&a.sshkey, key.public_key)).map(|a| (a.user_id, a.user_name.clone()))
+            r.account_by_user_name(user)
+                .filter(|a| same_key(&a.sshkey, key.public_key))
+                .map(|a| (a.user_id, a.user_name.clone()))
         });
         match found {
             Some(u) => {
@@ -175,14 +181,24 @@ impl russh::server::Handler for SshSession {
         Ok(())
     }
 
-    async fn exec_request(&mut self, channel: ChannelId, _data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         // Nothing is ever executed; the channel only carries the banner and the log.
         session.channel_success(channel)?;
         self.banner(channel, session);
         Ok(())
     }
 
-    async fn tcpip_forward(&mut self, address: &str, port: &mut u32, session: &mut Session) -> Result<bool, Self::Error> {
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
         let Some((user_id, user_name)) = self.state.lock().expect("ssh state").user.clone() else {
             return Ok(false);
         };
@@ -228,10 +244,16 @@ impl russh::server::Handler for SshSession {
         }
     }
 
-    async fn cancel_tcpip_forward(&mut self, _address: &str, port: u32, _session: &mut Session) -> Result<bool, Self::Error> {
+    async fn cancel_tcpip_forward(
+        &mut self,
+        _address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
         let Some((user_id, _)) = self.state.lock().expect("ssh state").user.clone() else { return Ok(false) };
         let Ok(relay_port) = u16::try_from(port) else { return Ok(false) };
-        let Some(tunnel_id) = self.node.read(|r| r.tunnel_by_relay_port(&user_id, relay_port).map(|t| t.tunnel_id)) else {
+        let Some(tunnel_id) = self.node.read(|r| r.tunnel_by_relay_port(&user_id, relay_port).map(|t| t.tunnel_id))
+        else {
             return Ok(false);
         };
         let Some(epoch) = self.state.lock().expect("ssh state").claims.remove(&tunnel_id) else { return Ok(false) };

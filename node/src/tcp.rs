@@ -25,7 +25,11 @@ pub async fn reconcile(node: NodeRef, holdings: Arc<Holdings>, tls: crate::tls::
     let ip = node.config.http_addr.ip();
     loop {
         let wanted: HashMap<u16, (Uuid, SocketType)> = node.read(|r| {
-            r.sockets().filter_map(|s| s.port.filter(|_| s.socket_type.needs_port()).map(|p| (p, (s.socket_id, s.socket_type)))).collect()
+            r.sockets()
+                .filter_map(|s| {
+                    s.port.filter(|_| s.socket_type.needs_port()).map(|p| (p, (s.socket_id, s.socket_type)))
+                })
+                .collect()
         });
         listeners.retain(|port, (sid, tok)| {
             let keep = wanted.get(port).map(|(w, _)| w == sid).unwrap_or(false);

@@ -140,14 +140,18 @@ fn acceptor(resolver: Arc<SniCerts>, alpn: &[&[u8]]) -> Result<tokio_rustls::Tls
 pub async fn load_when_ready(node: NodeRef, https: Slot, raw: Slot, stop: CancellationToken) {
     loop {
         if let Some(cfg) = node.read(|r| r.config().cloned()) {
-            let made = SniCerts::new(node.clone(), &cfg).map(Arc::new).and_then(|r| Ok((acceptor(r.clone(), &[b"http/1.1"])?, acceptor(r, &[])?)));
+            let made = SniCerts::new(node.clone(), &cfg)
+                .map(Arc::new)
+                .and_then(|r| Ok((acceptor(r.clone(), &[b"http/1.1"])?, acceptor(r, &[])?)));
             match made {
                 Ok((h, r)) => {
                     *https.write().expect("tls slot") = Some(h);
                     *raw.write().expect("tls slot") = Some(r);
                     tracing::info!("TLS certificates ready");
                 }
-                Err(e) => tracing::error!(error = %e, "cannot use the cluster TLS material; HTTPS and tls sockets are off"),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot use the cluster TLS material; HTTPS and tls sockets are off")
+                }
             }
             return;
         }

@@ -86,7 +86,9 @@ pub async fn watch(node: NodeRef, holdings: Arc<Holdings>, stop: CancellationTok
         match ev {
             Ok(applied) => {
                 let gone: Vec<(Uuid, u64, &'static str)> = match &applied.response {
-                    Response::Claimed { session, superseded: Some(old) } if old.node_id == node.id && session.node_id != node.id => {
+                    Response::Claimed { session, superseded: Some(old) }
+                        if old.node_id == node.id && session.node_id != node.id =>
+                    {
                         vec![(old.tunnel_id, old.epoch, "a newer connection to another node took over this tunnel")]
                     }
                     Response::Released(list) => list

@@ -44,7 +44,8 @@ pub fn domain(s: &str) -> Result<String, ApiError> {
     let ok = !s.is_empty()
         && s.len() <= 253
         && s.contains('.')
-        && s.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        && s.split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
     if !ok {
         return Err(ApiError::bad(format!("{s:?} is not a domain name")));
     }
@@ -64,13 +65,15 @@ pub fn password(s: &str) -> Result<(), ApiError> {
 pub fn ssh_public_key(s: &str) -> Result<String, ApiError> {
     let s = s.trim();
     if s.is_empty() {
-        return Err(ApiError::bad("sshkey is required: an OpenSSH public key such as the contents of ~/.ssh/id_ed25519.pub"));
+        return Err(ApiError::bad(
+            "sshkey is required: an OpenSSH public key such as the contents of ~/.ssh/id_ed25519.pub",
+        ));
     }
     if s.len() > MAX_SSHKEY || s.contains('\n') {
         return Err(ApiError::bad("sshkey must be one OpenSSH public key line"));
     }
-    let key = PublicKey::from_openssh(s)
-        .map_err(|e| ApiError::bad(format!("sshkey is not an OpenSSH public key: {e}")))?;
+    let key =
+        PublicKey::from_openssh(s).map_err(|e| ApiError::bad(format!("sshkey is not an OpenSSH public key: {e}")))?;
     match key.key_data() {
         KeyData::Ed25519(_) | KeyData::Ecdsa(_) => {}
         KeyData::Rsa(rsa) => {

@@ -149,15 +149,64 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         (Method::POST, "/user", None, Some(with("sshkey", json!(""))), 400, "sshkey"),
         (Method::POST, "/user", None, Some(with("password", json!("123"))), 400, "password"),
         (Method::POST, "/user", None, Some(with("name", json!("x".repeat(500)))), 400, "name"),
-        (Method::POST, "/login", None, Some(br#"{"email":"user1@example.com","password":"wrong-one"}"#.to_vec()), 401, "wrong email or password"),
-        (Method::POST, "/login", None, Some(br#"{"email":"nobody@example.com","password":"whatever"}"#.to_vec()), 401, "wrong email or password"),
+        (
+            Method::POST,
+            "/login",
+            None,
+            Some(br#"{"email":"user1@example.com","password":"wrong-one"}"#.to_vec()),
+            401,
+            "wrong email or password",
+        ),
+        (
+            Method::POST,
+            "/login",
+            None,
+            Some(br#"{"email":"nobody@example.com","password":"whatever"}"#.to_vec()),
+            401,
+            "wrong email or password",
+        ),
         (Method::GET, "/socket", None, None, 401, "token"),
         (Method::GET, "/socket", Some("garbage"), None, 401, "token"),
-        (Method::GET, "/socket", Some("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJ1c2VyX2lkIjoieCIsImV4cCI6OTk5OTk5OTk5OX0."), None, 401, "token"),
-        (Method::POST, "/socket", Some(&token), Some(br#"{"name":"x","socket_type":"udp"}"#.to_vec()), 400, "socket_type"),
-        (Method::POST, "/socket", Some(&token), Some(br#"{"name":"x","protected_socket":true}"#.to_vec()), 400, "protected"),
-        (Method::POST, "/socket", Some(&token), Some(br#"{"name":"x","protected_socket":"yes"}"#.to_vec()), 400, "invalid JSON"),
-        (Method::POST, "/socket", Some(&token), Some(br#"{"name":"x","cloud_authentication_email_allowed_addressses":["nope"]}"#.to_vec()), 400, "email"),
+        (
+            Method::GET,
+            "/socket",
+            Some("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJ1c2VyX2lkIjoieCIsImV4cCI6OTk5OTk5OTk5OX0."),
+            None,
+            401,
+            "token",
+        ),
+        (
+            Method::POST,
+            "/socket",
+            Some(&token),
+            Some(br#"{"name":"x","socket_type":"udp"}"#.to_vec()),
+            400,
+            "socket_type",
+        ),
+        (
+            Method::POST,
+            "/socket",
+            Some(&token),
+            Some(br#"{"name":"x","protected_socket":true}"#.to_vec()),
+            400,
+            "protected",
+        ),
+        (
+            Method::POST,
+            "/socket",
+            Some(&token),
+            Some(br#"{"name":"x","protected_socket":"yes"}"#.to_vec()),
+            400,
+            "invalid JSON",
+        ),
+        (
+            Method::POST,
+            "/socket",
+            Some(&token),
+            Some(br#"{"name":"x","cloud_authentication_email_allowed_addressses":["nope"]}"#.to_vec()),
+            400,
+            "email",
+        ),
         (Method::GET, "/socket/not-a-uuid", Some(&token), None, 404, "not found"),
         (Method::DELETE, "/socket/00000000-0000-0000-0000-000000000000", Some(&token), None, 404, "not found"),
         (Method::GET, "/socket/00000000-0000-0000-0000-000000000000/tunnel", Some(&token), None, 404, "not found"),
@@ -181,7 +230,10 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         Method::POST,
         format!("{base}/login"),
         None,
-        Some(serde_json::to_vec(&json!({"email": user(1).email, "password": user(1).password, "extra": [1, 2]})).unwrap()),
+        Some(
+            serde_json::to_vec(&json!({"email": user(1).email, "password": user(1).password, "extra": [1, 2]}))
+                .unwrap(),
+        ),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
@@ -229,7 +281,8 @@ async fn openapi_document_matches_the_routes_and_the_committed_copy() {
             .replace("{id}", "99");
         for method in methods.as_object().unwrap().keys() {
             let m: reqwest::Method = method.to_uppercase().parse().unwrap();
-            let resp = reqwest::Client::new().request(m.clone(), format!("{base}{concrete}")).body("{}").send().await.unwrap();
+            let resp =
+                reqwest::Client::new().request(m.clone(), format!("{base}{concrete}")).body("{}").send().await.unwrap();
             let status = resp.status();
             let text = resp.text().await.unwrap();
             assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path} is documented but not routed");

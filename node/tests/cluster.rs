@@ -27,9 +27,10 @@ async fn three_nodes_replicate_fail_over_and_catch_up() {
     for (i, via) in [1u64, 2, 3].iter().enumerate() {
         c.api(*via).create_user(&user(i)).await.unwrap();
         for other in [1u64, 2, 3] {
-            c.api(other).login(&user(i).email, &user(i).password).await.unwrap_or_else(|e| {
-                panic!("user created via node {via} cannot log in via node {other}: {e}")
-            });
+            c.api(other)
+                .login(&user(i).email, &user(i).password)
+                .await
+                .unwrap_or_else(|e| panic!("user created via node {via} cannot log in via node {other}: {e}"));
         }
     }
     let d = c.converged().await;
@@ -133,7 +134,9 @@ async fn a_fourth_node_joins_and_one_is_removed_while_writes_continue() {
             let mut ok = 0;
             let stop = Instant::now() + Duration::from_secs(8);
             while Instant::now() < stop {
-                api.create_user(&user(n)).await.unwrap_or_else(|e| panic!("write {n} failed during membership change: {e}"));
+                api.create_user(&user(n))
+                    .await
+                    .unwrap_or_else(|e| panic!("write {n} failed during membership change: {e}"));
                 ok += 1;
                 n += 1;
             }
@@ -221,7 +224,8 @@ async fn the_internal_port_can_run_mutual_tls() {
     c.api(1).create_user(&user(1)).await.unwrap();
     c.api(3).login(&user(1).email, &user(1).password).await.unwrap();
     // Plaintext gRPC to a TLS internal port gets nowhere.
-    let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", c.node_raft_addr(2))).unwrap().connect().await;
+    let plain =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", c.node_raft_addr(2))).unwrap().connect().await;
     if let Ok(ch) = plain {
         assert!(InternalClient::new(ch).node_status(Empty {}).await.is_err(), "plaintext call answered");
     }

@@ -15,19 +15,33 @@ use support::*;
 
 fn keygen(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, String) {
     let key = dir.join(name);
-    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"]).arg(&key).status().unwrap();
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
     assert!(st.success());
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     (key, public.trim().to_string())
 }
 
 /// A user with a fresh SSH key, logged in through node `via`: (key path, user, authorised client).
-async fn ssh_user(c: &TestCluster, dir: &std::path::Path, via: u64, name: &str) -> (std::path::PathBuf, mysocket_api::User, mysocket_api::ApiClient) {
+async fn ssh_user(
+    c: &TestCluster,
+    dir: &std::path::Path,
+    via: u64,
+    name: &str,
+) -> (std::path::PathBuf, mysocket_api::User, mysocket_api::ApiClient) {
     let (key, public) = keygen(dir, name);
     let (email, password) = (format!("{name}@example.com"), format!("{name}-pass"));
     let api = c.api(via);
     let u = api
-        .create_user(&UserCreate { name: name.into(), email: email.clone(), password: password.clone(), sshkey: public })
+        .create_user(&UserCreate {
+            name: name.into(),
+            email: email.clone(),
+            password: password.clone(),
+            sshkey: public,
+        })
         .await
         .unwrap();
     let token = api.login(&email, &password).await.unwrap().token;
@@ -45,7 +59,16 @@ impl Drop for Ssh {
 
 fn ssh_forward(key: &std::path::Path, user: &str, host: &str, relay_port: u16, origin: u16) -> Ssh {
     let child = Command::new("ssh")
-        .args(["-N", "-T", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ExitOnForwardFailure=yes"])
+        .args([
+            "-N",
+            "-T",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ExitOnForwardFailure=yes",
+        ])
         .args(["-o", "BatchMode=yes", "-o", "ServerAliveInterval=5", "-o", "LogLevel=ERROR", "-i"])
         .arg(key)
         .args(["-p", "2222", "-l", user, "-R", &format!("{relay_port}:127.0.0.1:{origin}"), host])
@@ -74,7 +97,10 @@ async fn openssh_reverse_forward_serves_public_http() {
     let dir = tempfile::tempdir().unwrap();
     let (key, u, api) = ssh_user(&c, dir.path(), 1, "alice").await;
     let (stranger_key, _) = keygen(dir.path(), "stranger");
-    let sock = api.connect(&SocketCreate { name: "web".into(), socket_type: Some("http".into()), ..Default::default() }).await.unwrap();
+    let sock = api
+        .connect(&SocketCreate { name: "web".into(), socket_type: Some("http".into()), ..Default::default() })
+        .await
+        .unwrap();
     let relay = sock.tunnels[0].local_port;
     let origin_port = origin().await;
     let n1 = c.nodes[&1].ip.clone();
@@ -120,12 +146,19 @@ async fn openssh_reverse_forward_serves_public_http() {
     }
 
     // Fencing: the holder refuses a relay that carries an epoch it does not hold.
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.node_raft_addr(1))).unwrap().connect().await.unwrap();
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.node_raft_addr(1)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let secret = c.secret.clone();
-    let mut internal = mysocket_api::internal::internal_client::InternalClient::with_interceptor(ch, move |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert(mysocket_api::CLUSTER_CREDENTIAL_HEADER, secret.parse().unwrap());
-        Ok(r)
-    });
+    let mut internal = mysocket_api::internal::internal_client::InternalClient::with_interceptor(
+        ch,
+        move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert(mysocket_api::CLUSTER_CREDENTIAL_HEADER, secret.parse().unwrap());
+            Ok(r)
+        },
+    );
     use mysocket_api::internal::relay_frame::Payload;
     let open = |epoch| mysocket_api::internal::RelayFrame {
         payload: Some(Payload::Open(mysocket_api::internal::RelayOpen {
@@ -256,11 +289,12 @@ fn tls_connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
     for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let cfg =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
 }
 
@@ -271,7 +305,8 @@ async fn request(ip: &str, port: u16, tls: Option<(&tokio_rustls::TlsConnector, 
     let req = format!("GET /via-{port} HTTP/1.1\r\nHost: {host}\r\n\r\n");
     match tls {
         Some((conn, name)) => {
-            let Ok(mut s) = conn.connect(rustls::pki_types::ServerName::try_from(name.to_string()).unwrap(), tcp).await else {
+            let Ok(mut s) = conn.connect(rustls::pki_types::ServerName::try_from(name.to_string()).unwrap(), tcp).await
+            else {
                 return String::from("tls handshake failed");
             };
             let _ = s.write_all(req.as_bytes()).await;
@@ -385,7 +420,9 @@ async fn hyper_origin() -> u16 {
                         hyper::Response::new(http_body_util::Full::new(Bytes::from(format!("got {n}"))).boxed())
                     } else {
                         let chunk = Bytes::from(vec![b'x'; 1 << 16]);
-                        let frames = futures::stream::iter((0..1600).map(move |_| Ok::<_, std::convert::Infallible>(Frame::data(chunk.clone()))));
+                        let frames = futures::stream::iter(
+                            (0..1600).map(move |_| Ok::<_, std::convert::Infallible>(Frame::data(chunk.clone()))),
+                        );
                         hyper::Response::builder()
                             .header("content-length", (1600usize << 16).to_string())
                             .body(http_body_util::StreamBody::new(frames).boxed())

@@ -12,12 +12,12 @@ use std::ops::RangeBounds;
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use openraft::type_config::alias::EntryOf;
-use openraft::type_config::alias::LogIdOf;
-use openraft::type_config::alias::VoteOf;
 use openraft::entry::RaftEntry;
 use openraft::storage::IOFlushed;
 use openraft::storage::RaftLogStorage;
+use openraft::type_config::alias::EntryOf;
+use openraft::type_config::alias::LogIdOf;
+use openraft::type_config::alias::VoteOf;
 use openraft::LogState;
 use openraft::OptionalSend;
 use openraft::RaftLogReader;
@@ -128,10 +128,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let mut out = Vec::new();
-        let it = self.db.iterator_cf(
-            self.cf_logs(),
-            rocksdb::IteratorMode::From(&index_key(start), rocksdb::Direction::Forward),
-        );
+        let it = self
+            .db
+            .iterator_cf(self.cf_logs(), rocksdb::IteratorMode::From(&index_key(start), rocksdb::Direction::Forward));
         for item in it {
             let (k, v) = item.map_err(other)?;
             let idx = key_index(&k)?;
@@ -194,7 +193,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
-    where I: IntoIterator<Item = EntryOf<TypeConfig>> + Send {
+    where
+        I: IntoIterator<Item = EntryOf<TypeConfig>> + Send,
+    {
         let mut batch = WriteBatch::default();
         for e in entries {
             let v = serde_json::to_vec(&e).map_err(other)?;
@@ -221,8 +222,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // last_purged first (synced): if we crash between the two writes, the log still
         // starts right after last_purged and has no hole.
         self.put_meta(KEY_LAST_PURGED, &log_id, true)?;
-        self.db
-            .delete_range_cf(self.cf_logs(), index_key(0), index_key(log_id.index() + 1))
-            .map_err(other)
+        self.db.delete_range_cf(self.cf_logs(), index_key(0), index_key(log_id.index() + 1)).map_err(other)
     }
 }

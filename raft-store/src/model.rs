@@ -207,9 +207,14 @@ pub enum Command {
     /// Creates or updates a node's addresses and marks it alive.
     RegisterNode(NodeRecord),
     /// Leader-driven liveness. Marking a node dead releases every session it holds.
-    SetNodeAlive { node_id: NodeId, alive: bool },
+    SetNodeAlive {
+        node_id: NodeId,
+        alive: bool,
+    },
     /// A node left the membership: its id is never accepted again and its sessions are released.
-    RetireNode { node_id: NodeId },
+    RetireNode {
+        node_id: NodeId,
+    },
     CreateAccount {
         user_id: Uuid,
         name: String,
@@ -224,13 +229,33 @@ pub enum Command {
         /// `POST /connect` creates the socket's first tunnel in the same command.
         first_tunnel: Option<NewTunnel>,
     },
-    DeleteSocket { user_id: Uuid, socket_id: Uuid },
-    CreateTunnel { user_id: Uuid, socket_id: Uuid, tunnel: NewTunnel, limits: SocketLimits },
-    DeleteTunnel { user_id: Uuid, socket_id: Uuid, tunnel_id: Uuid },
+    DeleteSocket {
+        user_id: Uuid,
+        socket_id: Uuid,
+    },
+    CreateTunnel {
+        user_id: Uuid,
+        socket_id: Uuid,
+        tunnel: NewTunnel,
+        limits: SocketLimits,
+    },
+    DeleteTunnel {
+        user_id: Uuid,
+        socket_id: Uuid,
+        tunnel_id: Uuid,
+    },
     /// Newest claim wins: takes the session for `node_id` with a fresh epoch.
-    ClaimTunnel { user_id: Uuid, tunnel_id: Uuid, node_id: NodeId },
+    ClaimTunnel {
+        user_id: Uuid,
+        tunnel_id: Uuid,
+        node_id: NodeId,
+    },
     /// Releases the session only if `(node_id, epoch)` still holds it.
-    ReleaseTunnel { tunnel_id: Uuid, node_id: NodeId, epoch: u64 },
+    ReleaseTunnel {
+        tunnel_id: Uuid,
+        node_id: NodeId,
+        epoch: u64,
+    },
 }
 
 /// A command with what makes it idempotent and deterministic.

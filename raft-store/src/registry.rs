@@ -281,7 +281,10 @@ impl Registry {
             }
             Command::RegisterNode(rec) => {
                 if self.retired.contains(&rec.node_id) {
-                    return Err(Rejection::Conflict(format!("node id {} was removed and cannot be reused", rec.node_id)));
+                    return Err(Rejection::Conflict(format!(
+                        "node id {} was removed and cannot be reused",
+                        rec.node_id
+                    )));
                 }
                 let mut rec = rec.clone();
                 rec.alive = true;

@@ -15,13 +15,13 @@ use std::sync::RwLock;
 
 use futures::Stream;
 use futures::TryStreamExt;
+use openraft::entry::RaftEntry;
+use openraft::storage::EntryResponder;
+use openraft::storage::RaftStateMachine;
 use openraft::type_config::alias::LogIdOf;
 use openraft::type_config::alias::SnapshotMetaOf;
 use openraft::type_config::alias::SnapshotOf;
 use openraft::type_config::alias::StoredMembershipOf;
-use openraft::entry::RaftEntry;
-use openraft::storage::EntryResponder;
-use openraft::storage::RaftStateMachine;
 use openraft::EntryPayload;
 use openraft::OptionalSend;
 use openraft::RaftSnapshotBuilder;
@@ -95,11 +95,21 @@ impl StateMachine {
         let mut raw = Vec::new();
         for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
             let (k, v) = item.map_err(other)?;
-            raw.push((String::from_utf8(k.to_vec()).map_err(invalid)?, String::from_utf8(v.to_vec()).map_err(invalid)?));
+            raw.push((
+                String::from_utf8(k.to_vec()).map_err(invalid)?,
+                String::from_utf8(v.to_vec()).map_err(invalid)?,
+            ));
         }
         let mut registry = Registry::from_rows(raw.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(invalid)?;
         let (events, _) = broadcast::channel(4096);
-        let mut sm = StateMachine { db, registry: Default::default(), snapshot_dir, events, installed: Default::default(), snapshot_file: Default::default() };
+        let mut sm = StateMachine {
+            db,
+            registry: Default::default(),
+            snapshot_dir,
+            events,
+            installed: Default::default(),
+            snapshot_file: Default::default(),
+        };
         let (last, _) = sm.read_meta(None)?;
         registry.set_applied_index(last.map(|l| l.index()).unwrap_or(0));
         sm.registry = Arc::new(RwLock::new(registry));
@@ -180,7 +190,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let mut rows = Vec::new();
             for item in snap.iterator_cf(cf, rocksdb::IteratorMode::Start) {
                 let (k, v) = item.map_err(other)?;
-                rows.push((String::from_utf8(k.to_vec()).map_err(invalid)?, String::from_utf8(v.to_vec()).map_err(invalid)?));
+                rows.push((
+                    String::from_utf8(k.to_vec()).map_err(invalid)?,
+                    String::from_utf8(v.to_vec()).map_err(invalid)?,
+                ));
             }
             let meta = SnapshotMetaOf::<TypeConfig> { last_log_id: last_applied, last_membership: membership };
             let file = SnapshotFile { meta: meta.clone(), rows };
@@ -204,7 +217,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn apply<S>(&mut self, mut entries: S) -> Result<(), io::Error>
-    where S: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend {
+    where
+        S: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
         let mut dirty = Dirty::new();
         let mut last_applied = None;
         let mut membership = None;

@@ -89,8 +89,16 @@ fn arb_cmd() -> impl Strategy<Value = Command> {
             socket_id: sid(s),
             tunnel_id: tid(t)
         }),
-        (0u8..4, 0u8..12, 1u64..4).prop_map(|(u, t, n)| Command::ClaimTunnel { user_id: uid(u), tunnel_id: tid(t), node_id: n }),
-        (0u8..12, 1u64..4, 0u64..6).prop_map(|(t, n, e)| Command::ReleaseTunnel { tunnel_id: tid(t), node_id: n, epoch: e }),
+        (0u8..4, 0u8..12, 1u64..4).prop_map(|(u, t, n)| Command::ClaimTunnel {
+            user_id: uid(u),
+            tunnel_id: tid(t),
+            node_id: n
+        }),
+        (0u8..12, 1u64..4, 0u64..6).prop_map(|(t, n, e)| Command::ReleaseTunnel {
+            tunnel_id: tid(t),
+            node_id: n,
+            epoch: e
+        }),
         (1u64..4, any::<bool>()).prop_map(|(n, alive)| Command::SetNodeAlive { node_id: n, alive }),
         (1u64..4).prop_map(|n| Command::RegisterNode(NodeRecord {
             node_id: n,
@@ -270,7 +278,10 @@ fn deleting_a_socket_frees_name_port_and_tunnels() {
     assert!(r.socket_by_port(PORT_MIN).is_none());
     assert!(r.socket_by_dnsname("brave-otter-0001.localhost").is_none());
     let del = Command::DeleteSocket { user_id: uid(1), socket_id: sid(1) };
-    assert!(matches!(r.apply(&Request { request_id: None, at_ms: 5, cmd: del }, &mut d), Response::Rejected(Rejection::NotFound(_))));
+    assert!(matches!(
+        r.apply(&Request { request_id: None, at_ms: 5, cmd: del }, &mut d),
+        Response::Rejected(Rejection::NotFound(_))
+    ));
 }
 
 #[test]
@@ -279,13 +290,37 @@ fn newest_claim_wins_and_only_the_holder_releases() {
     let mut d = Dirty::new();
     let q = |cmd| Request { request_id: None, at_ms: 0, cmd };
     r.apply(&bootstrap(), &mut d);
-    r.apply(&q(Command::CreateAccount { user_id: uid(1), name: "n".into(), email: "a@x.io".into(), password_hash: "h".into(), sshkey: "k".into() }), &mut d);
-    r.apply(&q(Command::CreateSocket {
-        user_id: uid(1),
-        socket: NewSocket { socket_id: sid(1), name: "s".into(), socket_type: SocketType::Http, dnsname_hint: "a-b-0000".into(), port_hint: 0, protected: false, protected_username: None, protected_password: None, cloud_auth_enabled: false, allowed_emails: vec![], allowed_domains: vec![] },
-        limits: limits(),
-        first_tunnel: Some(NewTunnel { tunnel_id: tid(1), local_port_hint: 0 }),
-    }), &mut d);
+    r.apply(
+        &q(Command::CreateAccount {
+            user_id: uid(1),
+            name: "n".into(),
+            email: "a@x.io".into(),
+            password_hash: "h".into(),
+            sshkey: "k".into(),
+        }),
+        &mut d,
+    );
+    r.apply(
+        &q(Command::CreateSocket {
+            user_id: uid(1),
+            socket: NewSocket {
+                socket_id: sid(1),
+                name: "s".into(),
+                socket_type: SocketType::Http,
+                dnsname_hint: "a-b-0000".into(),
+                port_hint: 0,
+                protected: false,
+                protected_username: None,
+                protected_password: None,
+                cloud_auth_enabled: false,
+                allowed_emails: vec![],
+                allowed_domains: vec![],
+            },
+            limits: limits(),
+            first_tunnel: Some(NewTunnel { tunnel_id: tid(1), local_port_hint: 0 }),
+        }),
+        &mut d,
+    );
     let claim = |n| q(Command::ClaimTunnel { user_id: uid(1), tunnel_id: tid(1), node_id: n });
     let Response::Claimed { session: s1, superseded: None } = r.apply(&claim(1), &mut d) else { panic!() };
     let Response::Claimed { session: s2, superseded: Some(old) } = r.apply(&claim(2), &mut d) else { panic!() };
@@ -304,8 +339,22 @@ fn newest_claim_wins_and_only_the_holder_releases() {
     let foreign = q(Command::ClaimTunnel { user_id: uid(2), tunnel_id: tid(1), node_id: 1 });
     assert!(matches!(r.apply(&foreign, &mut d), Response::Rejected(Rejection::NotFound(_))));
     // A node marked dead loses its sessions.
-    r.apply(&q(Command::RegisterNode(NodeRecord { node_id: 1, raft_addr: String::new(), api_addr: String::new(), ssh_addr: String::new(), http_addr: String::new(), https_addr: String::new(), alive: true, changed_at_ms: 0 })), &mut d);
-    let Response::Released(v) = r.apply(&q(Command::SetNodeAlive { node_id: 1, alive: false }), &mut d) else { panic!() };
+    r.apply(
+        &q(Command::RegisterNode(NodeRecord {
+            node_id: 1,
+            raft_addr: String::new(),
+            api_addr: String::new(),
+            ssh_addr: String::new(),
+            http_addr: String::new(),
+            https_addr: String::new(),
+            alive: true,
+            changed_at_ms: 0,
+        })),
+        &mut d,
+    );
+    let Response::Released(v) = r.apply(&q(Command::SetNodeAlive { node_id: 1, alive: false }), &mut d) else {
+        panic!()
+    };
     assert_eq!(v.len(), 1);
     assert!(r.session(&tid(1)).is_none());
 }

@@ -9,10 +9,10 @@ use openraft::storage::RaftLogStorage;
 use openraft::storage::RaftStateMachine;
 use openraft::testing::log::StoreBuilder;
 use openraft::testing::log::Suite;
+use openraft::type_config::TypeConfigExt;
 use openraft::RaftLogReader;
 use openraft::RaftSnapshotBuilder;
 use openraft::StorageError;
-use openraft::type_config::TypeConfigExt;
 use tempfile::TempDir;
 use uuid::Uuid;
 
@@ -50,6 +50,13 @@ fn account(n: u32) -> Command {
     }
 }
 
+/// Appends and waits until the store reports the entries durable.
+async fn append_durably(log: &mut LogStore, entries: Vec<Entry>) {
+    let (tx, rx) = TypeConfig::oneshot();
+    log.append(entries, openraft::storage::IOFlushed::<TypeConfig>::signal(tx)).await.unwrap();
+    rx.await.unwrap().unwrap();
+}
+
 async fn apply(sm: &mut StateMachine, entries: Vec<Entry>) {
     let items: Vec<Result<openraft::storage::EntryResponder<TypeConfig>, io::Error>> =
         entries.into_iter().map(|e| Ok((e, None))).collect();
@@ -64,10 +71,7 @@ async fn reopen_after_close_keeps_everything() {
         let vote = openraft::impls::Vote::new_committed(3, 1);
         log.save_vote(&vote).await.unwrap();
         let entries: Vec<Entry> = (1..=20).map(|i| entry(i, account(i as u32))).collect();
-        let (tx, rx) = TypeConfig::oneshot();
-        let cb = openraft::storage::IOFlushed::<TypeConfig>::signal(tx);
-        log.append(entries.clone(), cb).await.unwrap();
-        rx.await.unwrap().unwrap();
+        append_durably(&mut log, entries.clone()).await;
         apply(&mut sm, entries[..15].to_vec()).await;
         let digest = sm.registry().read().unwrap().digest();
         (digest, vote)
@@ -113,9 +117,7 @@ async fn purge_and_truncate_leave_no_hole() {
     {
         let (mut log, _) = open(dir.path()).unwrap();
         let entries: Vec<Entry> = (1..=10).map(|i| entry(i, account(i as u32))).collect();
-        let (tx, rx) = TypeConfig::oneshot();
-        log.append(entries, openraft::storage::IOFlushed::<TypeConfig>::signal(tx)).await.unwrap();
-        rx.await.unwrap().unwrap();
+        append_durably(&mut log, entries).await;
         log.purge(openraft::testing::log_id::<TypeConfig>(1, 1, 4)).await.unwrap();
         log.truncate_after(Some(openraft::testing::log_id::<TypeConfig>(1, 1, 8))).await.unwrap();
     }
@@ -139,7 +141,8 @@ async fn a_snapshot_build_racing_an_install_fails_neither() {
     for _ in 0..20 {
         let mut builder = sm_b.get_snapshot_builder().await;
         let mut installer = sm_b.clone();
-        let (built, installed) = tokio::join!(builder.build_snapshot(), installer.install_snapshot(&snap.meta, snap.snapshot.clone()));
+        let (built, installed) =
+            tokio::join!(builder.build_snapshot(), installer.install_snapshot(&snap.meta, snap.snapshot.clone()));
         built.expect("build");
         installed.expect("install");
     }

@@ -43,10 +43,8 @@ struct Stats {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.clients)
-        .timeout(Duration::from_secs(30))
-        .build()?;
+    let http =
+        reqwest::Client::builder().pool_max_idle_per_host(args.clients).timeout(Duration::from_secs(30)).build()?;
     // Setup (not measured): one (token, socket) per client for mysocket.
     let mut slots: Vec<(String, String, String)> = Vec::new(); // (endpoint, token, socket_id)
     if args.target == "mysocket" {
@@ -60,15 +58,24 @@ async fn main() -> anyhow::Result<()> {
             setups.push(tokio::spawn(async move {
                 let api = ApiClient::new([ep.clone()]);
                 let email = format!("bench-{run}-{a}@example.com");
-                api.create_user(&UserCreate { name: format!("bench {a}"), email: email.clone(), password: "bench-password".into(), sshkey: key })
-                    .await
-                    .context("create bench account")?;
+                api.create_user(&UserCreate {
+                    name: format!("bench {a}"),
+                    email: email.clone(),
+                    password: "bench-password".into(),
+                    sshkey: key,
+                })
+                .await
+                .context("create bench account")?;
                 let token = api.login(&email, "bench-password").await?.token;
                 let api = api.with_token(token.clone());
                 let mut out = Vec::new();
                 for s in 0..per {
                     let sock = api
-                        .create_socket(&SocketCreate { name: format!("bench-{s}"), socket_type: Some("http".into()), ..Default::default() })
+                        .create_socket(&SocketCreate {
+                            name: format!("bench-{s}"),
+                            socket_type: Some("http".into()),
+                            ..Default::default()
+                        })
                         .await
                         .context("create bench socket")?;
                     out.push((ep.clone(), token.clone(), sock.socket_id));
@@ -97,7 +104,11 @@ async fn main() -> anyhow::Result<()> {
                 // One create and one delete: two writes.
                 let t0 = Instant::now();
                 let created = if target == "mysocket" {
-                    http.post(format!("{ep}/socket/{key}/tunnel")).header("x-access-token", &token).body("{}").send().await
+                    http.post(format!("{ep}/socket/{key}/tunnel"))
+                        .header("x-access-token", &token)
+                        .body("{}")
+                        .send()
+                        .await
                 } else {
                     let body = serde_json::json!({"key": b64(&format!("{key}/{n}")), "value": b64("tunnel")});
                     http.post(format!("{ep}/v3/kv/put")).json(&body).send().await
@@ -139,7 +150,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let elapsed = start.elapsed().as_secs_f64().max(args.secs as f64);
     all.sort();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0);
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    };
     println!(
         "{}",
         serde_json::json!({

@@ -122,7 +122,11 @@ impl Builder {
             for (name, pem) in [("ca.pem", ca), ("node.pem", cert), ("node.key", key)] {
                 std::fs::write(c.dir.path().join(name), pem).unwrap();
             }
-            for (flag, name) in [("--internal-tls-ca", "ca.pem"), ("--internal-tls-cert", "node.pem"), ("--internal-tls-key", "node.key")] {
+            for (flag, name) in [
+                ("--internal-tls-ca", "ca.pem"),
+                ("--internal-tls-cert", "node.pem"),
+                ("--internal-tls-key", "node.key"),
+            ] {
                 c.extra.push(flag.to_string());
                 c.extra.push(c.dir.path().join(name).to_str().unwrap().to_string());
             }
@@ -332,7 +336,10 @@ pub async fn origin() -> u16 {
                     let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
                     let head: Vec<u8> = buf.drain(..end).collect();
                     let body = format!("origin saw:\n{}", String::from_utf8_lossy(&head));
-                    let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{body}", body.len());
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{body}",
+                        body.len()
+                    );
                     if s.write_all(resp.as_bytes()).await.is_err() {
                         return;
                     }
