@@ -8,6 +8,12 @@ use mysocket_node::config::Flags;
 /// sysexits' EX_CONFIG: the configuration is wrong, retrying will not help.
 const EXIT_CONFIG: i32 = 78;
 
+/// mimalloc instead of glibc's malloc: under load the node allocates and frees small buffers on
+/// every worker thread (HTTP, gRPC, Raft entries) and glibc's arenas showed up as a tenth of all
+/// CPU time in `perf` (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let flags = Flags::parse();
     let config = match Config::load(flags) {

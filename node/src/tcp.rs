@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use mysocket_raft_store::SocketType;
 use tokio::net::TcpListener;
+use tokio::sync::broadcast::error::TryRecvError;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -25,7 +26,7 @@ pub async fn reconcile(node: NodeRef, holdings: Arc<Holdings>, tls: crate::tls::
     let ip = node.config.http_addr.ip();
     loop {
         let wanted: HashMap<u16, (Uuid, SocketType)> = node.read(|r| {
-            r.sockets()
+            r.port_sockets()
                 .filter_map(|s| {
                     s.port.filter(|_| s.socket_type.needs_port()).map(|p| (p, (s.socket_id, s.socket_type)))
                 })
@@ -57,7 +58,10 @@ pub async fn reconcile(node: NodeRef, holdings: Arc<Holdings>, tls: crate::tls::
         }
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = events.recv() => {}
+            _ = events.recv() => {
+                // One pass covers every change applied so far: drain the rest of the burst.
+                while !matches!(events.try_recv(), Err(TryRecvError::Empty | TryRecvError::Closed)) {}
+            }
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }

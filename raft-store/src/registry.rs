@@ -111,11 +111,20 @@ pub struct Registry {
     dnsnames: BTreeMap<String, Uuid>,
     ports: BTreeMap<u16, Uuid>,
     relay_ports: BTreeMap<(Uuid, u16), Uuid>,
+    /// `(user, socket)`: an account's sockets without scanning every socket.
+    user_sockets: BTreeSet<(Uuid, Uuid)>,
+    /// `(socket, tunnel)`: a socket's tunnels without scanning every tunnel.
+    socket_tunnels: BTreeSet<(Uuid, Uuid)>,
     answered_order: BTreeMap<u64, String>,
 }
 
 /// Rows touched by one or more applies.
 pub type Dirty = BTreeSet<RowKey>;
+
+/// Every `(id, _)` pair of a two-id index.
+fn id_range(id: &Uuid) -> std::ops::RangeInclusive<(Uuid, Uuid)> {
+    (*id, Uuid::nil())..=(*id, Uuid::max())
+}
 
 fn email_key(email: &str) -> String {
     email.trim().to_ascii_lowercase()
@@ -164,12 +173,17 @@ impl Registry {
         self.ports.get(&port).and_then(|id| self.sockets.get(id))
     }
 
+    /// The sockets holding a port from the cluster's range (tcp and tls), by port.
+    pub fn port_sockets(&self) -> impl Iterator<Item = &Socket> {
+        self.ports.values().filter_map(|id| self.sockets.get(id))
+    }
+
     pub fn sockets(&self) -> impl Iterator<Item = &Socket> {
         self.sockets.values()
     }
 
     pub fn sockets_of(&self, user_id: &Uuid) -> Vec<&Socket> {
-        self.sockets.values().filter(|s| &s.user_id == user_id).collect()
+        self.user_sockets.range(id_range(user_id)).filter_map(|(_, s)| self.sockets.get(s)).collect()
     }
 
     /// A socket with its tunnels, ordered by creation.
@@ -187,7 +201,8 @@ impl Registry {
     }
 
     pub fn tunnels_of(&self, socket_id: &Uuid) -> Vec<Tunnel> {
-        let mut v: Vec<Tunnel> = self.tunnels.values().filter(|t| &t.socket_id == socket_id).cloned().collect();
+        let mut v: Vec<Tunnel> =
+            self.socket_tunnels.range(id_range(socket_id)).filter_map(|(_, t)| self.tunnels.get(t)).cloned().collect();
         v.sort_by_key(|t| (t.created_at_ms, t.tunnel_id));
         v
     }
@@ -357,12 +372,13 @@ impl Registry {
                     self.ports.remove(&p);
                 }
                 self.sockets.remove(socket_id);
+                self.user_sockets.remove(&(s.user_id, *socket_id));
                 dirty.insert(RowKey::Socket(*socket_id));
                 Ok(Response::Done)
             }
             Command::CreateTunnel { user_id, socket_id, tunnel, limits } => {
                 self.owned_socket(user_id, socket_id)?;
-                let existing = self.tunnels.values().filter(|t| &t.socket_id == socket_id).count();
+                let existing = self.socket_tunnels.range(id_range(socket_id)).count();
                 if existing as u32 >= limits.max_tunnels_per_socket {
                     return Err(Rejection::Limit(format!(
                         "a socket may have at most {} tunnels",
@@ -447,7 +463,7 @@ impl Registry {
         let (pmin, pmax) = (cfg.tcp_port_min, cfg.tcp_port_max);
 
         let tcp_kind = new.socket_type.needs_port();
-        let owned = self.sockets.values().filter(|s| &s.user_id == user_id && s.socket_type.needs_port() == tcp_kind);
+        let owned = self.sockets_of(user_id).into_iter().filter(|s| s.socket_type.needs_port() == tcp_kind);
         let (count, max) = (owned.count() as u32, if tcp_kind { limits.max_tcp } else { limits.max_http });
         if count >= max {
             let kind = if tcp_kind { "tcp/tls" } else { "http/https" };
@@ -482,6 +498,7 @@ impl Registry {
             self.ports.insert(p, new.socket_id);
         }
         self.sockets.insert(new.socket_id, socket);
+        self.user_sockets.insert((*user_id, new.socket_id));
         dirty.insert(RowKey::Socket(new.socket_id));
         if let Some(t) = first_tunnel {
             self.add_tunnel(user_id, &new.socket_id, t, now, dirty)?;
@@ -552,6 +569,7 @@ impl Registry {
         };
         self.relay_ports.insert((*user_id, local_port), new.tunnel_id);
         self.tunnels.insert(new.tunnel_id, t.clone());
+        self.socket_tunnels.insert((*socket_id, new.tunnel_id));
         dirty.insert(RowKey::Tunnel(new.tunnel_id));
         Ok(t)
     }
@@ -559,6 +577,7 @@ impl Registry {
     fn remove_tunnel(&mut self, t: &Tunnel, dirty: &mut Dirty) {
         self.relay_ports.remove(&(t.user_id, t.local_port));
         self.tunnels.remove(&t.tunnel_id);
+        self.socket_tunnels.remove(&(t.socket_id, t.tunnel_id));
         dirty.insert(RowKey::Tunnel(t.tunnel_id));
         if self.sessions.remove(&t.tunnel_id).is_some() {
             dirty.insert(RowKey::Session(t.tunnel_id));
@@ -661,6 +680,8 @@ impl Registry {
         self.dnsnames = self.sockets.values().map(|s| (s.dnsname.to_ascii_lowercase(), s.socket_id)).collect();
         self.ports = self.sockets.values().filter_map(|s| s.port.map(|p| (p, s.socket_id))).collect();
         self.relay_ports = self.tunnels.values().map(|t| ((t.user_id, t.local_port), t.tunnel_id)).collect();
+        self.user_sockets = self.sockets.values().map(|s| (s.user_id, s.socket_id)).collect();
+        self.socket_tunnels = self.tunnels.values().map(|t| (t.socket_id, t.tunnel_id)).collect();
         self.answered_order = self.answered.iter().map(|(id, a)| (a.seq, id.clone())).collect();
         self.next_seq = self.answered.values().map(|a| a.seq + 1).max().unwrap_or(0);
     }
