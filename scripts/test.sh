@@ -15,6 +15,9 @@ command -v curl >/dev/null || NEED_PKGS+=(curl)
 command -v ssh >/dev/null && command -v ssh-keygen >/dev/null || NEED_PKGS+=(openssh-client)
 # The tests signal nodes with /bin/kill (SIGTERM, SIGINT), which Debian ships in procps.
 [[ -x /bin/kill || -x /usr/bin/kill ]] || NEED_PKGS+=(procps)
+# The fault-injection suite: network namespaces (ip) and partitions (iptables).
+command -v ip >/dev/null || NEED_PKGS+=(iproute2)
+command -v iptables >/dev/null || NEED_PKGS+=(iptables)
 if ((${#NEED_PKGS[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     echo "installing: ${NEED_PKGS[*]}"
@@ -32,7 +35,25 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/mysocket-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 echo "== build (release)"
+# First the fault-injection build with its planted bugs, kept aside as mysocketd-planted, then
+# the normal one. Both feature sets stay cached in the target folder, so after the first run
+# switching between them costs no compilation.
+cargo build --release --workspace --locked --features mysocket-node/planted-bugs
+cp "$CARGO_TARGET_DIR/release/mysocketd" "$CARGO_TARGET_DIR/release/mysocketd-planted"
 cargo build --release --workspace --locked
+if "$CARGO_TARGET_DIR/release/mysocketd" --planted-bug stale-read --id 1 2>&1 | grep -q "no planted bugs"; then
+  echo "normal mysocketd refuses --planted-bug: ok"
+else
+  echo "the normal mysocketd accepts --planted-bug: refusing to go on" >&2
+  exit 1
+fi
 
 echo "== tests"
 cargo test --release --workspace --locked -- --test-threads 2
+
+echo "== fault injection, quick mode (3 nodes; kill, pause, partition; fixed seeds)"
+RUNS="$(mktemp -d /tmp/mysocket-jepsen.XXXXXX)"
+for seed in 1 2; do
+  "$CARGO_TARGET_DIR/release/mysocket-jepsen" --quick --seed "$seed" --out "$RUNS/seed$seed"
+done
+echo "reports in $RUNS"

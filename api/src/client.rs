@@ -67,6 +67,10 @@ impl ApiClient {
         self
     }
 
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     pub fn urls(&self) -> &[String] {
         &self.urls
     }

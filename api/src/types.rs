@@ -151,4 +151,15 @@ pub struct Tunnel {
     pub local_port: u16,
     /// `host:port` of an SSH endpoint of the cluster.
     pub tunnel_server: String,
+    /// The node holding the tunnel's SSH session and the session's epoch; absent while no
+    /// client is connected. Every newer connection gets a higher epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<TunnelHolder>,
+}
+
+/// Who holds a tunnel: the node with the SSH session and the session's epoch.
+#[derive(utoipa::ToSchema, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelHolder {
+    pub node_id: u64,
+    pub epoch: u64,
 }

@@ -139,8 +139,26 @@ impl Node {
         }
     }
 
+    /// Whether this node runs with the named planted bug (fault-injection builds only).
+    #[cfg(feature = "planted-bugs")]
+    pub fn planted(&self, bug: &str) -> bool {
+        self.config.planted_bug.as_deref() == Some(bug)
+    }
+
     /// Proposes on this node, which must be the leader.
     pub async fn write_local(&self, req: Request) -> Result<Response, String> {
+        #[cfg(feature = "planted-bugs")]
+        if self.planted("early-ack") {
+            // Planted bug: answer from a private copy of the registry at once and let Raft
+            // catch up in the background, before any other node has the entry.
+            let mut copy = self.registry.read().expect("registry lock").clone();
+            let response = copy.apply(&req, &mut Default::default());
+            let raft = self.raft.clone();
+            tokio::spawn(async move {
+                let _ = raft.client_write(req).await;
+            });
+            return Ok(response);
+        }
         match self.raft.client_write(req).await {
             Ok(r) => Ok(r.data),
             Err(e) => Err(e.to_string()),
@@ -163,7 +181,7 @@ impl Node {
     /// index).
     pub async fn linearizable(&self) -> Result<(), ClusterError> {
         #[cfg(feature = "planted-bugs")]
-        if self.config.planted_bug.as_deref() == Some("stale-read") {
+        if self.planted("stale-read") {
             return Ok(());
         }
         let deadline = Instant::now() + LEADER_WAIT;

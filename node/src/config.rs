@@ -168,6 +168,9 @@ impl fmt::Debug for InternalTls {
     }
 }
 
+/// The bugs a `planted-bugs` build can plant, for the fault-injection suite to find.
+pub const PLANTED_BUGS: [&str; 3] = ["stale-read", "early-ack", "stale-holder"];
+
 /// Validated configuration of one node.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -247,6 +250,16 @@ impl Config {
     /// Merges flags, environment (already folded into `flags` by clap) and the TOML file, then
     /// validates. Reads secret and TLS files, so errors about them come before any bind.
     pub fn load(flags: Flags) -> Result<Config, ConfigError> {
+        // First: a normal build must never start with a planted bug, whatever else is wrong.
+        let planted_bug = flags.planted_bug.clone();
+        if let Some(b) = &planted_bug {
+            if !cfg!(feature = "planted-bugs") {
+                return Err(bad(format!("--planted-bug {b}: this build has no planted bugs")));
+            }
+            if !PLANTED_BUGS.contains(&b.as_str()) {
+                return Err(bad(format!("--planted-bug {b}: unknown; one of {}", PLANTED_BUGS.join(", "))));
+            }
+        }
         let file = match &flags.config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
@@ -379,12 +392,6 @@ impl Config {
         let snapshot_threshold = pick!(snapshot_threshold).unwrap_or(50_000);
         if snapshot_threshold == 0 {
             return Err(bad("--snapshot-threshold must be positive"));
-        }
-        let planted_bug = flags.planted_bug.clone();
-        if let Some(b) = &planted_bug {
-            if !cfg!(feature = "planted-bugs") {
-                return Err(bad(format!("--planted-bug {b}: this build has no planted bugs")));
-            }
         }
         Ok(Config {
             id,

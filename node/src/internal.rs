@@ -133,7 +133,7 @@ impl Internal for InternalService {
         req: Request<Streaming<mysocket_api::internal::RelayFrame>>,
     ) -> Result<Response<Self::RelayStream>, Status> {
         #[cfg(feature = "planted-bugs")]
-        let planted = self.node.config.planted_bug.as_deref() == Some("stale-holder");
+        let planted = self.node.planted("stale-holder");
         #[cfg(not(feature = "planted-bugs"))]
         let planted = false;
         let stream = crate::relay::accept(self.holdings.clone(), req.into_inner(), planted).await?;

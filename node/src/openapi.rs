@@ -44,7 +44,7 @@ impl Modify for TokenHeader {
         crate::sockets::show_tunnel,
         crate::sockets::remove_tunnel,
     ),
-    components(schemas(ErrorBody, ClusterView, NodeView, AddNode, DigestView, Health, UserCreate, User, Login, TokenReply, SocketCreate, Socket, Tunnel)),
+    components(schemas(ErrorBody, ClusterView, NodeView, AddNode, DigestView, Health, UserCreate, User, Login, TokenReply, SocketCreate, Socket, Tunnel, TunnelHolder)),
     modifiers(&TokenHeader)
 )]
 pub struct ApiDoc;

@@ -67,7 +67,7 @@ fn page(status: StatusCode, title: &str, detail: &str) -> Response<Body> {
 pub async fn serve_http(node: NodeRef, holdings: Arc<Holdings>, listener: TcpListener, stop: CancellationToken) {
     crate::accept::serve(listener, MAX_CONNECTIONS, "public HTTP", stop, |stream, peer| {
         let (node, holdings) = (node.clone(), holdings.clone());
-        async move { serve_connection(node, holdings, TokioIo::new(stream), peer, "http").await }
+        async move { serve_connection(node, holdings, TokioIo::new(stream), peer, "http", false).await }
     })
     .await
 }
@@ -88,7 +88,10 @@ pub async fn serve_https(
         async move {
             let Some(acceptor) = acceptor else { return };
             match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve_connection(node, holdings, TokioIo::new(tls), peer, "https").await,
+                Ok(Ok(tls)) => {
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    serve_connection(node, holdings, TokioIo::new(tls), peer, "https", h2).await
+                }
                 _ => tracing::debug!(%peer, "TLS handshake failed"),
             }
         }
@@ -96,10 +99,17 @@ pub async fn serve_https(
     .await
 }
 
-/// One client connection; its upstream (one channel through the tunnel) is reused by the
-/// requests that follow on it while they go to the same socket.
-pub async fn serve_connection<I>(node: NodeRef, holdings: Arc<Holdings>, io: I, peer: SocketAddr, scheme: &'static str)
-where
+/// One client connection (HTTP/1.1, or HTTP/2 when TLS negotiated `h2`); its upstream (one
+/// channel through the tunnel, always HTTP/1.1) is reused by the requests that follow on it
+/// while they go to the same socket.
+pub async fn serve_connection<I>(
+    node: NodeRef,
+    holdings: Arc<Holdings>,
+    io: I,
+    peer: SocketAddr,
+    scheme: &'static str,
+    h2: bool,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let upstream: Arc<Mutex<Option<(Uuid, hyper::client::conn::http1::SendRequest<Incoming>)>>> = Arc::default();
@@ -107,13 +117,21 @@ where
         let (node, holdings, upstream) = (node.clone(), holdings.clone(), upstream.clone());
         async move { Ok::<_, Infallible>(handle(node, holdings, upstream, peer, scheme, req).await) }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .keep_alive(true)
-        .serve_connection(io, svc)
-        .with_upgrades();
-    if let Err(e) = conn.await {
+    let ended = if h2 {
+        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .serve_connection(io, svc)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .keep_alive(true)
+            .serve_connection(io, svc)
+            .with_upgrades()
+            .await
+    };
+    if let Err(e) = ended {
         tracing::debug!(%peer, error = %e, "public connection ended");
     }
 }
@@ -149,6 +167,11 @@ fn authorized(s: &Socket, req: &Request<Incoming>) -> bool {
 /// Live tunnels of a socket held on this node, in a rotating order so several tunnels share
 /// new connections.
 fn local_tunnels(node: &NodeRef, holdings: &Holdings, socket_id: &Uuid) -> Vec<Holding> {
+    #[cfg(feature = "planted-bugs")]
+    if node.planted("stale-holder") {
+        // Planted bug: any session held here serves, superseded or not.
+        return node.read(|r| r.tunnels_of(socket_id).iter().filter_map(|t| holdings.get(&t.tunnel_id)).collect());
+    }
     let mut held: Vec<Holding> = node.read(|r| {
         r.tunnels_of(socket_id)
             .iter()
@@ -299,6 +322,17 @@ async fn handle(
         return r;
     }
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    if req.version() == hyper::Version::HTTP_2 {
+        // The tunnel speaks HTTP/1.1: Host from the :authority, origin-form target.
+        if !req.headers().contains_key(header::HOST) {
+            if let Some(a) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+                req.headers_mut().insert(header::HOST, a);
+            }
+        }
+        let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        *req.uri_mut() = target.parse().unwrap_or_default();
+        *req.version_mut() = hyper::Version::HTTP_11;
+    }
 
     // X-Forwarded-*: the client as we saw it, appended to what an upstream proxy said.
     let xff = match req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()) {

@@ -13,6 +13,7 @@ use mysocket_api::types::ErrorBody;
 use mysocket_api::types::Socket as SocketJson;
 use mysocket_api::types::SocketCreate;
 use mysocket_api::types::Tunnel as TunnelJson;
+use mysocket_api::types::TunnelHolder;
 use mysocket_raft_store::Command;
 use mysocket_raft_store::NewSocket;
 use mysocket_raft_store::NewTunnel;
@@ -78,8 +79,13 @@ fn tunnel_server(node: &NodeRef) -> String {
     }
 }
 
-fn tunnel_json(node: &NodeRef, t: &mysocket_raft_store::Tunnel) -> TunnelJson {
-    TunnelJson { tunnel_id: t.tunnel_id.to_string(), local_port: t.local_port, tunnel_server: tunnel_server(node) }
+fn tunnel_json(node: &NodeRef, reg: &Registry, t: &mysocket_raft_store::Tunnel) -> TunnelJson {
+    TunnelJson {
+        tunnel_id: t.tunnel_id.to_string(),
+        local_port: t.local_port,
+        tunnel_server: tunnel_server(node),
+        session: reg.session(&t.tunnel_id).map(|s| TunnelHolder { node_id: s.node_id, epoch: s.epoch }),
+    }
 }
 
 fn socket_json(node: &NodeRef, reg: &Registry, v: &SocketView) -> SocketJson {
@@ -99,7 +105,7 @@ fn socket_json(node: &NodeRef, reg: &Registry, v: &SocketView) -> SocketJson {
         cloud_authentication_enabled: s.cloud_auth_enabled,
         cloud_authentication_email_allowed_addressses: s.allowed_emails.clone(),
         cloud_authentication_email_allowed_domains: s.allowed_domains.clone(),
-        tunnels: v.tunnels.iter().map(|t| tunnel_json(node, t)).collect(),
+        tunnels: v.tunnels.iter().map(|t| tunnel_json(node, reg, t)).collect(),
         user_name: reg.account(&s.user_id).map(|a| a.user_name.clone()).unwrap_or_default(),
     }
 }
@@ -275,7 +281,9 @@ pub(crate) async fn list_tunnels(
     let me = authenticate(&node, &headers)?;
     let sid = parse_id(&sid, "socket")?;
     node.linearizable().await?;
-    node.read(|reg| owned_view(reg, &me, &sid).map(|v| Json(v.tunnels.iter().map(|t| tunnel_json(&node, t)).collect())))
+    node.read(|reg| {
+        owned_view(reg, &me, &sid).map(|v| Json(v.tunnels.iter().map(|t| tunnel_json(&node, reg, t)).collect()))
+    })
 }
 
 #[utoipa::path(post, path = "/socket/{socket_id}/tunnel", tag = "tunnel", params(("socket_id" = String, Path)), responses((status = 200, body = TunnelJson), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)), security(("token" = [])))]
@@ -289,7 +297,7 @@ pub(crate) async fn create_tunnel(
     let sid = parse_id(&sid, "socket")?;
     let tunnel = NewTunnel { tunnel_id: Uuid::new_v4(), local_port_hint: relay_port_hint() };
     match node.write(Command::CreateTunnel { user_id: me, socket_id: sid, tunnel, limits: limits(&node) }).await? {
-        RegResponse::Tunnel(t) => Ok(Json(tunnel_json(&node, &t))),
+        RegResponse::Tunnel(t) => Ok(Json(node.read(|reg| tunnel_json(&node, reg, &t)))),
         other => Err(unexpected(other)),
     }
 }
@@ -309,7 +317,7 @@ pub(crate) async fn show_tunnel(
         v.tunnels
             .iter()
             .find(|t| t.tunnel_id == tid)
-            .map(|t| Json(tunnel_json(&node, t)))
+            .map(|t| Json(tunnel_json(&node, reg, t)))
             .ok_or_else(|| ApiError::not_found("tunnel not found"))
     })
 }

@@ -135,14 +135,14 @@ fn acceptor(resolver: Arc<SniCerts>, alpn: &[&[u8]]) -> Result<tokio_rustls::Tls
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
-/// Fills `https` (HTTP/1.1 ALPN) and `raw` (no ALPN, for tls sockets) once the cluster
+/// Fills `https` (ALPN h2 and http/1.1) and `raw` (no ALPN, for tls sockets) once the cluster
 /// config exists.
 pub async fn load_when_ready(node: NodeRef, https: Slot, raw: Slot, stop: CancellationToken) {
     loop {
         if let Some(cfg) = node.read(|r| r.config().cloned()) {
             let made = SniCerts::new(node.clone(), &cfg)
                 .map(Arc::new)
-                .and_then(|r| Ok((acceptor(r.clone(), &[b"http/1.1"])?, acceptor(r, &[])?)));
+                .and_then(|r| Ok((acceptor(r.clone(), &[b"h2", b"http/1.1"])?, acceptor(r, &[])?)));
             match made {
                 Ok((h, r)) => {
                     *https.write().expect("tls slot") = Some(h);

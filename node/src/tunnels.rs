@@ -98,6 +98,8 @@ pub async fn watch(node: NodeRef, holdings: Arc<Holdings>, stop: CancellationTok
                         .collect(),
                     _ => Vec::new(),
                 };
+                #[cfg(feature = "planted-bugs")]
+                let gone = if node.planted("stale-holder") { Vec::new() } else { gone };
                 for (tunnel_id, epoch, why) in gone {
                     if let Some(h) = holdings.remove(&tunnel_id, epoch) {
                         tracing::info!(%tunnel_id, epoch, why, "closing superseded tunnel session");

@@ -206,6 +206,10 @@ async fn protected_sockets_and_newest_connection_wins() {
     assert_eq!(get(&n1, &sock.dnsname, None).await.0, 401);
     assert_eq!(get(&n1, &sock.dnsname, Some(("bob", "wrong"))).await.0, 401);
     assert!(!body.to_lowercase().contains("authorization:"), "credentials leaked to the service: {body}");
+    let tid = sock.tunnels[0].tunnel_id.clone();
+    let holder = c.api(3).with_token(api.token().unwrap()).tunnel(&sock.socket_id, &tid).await.unwrap().session;
+    let first_epoch = holder.expect("the API shows who holds the tunnel").epoch;
+    assert_eq!(holder.map(|h| h.node_id), Some(1));
 
     // A newer connection for the same tunnel, to another node, wins: the first is closed.
     let _second = ssh_forward(&key, &u.user_name, &n2, relay, origin_port);
@@ -222,6 +226,10 @@ async fn protected_sockets_and_newest_connection_wins() {
     let view = c.api(3).cluster().await.unwrap();
     let held: Vec<(u64, usize)> = view.nodes.iter().map(|n| (n.id, n.tunnels)).collect();
     assert!(held.contains(&(2, 1)) && held.contains(&(1, 0)), "{held:?}");
+    let holder =
+        c.api(1).with_token(api.token().unwrap()).tunnel(&sock.socket_id, &tid).await.unwrap().session.unwrap();
+    assert_eq!(holder.node_id, 2, "the newer connection's node holds the tunnel");
+    assert!(holder.epoch > first_epoch, "a newer claim gets a higher epoch: {holder:?} after {first_epoch}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,8 +348,7 @@ async fn https_tcp_and_tls_sockets_answer_through_every_node() {
 
     for id in [1u64, 2, 3] {
         let ip = c.nodes[&id].ip.clone();
-        let (conn, ca) = (conn.clone(), ca.clone());
-        let _ = ca;
+        let conn = conn.clone();
         let got = eventually(Duration::from_secs(20), &format!("https through node {id}"), || {
             let (ip, conn, name) = (ip.clone(), conn.clone(), https.dnsname.clone());
             async move {
@@ -351,6 +358,21 @@ async fn https_tcp_and_tls_sockets_answer_through_every_node() {
         })
         .await;
         assert!(got.to_lowercase().contains("x-forwarded-proto: https"), "{got}");
+        // HTTP/2 (ALPN h2) with curl, verified against the cluster CA.
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, &ca).unwrap();
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--http2", "-w", "\nversion=%{http_version}", "--cacert"])
+            .arg(&ca_file)
+            .args(["--resolve", &format!("{}:8443:{ip}", https.dnsname), &format!("https://{}:8443/h2", https.dnsname)])
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("origin saw:") && text.ends_with("version=2"),
+            "HTTP/2 through node {id}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let port = tcp.socket_tcp_ports[0];
         eventually(Duration::from_secs(20), &format!("tcp through node {id}"), || {
             let (ip, name) = (ip.clone(), tcp.dnsname.clone());

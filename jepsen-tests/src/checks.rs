@@ -1,0 +1,430 @@
+//! The checkers that judge a history: tunnel ownership (linearizability, with the WGL
+//! checker), sockets and accounts (uniqueness and durability, against what every node lists at
+//! the end), replica convergence, and the data-plane probes (routing, fencing, recovery).
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use std::time::Instant;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+use crate::checker;
+use crate::nemesis::Applied;
+use crate::workload::api;
+use crate::workload::Fixture;
+use crate::workload::Op;
+use crate::workload::Outcome;
+
+/// A superseded session may serve for this long after the newer claim was acknowledged (the
+/// old holder applies the claim and closes its session in milliseconds).
+const FENCING_GRACE_NS: u64 = 1_000_000_000;
+/// Probes this soon after a fault healed are not judged for fencing: a node that was cut off
+/// routes from its stale replica until it has caught up, which the design allows.
+const SETTLE_NS: u64 = 3_000_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Valid,
+    Invalid,
+    Unknown,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Anomaly {
+    /// `non-linearizable`, `lost-write`, `duplicate`, `diverged`, `misrouted`, `stale-holder`.
+    pub kind: String,
+    pub detail: String,
+}
+
+fn anomaly(kind: &str, detail: String) -> Anomaly {
+    Anomaly { kind: kind.into(), detail }
+}
+
+// ----- tunnel ownership -----
+
+/// A tunnel's holder as a register: a claim makes the claimer's node the holder with the next
+/// epoch; a read sees `(node, epoch)` or nobody. A session may be released at any time (its
+/// client left, or the cluster released a silent node), so reading "nobody" is always possible
+/// and releases the model's holder; the epoch never goes back.
+pub struct Ownership;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OwnIn {
+    Claim { node: u64 },
+    Read,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OwnOut {
+    Claimed,
+    Read(Option<(u64, u64)>),
+}
+
+impl checker::Model for Ownership {
+    /// (last epoch, holder node).
+    type State = (u64, Option<u64>);
+    type Input = OwnIn;
+    type Output = OwnOut;
+
+    fn init(&self) -> Self::State {
+        (0, None)
+    }
+
+    fn step(&self, state: &Self::State, input: &OwnIn, output: Option<&OwnOut>) -> Option<Self::State> {
+        let (epoch, holder) = *state;
+        match (input, output) {
+            (OwnIn::Claim { node }, None | Some(OwnOut::Claimed)) => Some((epoch + 1, Some(*node))),
+            (OwnIn::Read, None) => Some(*state),
+            (OwnIn::Read, Some(OwnOut::Read(None))) => Some((epoch, None)),
+            (OwnIn::Read, Some(OwnOut::Read(Some((n, e))))) => (*e == epoch && holder == Some(*n)).then_some(*state),
+            _ => None,
+        }
+    }
+}
+
+pub fn ownership_ops(history: &[Op]) -> Vec<checker::Operation<OwnIn, OwnOut>> {
+    let mut out = Vec::new();
+    for op in history {
+        let (input, output) = match (op.kind.as_str(), op.outcome) {
+            ("claim", Outcome::Ok) => (OwnIn::Claim { node: op.node as u64 }, Some(OwnOut::Claimed)),
+            ("claim", Outcome::Info) => (OwnIn::Claim { node: op.node as u64 }, None),
+            ("read", Outcome::Ok) => {
+                let holder =
+                    op.value.get("holder").and_then(|h| serde_json::from_value::<Option<(u64, u64)>>(h.clone()).ok());
+                (OwnIn::Read, Some(OwnOut::Read(holder.flatten())))
+            }
+            // A failed claim or read did nothing; an unanswered read constrains nothing.
+            _ => continue,
+        };
+        out.push(checker::Operation {
+            client: op.client,
+            key: op.key.clone(),
+            input,
+            output,
+            call: op.call,
+            ret: op.ret,
+        });
+    }
+    out
+}
+
+pub fn check_ownership(history: &[Op], deadline: Instant) -> (Verdict, Vec<Anomaly>, serde_json::Value) {
+    let ops = ownership_ops(history);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let r = checker::check(&Ownership, &ops, deadline, threads);
+    let verdict = match r.verdict {
+        checker::Verdict::Ok => Verdict::Valid,
+        checker::Verdict::Illegal => Verdict::Invalid,
+        checker::Verdict::Unknown => Verdict::Unknown,
+    };
+    let anomalies = r
+        .keys
+        .iter()
+        .filter(|k| k.verdict == checker::Verdict::Illegal)
+        .map(|k| {
+            anomaly(
+                "non-linearizable",
+                format!("tunnel {}: {}", k.key, k.explanation.clone().unwrap_or_else(|| "no linearization".into())),
+            )
+        })
+        .collect();
+    (verdict, anomalies, serde_json::to_value(&r).unwrap_or_default())
+}
+
+// ----- sockets and accounts -----
+
+async fn with_retries<T, F, Fut>(mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, mysocket_api::ClientError>>,
+{
+    for _ in 0..10 {
+        if let Ok(Ok(v)) = tokio::time::timeout(Duration::from_secs(5), f()).await {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    None
+}
+
+/// Every acknowledged socket is listed by every node; no name or port is held twice.
+pub async fn check_sockets(history: &[Op], fx: &Fixture, nodes: usize) -> (Verdict, Vec<Anomaly>) {
+    let mut anomalies = Vec::new();
+    let acked: Vec<&Op> = history.iter().filter(|o| o.kind == "create_socket" && o.outcome == Outcome::Ok).collect();
+    let mut unknown = false;
+    for i in 1..=nodes {
+        let client = api(i, Some(&fx.creator_token));
+        let Some(listed) = with_retries(|| client.sockets()).await else {
+            unknown = true;
+            continue;
+        };
+        let ids: BTreeSet<&str> = listed.iter().map(|s| s.socket_id.as_str()).collect();
+        for op in &acked {
+            let id = op.value["socket_id"].as_str().unwrap_or_default();
+            if !ids.contains(id) {
+                anomalies.push(anomaly(
+                    "lost-write",
+                    format!("socket {} ({id}) acknowledged by node {} is missing on node {i}", op.key, op.node),
+                ));
+            }
+        }
+        let mut names = BTreeMap::new();
+        let mut ports = BTreeMap::new();
+        for s in &listed {
+            if let Some(other) = names.insert(s.dnsname.to_ascii_lowercase(), &s.socket_id) {
+                anomalies
+                    .push(anomaly("duplicate", format!("dnsname {} held by {other} and {}", s.dnsname, s.socket_id)));
+            }
+            if s.socket_type == "tcp" || s.socket_type == "tls" {
+                for p in &s.socket_tcp_ports {
+                    if let Some(other) = ports.insert(*p, &s.socket_id) {
+                        anomalies.push(anomaly("duplicate", format!("port {p} held by {other} and {}", s.socket_id)));
+                    }
+                }
+            }
+        }
+    }
+    (verdict_of(&anomalies, unknown), anomalies)
+}
+
+/// The same email through two nodes at once succeeds at most once; a created account can log in.
+pub async fn check_accounts(history: &[Op], nodes: usize) -> (Verdict, Vec<Anomaly>) {
+    let mut anomalies = Vec::new();
+    let mut ok: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
+    for op in history.iter().filter(|o| o.kind == "create_account" && o.outcome == Outcome::Ok) {
+        ok.entry(op.key.as_str()).or_default().push(op);
+    }
+    let mut unknown = false;
+    for (email, ops) in &ok {
+        if ops.len() > 1 {
+            anomalies.push(anomaly("duplicate", format!("account {email} created {} times", ops.len())));
+        }
+        let node = (ops[0].node % nodes) + 1;
+        match tokio::time::timeout(Duration::from_secs(5), api(node, None).login(email, "twin-password")).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.status().map(|s| s.is_client_error()).unwrap_or(false) => anomalies.push(anomaly(
+                "lost-write",
+                format!("account {email} acknowledged by node {} cannot log in through node {node}: {e}", ops[0].node),
+            )),
+            _ => unknown = true,
+        }
+    }
+    (verdict_of(&anomalies, unknown), anomalies)
+}
+
+fn verdict_of(anomalies: &[Anomaly], unknown: bool) -> Verdict {
+    if !anomalies.is_empty() {
+        Verdict::Invalid
+    } else if unknown {
+        Verdict::Unknown
+    } else {
+        Verdict::Valid
+    }
+}
+
+/// All nodes reach the same applied index with the same registry digest.
+pub async fn check_convergence(nodes: usize) -> (Verdict, Vec<Anomaly>, serde_json::Value) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = serde_json::Value::Null;
+    while Instant::now() < deadline {
+        let mut views = Vec::new();
+        for i in 1..=nodes {
+            if let Ok(Ok(d)) = tokio::time::timeout(Duration::from_secs(2), api(i, None).digest()).await {
+                views.push(d);
+            }
+        }
+        last = serde_json::to_value(&views).unwrap_or_default();
+        if views.len() == nodes && views.iter().all(|d| d.last_applied == views[0].last_applied) {
+            if views.iter().all(|d| d.digest == views[0].digest) {
+                return (Verdict::Valid, Vec::new(), last);
+            }
+            let detail =
+                views.iter().map(|d| format!("node {}: {}", d.node_id, d.digest)).collect::<Vec<_>>().join(", ");
+            return (
+                Verdict::Invalid,
+                vec![anomaly(
+                    "diverged",
+                    format!("same applied index {}, different state: {detail}", views[0].last_applied),
+                )],
+                last,
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    (Verdict::Unknown, Vec::new(), last)
+}
+
+// ----- data plane -----
+
+pub struct ProbeReport {
+    pub routing: Verdict,
+    pub fencing: Verdict,
+    pub anomalies: Vec<Anomaly>,
+    /// Per healed fault: milliseconds from the heal to the next successful probe.
+    pub recovery_ms: Vec<Option<u64>>,
+}
+
+pub fn check_probes(history: &[Op], fx: &Fixture, faults: &[Applied]) -> ProbeReport {
+    let mut anomalies = Vec::new();
+    let tunnel_of: BTreeMap<&str, &str> =
+        fx.tunnels.iter().map(|t| (t.socket_id.as_str(), t.tunnel_id.as_str())).collect();
+    // (mover, seq) -> claim op; tunnel -> acknowledged claims.
+    let mut claims: BTreeMap<(u64, u64), &Op> = BTreeMap::new();
+    let mut acked: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
+    for op in history.iter().filter(|o| o.kind == "claim") {
+        let seq = op.value["seq"].as_u64().unwrap_or(0);
+        claims.insert((op.client, seq), op);
+        if op.outcome == Outcome::Ok {
+            acked.entry(op.key.as_str()).or_default().push(op);
+        }
+    }
+    let unsettled = |t: u64| {
+        faults.iter().any(|f| {
+            let end = f.end.unwrap_or(u64::MAX);
+            t + SETTLE_NS >= f.start && t <= end.saturating_add(SETTLE_NS)
+        })
+    };
+    let probes: Vec<&Op> = history.iter().filter(|o| o.kind == "probe").collect();
+    let (mut misrouted, mut stale) = (0, 0);
+    for p in probes.iter().filter(|p| p.outcome == Outcome::Ok) {
+        let served = p.value["socket_id"].as_str().unwrap_or_default();
+        if served != p.key {
+            misrouted += 1;
+            if misrouted <= 20 {
+                anomalies.push(anomaly(
+                    "misrouted",
+                    format!("a request for socket {} through node {} reached socket {served:?}", p.key, p.node),
+                ));
+            }
+            continue;
+        }
+        let (Some(mover), Some(seq)) = (p.value["mover"].as_u64(), p.value["seq"].as_u64()) else { continue };
+        let Some(serving) = claims.get(&(mover, seq)) else { continue };
+        let (Some(serving_ret), Some(tunnel)) = (serving.ret, tunnel_of.get(p.key.as_str())) else { continue };
+        if unsettled(p.call) {
+            continue;
+        }
+        let newer = acked
+            .get(tunnel)
+            .into_iter()
+            .flatten()
+            .find(|c| c.call > serving_ret && c.ret.map(|r| r + FENCING_GRACE_NS < p.call).unwrap_or(false));
+        if let Some(c) = newer {
+            stale += 1;
+            if stale <= 20 {
+                anomalies.push(anomaly(
+                    "stale-holder",
+                    format!(
+                        "probe at {:.3}s through node {} was served by mover {mover}'s claim {seq} (node {}), superseded by mover {}'s claim on node {} acknowledged at {:.3}s",
+                        p.call as f64 / 1e9,
+                        p.node,
+                        serving.node,
+                        c.client,
+                        c.node,
+                        c.ret.unwrap_or(0) as f64 / 1e9
+                    ),
+                ));
+            }
+        }
+    }
+    let recovery_ms = faults
+        .iter()
+        .filter_map(|f| f.end)
+        .map(|end| {
+            probes
+                .iter()
+                .filter(|p| p.outcome == Outcome::Ok && p.call >= end)
+                .filter_map(|p| p.ret)
+                .min()
+                .map(|r| (r - end) / 1_000_000)
+        })
+        .collect();
+    ProbeReport {
+        routing: if misrouted > 0 { Verdict::Invalid } else { Verdict::Valid },
+        fencing: if stale > 0 { Verdict::Invalid } else { Verdict::Valid },
+        anomalies,
+        recovery_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checker::Model;
+
+    fn op(
+        client: u64,
+        input: OwnIn,
+        output: Option<OwnOut>,
+        call: u64,
+        ret: Option<u64>,
+    ) -> checker::Operation<OwnIn, OwnOut> {
+        checker::Operation { client, key: "t".into(), input, output, call, ret }
+    }
+
+    fn verdict(ops: &[checker::Operation<OwnIn, OwnOut>]) -> checker::Verdict {
+        checker::check(&Ownership, ops, Instant::now() + Duration::from_secs(5), 2).verdict
+    }
+
+    #[test]
+    fn the_model_follows_claims_and_releases() {
+        let m = Ownership;
+        let s = m.step(&m.init(), &OwnIn::Claim { node: 2 }, Some(&OwnOut::Claimed)).unwrap();
+        assert_eq!(s, (1, Some(2)));
+        assert!(m.step(&s, &OwnIn::Read, Some(&OwnOut::Read(Some((2, 1))))).is_some());
+        assert!(m.step(&s, &OwnIn::Read, Some(&OwnOut::Read(Some((3, 1))))).is_none());
+        let released = m.step(&s, &OwnIn::Read, Some(&OwnOut::Read(None))).unwrap();
+        assert!(
+            m.step(&released, &OwnIn::Read, Some(&OwnOut::Read(Some((2, 1))))).is_none(),
+            "a released epoch never returns"
+        );
+    }
+
+    #[test]
+    fn a_stale_read_after_a_newer_claim_is_caught() {
+        let ops = vec![
+            op(1, OwnIn::Claim { node: 1 }, Some(OwnOut::Claimed), 0, Some(10)),
+            op(2, OwnIn::Claim { node: 2 }, Some(OwnOut::Claimed), 20, Some(30)),
+            op(3, OwnIn::Read, Some(OwnOut::Read(Some((1, 1)))), 40, Some(50)),
+        ];
+        assert_eq!(verdict(&ops), checker::Verdict::Illegal);
+    }
+
+    #[test]
+    fn overlapping_claims_and_reads_may_order_either_way() {
+        let ops = vec![
+            op(1, OwnIn::Claim { node: 1 }, Some(OwnOut::Claimed), 0, Some(30)),
+            op(2, OwnIn::Claim { node: 2 }, Some(OwnOut::Claimed), 5, Some(35)),
+            op(3, OwnIn::Read, Some(OwnOut::Read(Some((1, 2)))), 40, Some(50)),
+        ];
+        assert_eq!(verdict(&ops), checker::Verdict::Ok);
+    }
+
+    #[test]
+    fn a_lost_acknowledged_claim_is_caught() {
+        // Claim on node 3 acknowledged, yet the next claim gets epoch 2 on top of epoch 1 only.
+        let ops = vec![
+            op(1, OwnIn::Claim { node: 1 }, Some(OwnOut::Claimed), 0, Some(10)),
+            op(2, OwnIn::Claim { node: 3 }, Some(OwnOut::Claimed), 20, Some(30)),
+            op(1, OwnIn::Claim { node: 2 }, Some(OwnOut::Claimed), 40, Some(50)),
+            op(3, OwnIn::Read, Some(OwnOut::Read(Some((2, 2)))), 60, Some(70)),
+        ];
+        assert_eq!(verdict(&ops), checker::Verdict::Illegal);
+    }
+
+    #[test]
+    fn an_unanswered_claim_may_or_may_not_count() {
+        let base = vec![
+            op(1, OwnIn::Claim { node: 1 }, Some(OwnOut::Claimed), 0, Some(10)),
+            op(2, OwnIn::Claim { node: 3 }, None, 20, None),
+        ];
+        for seen in [(1, 1), (3, 2)] {
+            let mut ops = base.clone();
+            ops.push(op(3, OwnIn::Read, Some(OwnOut::Read(Some(seen))), 40, Some(50)));
+            assert_eq!(verdict(&ops), checker::Verdict::Ok, "{seen:?}");
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The run folder: `history.jsonl`, `schedule.json`, `results.json`, `timeline.html`,
+//! `summary.md` (node logs are written there by the nodes themselves).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::nemesis::Applied;
+use crate::workload::Op;
+use crate::workload::Outcome;
+
+pub fn write_history(dir: &Path, ops: &[Op]) -> anyhow::Result<()> {
+    let mut s = String::new();
+    for op in ops {
+        s.push_str(&serde_json::to_string(op)?);
+        s.push('\n');
+    }
+    std::fs::write(dir.join("history.jsonl"), s)?;
+    Ok(())
+}
+
+/// One lane per client, one bar per operation (green ok, red fail, amber unknown, running to
+/// the end of the run when it never returned), faults as shaded bands, leader changes as lines.
+pub fn timeline(ops: &[Op], faults: &[Applied], leaders: &[(u64, u64, u64)], total_ns: u64) -> String {
+    let width = 1600.0;
+    let lane = 14.0;
+    let left = 110.0;
+    let mut clients: Vec<(u64, String)> = ops.iter().map(|o| (o.client, o.kind.clone())).collect();
+    clients.sort();
+    clients.dedup_by_key(|c| c.0);
+    let height = 40.0 + lane * clients.len() as f64;
+    let x = |t: u64| left + (width - left) * (t as f64 / total_ns.max(1) as f64);
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="monospace" font-size="10">"#
+    );
+    for f in faults {
+        let (a, b) = (x(f.start), x(f.end.unwrap_or(total_ns)));
+        let _ = write!(
+            svg,
+            r##"<rect x="{a:.1}" y="0" width="{:.1}" height="{height}" fill="#c8c8ff" opacity="0.5"><title>{} {:?} {}</title></rect><text x="{a:.1}" y="10">{}</text>"##,
+            (b - a).max(1.0),
+            f.kind,
+            f.nodes,
+            f.detail,
+            f.kind
+        );
+    }
+    for (t, term, leader) in leaders {
+        let lx = x(*t);
+        let _ = write!(
+            svg,
+            r#"<line x1="{lx:.1}" y1="12" x2="{lx:.1}" y2="{height}" stroke="black" stroke-dasharray="2,2"/><text x="{lx:.1}" y="22">L{leader}/t{term}</text>"#
+        );
+    }
+    for (row, (client, kind)) in clients.iter().enumerate() {
+        let y = 28.0 + lane * row as f64;
+        let _ = write!(svg, r#"<text x="2" y="{:.1}">{kind} {client}</text>"#, y + 10.0);
+        for o in ops.iter().filter(|o| o.client == *client) {
+            let (a, b) = (x(o.call), x(o.ret.unwrap_or(total_ns)));
+            let colour = match o.outcome {
+                Outcome::Ok => "#2a9d4b",
+                Outcome::Fail => "#d62828",
+                Outcome::Info => "#f4a261",
+            };
+            let _ = write!(
+                svg,
+                r#"<rect x="{a:.1}" y="{y:.1}" width="{:.1}" height="{:.1}" fill="{colour}"><title>{} {} node {} {}</title></rect>"#,
+                (b - a).max(1.0),
+                lane - 3.0,
+                o.kind,
+                o.key,
+                o.node,
+                html_escape(&o.value.to_string())
+            );
+        }
+    }
+    svg.push_str("</svg>");
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>mysocket-jepsen timeline</title></head><body>\
+         <p>Lanes: one per client. Green ok, red failed, amber unknown (never answered). Blue bands: faults. \
+         Dashed lines: leader changes (L&lt;leader&gt;/t&lt;term&gt;). Hover for details.</p>{svg}</body></html>"
+    )
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}

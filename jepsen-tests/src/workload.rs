@@ -1,0 +1,511 @@
+//! The clients of a run and the history they record.
+//!
+//! - movers: real SSH tunnel clients (russh) that claim a tunnel through a random node and
+//!   hold it until their next move; two per tunnel, so each is regularly superseded by the
+//!   other. Their forwarded channels answer HTTP with who they are.
+//! - readers: read a tunnel's holder `(node, epoch)` through a random node's API.
+//! - creators: create sockets (unique names, tcp ones get a port) and, now and then, the same
+//!   account through two nodes at once.
+//! - probers: public HTTP requests for the tunnels' sockets through a random node.
+//!
+//! Every operation is one line of `history.jsonl`: `ok` (it happened), `fail` (it certainly did
+//! not) or `info` (unknown: a timeout or a lost connection; it may have happened).
+
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+
+use mysocket_api::ApiClient;
+use mysocket_api::ClientError;
+use mysocket_api::SocketCreate;
+use mysocket_api::UserCreate;
+use rand::rngs::StdRng;
+use rand::Rng;
+use rand::SeedableRng;
+use russh::client;
+use russh::keys::PrivateKey;
+use russh::keys::PrivateKeyWithHashAlg;
+use serde::Deserialize;
+use serde::Serialize;
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+
+use crate::net;
+
+/// How long an operation may take before it counts as indeterminate.
+const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// SSH connect + auth + claim.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(8);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Ok,
+    Fail,
+    Info,
+}
+
+/// One operation of the history. Times are nanoseconds since the run started; `ret` is absent
+/// for indeterminate operations.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Op {
+    pub client: u64,
+    pub kind: String,
+    pub key: String,
+    pub node: usize,
+    pub call: u64,
+    pub ret: Option<u64>,
+    pub outcome: Outcome,
+    pub value: serde_json::Value,
+}
+
+pub struct Ctx {
+    pub start: Instant,
+    pub nodes: usize,
+    pub stop: AtomicBool,
+    pub ops: Mutex<Vec<Op>>,
+    /// Pause between two operations of one client.
+    pub think: Duration,
+    pub seed: u64,
+}
+
+impl Ctx {
+    pub fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    fn done(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        client: u64,
+        kind: &str,
+        key: &str,
+        node: usize,
+        call: u64,
+        outcome: Outcome,
+        value: serde_json::Value,
+    ) {
+        let ret = (outcome != Outcome::Info).then(|| self.now());
+        let op = Op { client, kind: kind.into(), key: key.into(), node, call, ret, outcome, value };
+        self.ops.lock().expect("history").push(op);
+    }
+
+    fn rng(&self, client: u64) -> StdRng {
+        StdRng::seed_from_u64(self.seed.wrapping_mul(1_000_003).wrapping_add(client))
+    }
+
+    async fn think(&self, rng: &mut StdRng) {
+        let ms = self.think.as_millis() as u64;
+        let jitter = rng.gen_range(ms / 2..=ms + ms / 2);
+        tokio::time::sleep(Duration::from_millis(jitter)).await;
+    }
+}
+
+pub fn api(node: usize, token: Option<&str>) -> ApiClient {
+    let c = ApiClient::new([format!("http://{}:7070", net::ip(node))]);
+    match token {
+        Some(t) => c.with_token(t),
+        None => c,
+    }
+}
+
+/// A definite refusal (4xx) did not happen; anything else may have.
+fn outcome_of(e: &ClientError) -> Outcome {
+    match e.status() {
+        Some(s) if s.is_client_error() => Outcome::Fail,
+        _ => Outcome::Info,
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct TunnelFixture {
+    pub socket_id: String,
+    pub tunnel_id: String,
+    pub dnsname: String,
+    pub relay_port: u16,
+}
+
+/// The accounts and objects the clients work on, made before the clock starts.
+pub struct Fixture {
+    pub key: Arc<PrivateKey>,
+    pub public_key: String,
+    pub user_name: String,
+    pub token: String,
+    pub tunnels: Vec<TunnelFixture>,
+    pub creator_token: String,
+}
+
+/// Retries a setup step: right after a write, a node may not have applied it yet (and the
+/// planted-bug builds answer from stale replicas on purpose).
+async fn patiently<T, F, Fut>(what: &str, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut last = String::new();
+    for _ in 0..50 {
+        match tokio::time::timeout(OP_TIMEOUT, f()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "timed out".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("{what}: {last}")
+}
+
+impl Fixture {
+    pub async fn create(key: PrivateKey, public_key: String, tunnels: usize) -> anyhow::Result<Fixture> {
+        let a = api(1, None);
+        let user = |name: &str| UserCreate {
+            name: name.into(),
+            email: format!("{}@jepsen.test", name.to_lowercase()),
+            password: format!("{}-password", name.to_lowercase()),
+            sshkey: public_key.clone(),
+        };
+        let (mover, creator) = (user("Mover"), user("Creator"));
+        let u = patiently("create the movers' account", || a.create_user(&mover)).await?;
+        let token = patiently("log in", || a.login("mover@jepsen.test", "mover-password")).await?.token;
+        let owner = api(1, Some(&token));
+        let mut fx = Vec::new();
+        for t in 0..tunnels {
+            let req =
+                SocketCreate { name: format!("owned-{t}"), socket_type: Some("http".into()), ..Default::default() };
+            let s = patiently("create a socket", || owner.create_socket(&req)).await?;
+            let tn = patiently("create a tunnel", || owner.create_tunnel(&s.socket_id)).await?;
+            fx.push(TunnelFixture {
+                socket_id: s.socket_id,
+                tunnel_id: tn.tunnel_id,
+                dnsname: s.dnsname,
+                relay_port: tn.local_port,
+            });
+        }
+        patiently("create the creators' account", || a.create_user(&creator)).await?;
+        let creator_token = patiently("log in", || a.login("creator@jepsen.test", "creator-password")).await?.token;
+        Ok(Fixture { key: Arc::new(key), public_key, user_name: u.user_name, token, tunnels: fx, creator_token })
+    }
+}
+
+// ----- movers -----
+
+/// The mover's stand-in for a service: every forwarded channel gets an HTTP answer naming the
+/// socket, the mover and the claim (session) it arrived through.
+struct Service {
+    ident: String,
+}
+
+impl client::Handler for Service {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, _key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: russh::Channel<client::Msg>,
+        _connected_address: &str,
+        _connected_port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        reply.accept().await;
+        let body = self.ident.clone();
+        tokio::spawn(async move {
+            let mut s = channel.into_stream();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 2048];
+            // Read the request head, then answer and close.
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16_384 {
+                match tokio::time::timeout(Duration::from_secs(2), s.read(&mut chunk)).await {
+                    Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                    _ => break,
+                }
+            }
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+            let _ = s.shutdown().await;
+        });
+        Ok(())
+    }
+}
+
+/// A claim that failed before the forward request was sent certainly did not happen.
+enum ClaimError {
+    NotSent(anyhow::Error),
+    Unknown(anyhow::Error),
+}
+
+async fn claim(
+    node: usize,
+    user: &str,
+    key: Arc<PrivateKey>,
+    relay_port: u16,
+    ident: String,
+) -> Result<client::Handle<Service>, ClaimError> {
+    let h = connect(node, user, key, ident).await.map_err(ClaimError::NotSent)?;
+    h.tcpip_forward("127.0.0.1", u32::from(relay_port)).await.map_err(|e| ClaimError::Unknown(e.into()))?;
+    Ok(h)
+}
+
+async fn connect(
+    node: usize,
+    user: &str,
+    key: Arc<PrivateKey>,
+    ident: String,
+) -> anyhow::Result<client::Handle<Service>> {
+    let config = Arc::new(client::Config {
+        keepalive_interval: Some(Duration::from_secs(2)),
+        keepalive_max: 3,
+        inactivity_timeout: None,
+        nodelay: true,
+        ..Default::default()
+    });
+    let mut h = client::connect(config, (net::ip(node).as_str(), 2222), Service { ident }).await?;
+    let hash = h.best_supported_rsa_hash().await?.flatten();
+    match h.authenticate_publickey(user, PrivateKeyWithHashAlg::new(key, hash)).await? {
+        client::AuthResult::Success => {}
+        _ => anyhow::bail!("key refused"),
+    }
+    Ok(h)
+}
+
+/// Claims the tunnel through random nodes until the run stops; keeps the newest session open
+/// and closes the previous one once the new claim succeeded.
+pub async fn mover(ctx: Arc<Ctx>, fx: Arc<Fixture>, tunnel: usize, client: u64) {
+    let t = fx.tunnels[tunnel].clone();
+    let mut rng = ctx.rng(client);
+    let mut current: Option<client::Handle<Service>> = None;
+    let mut seq = 0u64;
+    while !ctx.done() {
+        let node = rng.gen_range(1..=ctx.nodes);
+        seq += 1;
+        let ident = format!("{} {client} {seq}", t.socket_id);
+        let call = ctx.now();
+        let attempt = tokio::time::timeout(
+            CLAIM_TIMEOUT,
+            claim(node, &fx.user_name, fx.key.clone(), t.relay_port, ident.clone()),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(h)) => {
+                ctx.record(client, "claim", &t.tunnel_id, node, call, Outcome::Ok, json!({ "seq": seq }));
+                if let Some(old) = current.replace(h) {
+                    tokio::spawn(async move {
+                        let _ = old.disconnect(russh::Disconnect::ByApplication, "moving", "").await;
+                    });
+                }
+            }
+            Ok(Err(ClaimError::NotSent(e))) => ctx.record(
+                client,
+                "claim",
+                &t.tunnel_id,
+                node,
+                call,
+                Outcome::Fail,
+                json!({ "seq": seq, "error": e.to_string() }),
+            ),
+            Ok(Err(ClaimError::Unknown(e))) => ctx.record(
+                client,
+                "claim",
+                &t.tunnel_id,
+                node,
+                call,
+                Outcome::Info,
+                json!({ "seq": seq, "error": e.to_string() }),
+            ),
+            Err(_) => ctx.record(
+                client,
+                "claim",
+                &t.tunnel_id,
+                node,
+                call,
+                Outcome::Info,
+                json!({ "seq": seq, "error": "timeout" }),
+            ),
+        }
+        // Hold the tunnel for a while: long enough that the other mover supersedes it.
+        let hold = rng.gen_range(800..3000);
+        tokio::time::sleep(Duration::from_millis(hold)).await;
+    }
+    if let Some(h) = current {
+        let _ = h.disconnect(russh::Disconnect::ByApplication, "done", "").await;
+    }
+}
+
+// ----- readers -----
+
+pub async fn reader(ctx: Arc<Ctx>, fx: Arc<Fixture>, client: u64) {
+    let mut rng = ctx.rng(client);
+    let clients: Vec<ApiClient> = (1..=ctx.nodes).map(|i| api(i, Some(&fx.token))).collect();
+    while !ctx.done() {
+        let t = &fx.tunnels[rng.gen_range(0..fx.tunnels.len())];
+        let node = rng.gen_range(1..=ctx.nodes);
+        let call = ctx.now();
+        match tokio::time::timeout(OP_TIMEOUT, clients[node - 1].tunnel(&t.socket_id, &t.tunnel_id)).await {
+            Ok(Ok(tn)) => {
+                let holder = tn.session.map(|s| json!([s.node_id, s.epoch]));
+                ctx.record(client, "read", &t.tunnel_id, node, call, Outcome::Ok, json!({ "holder": holder }));
+            }
+            Ok(Err(e)) => {
+                ctx.record(client, "read", &t.tunnel_id, node, call, outcome_of(&e), json!({ "error": e.to_string() }))
+            }
+            Err(_) => {
+                ctx.record(client, "read", &t.tunnel_id, node, call, Outcome::Info, json!({ "error": "timeout" }))
+            }
+        }
+        ctx.think(&mut rng).await;
+    }
+}
+
+// ----- creators -----
+
+pub async fn creator(ctx: Arc<Ctx>, fx: Arc<Fixture>, client: u64) {
+    let mut rng = ctx.rng(client);
+    let clients: Vec<ApiClient> = (1..=ctx.nodes).map(|i| api(i, Some(&fx.creator_token))).collect();
+    let mut n = 0u64;
+    while !ctx.done() {
+        n += 1;
+        if n % 12 == 0 {
+            twin_accounts(&ctx, &fx, client, n, &mut rng).await;
+            continue;
+        }
+        let node = rng.gen_range(1..=ctx.nodes);
+        let kind = if n % 3 == 0 { "tcp" } else { "http" };
+        let name = format!("c{client}-{n}");
+        let req = SocketCreate { name: name.clone(), socket_type: Some(kind.into()), ..Default::default() };
+        let call = ctx.now();
+        match tokio::time::timeout(OP_TIMEOUT, clients[node - 1].create_socket(&req)).await {
+            Ok(Ok(s)) => {
+                let port = (kind == "tcp").then(|| s.socket_tcp_ports.first().copied()).flatten();
+                let v = json!({ "socket_id": s.socket_id, "dnsname": s.dnsname, "port": port });
+                ctx.record(client, "create_socket", &name, node, call, Outcome::Ok, v);
+            }
+            Ok(Err(e)) => ctx.record(
+                client,
+                "create_socket",
+                &name,
+                node,
+                call,
+                outcome_of(&e),
+                json!({ "error": e.to_string() }),
+            ),
+            Err(_) => {
+                ctx.record(client, "create_socket", &name, node, call, Outcome::Info, json!({ "error": "timeout" }))
+            }
+        }
+        ctx.think(&mut rng).await;
+    }
+}
+
+/// The same new account through two different nodes at once: at most one may succeed.
+async fn twin_accounts(ctx: &Arc<Ctx>, fx: &Fixture, client: u64, n: u64, rng: &mut StdRng) {
+    let email = format!("twin-{client}-{n}@jepsen.test");
+    let a = rng.gen_range(1..=ctx.nodes);
+    let b = if ctx.nodes > 1 { (a % ctx.nodes) + 1 } else { a };
+    let one = |node: usize| {
+        let (ctx, email, key) = (ctx.clone(), email.clone(), fx.public_key.clone());
+        async move {
+            let req =
+                UserCreate { name: "Twin".into(), email: email.clone(), password: "twin-password".into(), sshkey: key };
+            let call = ctx.now();
+            match tokio::time::timeout(OP_TIMEOUT, api(node, None).create_user(&req)).await {
+                Ok(Ok(u)) => ctx.record(
+                    client,
+                    "create_account",
+                    &email,
+                    node,
+                    call,
+                    Outcome::Ok,
+                    json!({ "user_id": u.user_id }),
+                ),
+                Ok(Err(e)) => ctx.record(
+                    client,
+                    "create_account",
+                    &email,
+                    node,
+                    call,
+                    outcome_of(&e),
+                    json!({ "error": e.to_string() }),
+                ),
+                Err(_) => ctx.record(
+                    client,
+                    "create_account",
+                    &email,
+                    node,
+                    call,
+                    Outcome::Info,
+                    json!({ "error": "timeout" }),
+                ),
+            }
+        }
+    };
+    tokio::join!(one(a), one(b));
+}
+
+// ----- probers -----
+
+/// `GET /` for `host` on a node's public HTTP port: (status, body).
+pub async fn http_get(node: usize, host: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect((net::ip(node).as_str(), 8080)).await?;
+    s.write_all(format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+pub async fn prober(ctx: Arc<Ctx>, fx: Arc<Fixture>, client: u64) {
+    let mut rng = ctx.rng(client);
+    while !ctx.done() {
+        let t = &fx.tunnels[rng.gen_range(0..fx.tunnels.len())];
+        let node = rng.gen_range(1..=ctx.nodes);
+        let call = ctx.now();
+        match tokio::time::timeout(Duration::from_secs(3), http_get(node, &t.dnsname)).await {
+            Ok(Ok((200, body))) => {
+                let mut parts = body.split_whitespace();
+                let (socket, mover, seq) = (parts.next(), parts.next(), parts.next());
+                let v = json!({ "status": 200, "socket_id": socket, "mover": mover.and_then(|m| m.parse::<u64>().ok()),
+                                "seq": seq.and_then(|s| s.parse::<u64>().ok()), "body": body });
+                ctx.record(client, "probe", &t.socket_id, node, call, Outcome::Ok, v);
+            }
+            Ok(Ok((status, _))) => {
+                ctx.record(client, "probe", &t.socket_id, node, call, Outcome::Fail, json!({ "status": status }))
+            }
+            Ok(Err(e)) => {
+                ctx.record(client, "probe", &t.socket_id, node, call, Outcome::Fail, json!({ "error": e.to_string() }))
+            }
+            // A probe changes nothing, so a timeout is simply a failed probe.
+            Err(_) => {
+                let ret = ctx.now();
+                let op = Op {
+                    client,
+                    kind: "probe".into(),
+                    key: t.socket_id.clone(),
+                    node,
+                    call,
+                    ret: Some(ret),
+                    outcome: Outcome::Fail,
+                    value: json!({ "error": "timeout" }),
+                };
+                ctx.ops.lock().expect("history").push(op);
+            }
+        }
+        ctx.think(&mut rng).await;
+    }
+}

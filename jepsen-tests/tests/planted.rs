@@ -1,0 +1,58 @@
+//! The suite must find real bugs: each planted bug, run in quick mode against a `planted-bugs`
+//! build of `mysocketd`, must end in exit code 1 with the anomaly named in `results.json`.
+//!
+//! Needs root (network namespaces) and `mysocketd-planted` next to the release binaries:
+//! `scripts/test.sh` builds it with `--features mysocket-node/planted-bugs` and keeps it aside.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+
+/// Runs share the namespaces' names: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn planted_binary() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_mysocket-jepsen")).with_file_name("mysocketd-planted");
+    assert!(p.exists(), "{} is missing: build it as scripts/test.sh does", p.display());
+    p
+}
+
+fn run_planted(bug: &str, expected: &[&str]) {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let status = Command::new(env!("CARGO_BIN_EXE_mysocket-jepsen"))
+        .args(["--quick", "--seed", "1", "--planted-bug", bug, "--mysocketd"])
+        .arg(planted_binary())
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("run mysocket-jepsen");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("results.json")).unwrap();
+    assert_eq!(status.code(), Some(1), "planted {bug}: expected exit 1 (invalid); results: {results:#}");
+    assert_eq!(results["verdict"], "invalid");
+    let kinds: Vec<&str> = results["anomalies"].as_array().unwrap().iter().filter_map(|a| a["kind"].as_str()).collect();
+    assert!(
+        kinds.iter().any(|k| expected.contains(k)),
+        "planted {bug}: expected one of {expected:?} among the anomalies, got {kinds:?}"
+    );
+    for f in ["history.jsonl", "schedule.json", "timeline.html", "summary.md", "n1.log"] {
+        assert!(out.join(f).exists(), "{f} missing from the report");
+    }
+}
+
+#[test]
+fn stale_reads_are_caught_as_non_linearizable() {
+    run_planted("stale-read", &["non-linearizable"]);
+}
+
+#[test]
+fn early_acknowledgements_are_caught_as_lost_writes() {
+    run_planted("early-ack", &["lost-write", "non-linearizable"]);
+}
+
+#[test]
+fn a_superseded_holder_serving_is_caught() {
+    run_planted("stale-holder", &["stale-holder"]);
+}
