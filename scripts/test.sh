@@ -41,7 +41,8 @@ echo "== build (release)"
 cargo build --release --workspace --locked --features mysocket-node/planted-bugs
 cp "$CARGO_TARGET_DIR/release/mysocketd" "$CARGO_TARGET_DIR/release/mysocketd-planted"
 cargo build --release --workspace --locked
-if "$CARGO_TARGET_DIR/release/mysocketd" --planted-bug stale-read --id 1 2>&1 | grep -q "no planted bugs"; then
+refusal="$("$CARGO_TARGET_DIR/release/mysocketd" --planted-bug stale-read --id 1 2>&1 || true)"
+if [[ $refusal == *"no planted bugs"* ]]; then
   echo "normal mysocketd refuses --planted-bug: ok"
 else
   echo "the normal mysocketd accepts --planted-bug: refusing to go on" >&2

@@ -88,9 +88,11 @@ impl checker::Model for Ownership {
 pub fn ownership_ops(history: &[Op]) -> Vec<checker::Operation<OwnIn, OwnOut>> {
     let mut out = Vec::new();
     for op in history {
+        // The claimer's Raft id (a slot's node changes when the membership nemesis replaces it).
+        let node = op.value["node_id"].as_u64().unwrap_or(op.node as u64);
         let (input, output) = match (op.kind.as_str(), op.outcome) {
-            ("claim", Outcome::Ok) => (OwnIn::Claim { node: op.node as u64 }, Some(OwnOut::Claimed)),
-            ("claim", Outcome::Info) => (OwnIn::Claim { node: op.node as u64 }, None),
+            ("claim", Outcome::Ok) => (OwnIn::Claim { node }, Some(OwnOut::Claimed)),
+            ("claim", Outcome::Info) => (OwnIn::Claim { node }, None),
             ("read", Outcome::Ok) => {
                 let holder =
                     op.value.get("holder").and_then(|h| serde_json::from_value::<Option<(u64, u64)>>(h.clone()).ok());

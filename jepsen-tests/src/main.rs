@@ -40,7 +40,7 @@ struct Args {
     /// Run length in seconds (ignored with --quick, whose schedule sets it).
     #[arg(long, default_value_t = 120)]
     time: u64,
-    /// Fault families, comma separated: kill, pause, partition, lossy, full-kill.
+    /// Fault families, comma separated: kill, pause, partition, lossy, full-kill, membership.
     #[arg(long, default_value = "kill,pause,partition", value_delimiter = ',')]
     nemesis: Vec<String>,
     /// Seed of the fault schedule and the clients' choices (default: random, printed).
@@ -193,6 +193,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         ops: Mutex::new(Vec::new()),
         think,
         seed,
+        slots: nodes.clone(),
     });
     let observed = Arc::new(Mutex::new(nemesis::Observed::default()));
     let observe_stop = Arc::new(AtomicBool::new(false));

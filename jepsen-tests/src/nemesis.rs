@@ -20,7 +20,7 @@ use crate::workload::Ctx;
 use crate::workload::Fixture;
 
 /// The fault families `--nemesis` accepts and the faults of each.
-pub const FAMILIES: [(&str, &[&str]); 5] = [
+pub const FAMILIES: [(&str, &[&str]); 6] = [
     ("kill", &["kill-leader", "kill-random", "kill-holder"]),
     ("pause", &["pause-leader", "pause-random"]),
     (
@@ -29,6 +29,7 @@ pub const FAMILIES: [(&str, &[&str]); 5] = [
     ),
     ("lossy", &["lossy-link"]),
     ("full-kill", &["full-kill"]),
+    ("membership", &["membership"]),
 ];
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -102,25 +103,26 @@ pub fn schedule(seed: u64, families: &[String], nodes: usize, total_secs: u64, q
     Ok(Plan { faults, total_ms })
 }
 
-/// Who leads now, from the nodes that answer.
-pub async fn leader(nodes: usize) -> Option<usize> {
+/// The slot of the node that leads now, from the nodes that answer.
+async fn leader(slots: &Mutex<Nodes>, nodes: usize) -> Option<usize> {
     for i in 1..=nodes {
         if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_millis(800), api(i, None).cluster()).await {
             if let Some(l) = c.leader {
-                return Some(l as usize);
+                return slots.lock().expect("nodes").slot_of(l);
             }
         }
     }
     None
 }
 
-async fn holder(nodes: usize, fx: &Fixture) -> Option<usize> {
+/// The slot of the node holding the first tunnel.
+async fn holder(slots: &Mutex<Nodes>, nodes: usize, fx: &Fixture) -> Option<usize> {
     let t = fx.tunnels.first()?;
     for i in 1..=nodes {
         let a = api(i, Some(&fx.token));
         if let Ok(Ok(tn)) = tokio::time::timeout(Duration::from_millis(800), a.tunnel(&t.socket_id, &t.tunnel_id)).await
         {
-            return tn.session.map(|s| s.node_id as usize);
+            return tn.session.and_then(|s| slots.lock().expect("nodes").slot_of(s.node_id));
         }
     }
     None
@@ -131,6 +133,8 @@ enum Undo {
     Restart(Vec<usize>),
     Resume(usize),
     Heal,
+    /// A membership change stays.
+    Nothing,
 }
 
 pub struct Nemesis {
@@ -183,13 +187,13 @@ impl Nemesis {
         let n = self.ctx.nodes;
         let all: Vec<usize> = (1..=n).collect();
         let random = |rng: &mut StdRng| rng.gen_range(1..=n);
-        let leader = || async { leader(n).await.ok_or_else(|| anyhow::anyhow!("no node knows a leader")) };
+        let leader = || async { leader(&self.nodes, n).await.ok_or_else(|| anyhow::anyhow!("no node knows a leader")) };
         let nodes = |f: &mut dyn FnMut(&mut Nodes) -> anyhow::Result<()>| f(&mut self.nodes.lock().expect("nodes"));
         match kind {
             "kill-leader" | "kill-random" | "kill-holder" => {
                 let target = match kind {
                     "kill-leader" => leader().await?,
-                    "kill-holder" => match holder(n, &self.fx).await {
+                    "kill-holder" => match holder(&self.nodes, n, &self.fx).await {
                         Some(h) => h,
                         None => {
                             a.detail = "no holder at the time; a random node".into();
@@ -280,6 +284,20 @@ impl Nemesis {
                 a.nodes = all.clone();
                 Ok(Undo::Restart(all))
             }
+            "membership" => {
+                // Remove a node from the cluster (through another node), then start a new node
+                // with a new id in its place, which joins through the API.
+                let slot = random(rng);
+                let old = self.nodes.lock().expect("nodes").id(slot);
+                let via = (slot % n) + 1;
+                tokio::time::timeout(Duration::from_secs(30), api(via, None).remove_node(old))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("removing node {old} timed out"))??;
+                let new = self.nodes.lock().expect("nodes").replace(slot)?;
+                a.nodes = vec![slot];
+                a.detail = format!("node {old} removed; node {new} joined in its place");
+                Ok(Undo::Nothing)
+            }
             other => anyhow::bail!("unknown fault {other}"),
         }
     }
@@ -295,6 +313,7 @@ impl Nemesis {
             }
             Undo::Resume(i) => self.nodes.lock().expect("nodes").resume(i),
             Undo::Heal => self.net.heal(),
+            Undo::Nothing => Ok(()),
         }
     }
 }

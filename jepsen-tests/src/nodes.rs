@@ -21,33 +21,74 @@ pub struct NodeSpec {
     pub snapshot_threshold: u64,
 }
 
+/// Node processes by slot: slot `i` is namespace `msj<i>` and address `10.99.0.<i>`. A slot
+/// starts with Raft id `i`; the membership nemesis replaces its node by one with a new id.
 pub struct Nodes {
     spec: NodeSpec,
     procs: Vec<Option<Child>>,
     paused: Vec<bool>,
+    ids: Vec<u64>,
+    joined: Vec<bool>,
+    next_id: u64,
 }
 
 impl Nodes {
     pub fn new(spec: NodeSpec) -> Nodes {
         let n = spec.nodes;
-        Nodes { spec, procs: (0..=n).map(|_| None).collect(), paused: vec![false; n + 1] }
+        Nodes {
+            spec,
+            procs: (0..=n).map(|_| None).collect(),
+            paused: vec![false; n + 1],
+            ids: (0..=n as u64).collect(),
+            joined: vec![false; n + 1],
+            next_id: n as u64 + 1,
+        }
     }
 
     pub fn log_path(&self, i: usize) -> PathBuf {
         self.spec.dir.join(format!("n{i}.log"))
     }
 
+    /// The Raft id of the node in slot `i` now.
+    pub fn id(&self, i: usize) -> u64 {
+        self.ids[i]
+    }
+
+    /// The slot whose node has Raft id `id`.
+    pub fn slot_of(&self, id: u64) -> Option<usize> {
+        (1..=self.spec.nodes).find(|&i| self.ids[i] == id)
+    }
+
+    /// Replaces slot `i`'s node (already removed from the cluster) by a fresh one with a new
+    /// id that joins the cluster through the other slots. Returns the new id.
+    pub fn replace(&mut self, i: usize) -> anyhow::Result<u64> {
+        self.kill(i);
+        self.ids[i] = self.next_id;
+        self.next_id += 1;
+        self.joined[i] = true;
+        self.start(i)?;
+        Ok(self.ids[i])
+    }
+
     fn args(&self, i: usize) -> Vec<String> {
-        let initial: Vec<String> = (1..=self.spec.nodes).map(|j| format!("{j}={}:7071", net::ip(j))).collect();
+        let id = self.ids[i];
         let mut a = vec![
             "--id".to_string(),
-            i.to_string(),
+            id.to_string(),
             "--host".into(),
             net::ip(i),
             "--data-dir".into(),
-            self.spec.dir.join(format!("n{i}")).display().to_string(),
-            "--initial-cluster".into(),
-            initial.join(","),
+            self.spec.dir.join(format!("node-{id}")).display().to_string(),
+        ];
+        if self.joined[i] {
+            let urls: Vec<String> =
+                (1..=self.spec.nodes).filter(|&j| j != i).map(|j| format!("http://{}:7070", net::ip(j))).collect();
+            a.extend(["--join".to_string(), urls.join(",")]);
+        } else {
+            let initial: Vec<String> = (1..=self.spec.nodes).map(|j| format!("{j}={}:7071", net::ip(j))).collect();
+            a.extend(["--initial-cluster".to_string(), initial.join(",")]);
+        }
+        a.extend([
             "--cluster-secret".into(),
             self.spec.secret.clone(),
             "--snapshot-threshold".into(),
@@ -60,7 +101,7 @@ impl Nodes {
             "20000-29999".into(),
             "--log".into(),
             "info".into(),
-        ];
+        ]);
         if let Some(b) = &self.spec.planted_bug {
             a.push("--planted-bug".into());
             a.push(b.clone());

@@ -71,6 +71,8 @@ pub struct Ctx {
     /// Pause between two operations of one client.
     pub think: Duration,
     pub seed: u64,
+    /// Which node (Raft id) runs in which slot: the membership nemesis changes it.
+    pub slots: Arc<Mutex<crate::nodes::Nodes>>,
 }
 
 impl Ctx {
@@ -122,6 +124,18 @@ fn outcome_of(e: &ClientError) -> Outcome {
     match e.status() {
         Some(s) if s.is_client_error() => Outcome::Fail,
         _ => Outcome::Info,
+    }
+}
+
+/// The outcome and recorded value of an API call made under [`OP_TIMEOUT`].
+fn judged<T>(
+    r: Result<Result<T, ClientError>, tokio::time::error::Elapsed>,
+    ok: impl FnOnce(T) -> serde_json::Value,
+) -> (Outcome, serde_json::Value) {
+    match r {
+        Ok(Ok(v)) => (Outcome::Ok, ok(v)),
+        Ok(Err(e)) => (outcome_of(&e), json!({ "error": e.to_string() })),
+        Err(_) => (Outcome::Info, json!({ "error": "timeout" })),
     }
 }
 
@@ -294,49 +308,31 @@ pub async fn mover(ctx: Arc<Ctx>, fx: Arc<Fixture>, tunnel: usize, client: u64) 
         let node = rng.gen_range(1..=ctx.nodes);
         seq += 1;
         let ident = format!("{} {client} {seq}", t.socket_id);
+        let node_id = ctx.slots.lock().expect("nodes").id(node);
         let call = ctx.now();
         let attempt = tokio::time::timeout(
             CLAIM_TIMEOUT,
             claim(node, &fx.user_name, fx.key.clone(), t.relay_port, ident.clone()),
         )
         .await;
-        match attempt {
+        let (outcome, value) = match attempt {
             Ok(Ok(h)) => {
-                ctx.record(client, "claim", &t.tunnel_id, node, call, Outcome::Ok, json!({ "seq": seq }));
                 if let Some(old) = current.replace(h) {
                     tokio::spawn(async move {
                         let _ = old.disconnect(russh::Disconnect::ByApplication, "moving", "").await;
                     });
                 }
+                (Outcome::Ok, json!({ "seq": seq, "node_id": node_id }))
             }
-            Ok(Err(ClaimError::NotSent(e))) => ctx.record(
-                client,
-                "claim",
-                &t.tunnel_id,
-                node,
-                call,
-                Outcome::Fail,
-                json!({ "seq": seq, "error": e.to_string() }),
-            ),
-            Ok(Err(ClaimError::Unknown(e))) => ctx.record(
-                client,
-                "claim",
-                &t.tunnel_id,
-                node,
-                call,
-                Outcome::Info,
-                json!({ "seq": seq, "error": e.to_string() }),
-            ),
-            Err(_) => ctx.record(
-                client,
-                "claim",
-                &t.tunnel_id,
-                node,
-                call,
-                Outcome::Info,
-                json!({ "seq": seq, "error": "timeout" }),
-            ),
-        }
+            Ok(Err(ClaimError::NotSent(e))) => {
+                (Outcome::Fail, json!({ "seq": seq, "node_id": node_id, "error": e.to_string() }))
+            }
+            Ok(Err(ClaimError::Unknown(e))) => {
+                (Outcome::Info, json!({ "seq": seq, "node_id": node_id, "error": e.to_string() }))
+            }
+            Err(_) => (Outcome::Info, json!({ "seq": seq, "node_id": node_id, "error": "timeout" })),
+        };
+        ctx.record(client, "claim", &t.tunnel_id, node, call, outcome, value);
         // Hold the tunnel for a while: long enough that the other mover supersedes it.
         let hold = rng.gen_range(800..3000);
         tokio::time::sleep(Duration::from_millis(hold)).await;
@@ -355,18 +351,9 @@ pub async fn reader(ctx: Arc<Ctx>, fx: Arc<Fixture>, client: u64) {
         let t = &fx.tunnels[rng.gen_range(0..fx.tunnels.len())];
         let node = rng.gen_range(1..=ctx.nodes);
         let call = ctx.now();
-        match tokio::time::timeout(OP_TIMEOUT, clients[node - 1].tunnel(&t.socket_id, &t.tunnel_id)).await {
-            Ok(Ok(tn)) => {
-                let holder = tn.session.map(|s| json!([s.node_id, s.epoch]));
-                ctx.record(client, "read", &t.tunnel_id, node, call, Outcome::Ok, json!({ "holder": holder }));
-            }
-            Ok(Err(e)) => {
-                ctx.record(client, "read", &t.tunnel_id, node, call, outcome_of(&e), json!({ "error": e.to_string() }))
-            }
-            Err(_) => {
-                ctx.record(client, "read", &t.tunnel_id, node, call, Outcome::Info, json!({ "error": "timeout" }))
-            }
-        }
+        let r = tokio::time::timeout(OP_TIMEOUT, clients[node - 1].tunnel(&t.socket_id, &t.tunnel_id)).await;
+        let (outcome, value) = judged(r, |tn| json!({ "holder": tn.session.map(|s| json!([s.node_id, s.epoch])) }));
+        ctx.record(client, "read", &t.tunnel_id, node, call, outcome, value);
         ctx.think(&mut rng).await;
     }
 }
@@ -388,25 +375,12 @@ pub async fn creator(ctx: Arc<Ctx>, fx: Arc<Fixture>, client: u64) {
         let name = format!("c{client}-{n}");
         let req = SocketCreate { name: name.clone(), socket_type: Some(kind.into()), ..Default::default() };
         let call = ctx.now();
-        match tokio::time::timeout(OP_TIMEOUT, clients[node - 1].create_socket(&req)).await {
-            Ok(Ok(s)) => {
-                let port = (kind == "tcp").then(|| s.socket_tcp_ports.first().copied()).flatten();
-                let v = json!({ "socket_id": s.socket_id, "dnsname": s.dnsname, "port": port });
-                ctx.record(client, "create_socket", &name, node, call, Outcome::Ok, v);
-            }
-            Ok(Err(e)) => ctx.record(
-                client,
-                "create_socket",
-                &name,
-                node,
-                call,
-                outcome_of(&e),
-                json!({ "error": e.to_string() }),
-            ),
-            Err(_) => {
-                ctx.record(client, "create_socket", &name, node, call, Outcome::Info, json!({ "error": "timeout" }))
-            }
-        }
+        let r = tokio::time::timeout(OP_TIMEOUT, clients[node - 1].create_socket(&req)).await;
+        let (outcome, value) = judged(r, |s| {
+            let port = (kind == "tcp").then(|| s.socket_tcp_ports.first().copied()).flatten();
+            json!({ "socket_id": s.socket_id, "dnsname": s.dnsname, "port": port })
+        });
+        ctx.record(client, "create_socket", &name, node, call, outcome, value);
         ctx.think(&mut rng).await;
     }
 }
@@ -422,35 +396,9 @@ async fn twin_accounts(ctx: &Arc<Ctx>, fx: &Fixture, client: u64, n: u64, rng: &
             let req =
                 UserCreate { name: "Twin".into(), email: email.clone(), password: "twin-password".into(), sshkey: key };
             let call = ctx.now();
-            match tokio::time::timeout(OP_TIMEOUT, api(node, None).create_user(&req)).await {
-                Ok(Ok(u)) => ctx.record(
-                    client,
-                    "create_account",
-                    &email,
-                    node,
-                    call,
-                    Outcome::Ok,
-                    json!({ "user_id": u.user_id }),
-                ),
-                Ok(Err(e)) => ctx.record(
-                    client,
-                    "create_account",
-                    &email,
-                    node,
-                    call,
-                    outcome_of(&e),
-                    json!({ "error": e.to_string() }),
-                ),
-                Err(_) => ctx.record(
-                    client,
-                    "create_account",
-                    &email,
-                    node,
-                    call,
-                    Outcome::Info,
-                    json!({ "error": "timeout" }),
-                ),
-            }
+            let r = tokio::time::timeout(OP_TIMEOUT, api(node, None).create_user(&req)).await;
+            let (outcome, value) = judged(r, |u| json!({ "user_id": u.user_id }));
+            ctx.record(client, "create_account", &email, node, call, outcome, value);
         }
     };
     tokio::join!(one(a), one(b));
