@@ -16,6 +16,10 @@ pub struct ClusterView {
     pub leader: Option<u64>,
     pub term: u64,
     pub nodes: Vec<NodeView>,
+    /// The SSH host key every node presents (OpenSSH public-key format), for clients to pin;
+    /// `null` until the cluster has bootstrapped.
+    #[serde(default)]
+    pub ssh_host_key: Option<String>,
 }
 
 /// One member of the cluster, as `GET /cluster` shows it.

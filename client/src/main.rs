@@ -374,6 +374,14 @@ async fn servers(api: &ApiClient, first: &str) -> Vec<String> {
     v
 }
 
+/// The SSH host key every node of the cluster presents, as the API publishes it.
+async fn cluster_host_key(api: &ApiClient) -> Result<String, Failure> {
+    api.cluster()
+        .await?
+        .ssh_host_key
+        .ok_or_else(|| fail(1, "the cluster has not published its SSH host key yet (is it bootstrapped?); try again"))
+}
+
 fn print_urls(s: &mysocket_api::Socket) {
     match s.socket_type.as_str() {
         "tcp" | "tls" => {
@@ -534,6 +542,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         port,
                         identity: tunnel::find_identity(identity)?,
                         servers: servers(&api, &t.tunnel_server).await,
+                        host_key: cluster_host_key(&api).await?,
                     };
                     print_urls(&sock);
                     tokio::select! {
@@ -554,6 +563,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Connect { port, spec, host, identity } => {
             let api = authed()?;
             let identity = tunnel::find_identity(identity)?;
+            let host_key = cluster_host_key(&api).await?;
             let sock = api.connect(&spec.into()).await?;
             let t = sock.tunnels.first().ok_or_else(|| fail(1, "the server created no tunnel"))?.clone();
             if as_json {
@@ -569,6 +579,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 port,
                 identity,
                 servers: servers(&api, &t.tunnel_server).await,
+                host_key,
             };
             let outcome = tokio::select! {
                 r = tunnel::run(spec, api.clone()) => r.map_err(Failure::from),

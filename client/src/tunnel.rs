@@ -27,6 +27,8 @@ pub struct TunnelSpec {
     pub identity: PathBuf,
     /// SSH endpoints to try, first the tunnel's own server.
     pub servers: Vec<String>,
+    /// The cluster's SSH host key (OpenSSH public-key line) from `GET /cluster`.
+    pub host_key: String,
 }
 
 /// The private key to use: `--identity`, else ~/.ssh/id_ed25519, id_ecdsa, id_rsa.
@@ -47,15 +49,35 @@ pub fn find_identity(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 struct Forwarder {
     host: String,
     port: u16,
+    /// The cluster's SSH host key, from the API: every node must present exactly this one.
+    pinned: russh::keys::PublicKey,
+    /// Set when a node presented another key, to say so instead of a bare handshake error.
+    mismatch: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl client::Handler for Forwarder {
     type Error = russh::Error;
 
-    async fn check_server_key(&mut self, _key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
-        // Every node presents the cluster's one host key; the API that gave us the nodes is
-        // the trust anchor for now.
-        Ok(true)
+    async fn check_server_key(&mut self, key: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        // Every node presents the cluster's one host key, which the API publishes: a node that
+        // shows another one is not part of this cluster (or someone sits in between).
+        let offered = match key {
+            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => key,
+            russh::keys::PublicKeyOrCertificate::Certificate(_) => {
+                *self.mismatch.lock().expect("mismatch") =
+                    Some("the server offered a certificate, not the cluster's host key".into());
+                return Ok(false);
+            }
+        };
+        if offered.key_data() == self.pinned.key_data() {
+            return Ok(true);
+        }
+        *self.mismatch.lock().expect("mismatch") = Some(format!(
+            "the server's SSH host key {} is not the cluster's {}: refusing to connect (is this really a node of the cluster?)",
+            offered.fingerprint(Default::default()),
+            self.pinned.fingerprint(Default::default()),
+        ));
+        Ok(false)
     }
 
     async fn server_channel_open_forwarded_tcpip(
@@ -95,10 +117,17 @@ async fn session_once(spec: &TunnelSpec, key: &Arc<russh::keys::PrivateKey>, ser
         nodelay: true,
         ..Default::default()
     });
-    let handler = Forwarder { host: spec.host.clone(), port: spec.port };
-    let mut h = tokio::time::timeout(Duration::from_secs(10), client::connect(config, server, handler))
+    let pinned = russh::keys::PublicKey::from_openssh(&spec.host_key)
+        .map_err(|e| anyhow!("the cluster's SSH host key from the API does not parse: {e}"))?;
+    let mismatch = Arc::new(std::sync::Mutex::new(None));
+    let handler = Forwarder { host: spec.host.clone(), port: spec.port, pinned, mismatch: mismatch.clone() };
+    let connected = tokio::time::timeout(Duration::from_secs(10), client::connect(config, server, handler))
         .await
-        .map_err(|_| anyhow!("timed out connecting"))??;
+        .map_err(|_| anyhow!("timed out connecting"))?;
+    if let Some(why) = mismatch.lock().expect("mismatch").take() {
+        bail!("{why}");
+    }
+    let mut h = connected?;
     let hash = h.best_supported_rsa_hash().await?.flatten();
     match h.authenticate_publickey(&spec.user, PrivateKeyWithHashAlg::new(key.clone(), hash)).await? {
         russh::client::AuthResult::Success => {}
@@ -158,5 +187,39 @@ pub async fn run(mut spec: TunnelSpec, api: ApiClient) -> anyhow::Result<()> {
         i += 1;
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use russh::client::Handler;
+    use russh::keys::PublicKeyOrCertificate;
+
+    use super::*;
+
+    fn key(seed: u8) -> russh::keys::PrivateKey {
+        russh::keys::PrivateKey::from(russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[seed; 32]))
+    }
+
+    #[tokio::test]
+    async fn only_the_clusters_host_key_is_accepted() {
+        let (cluster, stranger) = (key(1), key(2));
+        let mismatch = Arc::new(std::sync::Mutex::new(None));
+        let mut f = Forwarder {
+            host: "127.0.0.1".into(),
+            port: 1,
+            pinned: cluster.public_key().clone(),
+            mismatch: mismatch.clone(),
+        };
+        let offer = |k: &russh::keys::PrivateKey| PublicKeyOrCertificate::PublicKey {
+            key: k.public_key().clone(),
+            hash_alg: None,
+        };
+        assert!(f.check_server_key(&offer(&cluster)).await.unwrap());
+        assert!(mismatch.lock().unwrap().is_none());
+        assert!(!f.check_server_key(&offer(&stranger)).await.unwrap());
+        let why = mismatch.lock().unwrap().take().expect("the refusal is explained");
+        assert!(why.contains("is not the cluster's"), "{why}");
+        assert!(why.contains(&cluster.public_key().fingerprint(Default::default()).to_string()), "{why}");
     }
 }

@@ -177,6 +177,14 @@ async fn connect_publishes_a_local_port_survives_its_node_and_cleans_up() {
         })
         .await;
     }
+    // The session log shows every request, relayed ones too: time, client, method, path,
+    // status, bytes and latency.
+    eventually(std::time::Duration::from_secs(20), "a log line per request through each node", || {
+        let out = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines = out.lines().filter(|l| l.contains(" GET / 200 ") && l.contains("B ") && l.ends_with("ms")).count();
+        async move { (lines >= 3).then_some(()) }
+    })
+    .await;
 
     // kill -9 the node holding the tunnel: connect moves to another node and the URL answers again.
     let view = c.api(1).cluster().await.unwrap();

@@ -26,6 +26,7 @@ use openraft::ServerState;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::batch::Batcher;
 use crate::config::Config;
 use crate::peers::Peers;
 use crate::raft_net::from_blob;
@@ -66,6 +67,8 @@ pub struct Node {
     pub registry: SharedRegistry,
     pub state_machine: StateMachine,
     pub peers: Arc<Peers>,
+    /// Every write of this node leaves through this queue, batched (group commit).
+    pub batcher: Batcher,
 }
 
 pub type NodeRef = Arc<Node>;
@@ -113,17 +116,17 @@ impl Node {
         self.write_request(req).await
     }
 
-    /// Proposes a request and waits for it to be applied, forwarding to the leader as needed.
-    /// Retries reuse the request id, so a write that landed before a failure is not applied
+    /// Proposes a request and waits for it to be applied, batched with this node's other
+    /// writes and forwarded to the leader as needed. Retries reuse the request id, so a write that landed before a failure is not applied
     /// twice.
     pub async fn write_request(&self, req: Request) -> Result<Response, ClusterError> {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
-            let (leader, addr) = self.wait_for_leader(deadline).await?;
-            let attempt = if leader == self.id {
-                self.write_local(req.clone()).await
-            } else {
-                self.forward_write(&addr, &req, deadline).await
+            self.wait_for_leader(deadline).await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = match tokio::time::timeout(left, self.batcher.submit(req.clone())).await {
+                Ok(answer) => answer,
+                Err(_) => Err("the write was not answered in time".to_string()),
             };
             match attempt {
                 Ok(r) => return Ok(r),
@@ -165,7 +168,7 @@ impl Node {
         }
     }
 
-    async fn forward_write(&self, addr: &str, req: &Request, deadline: Instant) -> Result<Response, String> {
+    pub(crate) async fn forward_write(&self, addr: &str, req: &Request, deadline: Instant) -> Result<Response, String> {
         let mut client = self.peers.client(addr).map_err(|s| s.message().to_string())?;
         let left = deadline.saturating_duration_since(Instant::now());
         let fut = client.client_write(to_blob(req));

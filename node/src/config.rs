@@ -78,6 +78,13 @@ pub struct Flags {
     /// Server name expected in peers' internal certificates (default: the peer's host).
     #[arg(long, env = "MYSOCKET_INTERNAL_TLS_DOMAIN")]
     pub internal_tls_domain: Option<String>,
+    /// PEM certificate chain for public HTTPS and tls sockets, e.g. a wildcard for
+    /// `*.DOMAIN` from your own CA; default: certificates from the cluster's replicated CA.
+    #[arg(long, env = "MYSOCKET_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "MYSOCKET_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Public domain of the sockets (default localhost), fixed when the cluster bootstraps.
     #[arg(long, env = "MYSOCKET_DOMAIN")]
     pub domain: Option<String>,
@@ -99,6 +106,9 @@ pub struct Flags {
     /// Most tcp/tls sockets per account (default 5).
     #[arg(long, env = "MYSOCKET_MAX_TCP_SOCKETS")]
     pub max_tcp_sockets: Option<u32>,
+    /// Most SSH sessions one account may hold open on this node (default 20).
+    #[arg(long, env = "MYSOCKET_MAX_SSH_SESSIONS")]
+    pub max_ssh_sessions: Option<u32>,
     /// Token lifetime in seconds (default 18000, five hours).
     #[arg(long, env = "MYSOCKET_TOKEN_TTL_SECS")]
     pub token_ttl_secs: Option<u64>,
@@ -131,6 +141,8 @@ pub struct FileConfig {
     pub internal_tls_key: Option<PathBuf>,
     pub internal_tls_ca: Option<PathBuf>,
     pub internal_tls_domain: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub domain: Option<String>,
     pub tcp_ports: Option<String>,
     pub heartbeat_ms: Option<u64>,
@@ -138,6 +150,7 @@ pub struct FileConfig {
     pub snapshot_threshold: Option<u64>,
     pub max_http_sockets: Option<u32>,
     pub max_tcp_sockets: Option<u32>,
+    pub max_ssh_sessions: Option<u32>,
     pub token_ttl_secs: Option<u64>,
     pub log: Option<String>,
 }
@@ -168,6 +181,19 @@ impl fmt::Debug for InternalTls {
     }
 }
 
+/// The operator's certificate for public HTTPS and tls sockets, read and checked at start-up.
+#[derive(Clone)]
+pub struct PublicTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl fmt::Debug for PublicTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PublicTls(MASKED)")
+    }
+}
+
 /// The bugs a `planted-bugs` build can plant, for the fault-injection suite to find.
 pub const PLANTED_BUGS: [&str; 3] = ["stale-read", "early-ack", "stale-holder"];
 
@@ -185,6 +211,8 @@ pub struct Config {
     pub membership: Membership,
     pub cluster_secret: Secret,
     pub internal_tls: Option<InternalTls>,
+    /// Operator-provided public certificate; `None`: mint from the cluster CA.
+    pub public_tls: Option<PublicTls>,
     pub domain: String,
     pub tcp_ports: (u16, u16),
     pub heartbeat: Duration,
@@ -192,6 +220,7 @@ pub struct Config {
     pub snapshot_threshold: u64,
     pub max_http_sockets: u32,
     pub max_tcp_sockets: u32,
+    pub max_ssh_sessions: u32,
     pub token_ttl: Duration,
     pub log: String,
     pub planted_bug: Option<String>,
@@ -377,6 +406,20 @@ impl Config {
             }
         };
 
+        let public_tls = match (pick!(tls_cert), pick!(tls_key)) {
+            (None, None) => None,
+            (Some(c), Some(k)) => {
+                let read = |p: &PathBuf, what: &str| {
+                    std::fs::read_to_string(p).map_err(|e| bad(format!("cannot read TLS {what} {}: {e}", p.display())))
+                };
+                let t = PublicTls { cert_pem: read(&c, "certificate")?, key_pem: read(&k, "key")? };
+                crate::tls::operator_cert(&t)
+                    .map_err(|e| bad(format!("--tls-cert {} / --tls-key {}: {e}", c.display(), k.display())))?;
+                Some(t)
+            }
+            _ => return Err(bad("an operator certificate needs both --tls-cert and --tls-key")),
+        };
+
         let domain = pick!(domain).unwrap_or_else(|| "localhost".to_string()).to_ascii_lowercase();
         if domain.is_empty()
             || !domain.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
@@ -393,6 +436,10 @@ impl Config {
         if snapshot_threshold == 0 {
             return Err(bad("--snapshot-threshold must be positive"));
         }
+        let max_ssh_sessions = pick!(max_ssh_sessions).unwrap_or(20);
+        if max_ssh_sessions == 0 {
+            return Err(bad("--max-ssh-sessions must be positive"));
+        }
         Ok(Config {
             id,
             data_dir,
@@ -405,6 +452,7 @@ impl Config {
             membership,
             cluster_secret: Secret(secret),
             internal_tls,
+            public_tls,
             domain,
             tcp_ports,
             heartbeat: Duration::from_millis(heartbeat_ms),
@@ -412,6 +460,7 @@ impl Config {
             snapshot_threshold,
             max_http_sockets: pick!(max_http_sockets).unwrap_or(10),
             max_tcp_sockets: pick!(max_tcp_sockets).unwrap_or(5),
+            max_ssh_sessions,
             token_ttl: Duration::from_secs(pick!(token_ttl_secs).unwrap_or(5 * 3600)),
             log: pick!(log).unwrap_or_else(|| "info".to_string()),
             planted_bug,

@@ -183,7 +183,11 @@ pub async fn cluster_view(node: &NodeRef) -> ClusterView {
             })
             .collect()
     });
-    ClusterView { leader: m.current_leader, term: m.current_term, nodes }
+    let ssh_host_key = node
+        .read(|r| r.config().map(|c| c.ssh_host_key.clone()))
+        .and_then(|pem| russh::keys::PrivateKey::from_openssh(&pem).ok())
+        .and_then(|k| k.public_key().to_openssh().ok());
+    ClusterView { leader: m.current_leader, term: m.current_term, nodes, ssh_host_key }
 }
 
 #[utoipa::path(get, path = "/cluster", tag = "cluster", responses((status = 200, body = ClusterView)))]

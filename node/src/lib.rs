@@ -7,7 +7,8 @@
 //! # Layout
 //! - [`config`]: flags, environment and TOML, validated before anything binds.
 //! - [`peers`], [`raft_net`], [`internal`]: node-to-node gRPC, client and server.
-//! - [`cluster`]: writes forwarded to the leader, linearizable reads, membership changes.
+//! - [`cluster`], [`batch`]: writes batched (group commit) and forwarded to the leader,
+//!   linearizable reads, membership changes.
 //! - [`bootstrap`]: cluster secrets generated once by the first leader.
 //! - [`http`], [`auth`], [`validate`]: the REST API.
 //! - [`ssh`], [`tunnels`]: the SSH tunnel server and the tunnels this node holds.
@@ -18,6 +19,7 @@
 
 pub mod accept;
 pub mod auth;
+pub mod batch;
 pub mod bootstrap;
 pub mod cluster;
 pub mod config;

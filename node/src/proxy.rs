@@ -112,7 +112,7 @@ pub async fn serve_connection<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let upstream: Arc<Mutex<Option<(Uuid, hyper::client::conn::http1::SendRequest<Incoming>)>>> = Arc::default();
+    let upstream: Arc<Mutex<Option<Upstream>>> = Arc::default();
     let svc = hyper::service::service_fn(move |req| {
         let (node, holdings, upstream) = (node.clone(), holdings.clone(), upstream.clone());
         async move { Ok::<_, Infallible>(handle(node, holdings, upstream, peer, scheme, req).await) }
@@ -187,6 +187,32 @@ fn local_tunnels(node: &NodeRef, holdings: &Holdings, socket_id: &Uuid) -> Vec<H
     held
 }
 
+/// The HTTP/1.1 connection through a tunnel that a public connection's requests reuse.
+type Upstream = (Uuid, hyper::client::conn::http1::SendRequest<Incoming>, LogSink);
+
+/// Where a public connection's log lines go: the SSH session holding the tunnel on this node,
+/// or, for a relayed connection, along the relay to the holder, which writes them there.
+#[derive(Clone)]
+pub enum LogSink {
+    Local(Holding),
+    Relay(tokio::sync::mpsc::WeakSender<mysocket_api::internal::RelayFrame>),
+}
+
+impl LogSink {
+    pub fn line(&self, line: String) {
+        match self {
+            LogSink::Local(h) => log_line(h, line),
+            LogSink::Relay(tx) => {
+                if let Some(tx) = tx.upgrade() {
+                    tokio::spawn(async move {
+                        let _ = tx.send(crate::relay::log_frame(line)).await;
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// A byte stream to the service behind a tunnel: a channel on a local SSH session, or a relay
 /// to the node holding the tunnel.
 pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
@@ -200,12 +226,13 @@ pub async fn open_upstream(
     holdings: &Holdings,
     socket_id: &Uuid,
     peer: SocketAddr,
-) -> Result<(Box<dyn Io>, Option<Holding>), NoUpstream> {
+    log_connection: bool,
+) -> Result<(Box<dyn Io>, LogSink), NoUpstream> {
     for attempt in 0..2 {
         let local = local_tunnels(node, holdings, socket_id);
         for h in &local {
             match open_channel(h, peer).await {
-                Ok(stream) => return Ok((Box::new(stream), Some(h.clone()))),
+                Ok(stream) => return Ok((Box::new(stream), LogSink::Local(h.clone()))),
                 Err(e) => {
                     tracing::debug!(tunnel_id = %h.tunnel_id, error = %e, "tunnel channel refused; trying the next")
                 }
@@ -230,9 +257,10 @@ pub async fn open_upstream(
                 tunnel_id: tunnel_id.to_string(),
                 epoch: *epoch,
                 client_addr: peer.to_string(),
+                log_connection,
             };
             match crate::relay::connect(&node.peers, addr, open).await {
-                Ok(stream) => return Ok((Box::new(stream), None)),
+                Ok((stream, log)) => return Ok((Box::new(stream), LogSink::Relay(log))),
                 Err(e) => {
                     tracing::debug!(%tunnel_id, epoch, %addr, error = %e.message(), "relay refused; trying the next")
                 }
@@ -290,7 +318,8 @@ pub async fn open_channel(
     Ok(ch.into_stream())
 }
 
-fn log_line(h: &Holding, line: String) {
+/// Writes a line to the session log of the SSH session holding `h`, if it has one.
+pub fn log_line(h: &Holding, line: String) {
     if let Some(ch) = h.log {
         let handle = h.handle.clone();
         tokio::spawn(async move {
@@ -302,7 +331,7 @@ fn log_line(h: &Holding, line: String) {
 async fn handle(
     node: NodeRef,
     holdings: Arc<Holdings>,
-    upstream: Arc<Mutex<Option<(Uuid, hyper::client::conn::http1::SendRequest<Incoming>)>>>,
+    upstream: Arc<Mutex<Option<Upstream>>>,
     peer: SocketAddr,
     scheme: &'static str,
     mut req: Request<Incoming>,
@@ -355,10 +384,9 @@ async fn handle(
 
     let is_upgrade = req.headers().contains_key(header::UPGRADE);
     let mut guard = upstream.lock().await;
-    let reuse = matches!(&*guard, Some((sid, s)) if *sid == socket.socket_id && s.is_ready() && !is_upgrade);
-    let holding;
+    let reuse = matches!(&*guard, Some((sid, s, _)) if *sid == socket.socket_id && s.is_ready() && !is_upgrade);
     if !reuse {
-        let (stream, h) = match open_upstream(&node, &holdings, &socket.socket_id, peer).await {
+        let (stream, log) = match open_upstream(&node, &holdings, &socket.socket_id, peer, false).await {
             Ok(x) => x,
             Err(e) => return e.page(),
         };
@@ -369,12 +397,10 @@ async fn handle(
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
-        *guard = Some((socket.socket_id, sender));
-        holding = h;
-    } else {
-        holding = None;
+        *guard = Some((socket.socket_id, sender, log));
     }
-    let (_, sender) = guard.as_mut().expect("set above");
+    let (_, sender, log) = guard.as_mut().expect("set above");
+    let log = log.clone();
     let client_upgrade = if is_upgrade { Some(hyper::upgrade::on(&mut req)) } else { None };
     let resp = sender.send_request(req).await;
     drop(guard);
@@ -388,24 +414,10 @@ async fn handle(
             } else {
                 "The service behind the tunnel failed."
             };
-            if let Some(h) = &holding {
-                log_line(h, format!("{} {peer} {method} {path} -> 502 ({e})\r\n", now_hms()));
-            }
+            log.line(format!("{} {} {method} {path} 502 ({e})\r\n", now_hms(), peer.ip()));
             return page(StatusCode::BAD_GATEWAY, "Bad Gateway", why);
         }
     };
-    if let Some(h) = &holding {
-        log_line(
-            h,
-            format!(
-                "{} {} {method} {path} {} {}ms\r\n",
-                now_hms(),
-                peer.ip(),
-                resp.status().as_u16(),
-                started.elapsed().as_millis()
-            ),
-        );
-    }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(cu) = client_upgrade {
             let su = hyper::upgrade::on(&mut resp);
@@ -418,7 +430,76 @@ async fn handle(
         }
         *upstream.lock().await = None;
     }
-    resp.map(|b| b.boxed())
+    // The line is written once the body has gone out (or the client left): bytes and latency
+    // cover the whole answer.
+    let status = resp.status().as_u16();
+    let peer_ip = peer.ip();
+    resp.map(|b| {
+        Logged {
+            inner: b,
+            bytes: 0,
+            done: Some(Box::new(move |bytes| {
+                log.line(format!(
+                    "{} {peer_ip} {method} {path} {status} {bytes}B {}ms\r\n",
+                    now_hms(),
+                    started.elapsed().as_millis()
+                ))
+            })),
+        }
+        .boxed()
+    })
+}
+
+/// A response body that counts what it yields and reports the total when it is dropped:
+/// after the last frame, or when the client goes away mid-body.
+struct Logged {
+    inner: Incoming,
+    bytes: u64,
+    done: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
+}
+
+impl hyper::body::Body for Logged {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(d) = frame.data_ref() {
+                self.bytes += d.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(self.bytes);
+        }
+    }
+}
+
+/// The log line of a whole tcp/tls connection.
+pub fn connection_line(client: SocketAddr, to_service: u64, to_client: u64, took: Duration) -> String {
+    format!(
+        "{} {} connection closed: {to_service}B in, {to_client}B out, {}ms\r\n",
+        now_hms(),
+        client.ip(),
+        took.as_millis()
+    )
 }
 
 fn now_hms() -> String {

@@ -5,8 +5,11 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 use futures::Stream;
 use futures::StreamExt;
@@ -21,6 +24,7 @@ use tonic::Status;
 use uuid::Uuid;
 
 use crate::peers::Peers;
+use crate::tunnels::Holding;
 use crate::tunnels::Holdings;
 
 /// Largest data frame.
@@ -33,8 +37,18 @@ fn data(bytes: &[u8]) -> RelayFrame {
     RelayFrame { payload: Some(Payload::Data(bytes.to_vec())) }
 }
 
-/// Caller side: opens a relay to the node at `addr` and returns a byte stream to it.
-pub async fn connect(peers: &Peers, addr: &str, open: RelayOpen) -> Result<DuplexStream, Status> {
+/// A line for the holder to write to the tunnel's session log.
+pub fn log_frame(line: String) -> RelayFrame {
+    RelayFrame { payload: Some(Payload::Log(line)) }
+}
+
+/// Caller side: opens a relay to the node at `addr` and returns a byte stream to it, and a
+/// handle for sending log lines along it (weak: it does not keep the relay open).
+pub async fn connect(
+    peers: &Peers,
+    addr: &str,
+    open: RelayOpen,
+) -> Result<(DuplexStream, tokio::sync::mpsc::WeakSender<RelayFrame>), Status> {
     let mut client = peers.client(addr)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<RelayFrame>(WINDOW);
     tx.send(RelayFrame { payload: Some(Payload::Open(open)) })
@@ -45,14 +59,43 @@ pub async fn connect(peers: &Peers, addr: &str, open: RelayOpen) -> Result<Duple
         .map_err(|_| Status::deadline_exceeded("relay open timed out"))??;
     let (near, far) = tokio::io::duplex(FRAME * 2);
     let (far_r, far_w) = tokio::io::split(far);
-    pump_out(far_r, tx, |d| d);
-    pump_in(resp.into_inner(), far_w);
-    Ok(near)
+    let log = tx.downgrade();
+    pump_out(far_r, tx, |d| d, None);
+    pump_in(resp.into_inner(), far_w, None, None);
+    Ok((near, log))
+}
+
+/// The holder's line for a whole relayed connection, written when both directions are done.
+struct ConnectionLog {
+    holding: Holding,
+    client: SocketAddr,
+    started: Instant,
+    /// Bytes from the public client to the service, and back.
+    to_service: AtomicU64,
+    to_client: AtomicU64,
+}
+
+impl Drop for ConnectionLog {
+    fn drop(&mut self) {
+        crate::proxy::log_line(
+            &self.holding,
+            crate::proxy::connection_line(
+                self.client,
+                self.to_service.load(Ordering::Relaxed),
+                self.to_client.load(Ordering::Relaxed),
+                self.started.elapsed(),
+            ),
+        );
+    }
 }
 
 /// Reads `r` into data frames on `tx` (wrapped by `wrap`) until either side ends.
-fn pump_out<R, T>(mut r: R, tx: tokio::sync::mpsc::Sender<T>, wrap: fn(RelayFrame) -> T)
-where
+fn pump_out<R, T>(
+    mut r: R,
+    tx: tokio::sync::mpsc::Sender<T>,
+    wrap: fn(RelayFrame) -> T,
+    counted: Option<Arc<ConnectionLog>>,
+) where
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
     T: Send + 'static,
 {
@@ -62,6 +105,9 @@ where
             match r.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    if let Some(c) = &counted {
+                        c.to_client.fetch_add(n as u64, Ordering::Relaxed);
+                    }
                     if tx.send(wrap(data(&buf[..n]))).await.is_err() {
                         break;
                     }
@@ -71,17 +117,36 @@ where
     });
 }
 
-/// Writes the data frames of `inbound` to `w`, then shuts `w` down.
-fn pump_in<W>(mut inbound: tonic::Streaming<RelayFrame>, mut w: W)
-where
+/// Writes the data frames of `inbound` to `w`, then shuts `w` down. Log frames go to the
+/// session log of `log_to` (the holder's side); elsewhere they are ignored.
+fn pump_in<W>(
+    mut inbound: tonic::Streaming<RelayFrame>,
+    mut w: W,
+    log_to: Option<Holding>,
+    counted: Option<Arc<ConnectionLog>>,
+) where
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
         while let Some(Ok(frame)) = inbound.next().await {
-            if let Some(Payload::Data(d)) = frame.payload {
-                if w.write_all(&d).await.is_err() {
-                    break;
+            match frame.payload {
+                Some(Payload::Data(d)) => {
+                    if let Some(c) = &counted {
+                        c.to_service.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    }
+                    if w.write_all(&d).await.is_err() {
+                        break;
+                    }
                 }
+                Some(Payload::Log(line)) => {
+                    if let Some(h) = &log_to {
+                        // One line, bounded: a peer cannot flood the session log.
+                        let mut line: String = line.chars().take(512).filter(|c| !c.is_control()).collect();
+                        line.push_str("\r\n");
+                        crate::proxy::log_line(h, line);
+                    }
+                }
+                _ => {}
             }
         }
         let _ = w.shutdown().await;
@@ -118,8 +183,17 @@ pub async fn accept(
         .await
         .map_err(|e| Status::unavailable(format!("the tunnel did not accept the connection: {e}")))?;
     let (r, w) = tokio::io::split(stream);
-    pump_in(inbound, w);
+    let counted = open.log_connection.then(|| {
+        Arc::new(ConnectionLog {
+            holding: holding.clone(),
+            client,
+            started: Instant::now(),
+            to_service: AtomicU64::new(0),
+            to_client: AtomicU64::new(0),
+        })
+    });
+    pump_in(inbound, w, Some(holding), counted.clone());
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<RelayFrame, Status>>(WINDOW);
-    pump_out(r, tx, Ok);
+    pump_out(r, tx, Ok, counted);
     Ok(Box::pin(ReceiverStream::new(rx)))
 }

@@ -78,8 +78,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let raft = mysocket_raft_store::Raft::new(cfg.id, raft_config(&cfg)?, network, log_store, state_machine.clone())
         .await
         .context("start raft")?;
-    let node: NodeRef =
-        Arc::new(Node { id: cfg.id, config: cfg.clone(), raft: raft.clone(), registry, state_machine, peers });
+    let node: NodeRef = Arc::new_cyclic(|me| Node {
+        id: cfg.id,
+        config: cfg.clone(),
+        raft: raft.clone(),
+        registry,
+        state_machine,
+        peers,
+        batcher: crate::batch::Batcher::start(me.clone()),
+    });
 
     let root = CancellationToken::new();
     let tasks = TaskTracker::new();

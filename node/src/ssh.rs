@@ -65,11 +65,18 @@ pub async fn serve(node: NodeRef, listener: TcpListener, holdings: Arc<Holdings>
         ..Default::default()
     });
     tracing::info!(addr = ?listener.local_addr().ok(), "SSH server listening");
+    let per_account: Arc<Mutex<HashMap<Uuid, u32>>> = Arc::default();
     crate::accept::serve(listener, MAX_CONNECTIONS, "SSH", stop, |stream, peer| {
-        let (node, holdings, config) = (node.clone(), holdings.clone(), config.clone());
+        let (node, holdings, config, per_account) = (node.clone(), holdings.clone(), config.clone(), per_account.clone());
         async move {
             let state = Arc::new(Mutex::new(SessionState::default()));
-            let handler = SshSession { node: node.clone(), holdings: holdings.clone(), peer, state: state.clone() };
+            let handler = SshSession {
+                node: node.clone(),
+                holdings: holdings.clone(),
+                peer,
+                state: state.clone(),
+                per_account: per_account.clone(),
+            };
             match russh::server::run_stream(config, stream, handler).await {
                 Ok(running) => {
                     if let Err(e) = running.await {
@@ -77,6 +84,15 @@ pub async fn serve(node: NodeRef, listener: TcpListener, holdings: Arc<Holdings>
                     }
                 }
                 Err(e) => tracing::debug!(%peer, error = %e, "SSH handshake failed"),
+            }
+            if let Some((user_id, _)) = state.lock().expect("ssh state").user.take() {
+                let mut counts = per_account.lock().expect("ssh sessions");
+                if let Some(c) = counts.get_mut(&user_id) {
+                    *c -= 1;
+                    if *c == 0 {
+                        counts.remove(&user_id);
+                    }
+                }
             }
             let claims: Vec<(Uuid, u64)> = state.lock().expect("ssh state").claims.drain().collect();
             for (tunnel_id, epoch) in claims {
@@ -106,6 +122,8 @@ struct SshSession {
     holdings: Arc<Holdings>,
     peer: SocketAddr,
     state: Arc<Mutex<SessionState>>,
+    /// Authenticated sessions per account on this node (limit: `--max-ssh-sessions`).
+    per_account: Arc<Mutex<HashMap<Uuid, u32>>>,
 }
 
 fn same_key(registered: &str, offered: &PublicKey) -> bool {
@@ -138,6 +156,16 @@ impl russh::server::Handler for SshSession {
         });
         match found {
             Some(u) => {
+                let max = self.node.config.max_ssh_sessions;
+                {
+                    let mut counts = self.per_account.lock().expect("ssh sessions");
+                    let open = counts.entry(u.0).or_insert(0);
+                    if *open >= max {
+                        tracing::warn!(peer = %self.peer, user, open = *open, "SSH login refused: the account's session limit on this node is reached");
+                        return Ok(Auth::reject());
+                    }
+                    *open += 1;
+                }
                 tracing::info!(peer = %self.peer, user, "SSH login");
                 self.state.lock().expect("ssh state").user = Some(u);
                 Ok(Auth::Accept)
@@ -155,7 +183,15 @@ impl russh::server::Handler for SshSession {
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.state.lock().expect("ssh state").log_channel = Some(channel.id());
+        let claims: Vec<(Uuid, u64)> = {
+            let mut st = self.state.lock().expect("ssh state");
+            st.log_channel = Some(channel.id());
+            st.claims.iter().map(|(t, e)| (*t, *e)).collect()
+        };
+        // Forwards requested before the session channel opened log to it from now on.
+        for (tunnel_id, epoch) in claims {
+            self.holdings.set_log(&tunnel_id, epoch, channel.id());
+        }
         reply.accept().await;
         Ok(())
     }

@@ -80,8 +80,10 @@ async fn accept_loop(
     crate::accept::serve(listener, MAX_CONNECTIONS_PER_SOCKET, "tcp socket", stop2, move |mut client, peer| {
         let (node, holdings, tls, stop) = (node.clone(), holdings.clone(), tls.clone(), stop.clone());
         async move {
-            let mut upstream = match crate::proxy::open_upstream(&node, &holdings, &socket_id, peer).await {
-                Ok((u, _)) => u,
+            let started = std::time::Instant::now();
+            let (mut upstream, log) = match crate::proxy::open_upstream(&node, &holdings, &socket_id, peer, true).await
+            {
+                Ok(x) => x,
                 Err(e) => {
                     tracing::debug!(%peer, %socket_id, reason = ?e, "no tunnel for tcp connection");
                     return;
@@ -89,21 +91,30 @@ async fn accept_loop(
             };
             let piped = async {
                 if kind == SocketType::Tls {
-                    let Some(acceptor) = tls.read().expect("tls lock").clone() else { return };
+                    let Some(acceptor) = tls.read().expect("tls lock").clone() else { return None };
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(client)).await {
-                        Ok(Ok(mut s)) => {
-                            let _ = tokio::io::copy_bidirectional(&mut s, &mut upstream).await;
+                        Ok(Ok(mut s)) => tokio::io::copy_bidirectional(&mut s, &mut upstream).await.ok(),
+                        _ => {
+                            tracing::debug!(%peer, "tls handshake failed");
+                            None
                         }
-                        _ => tracing::debug!(%peer, "tls handshake failed"),
                     }
                 } else {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    tokio::io::copy_bidirectional(&mut client, &mut upstream).await.ok()
                 }
             };
             // Deleting the socket closes its connections too.
-            tokio::select! {
-                _ = piped => {}
-                _ = stop.cancelled() => {}
+            let moved = tokio::select! {
+                m = piped => m,
+                _ = stop.cancelled() => None,
+            };
+            // A relayed connection is logged by the holder, which counts its bytes.
+            if let crate::proxy::LogSink::Local(h) = &log {
+                let (to_service, to_client) = moved.unwrap_or((0, 0));
+                crate::proxy::log_line(
+                    h,
+                    crate::proxy::connection_line(peer, to_service, to_client, started.elapsed()),
+                );
             }
         }
     })

@@ -1,4 +1,6 @@
-//! TLS termination with the cluster's certificates. The cluster CA (generated at bootstrap and
+//! TLS termination with the cluster's certificates. An operator's certificate
+//! (`--tls-cert`/`--tls-key`, the same files on every node) is served for every name. Without
+//! one, the cluster CA (generated at bootstrap and
 //! replicated) signs a certificate for each socket name a client asks for (SNI), on first use,
 //! so every node presents certificates that chain to the same CA: `curl --cacert` with the CA
 //! from `GET /cluster/ca.pem` works for any socket. (A wildcard for `*.localhost` alone is
@@ -42,6 +44,20 @@ fn pem_key(pem: &str) -> Result<PrivateKeyDer<'static>, String> {
         .ok_or_else(|| "no private key in the cluster TLS material".to_string())
 }
 
+/// The operator's certificate chain and key, checked: parsable, with a key rustls can sign with.
+pub fn operator_cert(t: &crate::config::PublicTls) -> Result<Arc<CertifiedKey>, String> {
+    let chain = pem_certs(&t.cert_pem)?;
+    if chain.is_empty() {
+        return Err("no certificate in the PEM file".into());
+    }
+    let key = rustls_pemfile::private_key(&mut t.key_pem.as_bytes())
+        .map_err(|e| format!("bad key: {e}"))?
+        .ok_or_else(|| "no private key in the PEM file".to_string())?;
+    let c = certified(chain, &key)?;
+    c.keys_match().map_err(|e| format!("the key does not match the certificate: {e}"))?;
+    Ok(c)
+}
+
 fn certified(chain: Vec<CertificateDer<'static>>, key: &PrivateKeyDer<'static>) -> Result<Arc<CertifiedKey>, String> {
     let signer = rustls::crypto::ring::sign::any_supported_type(key).map_err(|e| format!("unsupported key: {e}"))?;
     Ok(Arc::new(CertifiedKey::new(chain, signer)))
@@ -56,6 +72,8 @@ pub struct SniCerts {
     leaf_key_der: PrivateKeyDer<'static>,
     ca_der: CertificateDer<'static>,
     fallback: Arc<CertifiedKey>,
+    /// The operator's certificate, served for every name when given.
+    operator: Option<Arc<CertifiedKey>>,
     cache: Mutex<HashMap<String, Arc<CertifiedKey>>>,
 }
 
@@ -74,6 +92,7 @@ impl SniCerts {
         let mut chain = pem_certs(&cfg.tls_cert)?;
         chain.push(ca_der.clone());
         let fallback = certified(chain, &pem_key(&cfg.tls_key)?)?;
+        let operator = node.config.public_tls.as_ref().map(operator_cert).transpose()?;
         let leaf_key = KeyPair::generate().map_err(|e| e.to_string())?;
         let leaf_key_der = PrivateKeyDer::try_from(leaf_key.serialize_der()).map_err(|e| e.to_string())?;
         Ok(SniCerts {
@@ -84,6 +103,7 @@ impl SniCerts {
             leaf_key_der,
             ca_der,
             fallback,
+            operator,
             cache: Mutex::new(HashMap::new()),
         })
     }
@@ -100,6 +120,9 @@ impl SniCerts {
 
 impl ResolvesServerCert for SniCerts {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(c) = &self.operator {
+            return Some(c.clone());
+        }
         let Some(name) = hello.server_name().map(str::to_ascii_lowercase) else { return Some(self.fallback.clone()) };
         if let Some(c) = self.cache.lock().expect("cert cache").get(&name) {
             return Some(c.clone());

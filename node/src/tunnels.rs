@@ -43,6 +43,13 @@ impl Holdings {
         }
     }
 
+    /// Sends the log lines of a holding (if it still has `epoch`) to the session channel `log`.
+    pub fn set_log(&self, tunnel_id: &Uuid, epoch: u64, log: ChannelId) {
+        if let Some(h) = self.map.lock().expect("holdings").get_mut(tunnel_id).filter(|h| h.epoch == epoch) {
+            h.log = Some(log);
+        }
+    }
+
     /// Forgets a holding if it still has `epoch`.
     pub fn remove(&self, tunnel_id: &Uuid, epoch: u64) -> Option<Holding> {
         let mut map = self.map.lock().expect("holdings");

@@ -58,9 +58,36 @@ impl Drop for Ssh {
 }
 
 fn ssh_forward(key: &std::path::Path, user: &str, host: &str, relay_port: u16, origin: u16) -> Ssh {
+    ssh_tunnel(key, user, host, relay_port, origin, None)
+}
+
+/// `ssh -R` with a session channel (no `-N`), its output (banner, log lines) to `out`.
+fn ssh_logged(
+    key: &std::path::Path,
+    user: &str,
+    host: &str,
+    relay_port: u16,
+    origin: u16,
+    out: &std::path::Path,
+) -> Ssh {
+    ssh_tunnel(key, user, host, relay_port, origin, Some(out))
+}
+
+fn ssh_tunnel(
+    key: &std::path::Path,
+    user: &str,
+    host: &str,
+    relay_port: u16,
+    origin: u16,
+    out: Option<&std::path::Path>,
+) -> Ssh {
+    let stdout = match out {
+        Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
+        None => Stdio::null(),
+    };
     let child = Command::new("ssh")
+        .args(if out.is_some() { &[][..] } else { &["-N"][..] })
         .args([
-            "-N",
             "-T",
             "-o",
             "StrictHostKeyChecking=no",
@@ -73,7 +100,7 @@ fn ssh_forward(key: &std::path::Path, user: &str, host: &str, relay_port: u16, o
         .arg(key)
         .args(["-p", "2222", "-l", user, "-R", &format!("{relay_port}:127.0.0.1:{origin}"), host])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
         .expect("run ssh");
@@ -166,6 +193,7 @@ async fn openssh_reverse_forward_serves_public_http() {
             tunnel_id: sock.tunnels[0].tunnel_id.clone(),
             epoch,
             client_addr: "127.0.0.1:1".into(),
+            log_connection: false,
         })),
     };
     let err = internal.relay(futures::stream::iter(vec![open(0)])).await.err().expect("stale epoch refused");
@@ -516,4 +544,149 @@ async fn read_answer_until(s: &mut tokio::net::TcpStream, needle: &str) -> Strin
         }
     }
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_holds_at_most_its_ssh_session_limit_on_a_node() {
+    let c = TestCluster::builder().arg("--max-ssh-sessions").arg("2").start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, u, api) = ssh_user(&c, dir.path(), 1, "erin").await;
+    let origin_port = origin().await;
+    let mut relays = Vec::new();
+    for i in 0..3 {
+        let s = SocketCreate { name: format!("s{i}"), socket_type: Some("http".into()), ..Default::default() };
+        relays.push(api.connect(&s).await.unwrap().tunnels[0].local_port);
+    }
+    let held_on = |id: u64| {
+        let api = c.api(3);
+        async move {
+            let view = api.cluster().await.ok()?;
+            view.nodes.iter().find(|n| n.id == id).map(|n| n.tunnels)
+        }
+    };
+    let n1 = c.nodes[&1].ip.clone();
+    let first = ssh_forward(&key, &u.user_name, &n1, relays[0], origin_port);
+    let _second = ssh_forward(&key, &u.user_name, &n1, relays[1], origin_port);
+    eventually(Duration::from_secs(20), "two sessions to hold their tunnels on node 1", || async {
+        (held_on(1).await == Some(2)).then_some(())
+    })
+    .await;
+
+    // A third session of the same account on the same node is refused.
+    let mut third = ssh_forward(&key, &u.user_name, &n1, relays[2], origin_port);
+    let status = eventually(Duration::from_secs(20), "the third session to be refused", || {
+        let done = third.0.try_wait().unwrap();
+        async move { done }
+    })
+    .await;
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(third.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(c.log(1).contains("session limit"), "the refusal is logged");
+
+    // The limit is per node: the same account connects through node 2.
+    let _elsewhere = ssh_forward(&key, &u.user_name, &c.nodes[&2].ip, relays[2], origin_port);
+    eventually(Duration::from_secs(20), "node 2 to hold the third tunnel", || async {
+        (held_on(2).await == Some(1)).then_some(())
+    })
+    .await;
+
+    // Closing a session frees its place.
+    drop(first);
+    eventually(Duration::from_secs(20), "node 1 to release the closed session", || async {
+        (held_on(1).await == Some(1)).then_some(())
+    })
+    .await;
+    let _again = ssh_forward(&key, &u.user_name, &n1, relays[0], origin_port);
+    eventually(Duration::from_secs(20), "a new session to fit under the limit", || async {
+        (held_on(1).await == Some(2)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_certificate_is_served_for_https_and_tls_sockets() {
+    let pki = tempfile::tempdir().unwrap();
+    let (op_ca, cert, key) = test_pki(&["*.example.test".to_string()]);
+    let (cert_file, key_file) = (pki.path().join("edge.pem"), pki.path().join("edge.key"));
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let c = TestCluster::builder()
+        .arg("--domain")
+        .arg("example.test")
+        .arg("--tls-cert")
+        .arg(cert_file.to_str().unwrap())
+        .arg("--tls-key")
+        .arg(key_file.to_str().unwrap())
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, u, api) = ssh_user(&c, dir.path(), 1, "olga").await;
+    let origin_port = origin().await;
+    let mk = |t: &str| SocketCreate { name: t.into(), socket_type: Some(t.into()), ..Default::default() };
+    let https = api.connect(&mk("https")).await.unwrap();
+    let tls = api.connect(&mk("tls")).await.unwrap();
+    assert!(https.dnsname.ends_with(".example.test"), "{}", https.dnsname);
+    let _t1 = ssh_forward(&key, &u.user_name, &c.nodes[&1].ip, https.tunnels[0].local_port, origin_port);
+    let _t2 = ssh_forward(&key, &u.user_name, &c.nodes[&1].ip, tls.tunnels[0].local_port, origin_port);
+    let operator = tls_connector(&op_ca);
+    let cluster_ca =
+        reqwest::get(format!("{}/cluster/ca.pem", c.nodes[&1].api_url())).await.unwrap().text().await.unwrap();
+    let cluster = tls_connector(&cluster_ca);
+    for id in [1u64, 2] {
+        let ip = c.nodes[&id].ip.clone();
+        eventually(Duration::from_secs(20), &format!("https with the operator's certificate via node {id}"), || {
+            let (ip, conn, name) = (ip.clone(), operator.clone(), https.dnsname.clone());
+            async move { request(&ip, 8443, Some((&conn, &name)), &name).await.starts_with("HTTP/1.1 200").then_some(()) }
+        })
+        .await;
+        let port = tls.socket_tcp_ports[0];
+        eventually(Duration::from_secs(20), &format!("tls with the operator's certificate via node {id}"), || {
+            let (ip, conn, name) = (ip.clone(), operator.clone(), tls.dnsname.clone());
+            async move { request(&ip, port, Some((&conn, &name)), &name).await.contains("origin saw:").then_some(()) }
+        })
+        .await;
+        // The cluster's own CA did not sign what is served.
+        let r = request(&ip, 8443, Some((&cluster, &https.dnsname)), &https.dnsname).await;
+        assert_eq!(r, "tls handshake failed", "node {id} served a certificate of the cluster CA");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_log_shows_tcp_connections_taken_by_any_node() {
+    let c = TestCluster::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, u, api) = ssh_user(&c, dir.path(), 1, "pete").await;
+    let origin_port = origin().await;
+    let tcp = api
+        .connect(&SocketCreate { name: "t".into(), socket_type: Some("tcp".into()), ..Default::default() })
+        .await
+        .unwrap();
+    let out = dir.path().join("session.out");
+    let _t = ssh_logged(&key, &u.user_name, &c.nodes[&1].ip, tcp.tunnels[0].local_port, origin_port, &out);
+    let port = tcp.socket_tcp_ports[0];
+    // Node 1 holds the tunnel; node 2 relays to it.
+    for id in [1u64, 2] {
+        let ip = c.nodes[&id].ip.clone();
+        eventually(Duration::from_secs(20), &format!("tcp through node {id}"), || {
+            let (ip, name) = (ip.clone(), tcp.dnsname.clone());
+            async move { request(&ip, port, None, &name).await.contains("origin saw:").then_some(()) }
+        })
+        .await;
+    }
+    let text = eventually(Duration::from_secs(20), "a log line for each connection", || {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let closed = text.lines().filter(|l| l.contains("connection closed:")).count();
+        async move { (closed >= 2).then_some(text) }
+    })
+    .await;
+    assert!(text.contains("Welcome to mysocket"), "{text}");
+    for line in text.lines().filter(|l| l.contains("connection closed:")) {
+        // "HH:MM:SS <client ip> connection closed: <n>B in, <m>B out, <t>ms", bytes both ways.
+        let nums: Vec<u64> =
+            line.split(|ch: char| !ch.is_ascii_digit()).filter(|w| !w.is_empty()).map(|w| w.parse().unwrap()).collect();
+        let (sent, got) = (nums[nums.len() - 3], nums[nums.len() - 2]);
+        assert!(sent > 0 && got > sent, "{line}");
+    }
 }

@@ -284,6 +284,9 @@ impl Registry {
 
     fn try_apply(&mut self, cmd: &Command, now: u64, dirty: &mut Dirty) -> Result<Response, Rejection> {
         match cmd {
+            // Each request in a batch is deduplicated and answered on its own; the batch itself
+            // is never rejected, so one bad request does not fail its neighbours.
+            Command::Batch(reqs) => Ok(Response::Batch(reqs.iter().map(|r| self.apply(r, dirty)).collect())),
             Command::Bootstrap(cfg) => {
                 if self.config.is_none() {
                     if cfg.tcp_port_min > cfg.tcp_port_max {

@@ -270,8 +270,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // (the next log append, and `last_purged` before any log is purged) makes it durable
         // first. Until then the log still holds these entries and a restart re-applies them.
         self.db.write_opt(batch, &WriteOptions::default()).map_err(other)?;
+        // Subscribers see one event per answer: a batch's answers one by one.
         for a in applied {
-            let _ = self.events.send(a);
+            for response in a.response.each() {
+                let _ = self.events.send(Applied { index: a.index, response: response.clone() });
+            }
         }
         for (r, resp) in replies {
             r.send(resp);
