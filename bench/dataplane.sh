@@ -129,7 +129,10 @@ declare -A GBIT
 FMT="%-19s %7s %12s %8s %8s %11s %7s\n"
 measure() { # name iperf_host iperf_port http_url host_header
   local name=$1 ih=$2 ip=$3 url=$4 host=$5 gbit row
-  iperf3 -c "$ih" -p "$ip" -t "$SECS" -J >"$WORK/iperf.json" 2>&1 || true
+  # The iperf3 server runs one test at a time and may still be closing the previous one:
+  # one retry after a pause.
+  iperf3 -c "$ih" -p "$ip" -t "$SECS" -J >"$WORK/iperf.json" 2>&1 ||
+    { sleep 2; iperf3 -c "$ih" -p "$ip" -t "$SECS" -J >"$WORK/iperf.json" 2>&1; } || true
   gbit="$(python3 - "$WORK/iperf.json" <<'EOF'
 import json, sys
 try:

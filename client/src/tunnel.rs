@@ -15,6 +15,14 @@ use russh::client;
 use russh::keys::PrivateKeyWithHashAlg;
 use russh::ChannelMsg;
 
+/// Ciphers in order of preference: AES-GCM runs on the CPU's AES instructions.
+const CIPHERS: &[russh::cipher::Name] = &[
+    russh::cipher::AES_256_GCM,
+    russh::cipher::AES_128_GCM,
+    russh::cipher::CHACHA20_POLY1305,
+    russh::cipher::AES_256_CTR,
+];
+
 /// What to forward where.
 pub struct TunnelSpec {
     /// SSH login: the account's `user_name`.
@@ -115,6 +123,11 @@ async fn session_once(spec: &TunnelSpec, key: &Arc<russh::keys::PrivateKey>, ser
         keepalive_max: 3,
         inactivity_timeout: None,
         nodelay: true,
+        // Throughput: AES-GCM (hardware-accelerated) first, bigger packets and windows than
+        // russh's defaults (fewer packets, MACs and wake-ups per byte).
+        preferred: russh::Preferred { cipher: std::borrow::Cow::Borrowed(CIPHERS), ..Default::default() },
+        maximum_packet_size: 65536,
+        window_size: 8 * 1024 * 1024,
         ..Default::default()
     });
     let pinned = russh::keys::PublicKey::from_openssh(&spec.host_key)

@@ -1,5 +1,9 @@
-//! Clients to other nodes' internal port: one cached gRPC channel per peer address, the cluster
+//! Clients to other nodes' internal port: cached gRPC channels per peer address, the cluster
 //! credential on every call, optional TLS, and raised message-size limits.
+//!
+//! Raft and the other control calls have a connection of their own; relayed public connections
+//! use a few others. On one HTTP/2 connection a relay moving gigabits would queue heartbeats
+//! behind its data, the peer would look dead, and the leader would release its tunnels.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +25,12 @@ use crate::config::InternalTls;
 
 /// Largest internal message: append batches and snapshot chunks stay well below it.
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// Connections per peer for relayed public connections, used in turn.
+const RELAY_CONNECTIONS: usize = 4;
+/// HTTP/2 flow-control windows of relay connections: wide enough to keep a fast stream moving
+/// across a round trip, bounded so a slow reader holds at most this much.
+pub const RELAY_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+pub const RELAY_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 
 /// Adds the cluster credential to every outgoing internal call.
 #[derive(Clone)]
@@ -38,9 +48,12 @@ pub type PeerClient = InternalClient<InterceptedService<Channel, Credential>>;
 /// The pool of peer channels, keyed by address. tonic channels reconnect by themselves, so an
 /// entry lives as long as the address is used.
 pub struct Peers {
+    /// Keyed by `addr` (control) or `relay<i>@addr`.
     channels: Mutex<HashMap<String, Channel>>,
     credential: Credential,
     tls: Option<ClientTlsConfig>,
+    /// Which relay connection the next relay uses.
+    next_relay: std::sync::atomic::AtomicUsize,
 }
 
 impl Peers {
@@ -56,12 +69,21 @@ impl Peers {
             }
             c
         });
-        Ok(Arc::new(Peers { channels: Mutex::new(HashMap::new()), credential: Credential(value), tls }))
+        Ok(Arc::new(Peers {
+            channels: Mutex::new(HashMap::new()),
+            credential: Credential(value),
+            tls,
+            next_relay: Default::default(),
+        }))
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, tonic::Status> {
+    fn channel(&self, addr: &str, relay: Option<usize>) -> Result<Channel, tonic::Status> {
+        let key = match relay {
+            None => addr.to_string(),
+            Some(i) => format!("relay{i}@{addr}"),
+        };
         let mut map = self.channels.lock().expect("peer map lock");
-        if let Some(c) = map.get(addr) {
+        if let Some(c) = map.get(&key) {
             return Ok(c.clone());
         }
         let scheme = if self.tls.is_some() { "https" } else { "http" };
@@ -72,24 +94,40 @@ impl Peers {
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
+        if relay.is_some() {
+            ep = ep
+                .initial_stream_window_size(RELAY_STREAM_WINDOW)
+                .initial_connection_window_size(RELAY_CONNECTION_WINDOW);
+        }
         if let Some(tls) = &self.tls {
             ep = ep.tls_config(tls.clone()).map_err(|e| tonic::Status::internal(format!("internal TLS: {e}")))?;
         }
         let ch = ep.connect_lazy();
-        map.insert(addr.to_string(), ch.clone());
+        map.insert(key, ch.clone());
         Ok(ch)
     }
 
-    /// A client for the node at `addr` (its raft address).
-    pub fn client(&self, addr: &str) -> Result<PeerClient, tonic::Status> {
-        let ch = self.channel(addr)?;
-        Ok(InternalClient::with_interceptor(ch, self.credential.clone())
+    fn wrap(&self, ch: Channel) -> PeerClient {
+        InternalClient::with_interceptor(ch, self.credential.clone())
             .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE))
+            .max_encoding_message_size(MAX_MESSAGE)
     }
 
-    /// Forgets a peer's channel, e.g. after it was removed from the cluster.
+    /// A client for the node at `addr` (its raft address), for Raft and other control calls.
+    pub fn client(&self, addr: &str) -> Result<PeerClient, tonic::Status> {
+        Ok(self.wrap(self.channel(addr, None)?))
+    }
+
+    /// A client for relaying a public connection to the node at `addr`, on a connection that
+    /// carries no Raft traffic.
+    pub fn relay_client(&self, addr: &str) -> Result<PeerClient, tonic::Status> {
+        let i = self.next_relay.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % RELAY_CONNECTIONS;
+        Ok(self.wrap(self.channel(addr, Some(i))?))
+    }
+
+    /// Forgets a peer's channels, e.g. after it was removed from the cluster.
     pub fn forget(&self, addr: &str) {
-        self.channels.lock().expect("peer map lock").remove(addr);
+        let relay_suffix = format!("@{addr}");
+        self.channels.lock().expect("peer map lock").retain(|k, _| k != addr && !k.ends_with(&relay_suffix));
     }
 }

@@ -100,6 +100,9 @@ pub fn from_blob<T: DeserializeOwned>(b: &Blob) -> Result<T, tonic::Status> {
     serde_json::from_slice(&b.json).map_err(|e| tonic::Status::invalid_argument(format!("undecodable message: {e}")))
 }
 
+/// Least time an AppendEntries call may take before the follower counts as unreachable.
+const APPEND_TTL: Duration = Duration::from_millis(500);
+
 impl PeerConn {
     /// One unary call with a deadline; the deadline expiring counts as unreachable.
     async fn unary<Req, Resp, F, Fut>(&self, req: &Req, ttl: Duration, call: F) -> Result<Resp, Failure>
@@ -127,7 +130,11 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.unary(&rpc, option.soft_ttl(), |mut c, b| async move { c.append_entries(b).await })
+        // openraft offers three quarters of a heartbeat (75 ms by default). A follower that is
+        // merely busy (a large batch on a loaded machine) can take longer; giving up then only
+        // resends the same entries to an even busier node. A dead or cut-off follower costs
+        // this long per attempt, and the other followers carry the quorum meanwhile.
+        self.unary(&rpc, option.soft_ttl().max(APPEND_TTL), |mut c, b| async move { c.append_entries(b).await })
             .await
             .map_err(Failure::into_rpc)
     }

@@ -49,7 +49,7 @@ pub async fn connect(
     addr: &str,
     open: RelayOpen,
 ) -> Result<(DuplexStream, tokio::sync::mpsc::WeakSender<RelayFrame>), Status> {
-    let mut client = peers.client(addr)?;
+    let mut client = peers.relay_client(addr)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<RelayFrame>(WINDOW);
     tx.send(RelayFrame { payload: Some(Payload::Open(open)) })
         .await

@@ -103,6 +103,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         );
         let mut builder = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            // Relays stream data to us: the same windows as the callers' relay connections.
+            .initial_stream_window_size(crate::peers::RELAY_STREAM_WINDOW)
+            .initial_connection_window_size(crate::peers::RELAY_CONNECTION_WINDOW)
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)));
         if let Some(tls) = &cfg.internal_tls {

@@ -32,6 +32,8 @@ use crate::tunnels::Holdings;
 const MAX_CONNECTIONS: usize = 10_000;
 /// Most tunnels one SSH session may forward.
 const MAX_FORWARDS_PER_SESSION: usize = 64;
+/// Most session channels one SSH session may open (each only shows the log; one is enough).
+const MAX_SESSION_CHANNELS: u32 = 4;
 
 /// Waits for the replicated host key, then serves SSH until `stop`.
 pub async fn serve(node: NodeRef, listener: TcpListener, holdings: Arc<Holdings>, stop: CancellationToken) {
@@ -62,6 +64,9 @@ pub async fn serve(node: NodeRef, listener: TcpListener, holdings: Arc<Holdings>
         inactivity_timeout: None,
         nodelay: true,
         max_auth_attempts: 6,
+        // Bigger packets and windows than russh's defaults: fewer packets per byte relayed.
+        maximum_packet_size: 65536,
+        window_size: 8 * 1024 * 1024,
         ..Default::default()
     });
     tracing::info!(addr = ?listener.local_addr().ok(), "SSH server listening");
@@ -115,6 +120,8 @@ struct SessionState {
     claims: HashMap<Uuid, u64>,
     /// The session channel that gets the banner and the log lines.
     log_channel: Option<ChannelId>,
+    /// Session channels opened so far.
+    session_channels: u32,
 }
 
 struct SshSession {
@@ -183,10 +190,20 @@ impl russh::server::Handler for SshSession {
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let claims: Vec<(Uuid, u64)> = {
+        let claims: Option<Vec<(Uuid, u64)>> = {
             let mut st = self.state.lock().expect("ssh state");
-            st.log_channel = Some(channel.id());
-            st.claims.iter().map(|(t, e)| (*t, *e)).collect()
+            if st.session_channels >= MAX_SESSION_CHANNELS {
+                None
+            } else {
+                st.session_channels += 1;
+                st.log_channel = Some(channel.id());
+                Some(st.claims.iter().map(|(t, e)| (*t, *e)).collect())
+            }
+        };
+        let Some(claims) = claims else {
+            tracing::info!(peer = %self.peer, "session channel refused: too many in one SSH session");
+            reply.reject(russh::ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
         };
         // Forwards requested before the session channel opened log to it from now on.
         for (tunnel_id, epoch) in claims {

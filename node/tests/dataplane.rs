@@ -690,3 +690,42 @@ async fn the_session_log_shows_tcp_connections_taken_by_any_node() {
         assert!(sent > 0 && got > sent, "{line}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ssh_session_opens_at_most_four_session_channels() {
+    struct Trusting;
+    impl russh::client::Handler for Trusting {
+        type Error = russh::Error;
+        async fn check_server_key(&mut self, _: &russh::keys::PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+            Ok(true)
+        }
+    }
+    let c = TestCluster::builder().nodes(1).start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, u, _api) = ssh_user(&c, dir.path(), 1, "quinn").await;
+    let key = std::sync::Arc::new(russh::keys::load_secret_key(&key, None).unwrap());
+    let config = std::sync::Arc::new(russh::client::Config::default());
+    let mut h = russh::client::connect(config, (c.nodes[&1].ip.as_str(), 2222), Trusting).await.unwrap();
+    let auth = h
+        .authenticate_publickey(&u.user_name, russh::keys::PrivateKeyWithHashAlg::new(key, None))
+        .await
+        .unwrap();
+    assert!(matches!(auth, russh::client::AuthResult::Success), "{auth:?}");
+    let mut open = Vec::new();
+    for i in 0..4 {
+        open.push(h.channel_open_session().await.unwrap_or_else(|e| panic!("session channel {i}: {e}")));
+    }
+    assert!(h.channel_open_session().await.is_err(), "a fifth session channel is refused");
+    // The session itself goes on: the open channels still get their banner.
+    open[0].request_shell(true).await.unwrap();
+    let mut banner = String::new();
+    while let Some(msg) = tokio::time::timeout(Duration::from_secs(10), open[0].wait()).await.unwrap() {
+        if let russh::ChannelMsg::Data { data } = msg {
+            banner.push_str(&String::from_utf8_lossy(&data));
+            if banner.contains("Welcome to mysocket") {
+                break;
+            }
+        }
+    }
+    assert!(banner.contains("Welcome to mysocket"), "{banner}");
+}
