@@ -9,6 +9,14 @@ fn run(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// A valid start of a command line (data dir `d`, secret file `s`) and then `extra`, which
+/// is what is wrong with it.
+fn with_base<'a>(d: &'a str, s: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["--id", "1", "--data-dir", d, "--cluster-secret-file", s, "--initial-cluster", "1=127.0.0.1:7071"];
+    v.extend_from_slice(extra);
+    v
+}
+
 #[test]
 fn bad_flags_are_refused_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -43,98 +51,12 @@ fn bad_flags_are_refused_with_a_clear_message() {
             ],
             "cannot read",
         ),
-        (
-            vec![
-                "--id",
-                "1",
-                "--data-dir",
-                d,
-                "--cluster-secret-file",
-                s,
-                "--initial-cluster",
-                "1=127.0.0.1:7071",
-                "--tcp-ports",
-                "9-3",
-            ],
-            "MIN-MAX",
-        ),
-        (
-            vec![
-                "--id",
-                "1",
-                "--data-dir",
-                d,
-                "--cluster-secret-file",
-                s,
-                "--initial-cluster",
-                "1=127.0.0.1:7071",
-                "--tls-cert",
-                s,
-                "--tls-key",
-                s,
-            ],
-            "no certificate in the PEM file",
-        ),
-        (
-            vec![
-                "--id",
-                "1",
-                "--data-dir",
-                d,
-                "--cluster-secret-file",
-                s,
-                "--initial-cluster",
-                "1=127.0.0.1:7071",
-                "--tls-cert",
-                s,
-            ],
-            "both --tls-cert and --tls-key",
-        ),
-        (
-            vec![
-                "--id",
-                "1",
-                "--data-dir",
-                d,
-                "--cluster-secret-file",
-                s,
-                "--initial-cluster",
-                "1=127.0.0.1:7071",
-                "--join",
-                "http://x:7070",
-            ],
-            "not both",
-        ),
-        (
-            vec![
-                "--id",
-                "1",
-                "--data-dir",
-                d,
-                "--cluster-secret-file",
-                s,
-                "--initial-cluster",
-                "1=127.0.0.1:7071",
-                "--host",
-                "nope",
-            ],
-            "not an IP",
-        ),
-        (
-            vec![
-                "--id",
-                "1",
-                "--data-dir",
-                d,
-                "--cluster-secret-file",
-                s,
-                "--initial-cluster",
-                "1=127.0.0.1:7071",
-                "--internal-tls-cert",
-                s,
-            ],
-            "internal TLS needs",
-        ),
+        (with_base(d, s, &["--tcp-ports", "9-3"]), "MIN-MAX"),
+        (with_base(d, s, &["--tls-cert", s, "--tls-key", s]), "no certificate in the PEM file"),
+        (with_base(d, s, &["--tls-cert", s]), "both --tls-cert and --tls-key"),
+        (with_base(d, s, &["--join", "http://x:7070"]), "not both"),
+        (with_base(d, s, &["--host", "nope"]), "not an IP"),
+        (with_base(d, s, &["--internal-tls-cert", s]), "internal TLS needs"),
         (vec!["--id", "x"], "invalid value"),
         (vec!["--no-such-flag"], "unexpected argument"),
     ];

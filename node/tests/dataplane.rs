@@ -706,10 +706,8 @@ async fn an_ssh_session_opens_at_most_four_session_channels() {
     let key = std::sync::Arc::new(russh::keys::load_secret_key(&key, None).unwrap());
     let config = std::sync::Arc::new(russh::client::Config::default());
     let mut h = russh::client::connect(config, (c.nodes[&1].ip.as_str(), 2222), Trusting).await.unwrap();
-    let auth = h
-        .authenticate_publickey(&u.user_name, russh::keys::PrivateKeyWithHashAlg::new(key, None))
-        .await
-        .unwrap();
+    let auth =
+        h.authenticate_publickey(&u.user_name, russh::keys::PrivateKeyWithHashAlg::new(key, None)).await.unwrap();
     assert!(matches!(auth, russh::client::AuthResult::Success), "{auth:?}");
     let mut open = Vec::new();
     for i in 0..4 {
