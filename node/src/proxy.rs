@@ -4,6 +4,7 @@
 //! `X-Forwarded-For/-Proto/-Host`, Basic auth for protected sockets, clear 404/401/502/503
 //! pages.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,6 +66,18 @@ fn page(status: StatusCode, title: &str, detail: &str) -> Response<Body> {
 
 /// Serves public HTTP until `stop`.
 pub async fn serve_http(node: NodeRef, holdings: Arc<Holdings>, listener: TcpListener, stop: CancellationToken) {
+    // One sweeper for the upstream pool that HTTP and HTTPS share.
+    {
+        let (holdings, stop) = (holdings.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => holdings.upstreams.sweep(),
+                }
+            }
+        });
+    }
     crate::accept::serve(listener, MAX_CONNECTIONS, "public HTTP", stop, |stream, peer| {
         let (node, holdings) = (node.clone(), holdings.clone());
         async move { serve_connection(node, holdings, TokioIo::new(stream), peer, "http", false).await }
@@ -113,6 +126,7 @@ pub async fn serve_connection<I>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let upstream: Arc<Mutex<Option<Upstream>>> = Arc::default();
+    let (pool, ours) = (holdings.clone(), upstream.clone());
     let svc = hyper::service::service_fn(move |req| {
         let (node, holdings, upstream) = (node.clone(), holdings.clone(), upstream.clone());
         async move { Ok::<_, Infallible>(handle(node, holdings, upstream, peer, scheme, req).await) }
@@ -133,6 +147,64 @@ pub async fn serve_connection<I>(
     };
     if let Err(e) = ended {
         tracing::debug!(%peer, error = %e, "public connection ended");
+    }
+    // The upstream outlives this client: the next public connection of the socket takes it.
+    let left = ours.lock().await.take();
+    if let Some((socket_id, sender, log)) = left {
+        pool.upstreams.put(socket_id, sender, log).await;
+    }
+}
+
+/// Idle upstream connections (HTTP/1.1 through a tunnel) per socket, which new public
+/// connections take before opening a channel through the tunnel: a round trip to the tunnel
+/// client and a connection to the service saved per public connection. A connection through a
+/// session that was superseded or released is closed with that session, and such connections
+/// are never taken. Bounded per socket and in idle time.
+#[derive(Default)]
+pub struct UpstreamPool {
+    map: std::sync::Mutex<HashMap<Uuid, Vec<(Instant, SendRequest, LogSink)>>>,
+}
+
+type SendRequest = hyper::client::conn::http1::SendRequest<Incoming>;
+
+/// Idle upstream connections kept per socket.
+const POOL_PER_SOCKET: usize = 32;
+/// How long an upstream connection may wait idle in the pool.
+const POOL_IDLE: Duration = Duration::from_secs(30);
+
+impl UpstreamPool {
+    /// An idle upstream connection to the socket's service that can take a request now.
+    fn take(&self, socket_id: &Uuid) -> Option<(SendRequest, LogSink)> {
+        let mut map = self.map.lock().expect("upstream pool");
+        let idle = map.get_mut(socket_id)?;
+        while let Some((at, sender, log)) = idle.pop() {
+            if at.elapsed() < POOL_IDLE && sender.is_ready() {
+                return Some((sender, log));
+            }
+        }
+        None
+    }
+
+    /// Keeps `sender` for later once it is ready for another request (the last response may
+    /// still be finishing); one that does not become ready soon is dropped.
+    async fn put(&self, socket_id: Uuid, mut sender: SendRequest, log: LogSink) {
+        if !matches!(tokio::time::timeout(Duration::from_millis(500), sender.ready()).await, Ok(Ok(()))) {
+            return;
+        }
+        let mut map = self.map.lock().expect("upstream pool");
+        let idle = map.entry(socket_id).or_default();
+        if idle.len() >= POOL_PER_SOCKET {
+            idle.remove(0);
+        }
+        idle.push((Instant::now(), sender, log));
+    }
+
+    /// Drops connections idle too long or closed.
+    pub fn sweep(&self) {
+        self.map.lock().expect("upstream pool").retain(|_, idle| {
+            idle.retain(|(at, sender, _)| at.elapsed() < POOL_IDLE && !sender.is_closed());
+            !idle.is_empty()
+        });
     }
 }
 
@@ -383,9 +455,28 @@ async fn handle(
     }
 
     let is_upgrade = req.headers().contains_key(header::UPGRADE);
+    if !is_upgrade {
+        // Hop-by-hop: they concern the public connection, not the one through the tunnel,
+        // which stays open for the next request whatever the client said about its own.
+        let hs = req.headers_mut();
+        for h in ["connection", "keep-alive", "proxy-connection"] {
+            hs.remove(h);
+        }
+    }
     let mut guard = upstream.lock().await;
     let reuse = matches!(&*guard, Some((sid, s, _)) if *sid == socket.socket_id && s.is_ready() && !is_upgrade);
     if !reuse {
+        if let Some((sid, sender, log)) = guard.take() {
+            // This connection moves to another socket: its upstream serves others meanwhile.
+            holdings.upstreams.put(sid, sender, log).await;
+        }
+        if !is_upgrade {
+            if let Some((sender, log)) = holdings.upstreams.take(&socket.socket_id) {
+                *guard = Some((socket.socket_id, sender, log));
+            }
+        }
+    }
+    if guard.is_none() {
         let (stream, log) = match open_upstream(&node, &holdings, &socket.socket_id, peer, false).await {
             Ok(x) => x,
             Err(e) => return e.page(),

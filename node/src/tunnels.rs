@@ -32,6 +32,8 @@ pub struct Holding {
 #[derive(Default)]
 pub struct Holdings {
     map: Mutex<HashMap<Uuid, Holding>>,
+    /// Idle HTTP connections through the tunnels (held here or relayed), per socket.
+    pub upstreams: crate::proxy::UpstreamPool,
 }
 
 impl Holdings {

@@ -727,3 +727,40 @@ async fn an_ssh_session_opens_at_most_four_session_channels() {
     }
     assert!(banner.contains("Welcome to mysocket"), "{banner}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_public_connections_reuse_idle_upstream_connections() {
+    let c = TestCluster::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, u, api) = ssh_user(&c, dir.path(), 1, "rita").await;
+    let (origin_port, accepted) = counting_origin().await;
+    let s = api.connect(&SocketCreate { name: "web".into(), ..Default::default() }).await.unwrap();
+    let _t = ssh_forward(&key, &u.user_name, &c.nodes[&1].ip, s.tunnels[0].local_port, origin_port);
+    // Node 1 holds the tunnel, node 2 relays: both keep their upstream for the next client.
+    for id in [1u64, 2] {
+        let ip = c.nodes[&id].ip.clone();
+        eventually(Duration::from_secs(20), &format!("the socket through node {id}"), || {
+            let (ip, host) = (ip.clone(), s.dnsname.clone());
+            async move { (get(&ip, &host, None).await.0 == 200).then_some(()) }
+        })
+        .await;
+        let before = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        for i in 0..10 {
+            // A new public connection each time, which asks to be closed after the answer.
+            let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+            let resp = client
+                .get(format!("http://{ip}:8080/round-{i}"))
+                .header("host", &s.dnsname)
+                .header("connection", "close")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let body = resp.text().await.unwrap().to_ascii_lowercase();
+            assert!(body.contains(&format!("get /round-{i} ")), "{body}");
+            assert!(!body.contains("connection: close"), "a hop-by-hop header reached the service: {body}");
+        }
+        let opened = accepted.load(std::sync::atomic::Ordering::SeqCst) - before;
+        assert!(opened <= 2, "10 public connections through node {id} opened {opened} connections to the service");
+    }
+}

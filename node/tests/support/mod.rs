@@ -318,11 +318,19 @@ impl Drop for TestCluster {
 
 /// A tiny origin: answers every request with its request head as the body.
 pub async fn origin() -> u16 {
+    counting_origin().await.0
+}
+
+/// [`origin`], and how many connections it has accepted.
+pub async fn counting_origin() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
     tokio::spawn(async move {
         loop {
             let Ok((mut s, _)) = l.accept().await else { return };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -347,7 +355,7 @@ pub async fn origin() -> u16 {
             });
         }
     });
-    port
+    (port, accepted)
 }
 
 /// A CA and one certificate (server and client) valid for the given IPs: (ca, cert, key) PEM.
