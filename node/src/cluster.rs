@@ -117,8 +117,8 @@ impl Node {
     }
 
     /// Proposes a request and waits for it to be applied, batched with this node's other
-    /// writes and forwarded to the leader as needed. Retries reuse the request id, so a write that landed before a failure is not applied
-    /// twice.
+    /// writes and forwarded to the leader as needed. Retries reuse the request id, so a write
+    /// that landed before a failure is not applied twice.
     pub async fn write_request(&self, req: Request) -> Result<Response, ClusterError> {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
