@@ -260,7 +260,7 @@ fn local_tunnels(node: &NodeRef, holdings: &Holdings, socket_id: &Uuid) -> Vec<H
 }
 
 /// The HTTP/1.1 connection through a tunnel that a public connection's requests reuse.
-type Upstream = (Uuid, hyper::client::conn::http1::SendRequest<Incoming>, LogSink);
+type Upstream = (Uuid, SendRequest, LogSink);
 
 /// Where a public connection's log lines go: the SSH session holding the tunnel on this node,
 /// or, for a relayed connection, along the relay to the holder, which writes them there.
