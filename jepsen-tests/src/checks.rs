@@ -16,12 +16,14 @@ use crate::workload::api;
 use crate::workload::Fixture;
 use crate::workload::Op;
 use crate::workload::Outcome;
+use crate::workload::TunnelFixture;
 
 /// A superseded session may serve for this long after the newer claim was acknowledged (the
 /// old holder applies the claim and closes its session in milliseconds).
 const FENCING_GRACE_NS: u64 = 1_000_000_000;
-/// Probes this soon after a fault healed are not judged for fencing: a node that was cut off
-/// routes from its stale replica until it has caught up, which the design allows.
+/// Probes served by a node this soon before or after a fault that touched it are not judged for
+/// fencing: a node that was cut off, paused or killed serves from its stale replica until it has
+/// caught up, which the design allows.
 const SETTLE_NS: u64 = 3_000_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -269,10 +271,10 @@ pub struct ProbeReport {
     pub recovery_ms: Vec<Option<u64>>,
 }
 
-pub fn check_probes(history: &[Op], fx: &Fixture, faults: &[Applied]) -> ProbeReport {
+pub fn check_probes(history: &[Op], tunnels: &[TunnelFixture], faults: &[Applied]) -> ProbeReport {
     let mut anomalies = Vec::new();
     let tunnel_of: BTreeMap<&str, &str> =
-        fx.tunnels.iter().map(|t| (t.socket_id.as_str(), t.tunnel_id.as_str())).collect();
+        tunnels.iter().map(|t| (t.socket_id.as_str(), t.tunnel_id.as_str())).collect();
     // (mover, seq) -> claim op; tunnel -> acknowledged claims.
     let mut claims: BTreeMap<(u64, u64), &Op> = BTreeMap::new();
     let mut acked: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
@@ -283,10 +285,14 @@ pub fn check_probes(history: &[Op], fx: &Fixture, faults: &[Applied]) -> ProbeRe
             acked.entry(op.key.as_str()).or_default().push(op);
         }
     }
-    let unsettled = |t: u64| {
+    // Only a fault that touched the serving node can excuse it: a node that was not cut off,
+    // paused or killed applies the newer claim as soon as it commits. A lossy link slows the
+    // log to every node, so it excuses them all.
+    let unsettled = |t: u64, serving_node: usize| {
         faults.iter().any(|f| {
             let end = f.end.unwrap_or(u64::MAX);
-            t + SETTLE_NS >= f.start && t <= end.saturating_add(SETTLE_NS)
+            let touched = f.kind == "lossy-link" || f.nodes.contains(&serving_node);
+            touched && t + SETTLE_NS >= f.start && t <= end.saturating_add(SETTLE_NS)
         })
     };
     let probes: Vec<&Op> = history.iter().filter(|o| o.kind == "probe").collect();
@@ -306,7 +312,7 @@ pub fn check_probes(history: &[Op], fx: &Fixture, faults: &[Applied]) -> ProbeRe
         let (Some(mover), Some(seq)) = (p.value["mover"].as_u64(), p.value["seq"].as_u64()) else { continue };
         let Some(serving) = claims.get(&(mover, seq)) else { continue };
         let (Some(serving_ret), Some(tunnel)) = (serving.ret, tunnel_of.get(p.key.as_str())) else { continue };
-        if unsettled(p.call) {
+        if unsettled(p.call, serving.node) {
             continue;
         }
         let newer = acked
@@ -428,5 +434,82 @@ mod tests {
             ops.push(op(3, OwnIn::Read, Some(OwnOut::Read(Some(seen))), 40, Some(50)));
             assert_eq!(verdict(&ops), checker::Verdict::Ok, "{seen:?}");
         }
+    }
+
+    fn probe_op(node: usize, call: u64, mover: u64, seq: u64) -> Op {
+        Op {
+            client: 100,
+            kind: "probe".into(),
+            key: "s".into(),
+            node,
+            call,
+            ret: Some(call + 1_000_000),
+            outcome: Outcome::Ok,
+            value: serde_json::json!({ "socket_id": "s", "mover": mover, "seq": seq }),
+        }
+    }
+
+    fn claim_op(mover: u64, seq: u64, node: usize, call: u64, ret: u64) -> Op {
+        Op {
+            client: mover,
+            kind: "claim".into(),
+            key: "t".into(),
+            node,
+            call,
+            ret: Some(ret),
+            outcome: Outcome::Ok,
+            value: serde_json::json!({ "seq": seq }),
+        }
+    }
+
+    fn fault(kind: &str, nodes: Vec<usize>, start_s: u64, end_s: u64) -> Applied {
+        Applied {
+            kind: kind.into(),
+            start: start_s * 1_000_000_000,
+            end: Some(end_s * 1_000_000_000),
+            nodes,
+            detail: String::new(),
+            error: None,
+        }
+    }
+
+    fn fencing(history: &[Op], faults: &[Applied]) -> Verdict {
+        let tunnels = [TunnelFixture {
+            socket_id: "s".into(),
+            tunnel_id: "t".into(),
+            dnsname: "s.test".into(),
+            relay_port: 1,
+        }];
+        check_probes(history, &tunnels, faults).fencing
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    /// Mover 1 claims through node 1 at 1 s, mover 2 through node 2 at 2 s; a probe at 10 s is
+    /// still served by mover 1's superseded session on node 1.
+    fn superseded_history() -> Vec<Op> {
+        vec![claim_op(1, 1, 1, S, S + S / 10), claim_op(2, 1, 2, 2 * S, 2 * S + S / 10), probe_op(3, 10 * S, 1, 1)]
+    }
+
+    #[test]
+    fn a_superseded_session_serving_is_caught() {
+        assert_eq!(fencing(&superseded_history(), &[]), Verdict::Invalid);
+        // The newest claim serving is fine.
+        let mut ok = superseded_history();
+        ok[2] = probe_op(3, 10 * S, 2, 1);
+        assert_eq!(fencing(&ok, &[]), Verdict::Valid);
+    }
+
+    #[test]
+    fn only_a_fault_that_touched_the_serving_node_excuses_it() {
+        let h = superseded_history();
+        // Node 3 paused around the probe: node 1 applied the newer claim regardless.
+        assert_eq!(fencing(&h, &[fault("pause-leader", vec![3], 8, 11)]), Verdict::Invalid);
+        // Node 1 itself cut off until 9 s: it may serve from its stale replica for a while.
+        assert_eq!(fencing(&h, &[fault("partition-leader-minority", vec![1], 4, 9)]), Verdict::Valid);
+        // A lossy link slows the log to every node.
+        assert_eq!(fencing(&h, &[fault("lossy-link", vec![2], 8, 11)]), Verdict::Valid);
+        // Long after node 1's fault healed, it must have caught up.
+        assert_eq!(fencing(&h, &[fault("pause-random", vec![1], 3, 5)]), Verdict::Invalid);
     }
 }

@@ -253,7 +253,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     anomalies.extend(a);
     let (convergence, a, digests) = checks::check_convergence(n).await;
     anomalies.extend(a);
-    let probes = checks::check_probes(&history, &fx, &faults);
+    let probes = checks::check_probes(&history, &fx.tunnels, &faults);
     anomalies.extend(probes.anomalies.clone());
     observe_stop.store(true, Ordering::Relaxed);
     let _ = observer.await;
