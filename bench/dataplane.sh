@@ -2,10 +2,12 @@
 # Data plane: the same local origin (an iperf3 server and nginx) reached directly, through
 # OpenSSH `ssh -R`, bore, rathole, and mysocket (the tunnel on the node that takes the public
 # connection, and relayed from another node), with the same tools and durations for every row,
-# in one run on this machine. Then the resident memory a node spends per idle tunnel.
+# in one run on this machine; and the resident memory a node spends per idle tunnel (measured
+# first, while node 1 is fresh).
 #
 #   bench/dataplane.sh          # SECS=5 per measurement, TUNNELS=1000 idle tunnels
 #   SKIP_BUILD=1 bench/dataplane.sh   # use the binaries already in $CARGO_TARGET_DIR/release
+#   ONLY=mysocket TUNNELS=0 bench/dataplane.sh   # only the rows matching ONLY; no idle tunnels
 #
 # Per row: iperf3 -t SECS (sender Gbit/s); wrk -t2 -c50 -dSECS --latency (keep-alive req/s,
 # p50, p99); the same wrk with `Connection: close` (every request on a new connection: the
@@ -129,6 +131,7 @@ declare -A GBIT
 FMT="%-19s %7s %12s %8s %8s %11s %7s\n"
 measure() { # name iperf_host iperf_port http_url host_header
   local name=$1 ih=$2 ip=$3 url=$4 host=$5 gbit row
+  if [[ -n "${ONLY:-}" && ! "$name" =~ $ONLY ]]; then return 0; fi
   # The iperf3 server runs one test at a time and may still be closing the previous one:
   # one retry after a pause.
   iperf3 -c "$ih" -p "$ip" -t "$SECS" -J >"$WORK/iperf.json" 2>&1 ||
@@ -283,33 +286,7 @@ else
 fi
 NODE1_PID="$(cat "$CLUSTER_DIR/node-1.pid")"
 
-export MYSOCKET_API="http://127.0.0.1:7070" MYSOCKET_TOKEN_FILE="$WORK/token"
-EMAIL="bench-$(date +%s)-$$@example.com"
-"$CTL" account create --name "Data plane bench" --email "$EMAIL" --password bench-password-1 \
-  --sshkey "$WORK/userkey.pub" >"$WORK/account.log" 2>&1
-"$CTL" login --email "$EMAIL" --password bench-password-1 >"$WORK/login.log" 2>&1
-bg ctl-iperf "$CTL" connect --port $ORIGIN_IPERF --type tcp --name bench-iperf --identity "$WORK/userkey"
-bg ctl-web "$CTL" connect --port $ORIGIN_HTTP --type http --name bench-web --identity "$WORK/userkey"
-for _ in $(seq 1 150); do
-  grep -q "tunnel up via" "$WORK/ctl-iperf.log" && grep -q "tunnel up via" "$WORK/ctl-web.log" && break
-  sleep 0.1
-done
-VIA="$(grep -ho 'tunnel up via [^:]*' "$WORK/ctl-iperf.log" "$WORK/ctl-web.log" | sort -u | tr '\n' ' ')"
-read -r IPORT WNAME <<<"$("$CTL" socket ls --output json | python3 -c '
-import json, sys
-s = {x["name"]: x for x in json.load(sys.stdin)}
-print(s["bench-iperf"]["socket_tcp_ports"][0], s["bench-web"]["dnsname"])')"
-if [[ "$VIA" == "tunnel up via 127.0.0.1 " ]]; then
-  measure "mysocket same-node" 127.0.0.1 "$IPORT" "http://127.0.0.1:8080/" "$WNAME"
-  measure "mysocket relayed" 127.0.0.2 "$IPORT" "http://127.0.0.2:8080/" "$WNAME"
-else
-  echo "mysocketctl tunnels not up on node 1 (${VIA:-none}):" >&2
-  tail -n 5 "$WORK/ctl-iperf.log" "$WORK/ctl-web.log" >&2
-  na_row "mysocket same-node"
-  na_row "mysocket relayed"
-fi
-
-# --- node 1's resident memory with TUNNELS idle tunnels ---
+# --- node 1's resident memory with TUNNELS idle tunnels, before the traffic below grows its heap ---
 cat >"$WORK/idle_tunnels.py" <<'EOF'
 """Open N idle tunnels to one node (one SSH session each, with one remote forward of a
 tunnel's relay port, as N `mysocketctl connect`s would) and report that node's VmRSS before
@@ -441,7 +418,9 @@ async def main():
 asyncio.run(main())
 EOF
 IDLE_LINE=""
-if "$VENV/bin/python" -c 'import asyncssh' 2>/dev/null; then
+if ((TUNNELS == 0)); then
+  IDLE_LINE="idle tunnels: not measured (TUNNELS=0)"
+elif "$VENV/bin/python" -c 'import asyncssh' 2>/dev/null; then
   "$VENV/bin/python" "$WORK/idle_tunnels.py" http://127.0.0.1:7070 127.0.0.1 2222 "$NODE1_PID" \
     "$TUNNELS" "$PER_ACCOUNT" "$WORK/userkey" $ORIGIN_HTTP >"$WORK/idle.json" 2>"$WORK/idle.err" &
   PIDS+=($!)
@@ -462,6 +441,33 @@ print(line)
 EOF
 )"
 fi
+
+export MYSOCKET_API="http://127.0.0.1:7070" MYSOCKET_TOKEN_FILE="$WORK/token"
+EMAIL="bench-$(date +%s)-$$@example.com"
+"$CTL" account create --name "Data plane bench" --email "$EMAIL" --password bench-password-1 \
+  --sshkey "$WORK/userkey.pub" >"$WORK/account.log" 2>&1
+"$CTL" login --email "$EMAIL" --password bench-password-1 >"$WORK/login.log" 2>&1
+bg ctl-iperf "$CTL" connect --port $ORIGIN_IPERF --type tcp --name bench-iperf --identity "$WORK/userkey"
+bg ctl-web "$CTL" connect --port $ORIGIN_HTTP --type http --name bench-web --identity "$WORK/userkey"
+for _ in $(seq 1 150); do
+  grep -q "tunnel up via" "$WORK/ctl-iperf.log" && grep -q "tunnel up via" "$WORK/ctl-web.log" && break
+  sleep 0.1
+done
+VIA="$(grep -ho 'tunnel up via [^:]*' "$WORK/ctl-iperf.log" "$WORK/ctl-web.log" | sort -u | tr '\n' ' ')"
+read -r IPORT WNAME <<<"$("$CTL" socket ls --output json | python3 -c '
+import json, sys
+s = {x["name"]: x for x in json.load(sys.stdin)}
+print(s["bench-iperf"]["socket_tcp_ports"][0], s["bench-web"]["dnsname"])')"
+if [[ "$VIA" == "tunnel up via 127.0.0.1 " ]]; then
+  measure "mysocket same-node" 127.0.0.1 "$IPORT" "http://127.0.0.1:8080/" "$WNAME"
+  measure "mysocket relayed" 127.0.0.2 "$IPORT" "http://127.0.0.2:8080/" "$WNAME"
+else
+  echo "mysocketctl tunnels not up on node 1 (${VIA:-none}):" >&2
+  tail -n 5 "$WORK/ctl-iperf.log" "$WORK/ctl-web.log" >&2
+  na_row "mysocket same-node"
+  na_row "mysocket relayed"
+fi
+
 if [[ -z "$IDLE_LINE" ]]; then
   echo "idle tunnels: n/a" && tail -n 5 "$WORK/idle.err" >&2 2>/dev/null || true
 else

@@ -106,7 +106,8 @@ impl client::Handler for Forwarder {
                 Ok(mut local) => {
                     let _ = local.set_nodelay(true);
                     let mut remote = channel.into_stream();
-                    let _ = tokio::io::copy_bidirectional(&mut remote, &mut local).await;
+                    // Whole SSH packets (64 KiB) per channel message, not tokio's default 8 KiB.
+                    let _ = tokio::io::copy_bidirectional_with_sizes(&mut remote, &mut local, 64 << 10, 64 << 10).await;
                 }
                 Err(e) => {
                     eprintln!("connection from {from}: the local service at {host}:{port} is down ({e}); the visitor gets 502");

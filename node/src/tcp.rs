@@ -93,14 +93,14 @@ async fn accept_loop(
                 if kind == SocketType::Tls {
                     let Some(acceptor) = tls.read().expect("tls lock").clone() else { return None };
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(client)).await {
-                        Ok(Ok(mut s)) => tokio::io::copy_bidirectional(&mut s, &mut upstream).await.ok(),
+                        Ok(Ok(mut s)) => crate::proxy::pipe(&mut s, &mut upstream).await.ok(),
                         _ => {
                             tracing::debug!(%peer, "tls handshake failed");
                             None
                         }
                     }
                 } else {
-                    tokio::io::copy_bidirectional(&mut client, &mut upstream).await.ok()
+                    crate::proxy::pipe(&mut client, &mut upstream).await.ok()
                 }
             };
             // Deleting the socket closes its connections too.
