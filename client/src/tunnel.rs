@@ -135,9 +135,15 @@ async fn session_once(spec: &TunnelSpec, key: &Arc<russh::keys::PrivateKey>, ser
         .map_err(|e| anyhow!("the cluster's SSH host key from the API does not parse: {e}"))?;
     let mismatch = Arc::new(std::sync::Mutex::new(None));
     let handler = Forwarder { host: spec.host.clone(), port: spec.port, pinned, mismatch: mismatch.clone() };
-    let connected = tokio::time::timeout(Duration::from_secs(10), client::connect(config, server, handler))
-        .await
-        .map_err(|_| anyhow!("timed out connecting"))?;
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect(server).await?;
+        tcp.set_nodelay(true)?;
+        // Reads through a buffer: russh reads each packet's length, then its body, and small
+        // packets (a request, an answer) would cost two system calls each.
+        client::connect_stream(config, tokio::io::BufReader::with_capacity(8 * 1024, tcp), handler).await
+    };
+    let connected =
+        tokio::time::timeout(Duration::from_secs(10), connect).await.map_err(|_| anyhow!("timed out connecting"))?;
     if let Some(why) = mismatch.lock().expect("mismatch").take() {
         bail!("{why}");
     }

@@ -474,12 +474,8 @@ mod tests {
     }
 
     fn fencing(history: &[Op], faults: &[Applied]) -> Verdict {
-        let tunnels = [TunnelFixture {
-            socket_id: "s".into(),
-            tunnel_id: "t".into(),
-            dnsname: "s.test".into(),
-            relay_port: 1,
-        }];
+        let tunnels =
+            [TunnelFixture { socket_id: "s".into(), tunnel_id: "t".into(), dnsname: "s.test".into(), relay_port: 1 }];
         check_probes(history, &tunnels, faults).fencing
     }
 

@@ -390,7 +390,6 @@ pub async fn open_channel(
     Ok(ch.into_stream())
 }
 
-/// Writes a line to the session log of the SSH session holding `h`, if it has one.
 /// Copies both ways between a public connection and its way through a tunnel until both
 /// sides end: (bytes to the service, bytes to the client). Buffers of a full SSH packet, so a
 /// busy connection moves 64 KiB per channel message instead of tokio's default 8 KiB.
@@ -404,12 +403,10 @@ where
 
 const PIPE_BUFFER: usize = 64 * 1024;
 
+/// Writes a line to the session log of the SSH session holding `h`, if it has one.
 pub fn log_line(h: &Holding, line: String) {
-    if let Some(ch) = h.log {
-        let handle = h.handle.clone();
-        tokio::spawn(async move {
-            let _ = handle.data(ch, line.into_bytes()).await;
-        });
+    if let Some(log) = &h.log {
+        log.line(line);
     }
 }
 

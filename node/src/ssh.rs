@@ -27,6 +27,7 @@ use uuid::Uuid;
 use crate::cluster::NodeRef;
 use crate::tunnels::Holding;
 use crate::tunnels::Holdings;
+use crate::tunnels::SessionLog;
 
 /// Most concurrent SSH connections per node.
 const MAX_CONNECTIONS: usize = 10_000;
@@ -34,6 +35,8 @@ const MAX_CONNECTIONS: usize = 10_000;
 const MAX_FORWARDS_PER_SESSION: usize = 64;
 /// Most session channels one SSH session may open (each only shows the log; one is enough).
 const MAX_SESSION_CHANNELS: u32 = 4;
+/// Read buffer per SSH connection (allocated at once, resident once used).
+const SSH_READ_BUFFER: usize = 8 * 1024;
 
 /// Waits for the replicated host key, then serves SSH until `stop`.
 pub async fn serve(node: NodeRef, listener: TcpListener, holdings: Arc<Holdings>, stop: CancellationToken) {
@@ -82,6 +85,9 @@ pub async fn serve(node: NodeRef, listener: TcpListener, holdings: Arc<Holdings>
                 state: state.clone(),
                 per_account: per_account.clone(),
             };
+            // Reads through a buffer: russh reads each packet's length, then its body, and a
+            // busy tunnel's small packets would cost two system calls each.
+            let stream = tokio::io::BufReader::with_capacity(SSH_READ_BUFFER, stream);
             match russh::server::run_stream(config, stream, handler).await {
                 Ok(running) => {
                     if let Err(e) = running.await {
@@ -119,7 +125,7 @@ struct SessionState {
     /// Tunnels this session claimed: tunnel id -> epoch.
     claims: HashMap<Uuid, u64>,
     /// The session channel that gets the banner and the log lines.
-    log_channel: Option<ChannelId>,
+    log_channel: Option<SessionLog>,
     /// Session channels opened so far.
     session_channels: u32,
 }
@@ -188,7 +194,7 @@ impl russh::server::Handler for SshSession {
         &mut self,
         channel: Channel<Msg>,
         reply: russh::server::ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
         let claims: Option<Vec<(Uuid, u64)>> = {
             let mut st = self.state.lock().expect("ssh state");
@@ -196,7 +202,7 @@ impl russh::server::Handler for SshSession {
                 None
             } else {
                 st.session_channels += 1;
-                st.log_channel = Some(channel.id());
+                st.log_channel = Some(SessionLog::open(session.handle(), channel.id()));
                 Some(st.claims.iter().map(|(t, e)| (*t, *e)).collect())
             }
         };
@@ -206,8 +212,11 @@ impl russh::server::Handler for SshSession {
             return Ok(());
         };
         // Forwards requested before the session channel opened log to it from now on.
+        let log = self.state.lock().expect("ssh state").log_channel.clone();
         for (tunnel_id, epoch) in claims {
-            self.holdings.set_log(&tunnel_id, epoch, channel.id());
+            if let Some(log) = &log {
+                self.holdings.set_log(&tunnel_id, epoch, log.clone());
+            }
         }
         reply.accept().await;
         Ok(())
@@ -277,7 +286,7 @@ impl russh::server::Handler for SshSession {
                     handle: session.handle(),
                     bind_address: address.to_string(),
                     relay_port: *port,
-                    log: self.state.lock().expect("ssh state").log_channel,
+                    log: self.state.lock().expect("ssh state").log_channel.clone(),
                 });
                 self.state.lock().expect("ssh state").claims.insert(tunnel.tunnel_id, claim.epoch);
                 tracing::info!(

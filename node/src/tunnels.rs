@@ -26,7 +26,51 @@ pub struct Holding {
     pub bind_address: String,
     pub relay_port: u32,
     /// The session channel that gets log lines, if the client opened one.
-    pub log: Option<ChannelId>,
+    pub log: Option<SessionLog>,
+}
+
+/// Lines wait this long for company before they go out in one SSH message.
+const LOG_BATCH: std::time::Duration = std::time::Duration::from_millis(10);
+/// Lines waiting at most: a client that does not read its session channel loses lines, and the
+/// node no memory.
+const LOG_QUEUE: usize = 4096;
+/// Bytes of log text per SSH message at most.
+const LOG_MESSAGE: usize = 32 * 1024;
+
+/// The session channel of an SSH session, which gets the log lines of its tunnels. The lines of
+/// a busy tunnel go out together, a message per few milliseconds instead of a packet per
+/// request (each of which the client also prints with a write of its own).
+#[derive(Clone)]
+pub struct SessionLog {
+    pub channel: ChannelId,
+    lines: tokio::sync::mpsc::Sender<String>,
+}
+
+impl SessionLog {
+    /// Starts the writer; it ends with the session, or once the last holder of the log is gone.
+    pub fn open(handle: Handle, channel: ChannelId) -> SessionLog {
+        let (lines, mut rx) = tokio::sync::mpsc::channel::<String>(LOG_QUEUE);
+        tokio::spawn(async move {
+            while let Some(mut text) = rx.recv().await {
+                tokio::time::sleep(LOG_BATCH).await;
+                while text.len() < LOG_MESSAGE {
+                    match rx.try_recv() {
+                        Ok(more) => text.push_str(&more),
+                        Err(_) => break,
+                    }
+                }
+                if handle.data(channel, text.into_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        });
+        SessionLog { channel, lines }
+    }
+
+    /// Queues a line (ending in CRLF); dropped if the client is that far behind.
+    pub fn line(&self, line: String) {
+        let _ = self.lines.try_send(line);
+    }
 }
 
 #[derive(Default)]
@@ -46,7 +90,7 @@ impl Holdings {
     }
 
     /// Sends the log lines of a holding (if it still has `epoch`) to the session channel `log`.
-    pub fn set_log(&self, tunnel_id: &Uuid, epoch: u64, log: ChannelId) {
+    pub fn set_log(&self, tunnel_id: &Uuid, epoch: u64, log: SessionLog) {
         if let Some(h) = self.map.lock().expect("holdings").get_mut(tunnel_id).filter(|h| h.epoch == epoch) {
             h.log = Some(log);
         }
@@ -76,8 +120,8 @@ impl Holdings {
 
 fn close(h: Holding, why: &'static str) {
     tokio::spawn(async move {
-        if let Some(ch) = h.log {
-            let _ = h.handle.data(ch, format!("mysocket: {why}; closing.\r\n").into_bytes()).await;
+        if let Some(log) = &h.log {
+            let _ = h.handle.data(log.channel, format!("mysocket: {why}; closing.\r\n").into_bytes()).await;
         }
         let _ = h.handle.disconnect(russh::Disconnect::ByApplication, why.to_string(), String::new()).await;
     });
