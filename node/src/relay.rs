@@ -8,18 +8,26 @@ use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::ready;
+use std::task::Context;
+use std::task::Poll;
 use std::time::Duration;
 use std::time::Instant;
 
+use bytes::Bytes;
+use bytes::BytesMut;
 use futures::Stream;
 use futures::StreamExt;
 use mysocket_api::internal::relay_frame::Payload;
 use mysocket_api::internal::RelayFrame;
 use mysocket_api::internal::RelayOpen;
+use tokio::io::AsyncRead;
 use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
-use tokio::io::DuplexStream;
+use tokio::io::ReadBuf;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::PollSender;
 use tonic::Status;
 use uuid::Uuid;
 
@@ -27,14 +35,14 @@ use crate::peers::Peers;
 use crate::tunnels::Holding;
 use crate::tunnels::Holdings;
 
-/// Largest data frame.
-const FRAME: usize = 32 * 1024;
+/// Largest data frame: a full SSH packet.
+const FRAME: usize = 64 * 1024;
 /// Frames in flight per direction, on top of the transport's own flow control.
 const WINDOW: usize = 8;
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn data(bytes: &[u8]) -> RelayFrame {
-    RelayFrame { payload: Some(Payload::Data(bytes.to_vec())) }
+fn data(bytes: Bytes) -> RelayFrame {
+    RelayFrame { payload: Some(Payload::Data(bytes)) }
 }
 
 /// A line for the holder to write to the tunnel's session log.
@@ -48,7 +56,7 @@ pub async fn connect(
     peers: &Peers,
     addr: &str,
     open: RelayOpen,
-) -> Result<(DuplexStream, tokio::sync::mpsc::WeakSender<RelayFrame>), Status> {
+) -> Result<(RelayIo, tokio::sync::mpsc::WeakSender<RelayFrame>), Status> {
     let mut client = peers.relay_client(addr)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<RelayFrame>(WINDOW);
     tx.send(RelayFrame { payload: Some(Payload::Open(open)) })
@@ -57,12 +65,63 @@ pub async fn connect(
     let resp = tokio::time::timeout(OPEN_TIMEOUT, client.relay(ReceiverStream::new(rx)))
         .await
         .map_err(|_| Status::deadline_exceeded("relay open timed out"))??;
-    let (near, far) = tokio::io::duplex(FRAME * 2);
-    let (far_r, far_w) = tokio::io::split(far);
     let log = tx.downgrade();
-    pump_out(far_r, tx, |d| d, None);
-    pump_in(resp.into_inner(), far_w, None, None);
-    Ok((near, log))
+    Ok((RelayIo { tx: PollSender::new(tx), rx: resp.into_inner(), pending: Bytes::new(), eof: false }, log))
+}
+
+/// The caller's end of a relay as a byte stream: each write goes out as a data frame, data
+/// frames from the holder are read back. The stream ends (EOF) when the holder's does, or
+/// breaks off; shutting down the write side ends the holder's input.
+pub struct RelayIo {
+    tx: PollSender<RelayFrame>,
+    rx: tonic::Streaming<RelayFrame>,
+    /// What the last data frame still holds.
+    pending: Bytes,
+    eof: bool,
+}
+
+fn relay_closed() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the relay is closed")
+}
+
+impl AsyncRead for RelayIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if !this.pending.is_empty() {
+                let n = this.pending.len().min(buf.remaining());
+                buf.put_slice(&this.pending.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(this.rx.poll_next_unpin(cx)) {
+                Some(Ok(RelayFrame { payload: Some(Payload::Data(d)) })) => this.pending = d,
+                // Nothing else is meant for the caller.
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => this.eof = true,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for RelayIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        ready!(self.tx.poll_reserve(cx)).map_err(|_| relay_closed())?;
+        let n = buf.len().min(FRAME);
+        self.tx.send_item(data(Bytes::copy_from_slice(&buf[..n]))).map_err(|_| relay_closed())?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.tx.close();
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// The holder's line for a whole relayed connection, written when both directions are done.
@@ -89,26 +148,22 @@ impl Drop for ConnectionLog {
     }
 }
 
-/// Reads `r` into data frames on `tx` (wrapped by `wrap`) until either side ends.
-fn pump_out<R, T>(
-    mut r: R,
-    tx: tokio::sync::mpsc::Sender<T>,
-    wrap: fn(RelayFrame) -> T,
-    counted: Option<Arc<ConnectionLog>>,
-) where
+/// Reads `r` into data frames on `tx` until either side ends.
+fn pump_out<R>(mut r: R, tx: tokio::sync::mpsc::Sender<Result<RelayFrame, Status>>, counted: Option<Arc<ConnectionLog>>)
+where
     R: tokio::io::AsyncRead + Unpin + Send + 'static,
-    T: Send + 'static,
 {
     tokio::spawn(async move {
-        let mut buf = vec![0u8; FRAME];
+        let mut buf = BytesMut::new();
         loop {
-            match r.read(&mut buf).await {
+            buf.reserve(FRAME);
+            match r.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     if let Some(c) = &counted {
                         c.to_client.fetch_add(n as u64, Ordering::Relaxed);
                     }
-                    if tx.send(wrap(data(&buf[..n]))).await.is_err() {
+                    if tx.send(Ok(data(buf.split().freeze()))).await.is_err() {
                         break;
                     }
                 }
@@ -118,13 +173,9 @@ fn pump_out<R, T>(
 }
 
 /// Writes the data frames of `inbound` to `w`, then shuts `w` down. Log frames go to the
-/// session log of `log_to` (the holder's side); elsewhere they are ignored.
-fn pump_in<W>(
-    mut inbound: tonic::Streaming<RelayFrame>,
-    mut w: W,
-    log_to: Option<Holding>,
-    counted: Option<Arc<ConnectionLog>>,
-) where
+/// session log of `log_to`.
+fn pump_in<W>(mut inbound: tonic::Streaming<RelayFrame>, mut w: W, log_to: Holding, counted: Option<Arc<ConnectionLog>>)
+where
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
@@ -139,12 +190,10 @@ fn pump_in<W>(
                     }
                 }
                 Some(Payload::Log(line)) => {
-                    if let Some(h) = &log_to {
-                        // One line, bounded: a peer cannot flood the session log.
-                        let mut line: String = line.chars().take(512).filter(|c| !c.is_control()).collect();
-                        line.push_str("\r\n");
-                        crate::proxy::log_line(h, line);
-                    }
+                    // One line, bounded: a peer cannot flood the session log.
+                    let mut line: String = line.chars().take(512).filter(|c| !c.is_control()).collect();
+                    line.push_str("\r\n");
+                    crate::proxy::log_line(&log_to, line);
                 }
                 _ => {}
             }
@@ -192,8 +241,8 @@ pub async fn accept(
             to_client: AtomicU64::new(0),
         })
     });
-    pump_in(inbound, w, Some(holding), counted.clone());
+    pump_in(inbound, w, holding, counted.clone());
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<RelayFrame, Status>>(WINDOW);
-    pump_out(r, tx, Ok, counted);
+    pump_out(r, tx, counted);
     Ok(Box::pin(ReceiverStream::new(rx)))
 }
