@@ -168,7 +168,7 @@ pub struct UpstreamPool {
 type SendRequest = hyper::client::conn::http1::SendRequest<Incoming>;
 
 /// Idle upstream connections kept per socket.
-const POOL_PER_SOCKET: usize = 32;
+const POOL_PER_SOCKET: usize = 128;
 /// How long an upstream connection may wait idle in the pool.
 const POOL_IDLE: Duration = Duration::from_secs(30);
 
