@@ -20,7 +20,9 @@
 # Idle tunnels: a Python asyncssh client (venv in /var/tmp/mysocket-bench-venv) opens TUNNELS
 # SSH sessions to node 1, one remote forward each, spread over accounts of at most
 # PER_ACCOUNT sessions (the node's default per-account session limit is 20); node 1's VmRSS
-# is read before the sessions open and once they are all up.
+# is read before the sessions open and once they are all up. The accounts are made through
+# node 2's API: their password hashes (argon2, 19 MiB each) would otherwise swell node 1's
+# heap just before the first reading and make the difference meaningless.
 #
 # Prints a table, the RSS per idle tunnel and, last, `mysocket/openssh throughput ratio: X.XX`.
 set -euo pipefail
@@ -43,6 +45,7 @@ command -v nginx >/dev/null || need+=(nginx)
 command -v ssh >/dev/null || need+=(openssh-client)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v curl >/dev/null || need+=(curl)
+command -v ss >/dev/null || need+=(iproute2)
 if ((${#need[@]})); then
   echo "installing ${need[*]} (Debian)..." >&2
   apt-get update -qq
@@ -93,6 +96,12 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 # bg NAME CMD...: run in the background, log to $WORK/NAME.log, remember the pid for cleanup.
 bg() { local name=$1; shift; "$@" >"$WORK/$name.log" 2>&1 & PIDS+=($!); }
+wait_listen() { # port: something listens on it, checked without connecting (a probe through a
+  # tunnel would reach the origin's iperf3 server and could leave it busy with a dead client)
+  for _ in $(seq 1 150); do [[ -n "$(ss -Hltn "sport = :$1")" ]] && return 0; sleep 0.1; done
+  echo "nothing listens on port $1" >&2
+  return 1
+}
 wait_port() { # host port
   for _ in $(seq 1 150); do (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0; sleep 0.1; done
   echo "nothing listens on $1:$2" >&2
@@ -133,9 +142,11 @@ measure() { # name iperf_host iperf_port http_url host_header
   local name=$1 ih=$2 ip=$3 url=$4 host=$5 gbit row
   if [[ -n "${ONLY:-}" && ! "$name" =~ $ONLY ]]; then return 0; fi
   # The iperf3 server runs one test at a time and may still be closing the previous one:
-  # one retry after a pause.
-  iperf3 -c "$ih" -p "$ip" -t "$SECS" -J >"$WORK/iperf.json" 2>&1 ||
-    { sleep 2; iperf3 -c "$ih" -p "$ip" -t "$SECS" -J >"$WORK/iperf.json" 2>&1; } || true
+  # up to three retries after a pause.
+  for _ in 1 2 3 4; do
+    iperf3 -c "$ih" -p "$ip" -t "$SECS" -J >"$WORK/iperf.json" 2>&1 && break
+    sleep 2
+  done
   gbit="$(python3 - "$WORK/iperf.json" <<'EOF'
 import json, sys
 try:
@@ -166,6 +177,9 @@ print(" ".join(out), "%.0f" % float(ncr.group(1)) if ncr else "n/a", errors(ka) 
 EOF
 )"
   GBIT[$name]=$gbit
+  if [[ "$gbit" == n/a ]]; then
+    echo "$name: iperf3 failed: $(grep -o '"error":.*' "$WORK/iperf.json" | head -n 1 || tail -c 300 "$WORK/iperf.json")" >&2
+  fi
   # shellcheck disable=SC2086
   printf "$FMT" "$name" "$gbit" $row
 }
@@ -199,7 +213,7 @@ if [[ -x /usr/sbin/sshd ]] && /usr/sbin/sshd -t -f "$WORK/sshd_config" 2>"$WORK/
   bg ssh ssh -N -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes \
     -o ExitOnForwardFailure=yes -o LogLevel=ERROR -i "$WORK/userkey" -p 2022 \
     -R 127.0.0.1:15201:127.0.0.1:$ORIGIN_IPERF -R 127.0.0.1:18081:127.0.0.1:$ORIGIN_HTTP "$(id -un)@127.0.0.9"
-  if wait_port 127.0.0.1 15201 && wait_port 127.0.0.1 18081; then
+  if wait_listen 15201 && wait_port 127.0.0.1 18081; then
     measure openssh 127.0.0.1 15201 "http://127.0.0.1:18081/" localhost
   else
     na_row openssh
@@ -215,7 +229,7 @@ if command -v bore >/dev/null; then
   wait_port 127.0.0.1 7835
   bg bore-iperf bore local $ORIGIN_IPERF --local-host 127.0.0.1 --to 127.0.0.1 --port 30001
   bg bore-http bore local $ORIGIN_HTTP --local-host 127.0.0.1 --to 127.0.0.1 --port 30002
-  if wait_port 127.0.0.1 30001 && wait_port 127.0.0.1 30002; then
+  if wait_listen 30001 && wait_port 127.0.0.1 30002; then
     measure bore 127.0.0.1 30001 "http://127.0.0.1:30002/" localhost
   else
     na_row bore
@@ -252,7 +266,7 @@ EOF
   # rathole binds the public ports at once but serves them only once the client's control
   # channel is up: wait for the client's log line.
   for _ in $(seq 1 100); do grep -q "Control channel established" "$WORK/rathole-client.log" 2>/dev/null && break; sleep 0.1; done
-  if wait_port 127.0.0.1 31001 && wait_port 127.0.0.1 31002 && sleep 1; then
+  if wait_listen 31001 && wait_port 127.0.0.1 31002 && sleep 1; then
     measure rathole 127.0.0.1 31001 "http://127.0.0.1:31002/" localhost
   else
     na_row rathole
@@ -421,7 +435,7 @@ IDLE_LINE=""
 if ((TUNNELS == 0)); then
   IDLE_LINE="idle tunnels: not measured (TUNNELS=0)"
 elif "$VENV/bin/python" -c 'import asyncssh' 2>/dev/null; then
-  "$VENV/bin/python" "$WORK/idle_tunnels.py" http://127.0.0.1:7070 127.0.0.1 2222 "$NODE1_PID" \
+  "$VENV/bin/python" "$WORK/idle_tunnels.py" http://127.0.0.2:7070 127.0.0.1 2222 "$NODE1_PID" \
     "$TUNNELS" "$PER_ACCOUNT" "$WORK/userkey" $ORIGIN_HTTP >"$WORK/idle.json" 2>"$WORK/idle.err" &
   PIDS+=($!)
   wait $! || true

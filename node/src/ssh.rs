@@ -35,8 +35,9 @@ const MAX_CONNECTIONS: usize = 10_000;
 const MAX_FORWARDS_PER_SESSION: usize = 64;
 /// Most session channels one SSH session may open (each only shows the log; one is enough).
 const MAX_SESSION_CHANNELS: u32 = 4;
-/// Read buffer per SSH connection (allocated at once, resident once used).
-const SSH_READ_BUFFER: usize = 8 * 1024;
+/// Read buffer per SSH connection: a page, enough for the small packets of requests and
+/// answers; a 64 KiB data packet is mostly read past it. Idle tunnels keep theirs.
+const SSH_READ_BUFFER: usize = 4 * 1024;
 
 /// Waits for the replicated host key, then serves SSH until `stop`.
 pub async fn serve(node: NodeRef, listener: TcpListener, holdings: Arc<Holdings>, stop: CancellationToken) {
