@@ -131,3 +131,46 @@ impl Peers {
         self.channels.lock().expect("peer map lock").retain(|k, _| k != addr && !k.ends_with(&relay_suffix));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::Ordering;
+
+    use mysocket_api::internal::Empty;
+    use mysocket_api::internal::RelayFrame;
+
+    use super::*;
+
+    /// Raft's calls and relayed public connections must not share a connection: a relay moving
+    /// gigabits would queue heartbeats behind its data. Counts the TCP connections a peer sees.
+    #[tokio::test]
+    async fn relays_and_raft_use_connections_of_their_own() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                held.push(s); // no HTTP/2 here: the calls fail, the connections stay counted
+            }
+        });
+        let peers = Peers::new("secret", None).unwrap();
+        let quick = Duration::from_millis(300);
+        for _ in 0..3 {
+            let _ = tokio::time::timeout(quick, peers.client(&addr).unwrap().node_status(Empty {})).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "control calls share one connection");
+        for _ in 0..RELAY_CONNECTIONS * 2 {
+            let frames = futures::stream::iter(Vec::<RelayFrame>::new());
+            let _ = tokio::time::timeout(quick, peers.relay_client(&addr).unwrap().relay(frames)).await;
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1 + RELAY_CONNECTIONS,
+            "relays take turns on connections of their own, none of them Raft's"
+        );
+    }
+}
