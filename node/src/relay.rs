@@ -15,14 +15,12 @@ use std::time::Duration;
 use std::time::Instant;
 
 use bytes::Bytes;
-use bytes::BytesMut;
 use futures::Stream;
 use futures::StreamExt;
 use mysocket_api::internal::relay_frame::Payload;
 use mysocket_api::internal::RelayFrame;
 use mysocket_api::internal::RelayOpen;
 use tokio::io::AsyncRead;
-use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
 use tokio::io::ReadBuf;
@@ -148,30 +146,6 @@ impl Drop for ConnectionLog {
     }
 }
 
-/// Reads `r` into data frames on `tx` until either side ends.
-fn pump_out<R>(mut r: R, tx: tokio::sync::mpsc::Sender<Result<RelayFrame, Status>>, counted: Option<Arc<ConnectionLog>>)
-where
-    R: tokio::io::AsyncRead + Unpin + Send + 'static,
-{
-    tokio::spawn(async move {
-        let mut buf = BytesMut::new();
-        loop {
-            buf.reserve(FRAME);
-            match r.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if let Some(c) = &counted {
-                        c.to_client.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                    if tx.send(Ok(data(buf.split().freeze()))).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-}
-
 /// Writes the data frames of `inbound` to `w`, then shuts `w` down. Log frames go to the
 /// session log of `log_to`.
 fn pump_in<W>(mut inbound: tonic::Streaming<RelayFrame>, mut w: W, log_to: Holding, counted: Option<Arc<ConnectionLog>>)
@@ -242,7 +216,13 @@ pub async fn accept(
         })
     });
     pump_in(inbound, w, holding, counted.clone());
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<RelayFrame, Status>>(WINDOW);
-    pump_out(r, tx, counted);
-    Ok(Box::pin(ReceiverStream::new(rx)))
+    // What the service sends goes out as it is read, read as gRPC asks for the next frame.
+    let out = tokio_util::io::ReaderStream::with_capacity(r, FRAME).map(move |chunk| {
+        let chunk = chunk.map_err(|e| Status::unavailable(format!("the tunnel broke off: {e}")))?;
+        if let Some(c) = &counted {
+            c.to_client.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        Ok(data(chunk))
+    });
+    Ok(Box::pin(out))
 }
