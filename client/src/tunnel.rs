@@ -23,6 +23,10 @@ const CIPHERS: &[russh::cipher::Name] = &[
     russh::cipher::AES_256_CTR,
 ];
 
+/// Largest SSH packet either side sends; bytes between the service and the tunnel move in
+/// pieces of this size (one channel message, one packet each).
+const PACKET: usize = 64 * 1024;
+
 /// What to forward where.
 pub struct TunnelSpec {
     /// SSH login: the account's `user_name`.
@@ -106,8 +110,8 @@ impl client::Handler for Forwarder {
                 Ok(mut local) => {
                     let _ = local.set_nodelay(true);
                     let mut remote = channel.into_stream();
-                    // Whole SSH packets (64 KiB) per channel message, not tokio's default 8 KiB.
-                    let _ = tokio::io::copy_bidirectional_with_sizes(&mut remote, &mut local, 64 << 10, 64 << 10).await;
+                    // Whole SSH packets per channel message, not tokio's default 8 KiB.
+                    let _ = tokio::io::copy_bidirectional_with_sizes(&mut remote, &mut local, PACKET, PACKET).await;
                 }
                 Err(e) => {
                     eprintln!("connection from {from}: the local service at {host}:{port} is down ({e}); the visitor gets 502");
@@ -127,7 +131,7 @@ async fn session_once(spec: &TunnelSpec, key: &Arc<russh::keys::PrivateKey>, ser
         // Throughput: AES-GCM (hardware-accelerated) first, bigger packets and windows than
         // russh's defaults (fewer packets, MACs and wake-ups per byte).
         preferred: russh::Preferred { cipher: std::borrow::Cow::Borrowed(CIPHERS), ..Default::default() },
-        maximum_packet_size: 65536,
+        maximum_packet_size: PACKET as u32,
         window_size: 8 * 1024 * 1024,
         ..Default::default()
     });

@@ -392,16 +392,15 @@ pub async fn open_channel(
 
 /// Copies both ways between a public connection and its way through a tunnel until both
 /// sides end: (bytes to the service, bytes to the client). Buffers of a full SSH packet, so a
-/// busy connection moves 64 KiB per channel message instead of tokio's default 8 KiB.
+/// busy connection moves one packet per channel message instead of tokio's default 8 KiB.
 pub async fn pipe<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
 {
-    tokio::io::copy_bidirectional_with_sizes(a, b, PIPE_BUFFER, PIPE_BUFFER).await
+    use crate::ssh::SSH_PACKET;
+    tokio::io::copy_bidirectional_with_sizes(a, b, SSH_PACKET, SSH_PACKET).await
 }
-
-const PIPE_BUFFER: usize = 64 * 1024;
 
 /// Writes a line to the session log of the SSH session holding `h`, if it has one.
 pub fn log_line(h: &Holding, line: String) {

@@ -34,7 +34,7 @@ use crate::tunnels::Holding;
 use crate::tunnels::Holdings;
 
 /// Largest data frame: a full SSH packet.
-const FRAME: usize = 64 * 1024;
+const FRAME: usize = crate::ssh::SSH_PACKET;
 /// Frames in flight per direction, on top of the transport's own flow control.
 const WINDOW: usize = 8;
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);

@@ -35,6 +35,9 @@ const MAX_CONNECTIONS: usize = 10_000;
 const MAX_FORWARDS_PER_SESSION: usize = 64;
 /// Most session channels one SSH session may open (each only shows the log; one is enough).
 const MAX_SESSION_CHANNELS: u32 = 4;
+/// Largest SSH packet either side sends: public bytes move in pieces of this size (one channel
+/// message, one packet each) on every path into a tunnel.
+pub const SSH_PACKET: usize = 64 * 1024;
 /// Read buffer per SSH connection: a page, enough for the small packets of requests and
 /// answers; a 64 KiB data packet is mostly read past it. Idle tunnels keep theirs.
 const SSH_READ_BUFFER: usize = 4 * 1024;
@@ -69,7 +72,7 @@ pub async fn serve(node: NodeRef, listener: TcpListener, holdings: Arc<Holdings>
         nodelay: true,
         max_auth_attempts: 6,
         // Bigger packets and windows than russh's defaults: fewer packets per byte relayed.
-        maximum_packet_size: 65536,
+        maximum_packet_size: SSH_PACKET as u32,
         window_size: 8 * 1024 * 1024,
         ..Default::default()
     });
@@ -197,27 +200,25 @@ impl russh::server::Handler for SshSession {
         reply: russh::server::ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let claims: Option<Vec<(Uuid, u64)>> = {
+        let opened: Option<(SessionLog, Vec<(Uuid, u64)>)> = {
             let mut st = self.state.lock().expect("ssh state");
             if st.session_channels >= MAX_SESSION_CHANNELS {
                 None
             } else {
                 st.session_channels += 1;
-                st.log_channel = Some(SessionLog::open(session.handle(), channel.id()));
-                Some(st.claims.iter().map(|(t, e)| (*t, *e)).collect())
+                let log = SessionLog::open(session.handle(), channel.id());
+                st.log_channel = Some(log.clone());
+                Some((log, st.claims.iter().map(|(t, e)| (*t, *e)).collect()))
             }
         };
-        let Some(claims) = claims else {
+        let Some((log, claims)) = opened else {
             tracing::info!(peer = %self.peer, "session channel refused: too many in one SSH session");
             reply.reject(russh::ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
         };
         // Forwards requested before the session channel opened log to it from now on.
-        let log = self.state.lock().expect("ssh state").log_channel.clone();
         for (tunnel_id, epoch) in claims {
-            if let Some(log) = &log {
-                self.holdings.set_log(&tunnel_id, epoch, log.clone());
-            }
+            self.holdings.set_log(&tunnel_id, epoch, log.clone());
         }
         reply.accept().await;
         Ok(())
