@@ -1,5 +1,14 @@
-//! The internal gRPC server: Raft RPCs, forwarded writes and reads, membership changes. Every
-//! call must carry the cluster credential; a caller without it is refused and logged.
+//! The internal port: the gRPC server (Raft RPCs, forwarded writes and reads, membership
+//! changes) and relayed public connections share it. After TLS, when the cluster runs it, a
+//! connection's first bytes tell a relay's hello from HTTP/2's preface. Every call and relay
+//! must carry the cluster credential; a caller without it is refused and logged.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Context;
+use std::task::Poll;
+use std::time::Duration;
 
 use futures::StreamExt;
 use mysocket_api::internal::internal_server::Internal;
@@ -16,6 +25,14 @@ use openraft::type_config::alias::SnapshotMetaOf;
 use openraft::type_config::alias::SnapshotOf;
 use openraft::type_config::alias::VoteOf;
 use subtle::ConstantTimeEq;
+use tokio::io::AsyncRead;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWrite;
+use tokio::io::ReadBuf;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::Connected;
+use tonic::transport::server::TcpConnectInfo;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
@@ -24,8 +41,10 @@ use tonic::Streaming;
 use crate::cluster::MembershipChange;
 use crate::cluster::NodeRef;
 use crate::cluster::Retry;
+use crate::proxy::Io;
 use crate::raft_net::from_blob;
 use crate::raft_net::to_blob;
+use crate::tunnels::Holdings;
 
 /// Largest snapshot a node accepts (the registry is far smaller).
 const MAX_SNAPSHOT: usize = 1024 * 1024 * 1024;
@@ -49,7 +68,6 @@ impl tonic::service::Interceptor for CheckCredential {
 
 pub struct InternalService {
     pub node: NodeRef,
-    pub holdings: std::sync::Arc<crate::tunnels::Holdings>,
 }
 
 fn raft_err<E: std::fmt::Display>(e: E) -> Status {
@@ -126,20 +144,6 @@ impl Internal for InternalService {
         Ok(Response::new(to_blob(&r)))
     }
 
-    type RelayStream = crate::relay::RelayStream;
-
-    async fn relay(
-        &self,
-        req: Request<Streaming<mysocket_api::internal::RelayFrame>>,
-    ) -> Result<Response<Self::RelayStream>, Status> {
-        #[cfg(feature = "planted-bugs")]
-        let planted = self.node.planted("stale-holder");
-        #[cfg(not(feature = "planted-bugs"))]
-        let planted = false;
-        let stream = crate::relay::accept(self.holdings.clone(), req.into_inner(), planted).await?;
-        Ok(Response::new(stream))
-    }
-
     async fn node_status(&self, _req: Request<Empty>) -> Result<Response<NodeStatusReply>, Status> {
         let m = self.node.metrics();
         Ok(Response::new(NodeStatusReply {
@@ -150,4 +154,122 @@ impl Internal for InternalService {
             digest: String::new(),
         }))
     }
+}
+
+/// Most connections the internal port holds at once (relays and gRPC).
+const MAX_CONNECTIONS: usize = 20_000;
+/// Time a new connection gets for its TLS handshake and first bytes.
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection for the gRPC server: the bytes read to tell it from a relay, then the rest.
+pub struct GrpcConn {
+    first: Vec<u8>,
+    read: usize,
+    io: Box<dyn Io>,
+    info: TcpConnectInfo,
+}
+
+impl Connected for GrpcConn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for GrpcConn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if self.read < self.first.len() {
+            let n = (self.first.len() - self.read).min(buf.remaining());
+            buf.put_slice(&self.first[self.read..self.read + n]);
+            self.read += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for GrpcConn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Reads up to `buf.len()` bytes, fewer only at the end of the stream.
+async fn read_up_to(io: &mut Box<dyn Io>, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match io.read(&mut buf[n..]).await? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Accepts on the internal port until `stop`: relays are served here, gRPC connections go to
+/// `grpc` (the gRPC server's incoming stream).
+pub async fn serve_port(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    grpc: tokio::sync::mpsc::Sender<std::io::Result<GrpcConn>>,
+    holdings: Arc<Holdings>,
+    secret: Arc<Vec<u8>>,
+    planted_stale_holder: bool,
+    stop: CancellationToken,
+) {
+    crate::accept::serve(listener, MAX_CONNECTIONS, "internal", stop, |tcp, peer: SocketAddr| {
+        let (tls, grpc, holdings, secret) = (tls.clone(), grpc.clone(), holdings.clone(), secret.clone());
+        async move {
+            let info = TcpConnectInfo { local_addr: tcp.local_addr().ok(), remote_addr: Some(peer) };
+            let start = async {
+                let mut io: Box<dyn Io> = match &tls {
+                    Some(acceptor) => Box::new(acceptor.accept(tcp).await?),
+                    None => Box::new(tcp),
+                };
+                let mut first = vec![0u8; crate::relay::MAGIC.len()];
+                let n = read_up_to(&mut io, &mut first).await?;
+                first.truncate(n);
+                Ok::<_, std::io::Error>((io, first))
+            };
+            let (io, first) = match tokio::time::timeout(FIRST_BYTES_TIMEOUT, start).await {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "internal connection failed at its start");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "internal connection sent nothing in time");
+                    return;
+                }
+            };
+            if first == crate::relay::MAGIC {
+                crate::relay::serve(io, peer, holdings, secret, planted_stale_holder).await;
+            } else {
+                // Not a relay: gRPC's to answer (or refuse, for garbage).
+                let _ = grpc.send(Ok(GrpcConn { first, read: 0, io, info })).await;
+            }
+        }
+    })
+    .await
 }

@@ -1,9 +1,11 @@
 //! Clients to other nodes' internal port: cached gRPC channels per peer address, the cluster
-//! credential on every call, optional TLS, and raised message-size limits.
+//! credential on every call, optional TLS, and raised message-size limits; and plain
+//! connections (TLS when the cluster runs it) for relayed public connections.
 //!
-//! Raft and the other control calls have a connection of their own; relayed public connections
-//! use a few others. On one HTTP/2 connection a relay moving gigabits would queue heartbeats
-//! behind its data, the peer would look dead, and the leader would release its tunnels.
+//! Raft and the other control calls share one connection per peer; each relayed public
+//! connection has a connection of its own. On one HTTP/2 connection a relay moving gigabits
+//! would queue heartbeats behind its data, the peer would look dead, and the leader would
+//! release its tunnels.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,15 +24,15 @@ use tonic::transport::Endpoint;
 use tonic::transport::Identity;
 
 use crate::config::InternalTls;
+use crate::proxy::Io;
 
 /// Largest internal message: append batches and snapshot chunks stay well below it.
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
-/// Connections per peer for relayed public connections, used in turn.
-const RELAY_CONNECTIONS: usize = 4;
-/// HTTP/2 flow-control windows of relay connections: wide enough to keep a fast stream moving
-/// across a round trip, bounded so a slow reader holds at most this much.
-pub const RELAY_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-pub const RELAY_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+/// HTTP/2 flow-control windows the internal server grants: wide enough to keep a snapshot
+/// stream moving across a round trip, bounded so a slow reader holds at most this much.
+pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Adds the cluster credential to every outgoing internal call.
 #[derive(Clone)]
@@ -48,18 +50,22 @@ pub type PeerClient = InternalClient<InterceptedService<Channel, Credential>>;
 /// The pool of peer channels, keyed by address. tonic channels reconnect by themselves, so an
 /// entry lives as long as the address is used.
 pub struct Peers {
-    /// Keyed by `addr` (control) or `relay<i>@addr`.
     channels: Mutex<HashMap<String, Channel>>,
     credential: Credential,
+    secret: Vec<u8>,
     tls: Option<ClientTlsConfig>,
-    /// Which relay connection the next relay uses.
-    next_relay: std::sync::atomic::AtomicUsize,
+    /// The same TLS for relay connections, and the name to expect (else the address's host).
+    relay_tls: Option<(tokio_rustls::TlsConnector, Option<String>)>,
 }
 
 impl Peers {
     pub fn new(secret: &str, tls: Option<&InternalTls>) -> Result<Arc<Peers>, String> {
         let value =
             MetadataValue::try_from(secret).map_err(|_| "the cluster secret must be printable ASCII".to_string())?;
+        let relay_tls = match tls {
+            Some(t) => Some((crate::tls::internal_connector(t)?, t.domain.clone())),
+            None => None,
+        };
         let tls = tls.map(|t| {
             let mut c = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(&t.ca_pem))
@@ -72,63 +78,65 @@ impl Peers {
         Ok(Arc::new(Peers {
             channels: Mutex::new(HashMap::new()),
             credential: Credential(value),
+            secret: secret.as_bytes().to_vec(),
             tls,
-            next_relay: Default::default(),
+            relay_tls,
         }))
     }
 
-    fn channel(&self, addr: &str, relay: Option<usize>) -> Result<Channel, tonic::Status> {
-        let key = match relay {
-            None => addr.to_string(),
-            Some(i) => format!("relay{i}@{addr}"),
-        };
+    fn channel(&self, addr: &str) -> Result<Channel, tonic::Status> {
         let mut map = self.channels.lock().expect("peer map lock");
-        if let Some(c) = map.get(&key) {
+        if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| tonic::Status::invalid_argument(format!("bad peer address {addr}: {e}")))?
-            .connect_timeout(Duration::from_millis(500))
+            .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
-        if relay.is_some() {
-            ep = ep
-                .initial_stream_window_size(RELAY_STREAM_WINDOW)
-                .initial_connection_window_size(RELAY_CONNECTION_WINDOW);
-        }
         if let Some(tls) = &self.tls {
             ep = ep.tls_config(tls.clone()).map_err(|e| tonic::Status::internal(format!("internal TLS: {e}")))?;
         }
         let ch = ep.connect_lazy();
-        map.insert(key, ch.clone());
+        map.insert(addr.to_string(), ch.clone());
         Ok(ch)
-    }
-
-    fn wrap(&self, ch: Channel) -> PeerClient {
-        InternalClient::with_interceptor(ch, self.credential.clone())
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE)
     }
 
     /// A client for the node at `addr` (its raft address), for Raft and other control calls.
     pub fn client(&self, addr: &str) -> Result<PeerClient, tonic::Status> {
-        Ok(self.wrap(self.channel(addr, None)?))
+        Ok(InternalClient::with_interceptor(self.channel(addr)?, self.credential.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
     }
 
-    /// A client for relaying a public connection to the node at `addr`, on a connection that
-    /// carries no Raft traffic.
-    pub fn relay_client(&self, addr: &str) -> Result<PeerClient, tonic::Status> {
-        let i = self.next_relay.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % RELAY_CONNECTIONS;
-        Ok(self.wrap(self.channel(addr, Some(i))?))
+    /// The cluster credential, which relays present in their hello.
+    pub fn secret(&self) -> &[u8] {
+        &self.secret
     }
 
-    /// Forgets a peer's channels, e.g. after it was removed from the cluster.
+    /// A new connection to the internal port at `addr` for one relay, through TLS when the
+    /// cluster runs it.
+    pub async fn dial(&self, addr: &str) -> std::io::Result<Box<dyn Io>> {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+        tcp.set_nodelay(true)?;
+        let Some((connector, domain)) = &self.relay_tls else { return Ok(Box::new(tcp)) };
+        let host = match domain {
+            Some(d) => d.clone(),
+            None => addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr).trim_matches(['[', ']']).to_string(),
+        };
+        let name = rustls::pki_types::ServerName::try_from(host)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        Ok(Box::new(connector.connect(name, tcp).await?))
+    }
+
+    /// Forgets a peer's channel, e.g. after it was removed from the cluster.
     pub fn forget(&self, addr: &str) {
-        let relay_suffix = format!("@{addr}");
-        self.channels.lock().expect("peer map lock").retain(|k, _| k != addr && !k.ends_with(&relay_suffix));
+        self.channels.lock().expect("peer map lock").remove(addr);
     }
 }
 
@@ -138,7 +146,7 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use mysocket_api::internal::Empty;
-    use mysocket_api::internal::RelayFrame;
+    use mysocket_api::internal::RelayOpen;
 
     use super::*;
 
@@ -154,23 +162,26 @@ mod tests {
             let mut held = Vec::new();
             while let Ok((s, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
-                held.push(s); // no HTTP/2 here: the calls fail, the connections stay counted
+                held.push(s); // nobody answers here: the calls fail, the connections stay counted
             }
         });
         let peers = Peers::new("secret", None).unwrap();
         let quick = Duration::from_millis(300);
-        for _ in 0..3 {
+        let control = || async {
             let _ = tokio::time::timeout(quick, peers.client(&addr).unwrap().node_status(Empty {})).await;
+        };
+        for _ in 0..3 {
+            control().await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "control calls share one connection");
-        for _ in 0..RELAY_CONNECTIONS * 2 {
-            let frames = futures::stream::iter(Vec::<RelayFrame>::new());
-            let _ = tokio::time::timeout(quick, peers.relay_client(&addr).unwrap().relay(frames)).await;
+        for _ in 0..4 {
+            let _ = tokio::time::timeout(quick, crate::relay::connect(&peers, &addr, RelayOpen::default())).await;
+            control().await;
         }
         assert_eq!(
             accepted.load(Ordering::SeqCst),
-            1 + RELAY_CONNECTIONS,
-            "relays take turns on connections of their own, none of them Raft's"
+            1 + 4,
+            "each relay has a connection of its own, none of them Raft's"
         );
     }
 }

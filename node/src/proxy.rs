@@ -267,20 +267,14 @@ type Upstream = (Uuid, SendRequest, LogSink);
 #[derive(Clone)]
 pub enum LogSink {
     Local(Holding),
-    Relay(tokio::sync::mpsc::WeakSender<mysocket_api::internal::RelayFrame>),
+    Relay(crate::relay::RelayLog),
 }
 
 impl LogSink {
     pub fn line(&self, line: String) {
         match self {
             LogSink::Local(h) => log_line(h, line),
-            LogSink::Relay(tx) => {
-                if let Some(tx) = tx.upgrade() {
-                    tokio::spawn(async move {
-                        let _ = tx.send(crate::relay::log_frame(line)).await;
-                    });
-                }
-            }
+            LogSink::Relay(relay) => relay.line(line),
         }
     }
 }

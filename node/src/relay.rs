@@ -1,228 +1,457 @@
 //! Cross-node relay: a public connection taken by one node is carried to the node holding the
-//! tunnel over the internal port (cluster credential, optional TLS), tagged with the socket,
-//! tunnel and epoch. The holder refuses an epoch it does not hold (fencing). Both directions
-//! go through bounded buffers, so a slow side slows the other instead of filling memory.
+//! tunnel over the internal port (the same port as Raft, TLS when the cluster runs it), on a
+//! TCP connection of its own — outside gRPC, so a relay moving gigabits costs two plain socket
+//! copies and never queues Raft's heartbeats behind its data.
+//!
+//! The caller opens with a hello: `MAGIC`, the cluster credential and a `RelayOpen` (socket,
+//! tunnel, epoch, client address), each behind a big-endian `u16` length. The holder checks the
+//! credential, then the epoch against the tunnel it holds (fencing), opens a channel on the
+//! holding SSH session, and answers with a code (gRPC's numbering, 0 = go ahead) and a
+//! message. From then on the holder sends the service's bytes as they come, and the caller
+//! sends frames — a kind byte and a `u32` length, then the payload: data for the service, or a
+//! line for the tunnel's session log. Both sides stop reading when their writes back up, so a
+//! slow end slows the other instead of filling memory.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::Weak;
 use std::task::ready;
 use std::task::Context;
 use std::task::Poll;
+use std::task::Waker;
 use std::time::Duration;
 use std::time::Instant;
 
-use bytes::Bytes;
-use futures::Stream;
-use futures::StreamExt;
-use mysocket_api::internal::relay_frame::Payload;
-use mysocket_api::internal::RelayFrame;
+use bytes::Buf;
+use bytes::BufMut;
+use bytes::BytesMut;
 use mysocket_api::internal::RelayOpen;
+use prost::Message;
+use subtle::ConstantTimeEq;
+use tokio::io::AsyncBufRead;
+use tokio::io::AsyncBufReadExt;
 use tokio::io::AsyncRead;
+use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
 use tokio::io::ReadBuf;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::PollSender;
+use tonic::Code;
 use tonic::Status;
 use uuid::Uuid;
 
 use crate::peers::Peers;
-use crate::tunnels::Holding;
+use crate::proxy::Io;
 use crate::tunnels::Holdings;
 
+/// The first bytes of a relay on the internal port (a gRPC connection starts with HTTP/2's
+/// preface instead).
+pub const MAGIC: &[u8; 8] = b"MSRELAY1";
 /// Largest data frame: a full SSH packet.
 const FRAME: usize = crate::ssh::SSH_PACKET;
-/// Frames in flight per direction, on top of the transport's own flow control.
-const WINDOW: usize = 8;
+/// A frame's head: its kind and payload length.
+const HEAD: usize = 5;
+const DATA: u8 = 0;
+const LOG: u8 = 1;
+/// Longest log line a frame may carry.
+const MAX_LOG: usize = 1024;
+/// The hello's parts are small; anything longer is not a relay.
+const MAX_HELLO_PART: usize = 4096;
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Log frames waiting on one relay at most; more are dropped (the log is best effort).
+const LOG_BACKLOG: usize = 64 * 1024;
 
-fn data(bytes: Bytes) -> RelayFrame {
-    RelayFrame { payload: Some(Payload::Data(bytes)) }
+fn io_status(what: &str) -> impl Fn(std::io::Error) -> Status + '_ {
+    move |e| Status::unavailable(format!("{what}: {e}"))
 }
 
-/// A line for the holder to write to the tunnel's session log.
-pub fn log_frame(line: String) -> RelayFrame {
-    RelayFrame { payload: Some(Payload::Log(line)) }
-}
-
-/// Caller side: opens a relay to the node at `addr` and returns a byte stream to it, and a
-/// handle for sending log lines along it (weak: it does not keep the relay open).
-pub async fn connect(
-    peers: &Peers,
-    addr: &str,
-    open: RelayOpen,
-) -> Result<(RelayIo, tokio::sync::mpsc::WeakSender<RelayFrame>), Status> {
-    let mut client = peers.relay_client(addr)?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<RelayFrame>(WINDOW);
-    tx.send(RelayFrame { payload: Some(Payload::Open(open)) })
-        .await
-        .map_err(|_| Status::internal("relay channel closed"))?;
-    let resp = tokio::time::timeout(OPEN_TIMEOUT, client.relay(ReceiverStream::new(rx)))
+/// Caller side: opens a relay to the node at `addr` (its internal address) and returns a byte
+/// stream to the service, and a handle for sending log lines along it (weak: it does not keep
+/// the relay open). The holder's refusal comes back as a `Status` with its code.
+pub async fn connect(peers: &Peers, addr: &str, open: RelayOpen) -> Result<(RelayIo, RelayLog), Status> {
+    let opened = async {
+        let mut io = peers.dial(addr).await.map_err(io_status("cannot reach the holder"))?;
+        let mut hello = Vec::with_capacity(64);
+        hello.extend_from_slice(MAGIC);
+        for part in [peers.secret(), &open.encode_to_vec()[..]] {
+            hello.extend_from_slice(&(part.len() as u16).to_be_bytes());
+            hello.extend_from_slice(part);
+        }
+        io.write_all(&hello).await.map_err(io_status("relay hello"))?;
+        io.flush().await.map_err(io_status("relay hello"))?;
+        let mut head = [0u8; 3];
+        io.read_exact(&mut head).await.map_err(io_status("relay answer"))?;
+        let mut message = vec![0u8; usize::from(u16::from_be_bytes([head[1], head[2]]))];
+        io.read_exact(&mut message).await.map_err(io_status("relay answer"))?;
+        match Code::from_i32(i32::from(head[0])) {
+            Code::Ok => Ok(io),
+            code => Err(Status::new(code, String::from_utf8_lossy(&message))),
+        }
+    };
+    let io = tokio::time::timeout(OPEN_TIMEOUT, opened)
         .await
         .map_err(|_| Status::deadline_exceeded("relay open timed out"))??;
-    let log = tx.downgrade();
-    Ok((RelayIo { tx: PollSender::new(tx), rx: resp.into_inner(), pending: Bytes::new(), eof: false }, log))
+    let out = Arc::new(Mutex::new(Outbox::default()));
+    Ok((RelayIo { io, out: out.clone() }, RelayLog(Arc::downgrade(&out))))
 }
 
-/// The caller's end of a relay as a byte stream: each write goes out as a data frame, data
-/// frames from the holder are read back. The stream ends (EOF) when the holder's does, or
-/// breaks off; shutting down the write side ends the holder's input.
+/// Frames on their way to the holder that the socket did not take yet, and the task to wake
+/// when a log line is added.
+#[derive(Default)]
+struct Outbox {
+    buf: BytesMut,
+    waker: Option<Waker>,
+}
+
+fn put_head(buf: &mut BytesMut, kind: u8, len: usize) {
+    buf.put_u8(kind);
+    buf.put_u32(len as u32);
+}
+
+/// The caller's end of a relay as a byte stream: reads are the service's bytes, each write goes
+/// out as one data frame. Log lines join the same stream between frames.
 pub struct RelayIo {
-    tx: PollSender<RelayFrame>,
-    rx: tonic::Streaming<RelayFrame>,
-    /// What the last data frame still holds.
-    pending: Bytes,
-    eof: bool,
+    io: Box<dyn Io>,
+    out: Arc<Mutex<Outbox>>,
 }
 
-fn relay_closed() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the relay is closed")
+/// Sends log lines to the holder along a relay, while the relay is open.
+#[derive(Clone)]
+pub struct RelayLog(Weak<Mutex<Outbox>>);
+
+impl RelayLog {
+    /// Queues a line (dropped if the relay is gone or too far behind) and wakes the relay's
+    /// task to send it.
+    pub fn line(&self, line: String) {
+        let Some(out) = self.0.upgrade() else { return };
+        let mut o = out.lock().expect("relay outbox");
+        if o.buf.len() > LOG_BACKLOG + FRAME + HEAD {
+            return;
+        }
+        let mut end = line.len().min(MAX_LOG);
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        put_head(&mut o.buf, LOG, end);
+        o.buf.extend_from_slice(&line.as_bytes()[..end]);
+        if let Some(w) = &o.waker {
+            w.wake_by_ref();
+        }
+    }
+}
+
+impl RelayIo {
+    /// Writes out what waits in the outbox; Ready once it is empty. Remembers the task, which
+    /// log lines wake.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let mut o = self.out.lock().expect("relay outbox");
+        if !o.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            o.waker = Some(cx.waker().clone());
+        }
+        while !o.buf.is_empty() {
+            match ready!(Pin::new(&mut self.io).poll_write(cx, &o.buf)) {
+                Ok(0) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Ok(n) => o.buf.advance(n),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl AsyncRead for RelayIo {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        loop {
-            if !this.pending.is_empty() {
-                let n = this.pending.len().min(buf.remaining());
-                buf.put_slice(&this.pending.split_to(n));
-                return Poll::Ready(Ok(()));
-            }
-            if this.eof {
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(this.rx.poll_next_unpin(cx)) {
-                Some(Ok(RelayFrame { payload: Some(Payload::Data(d)) })) => this.pending = d,
-                // Nothing else is meant for the caller.
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => this.eof = true,
-            }
+        // An idle connection is only read: log lines queued meanwhile go out from here.
+        if let Poll::Ready(Err(e)) = self.poll_drain(cx) {
+            return Poll::Ready(Err(e));
         }
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for RelayIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        ready!(self.tx.poll_reserve(cx)).map_err(|_| relay_closed())?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        // At most one frame waits: past that, the holder's pace sets ours.
+        if self.poll_drain(cx)?.is_pending() && self.out.lock().expect("relay outbox").buf.len() >= FRAME {
+            return Poll::Pending;
+        }
+        let this = &mut *self;
         let n = buf.len().min(FRAME);
-        self.tx.send_item(data(Bytes::copy_from_slice(&buf[..n]))).map_err(|_| relay_closed())?;
+        let mut head = BytesMut::with_capacity(HEAD);
+        put_head(&mut head, DATA, n);
+        let mut o = this.out.lock().expect("relay outbox");
+        if o.buf.is_empty() && this.io.is_write_vectored() {
+            // The common case: head and payload straight to the socket, no copy.
+            let parts = [std::io::IoSlice::new(&head), std::io::IoSlice::new(&buf[..n])];
+            let sent = match Pin::new(&mut this.io).poll_write_vectored(cx, &parts) {
+                Poll::Ready(Ok(sent)) => sent,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => 0,
+            };
+            if sent < HEAD {
+                o.buf.extend_from_slice(&head[sent..]);
+                o.buf.extend_from_slice(&buf[..n]);
+            } else {
+                o.buf.extend_from_slice(&buf[sent - HEAD..n]);
+            }
+        } else {
+            o.buf.extend_from_slice(&head);
+            o.buf.extend_from_slice(&buf[..n]);
+            drop(o);
+            if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
         Poll::Ready(Ok(n))
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.tx.close();
-        Poll::Ready(Ok(()))
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
-/// The holder's line for a whole relayed connection, written when both directions are done.
-struct ConnectionLog {
-    holding: Holding,
-    client: SocketAddr,
-    started: Instant,
-    /// Bytes from the public client to the service, and back.
-    to_service: AtomicU64,
-    to_client: AtomicU64,
+/// Reads the caller's frames until it ends its side: data goes to `w` (then shut down), log
+/// lines to `log`. Returns the data bytes; an error (a broken connection, a malformed frame)
+/// ends the stream like its end would.
+async fn frames_in<R, W>(mut r: R, mut w: W, mut log: impl FnMut(String)) -> u64
+where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut total = 0u64;
+    let ended: std::io::Result<()> = async {
+        let mut head = [0u8; HEAD];
+        loop {
+            match r.read_exact(&mut head).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            match head[0] {
+                DATA if len <= FRAME => {
+                    let mut left = len;
+                    while left > 0 {
+                        let b = r.fill_buf().await?;
+                        if b.is_empty() {
+                            return Err(std::io::ErrorKind::UnexpectedEof.into());
+                        }
+                        let k = b.len().min(left);
+                        w.write_all(&b[..k]).await?;
+                        r.consume(k);
+                        left -= k;
+                        total += k as u64;
+                    }
+                }
+                LOG if len <= MAX_LOG => {
+                    let mut raw = vec![0u8; len];
+                    r.read_exact(&mut raw).await?;
+                    // One line, printable: a peer cannot garble or flood the session log.
+                    let mut line: String = String::from_utf8_lossy(&raw).chars().filter(|c| !c.is_control()).collect();
+                    line.push_str("\r\n");
+                    log(line);
+                }
+                kind => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("bad relay frame: kind {kind}, {len} bytes"),
+                    ))
+                }
+            }
+        }
+    }
+    .await;
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "relay input ended");
+    }
+    let _ = w.shutdown().await;
+    total
 }
 
-impl Drop for ConnectionLog {
-    fn drop(&mut self) {
+async fn read_part<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, Status> {
+    let bad = |e: std::io::Error| Status::invalid_argument(format!("unreadable relay hello: {e}"));
+    let len = usize::from(r.read_u16().await.map_err(bad)?);
+    if len > MAX_HELLO_PART {
+        return Err(Status::invalid_argument("relay hello too long"));
+    }
+    let mut part = vec![0u8; len];
+    r.read_exact(&mut part).await.map_err(bad)?;
+    Ok(part)
+}
+
+async fn answer<W: AsyncWrite + Unpin>(w: &mut W, code: Code, message: &str) -> std::io::Result<()> {
+    let message = &message.as_bytes()[..message.len().min(1024)];
+    let mut a = Vec::with_capacity(3 + message.len());
+    a.push(code as u8);
+    a.extend_from_slice(&(message.len() as u16).to_be_bytes());
+    a.extend_from_slice(message);
+    w.write_all(&a).await?;
+    w.flush().await
+}
+
+/// Holder side, once `MAGIC` was read from `io`: checks the credential and the epoch, opens a
+/// channel on the holding SSH session, answers, then relays both ways until both end.
+pub async fn serve(
+    mut io: Box<dyn Io>,
+    peer: SocketAddr,
+    holdings: Arc<Holdings>,
+    secret: Arc<Vec<u8>>,
+    #[allow(unused_variables)] planted_stale_holder: bool,
+) {
+    let opened = async {
+        let given = read_part(&mut io).await?;
+        if !(given.len() == secret.len() && bool::from(given.ct_eq(secret.as_slice()))) {
+            tracing::warn!(%peer, "refused a relay without the cluster credential");
+            return Err(Status::unauthenticated("missing or wrong cluster credential"));
+        }
+        let open = RelayOpen::decode(&read_part(&mut io).await?[..])
+            .map_err(|e| Status::invalid_argument(format!("undecodable relay open: {e}")))?;
+        let tunnel_id: Uuid = open.tunnel_id.parse().map_err(|_| Status::invalid_argument("bad tunnel id"))?;
+        let socket_id: Uuid = open.socket_id.parse().map_err(|_| Status::invalid_argument("bad socket id"))?;
+        let holding = match holdings.get(&tunnel_id).filter(|h| h.socket_id == socket_id) {
+            Some(h) if h.epoch == open.epoch || planted_stale_holder => h,
+            Some(h) => {
+                return Err(Status::failed_precondition(format!(
+                    "stale epoch {}: this node holds the tunnel under epoch {}",
+                    open.epoch, h.epoch
+                )))
+            }
+            None => return Err(Status::failed_precondition("this node does not hold that tunnel")),
+        };
+        let client: SocketAddr = open.client_addr.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let channel = crate::proxy::open_channel(&holding, client)
+            .await
+            .map_err(|e| Status::unavailable(format!("the tunnel did not accept the connection: {e}")))?;
+        Ok((holding, client, open.log_connection, channel))
+    };
+    let opened = match tokio::time::timeout(OPEN_TIMEOUT, opened).await {
+        Ok(r) => r,
+        Err(_) => Err(Status::deadline_exceeded("no relay hello in time")),
+    };
+    let (holding, client, log_connection, channel) = match opened {
+        Ok(x) => x,
+        Err(status) => {
+            tracing::debug!(%peer, code = ?status.code(), message = status.message(), "relay refused");
+            let _ = answer(&mut io, status.code(), status.message()).await;
+            return;
+        }
+    };
+    if answer(&mut io, Code::Ok, "").await.is_err() {
+        return;
+    }
+    let started = Instant::now();
+    let (r, mut w) = tokio::io::split(io);
+    let (from_service, to_service) = tokio::io::split(channel);
+    let log_to = holding.clone();
+    let inbound = frames_in(tokio::io::BufReader::with_capacity(FRAME + HEAD, r), to_service, move |line| {
+        crate::proxy::log_line(&log_to, line)
+    });
+    let outbound = async {
+        let mut from_service = tokio::io::BufReader::with_capacity(FRAME, from_service);
+        let n = tokio::io::copy_buf(&mut from_service, &mut w).await.unwrap_or(0);
+        let _ = w.shutdown().await;
+        n
+    };
+    let (to_service, to_client) = tokio::join!(inbound, outbound);
+    if log_connection {
         crate::proxy::log_line(
-            &self.holding,
-            crate::proxy::connection_line(
-                self.client,
-                self.to_service.load(Ordering::Relaxed),
-                self.to_client.load(Ordering::Relaxed),
-                self.started.elapsed(),
-            ),
+            &holding,
+            crate::proxy::connection_line(client, to_service, to_client, started.elapsed()),
         );
     }
 }
 
-/// Writes the data frames of `inbound` to `w`, then shuts `w` down. Log frames go to the
-/// session log of `log_to`.
-fn pump_in<W>(mut inbound: tonic::Streaming<RelayFrame>, mut w: W, log_to: Holding, counted: Option<Arc<ConnectionLog>>)
-where
-    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    tokio::spawn(async move {
-        while let Some(Ok(frame)) = inbound.next().await {
-            match frame.payload {
-                Some(Payload::Data(d)) => {
-                    if let Some(c) = &counted {
-                        c.to_service.fetch_add(d.len() as u64, Ordering::Relaxed);
-                    }
-                    if w.write_all(&d).await.is_err() {
-                        break;
-                    }
-                }
-                Some(Payload::Log(line)) => {
-                    // One line, bounded: a peer cannot flood the session log.
-                    let mut line: String = line.chars().take(512).filter(|c| !c.is_control()).collect();
-                    line.push_str("\r\n");
-                    crate::proxy::log_line(&log_to, line);
-                }
-                _ => {}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A caller's end of a relay over a small in-memory pipe, its log handle, and the pipe's
+    /// holder end.
+    fn relay_pair() -> (RelayIo, RelayLog, tokio::io::DuplexStream) {
+        let (caller, holder) = tokio::io::duplex(4096);
+        let out = Arc::new(Mutex::new(Outbox::default()));
+        (RelayIo { io: Box::new(caller), out: out.clone() }, RelayLog(Arc::downgrade(&out)), holder)
+    }
+
+    /// What a caller writes (data in pieces of every size, log lines in between) reaches the
+    /// holder's side intact and in order, through a pipe far smaller than the data.
+    #[tokio::test]
+    async fn frames_carry_data_and_log_lines_intact() {
+        let (mut relay, log, holder) = relay_pair();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let (service_end, mut service) = tokio::io::duplex(1 << 16);
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let seen = lines.clone();
+        let reader = tokio::spawn(async move {
+            frames_in(tokio::io::BufReader::new(holder), service_end, move |l| seen.lock().unwrap().push(l)).await
+        });
+        let sink = tokio::spawn(async move {
+            let mut got = Vec::new();
+            service.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut sent = 0;
+        for (i, size) in [1usize, 5, 100, 70_000, 65_536, 3, 200_000].iter().cycle().enumerate() {
+            if sent == data.len() {
+                break;
+            }
+            let end = (sent + size).min(data.len());
+            relay.write_all(&data[sent..end]).await.unwrap();
+            sent = end;
+            if i % 3 == 0 {
+                log.line(format!("line {i}\r\n"));
             }
         }
-        let _ = w.shutdown().await;
-    });
-}
+        relay.shutdown().await.unwrap();
+        assert_eq!(reader.await.unwrap(), data.len() as u64);
+        assert!(sink.await.unwrap() == data, "the data arrived changed");
+        let lines = lines.lock().unwrap();
+        assert!(!lines.is_empty() && lines.iter().all(|l| l.starts_with("line ") && l.ends_with("\r\n")), "{lines:?}");
+        let numbers: Vec<usize> = lines.iter().map(|l| l[5..l.len() - 2].parse().unwrap()).collect();
+        assert!(numbers.windows(2).all(|w| w[0] < w[1]), "lines out of order: {numbers:?}");
+    }
 
-pub type RelayStream = Pin<Box<dyn Stream<Item = Result<RelayFrame, Status>> + Send>>;
+    /// A log line queued while the relay is idle goes out without any write of data.
+    #[tokio::test]
+    async fn a_log_line_on_an_idle_relay_goes_out() {
+        let (mut relay, log, holder) = relay_pair();
+        // The relay's task only reads, as an idle upstream connection does.
+        let idle = tokio::spawn(async move {
+            let mut b = [0u8; 16];
+            let _ = relay.read(&mut b).await;
+        });
+        tokio::task::yield_now().await;
+        log.line("a line".into());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(frames_in(tokio::io::BufReader::new(holder), tokio::io::sink(), move |l| {
+            let _ = tx.send(l);
+        }));
+        let line = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("the line never left");
+        assert_eq!(line.as_deref(), Some("a line\r\n"));
+        idle.abort();
+    }
 
-/// Holder side: checks the epoch, opens a channel on the holding SSH session, pipes frames.
-pub async fn accept(
-    holdings: Arc<Holdings>,
-    mut inbound: tonic::Streaming<RelayFrame>,
-    #[allow(unused_variables)] planted_stale_holder: bool,
-) -> Result<RelayStream, Status> {
-    let first = inbound.next().await.ok_or_else(|| Status::invalid_argument("empty relay stream"))??;
-    let Some(Payload::Open(open)) = first.payload else {
-        return Err(Status::invalid_argument("a relay starts with its open frame"));
-    };
-    let tunnel_id: Uuid = open.tunnel_id.parse().map_err(|_| Status::invalid_argument("bad tunnel id"))?;
-    let socket_id: Uuid = open.socket_id.parse().map_err(|_| Status::invalid_argument("bad socket id"))?;
-    let holding = holdings.get(&tunnel_id).filter(|h| h.socket_id == socket_id);
-    let holding = match holding {
-        Some(h) if h.epoch == open.epoch || planted_stale_holder => h,
-        Some(h) => {
-            return Err(Status::failed_precondition(format!(
-                "stale epoch {}: this node holds the tunnel under epoch {}",
-                open.epoch, h.epoch
-            )))
-        }
-        None => return Err(Status::failed_precondition("this node does not hold that tunnel")),
-    };
-    let client: SocketAddr = open.client_addr.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let stream = crate::proxy::open_channel(&holding, client)
-        .await
-        .map_err(|e| Status::unavailable(format!("the tunnel did not accept the connection: {e}")))?;
-    let (r, w) = tokio::io::split(stream);
-    let counted = open.log_connection.then(|| {
-        Arc::new(ConnectionLog {
-            holding: holding.clone(),
-            client,
-            started: Instant::now(),
-            to_service: AtomicU64::new(0),
-            to_client: AtomicU64::new(0),
-        })
-    });
-    pump_in(inbound, w, holding, counted.clone());
-    // What the service sends goes out as it is read, read as gRPC asks for the next frame.
-    let out = tokio_util::io::ReaderStream::with_capacity(r, FRAME).map(move |chunk| {
-        let chunk = chunk.map_err(|e| Status::unavailable(format!("the tunnel broke off: {e}")))?;
-        if let Some(c) = &counted {
-            c.to_client.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        }
-        Ok(data(chunk))
-    });
-    Ok(Box::pin(out))
+    /// Malformed frames end the stream; nothing past them reaches the service.
+    #[tokio::test]
+    async fn a_malformed_frame_ends_the_relay() {
+        let mut bytes = vec![DATA, 0, 0, 0, 3, b'a', b'b', b'c'];
+        bytes.extend_from_slice(&[9, 0, 0, 0, 1, b'x']); // unknown kind
+        bytes.extend_from_slice(&[DATA, 0, 0, 0, 1, b'z']);
+        let mut got = Vec::new();
+        let n = frames_in(&bytes[..], &mut got, |_| panic!("no log line was sent")).await;
+        assert_eq!((n, &got[..]), (3, &b"abc"[..]));
+        let huge = [DATA, 0xff, 0xff, 0xff, 0xff];
+        let mut got = Vec::new();
+        assert_eq!(frames_in(&huge[..], &mut got, |_| {}).await, 0);
+    }
 }

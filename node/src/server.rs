@@ -93,35 +93,42 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
 
     let holdings = Arc::new(crate::tunnels::Holdings::default());
 
-    // Internal gRPC server.
+    // The internal port: gRPC (Raft and control calls) and relays.
     {
         let svc = tonic::service::interceptor::InterceptedService::new(
-            InternalServer::new(InternalService { node: node.clone(), holdings: holdings.clone() })
+            InternalServer::new(InternalService { node: node.clone() })
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
             CheckCredential { secret: Arc::new(cfg.cluster_secret.0.as_bytes().to_vec()) },
         );
-        let mut builder = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            // Relays stream data to us: the same windows as the callers' relay connections.
-            .initial_stream_window_size(crate::peers::RELAY_STREAM_WINDOW)
-            .initial_connection_window_size(crate::peers::RELAY_CONNECTION_WINDOW)
+            .initial_stream_window_size(crate::peers::STREAM_WINDOW)
+            .initial_connection_window_size(crate::peers::CONNECTION_WINDOW)
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(5)));
-        if let Some(tls) = &cfg.internal_tls {
-            let t = tonic::transport::ServerTlsConfig::new()
-                .identity(tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem))
-                .client_ca_root(tonic::transport::Certificate::from_pem(&tls.ca_pem));
-            builder = builder.tls_config(t).context("internal TLS configuration")?;
-        }
-        let router = builder.add_service(svc);
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(raft_listener);
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .add_service(svc);
+        let tls = match &cfg.internal_tls {
+            Some(t) => Some(crate::tls::internal_acceptor(t).map_err(anyhow::Error::msg).context("internal TLS")?),
+            None => None,
+        };
+        let (grpc_tx, grpc_rx) = tokio::sync::mpsc::channel(64);
         let stop = root.child_token();
         tasks.spawn(async move {
+            let incoming = tokio_stream::wrappers::ReceiverStream::new(grpc_rx);
             if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop.cancelled()).await {
                 tracing::error!(error = %e, "internal server failed");
             }
         });
+        #[cfg(feature = "planted-bugs")]
+        let planted = node.planted("stale-holder");
+        #[cfg(not(feature = "planted-bugs"))]
+        let planted = false;
+        let (h, secret, stop) =
+            (holdings.clone(), Arc::new(cfg.cluster_secret.0.as_bytes().to_vec()), root.child_token());
+        tasks.spawn(
+            async move { crate::internal::serve_port(raft_listener, tls, grpc_tx, h, secret, planted, stop).await },
+        );
     }
 
     match &cfg.membership {

@@ -149,7 +149,7 @@ impl ResolvesServerCert for SniCerts {
 }
 
 fn acceptor(resolver: Arc<SniCerts>, alpn: &[&[u8]]) -> Result<tokio_rustls::TlsAcceptor, String> {
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let mut cfg = rustls::ServerConfig::builder_with_provider(ring())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
@@ -183,4 +183,61 @@ pub async fn load_when_ready(node: NodeRef, https: Slot, raw: Slot, stop: Cancel
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
+}
+
+/// The internal port's TLS (mutual: the peer must show a certificate from the cluster's
+/// internal CA) — the PEM files an operator gives with `--internal-tls-*`.
+struct InternalPki {
+    roots: Arc<rustls::RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl InternalPki {
+    fn read(t: &crate::config::InternalTls) -> Result<InternalPki, String> {
+        let text = |pem: &[u8], what: &str| {
+            String::from_utf8(pem.to_vec()).map_err(|_| format!("the internal {what} is not PEM text"))
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for c in pem_certs(&text(&t.ca_pem, "CA")?)? {
+            roots.add(c).map_err(|e| format!("bad internal CA: {e}"))?;
+        }
+        let chain = pem_certs(&text(&t.cert_pem, "certificate")?)?;
+        if chain.is_empty() || roots.is_empty() {
+            return Err("the internal certificate and CA files hold no certificate".into());
+        }
+        Ok(InternalPki { roots: Arc::new(roots), chain, key: pem_key(&text(&t.key_pem, "key")?)? })
+    }
+}
+
+fn ring() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The internal port's server side: gRPC over HTTP/2 (ALPN h2) and relays, clients verified.
+pub fn internal_acceptor(t: &crate::config::InternalTls) -> Result<tokio_rustls::TlsAcceptor, String> {
+    let pki = InternalPki::read(t)?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(pki.roots, ring())
+        .build()
+        .map_err(|e| format!("internal CA: {e}"))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(pki.chain, pki.key)
+        .map_err(|e| format!("internal certificate: {e}"))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// The client side for relays to other nodes' internal port.
+pub fn internal_connector(t: &crate::config::InternalTls) -> Result<tokio_rustls::TlsConnector, String> {
+    let pki = InternalPki::read(t)?;
+    let cfg = rustls::ClientConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(pki.roots)
+        .with_client_auth_cert(pki.chain, pki.key)
+        .map_err(|e| format!("internal certificate: {e}"))?;
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
 }

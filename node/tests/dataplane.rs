@@ -118,6 +118,15 @@ async fn get(node_ip: &str, host: &str, auth: Option<(&str, &str)>) -> (u16, Str
     }
 }
 
+/// The body of the first 200 that `host` answers through the node at `node_ip`.
+async fn answered(node_ip: &str, host: &str, what: &str) -> String {
+    eventually(Duration::from_secs(20), what, || async move {
+        let (status, body) = get(node_ip, host, None).await;
+        (status == 200).then_some(body)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openssh_reverse_forward_serves_public_http() {
     let c = TestCluster::builder().start().await;
@@ -144,14 +153,7 @@ async fn openssh_reverse_forward_serves_public_http() {
 
     let _tunnel = ssh_forward(&key, &u.user_name, &n1, relay, origin_port);
     let host = sock.dnsname.to_uppercase() + ":8080";
-    let body = eventually(Duration::from_secs(20), "the URL to answer through node 1", || {
-        let (n1, host) = (n1.clone(), host.clone());
-        async move {
-            let (status, body) = get(&n1, &host, None).await;
-            (status == 200).then_some(body)
-        }
-    })
-    .await;
+    let body = answered(&n1, &host, "the URL to answer through node 1").await;
     assert!(body.contains("GET /some/path"), "{body}");
     assert!(body.to_lowercase().contains("x-forwarded-for: "), "{body}");
     assert!(body.to_lowercase().contains("x-forwarded-proto: http"), "{body}");
@@ -160,45 +162,65 @@ async fn openssh_reverse_forward_serves_public_http() {
 
     // Every node serves the socket: nodes 2 and 3 relay to node 1, which holds the tunnel.
     for n in [2u64, 3] {
-        let ip = c.nodes[&n].ip.clone();
-        let body = eventually(Duration::from_secs(20), &format!("the URL through node {n}"), || {
-            let (ip, host) = (ip.clone(), sock.dnsname.clone());
-            async move {
-                let (status, body) = get(&ip, &host, None).await;
-                (status == 200).then_some(body)
-            }
-        })
-        .await;
+        let body = answered(&c.nodes[&n].ip, &sock.dnsname, &format!("the URL through node {n}")).await;
         assert!(body.contains("GET /some/path"), "{body}");
     }
 
-    // Fencing: the holder refuses a relay that carries an epoch it does not hold.
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.node_raft_addr(1)))
-        .unwrap()
-        .connect()
+    // Fencing: the holder refuses a relay that carries an epoch it does not hold; a relay
+    // without the cluster credential is refused before anything else is said.
+    let open = |epoch| mysocket_api::internal::RelayOpen {
+        socket_id: sock.socket_id.clone(),
+        tunnel_id: sock.tunnels[0].tunnel_id.clone(),
+        epoch,
+        client_addr: "127.0.0.1:1".into(),
+        log_connection: false,
+    };
+    let holder = c.node_raft_addr(1);
+    let peers = mysocket_node::peers::Peers::new(&c.secret, None).unwrap();
+    let stranger = mysocket_node::peers::Peers::new("not-the-cluster-secret", None).unwrap();
+    let err = mysocket_node::relay::connect(&stranger, &holder, open(1)).await.err().expect("stranger refused");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    let err = mysocket_node::relay::connect(&peers, &holder, open(0)).await.err().expect("stale epoch refused");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    // The current epoch is accepted, and the relay reaches the service.
+    let (mut relay, _) = mysocket_node::relay::connect(&peers, &holder, open(1)).await.expect("current epoch accepted");
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    relay.write_all(format!("GET /fenced HTTP/1.1\r\nHost: {}\r\n\r\n", sock.dnsname).as_bytes()).await.unwrap();
+    relay.shutdown().await.unwrap(); // the origin answers, sees the end of its input and closes
+    let mut answer = String::new();
+    relay.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("GET /fenced"), "{answer}");
+}
+
+/// With TLS on the internal port, relays go through it too; a relay without TLS gets nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_cross_a_mutual_tls_internal_port() {
+    let c = TestCluster::builder().internal_tls().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, u, api) = ssh_user(&c, dir.path(), 1, "tls-alice").await;
+    let sock = api
+        .connect(&SocketCreate { name: "web".into(), socket_type: Some("http".into()), ..Default::default() })
         .await
         .unwrap();
-    let secret = c.secret.clone();
-    let mut internal = mysocket_api::internal::internal_client::InternalClient::with_interceptor(
-        ch,
-        move |mut r: tonic::Request<()>| {
-            r.metadata_mut().insert(mysocket_api::CLUSTER_CREDENTIAL_HEADER, secret.parse().unwrap());
-            Ok(r)
-        },
-    );
-    use mysocket_api::internal::relay_frame::Payload;
-    let open = |epoch| mysocket_api::internal::RelayFrame {
-        payload: Some(Payload::Open(mysocket_api::internal::RelayOpen {
-            socket_id: sock.socket_id.clone(),
-            tunnel_id: sock.tunnels[0].tunnel_id.clone(),
-            epoch,
-            client_addr: "127.0.0.1:1".into(),
-            log_connection: false,
-        })),
+    let origin_port = origin().await;
+    let _tunnel = ssh_forward(&key, &u.user_name, &c.nodes[&1].ip, sock.tunnels[0].local_port, origin_port);
+    for n in [1u64, 2, 3] {
+        let body = answered(&c.nodes[&n].ip, &sock.dnsname, &format!("the URL through node {n}")).await;
+        assert!(body.contains("GET /some/path"), "{body}");
+    }
+    let plain = mysocket_node::peers::Peers::new(&c.secret, None).unwrap();
+    let open = mysocket_api::internal::RelayOpen {
+        socket_id: sock.socket_id.clone(),
+        tunnel_id: sock.tunnels[0].tunnel_id.clone(),
+        epoch: 1,
+        client_addr: "127.0.0.1:1".into(),
+        log_connection: false,
     };
-    let err = internal.relay(futures::stream::iter(vec![open(0)])).await.err().expect("stale epoch refused");
-    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
-    assert!(internal.relay(futures::stream::iter(vec![open(1)])).await.is_ok(), "the current epoch is accepted");
+    assert!(
+        mysocket_node::relay::connect(&plain, &c.node_raft_addr(1), open).await.is_err(),
+        "a relay without TLS was accepted by a TLS internal port"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
