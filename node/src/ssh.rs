@@ -38,9 +38,10 @@ const MAX_SESSION_CHANNELS: u32 = 4;
 /// Largest SSH packet either side sends: public bytes move in pieces of this size (one channel
 /// message, one packet each) on every path into a tunnel.
 pub const SSH_PACKET: usize = 64 * 1024;
-/// Read buffer per SSH connection: a page, enough for the small packets of requests and
-/// answers; a 64 KiB data packet is mostly read past it. Idle tunnels keep theirs.
-const SSH_READ_BUFFER: usize = 4 * 1024;
+/// Read buffer per SSH connection: room for a few of the small packets of requests and
+/// answers; a 64 KiB data packet is mostly read past it. Idle tunnels keep theirs, so it is
+/// small (4 KiB cost 2 KiB of resident memory per idle tunnel, and no requests/s).
+const SSH_READ_BUFFER: usize = 1024;
 
 /// Waits for the replicated host key, then serves SSH until `stop`.
 pub async fn serve(node: NodeRef, listener: TcpListener, holdings: Arc<Holdings>, stop: CancellationToken) {
@@ -79,7 +80,8 @@ pub async fn serve(node: NodeRef, listener: TcpListener, holdings: Arc<Holdings>
     tracing::info!(addr = ?listener.local_addr().ok(), "SSH server listening");
     let per_account: Arc<Mutex<HashMap<Uuid, u32>>> = Arc::default();
     crate::accept::serve(listener, MAX_CONNECTIONS, "SSH", stop, |stream, peer| {
-        let (node, holdings, config, per_account) = (node.clone(), holdings.clone(), config.clone(), per_account.clone());
+        let (node, holdings, config, per_account) =
+            (node.clone(), holdings.clone(), config.clone(), per_account.clone());
         async move {
             let state = Arc::new(Mutex::new(SessionState::default()));
             let handler = SshSession {
@@ -100,27 +102,41 @@ pub async fn serve(node: NodeRef, listener: TcpListener, holdings: Arc<Holdings>
                 }
                 Err(e) => tracing::debug!(%peer, error = %e, "SSH handshake failed"),
             }
-            if let Some((user_id, _)) = state.lock().expect("ssh state").user.take() {
-                let mut counts = per_account.lock().expect("ssh sessions");
-                if let Some(c) = counts.get_mut(&user_id) {
-                    *c -= 1;
-                    if *c == 0 {
-                        counts.remove(&user_id);
-                    }
-                }
-            }
-            let claims: Vec<(Uuid, u64)> = state.lock().expect("ssh state").claims.drain().collect();
-            for (tunnel_id, epoch) in claims {
-                holdings.remove(&tunnel_id, epoch);
-                let cmd = Command::ReleaseTunnel { tunnel_id, node_id: node.id, epoch };
-                match node.write(cmd).await {
-                    Ok(_) => tracing::info!(%tunnel_id, epoch, "tunnel released"),
-                    Err(e) => tracing::warn!(%tunnel_id, error = %e, "tunnel release failed; the leader releases it when it notices"),
-                }
-            }
+            // Boxed, like the claim: the session's task is sized for its largest step and lives
+            // as long as the session.
+            Box::pin(session_ended(node, holdings, state, per_account)).await;
         }
     })
     .await
+}
+
+/// Once a session is over: its account's session count goes down and its claims are released.
+async fn session_ended(
+    node: NodeRef,
+    holdings: Arc<Holdings>,
+    state: Arc<Mutex<SessionState>>,
+    per_account: Arc<Mutex<HashMap<Uuid, u32>>>,
+) {
+    if let Some((user_id, _)) = state.lock().expect("ssh state").user.take() {
+        let mut counts = per_account.lock().expect("ssh sessions");
+        if let Some(c) = counts.get_mut(&user_id) {
+            *c -= 1;
+            if *c == 0 {
+                counts.remove(&user_id);
+            }
+        }
+    }
+    let claims: Vec<(Uuid, u64)> = state.lock().expect("ssh state").claims.drain().collect();
+    for (tunnel_id, epoch) in claims {
+        holdings.remove(&tunnel_id, epoch);
+        let cmd = Command::ReleaseTunnel { tunnel_id, node_id: node.id, epoch };
+        match node.write(cmd).await {
+            Ok(_) => tracing::info!(%tunnel_id, epoch, "tunnel released"),
+            Err(e) => {
+                tracing::warn!(%tunnel_id, error = %e, "tunnel release failed; the leader releases it when it notices")
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -263,49 +279,9 @@ impl russh::server::Handler for SshSession {
         port: &mut u32,
         session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        let Some((user_id, user_name)) = self.state.lock().expect("ssh state").user.clone() else {
-            return Ok(false);
-        };
-        if self.state.lock().expect("ssh state").claims.len() >= MAX_FORWARDS_PER_SESSION {
-            tracing::info!(peer = %self.peer, "too many forwards in one session");
-            return Ok(false);
-        }
-        let Ok(relay_port) = u16::try_from(*port) else { return Ok(false) };
-        if self.node.linearizable().await.is_err() {
-            return Ok(false);
-        }
-        let Some(tunnel) = self.node.read(|r| r.tunnel_by_relay_port(&user_id, relay_port).cloned()) else {
-            tracing::info!(peer = %self.peer, user = %user_name, relay_port, "forward refused: not a tunnel of this account");
-            return Ok(false);
-        };
-        let cmd = Command::ClaimTunnel { user_id, tunnel_id: tunnel.tunnel_id, node_id: self.node.id };
-        match self.node.write(cmd).await {
-            Ok(RegResponse::Claimed { session: claim, superseded }) => {
-                self.holdings.insert(Holding {
-                    tunnel_id: tunnel.tunnel_id,
-                    socket_id: tunnel.socket_id,
-                    epoch: claim.epoch,
-                    handle: session.handle(),
-                    bind_address: address.to_string(),
-                    relay_port: *port,
-                    log: self.state.lock().expect("ssh state").log_channel.clone(),
-                });
-                self.state.lock().expect("ssh state").claims.insert(tunnel.tunnel_id, claim.epoch);
-                tracing::info!(
-                    tunnel_id = %tunnel.tunnel_id, epoch = claim.epoch, previous = ?superseded.map(|s| s.node_id),
-                    "tunnel claimed"
-                );
-                Ok(true)
-            }
-            Ok(other) => {
-                tracing::info!(?other, "tunnel claim refused");
-                Ok(false)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "tunnel claim failed");
-                Ok(false)
-            }
-        }
+        // Boxed: russh keeps one future per session sized for its largest handler call, and a
+        // claim (a linearizable read, then a Raft write) would make every idle session pay for it.
+        Ok(Box::pin(self.forward(address, *port, session.handle())).await)
     }
 
     async fn cancel_tcpip_forward(
@@ -314,20 +290,72 @@ impl russh::server::Handler for SshSession {
         port: u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        let Some((user_id, _)) = self.state.lock().expect("ssh state").user.clone() else { return Ok(false) };
-        let Ok(relay_port) = u16::try_from(port) else { return Ok(false) };
-        let Some(tunnel_id) = self.node.read(|r| r.tunnel_by_relay_port(&user_id, relay_port).map(|t| t.tunnel_id))
-        else {
-            return Ok(false);
-        };
-        let Some(epoch) = self.state.lock().expect("ssh state").claims.remove(&tunnel_id) else { return Ok(false) };
-        self.holdings.remove(&tunnel_id, epoch);
-        let _ = self.node.write(Command::ReleaseTunnel { tunnel_id, node_id: self.node.id, epoch }).await;
-        Ok(true)
+        Ok(Box::pin(self.cancel_forward(port)).await)
     }
 }
 
 impl SshSession {
+    /// `tcpip-forward`: claims the tunnel behind relay port `port` in Raft, then holds it here.
+    async fn forward(&mut self, address: &str, port: u32, handle: russh::server::Handle) -> bool {
+        let Some((user_id, user_name)) = self.state.lock().expect("ssh state").user.clone() else {
+            return false;
+        };
+        if self.state.lock().expect("ssh state").claims.len() >= MAX_FORWARDS_PER_SESSION {
+            tracing::info!(peer = %self.peer, "too many forwards in one session");
+            return false;
+        }
+        let Ok(relay_port) = u16::try_from(port) else { return false };
+        if self.node.linearizable().await.is_err() {
+            return false;
+        }
+        let Some(tunnel) = self.node.read(|r| r.tunnel_by_relay_port(&user_id, relay_port).cloned()) else {
+            tracing::info!(peer = %self.peer, user = %user_name, relay_port, "forward refused: not a tunnel of this account");
+            return false;
+        };
+        let cmd = Command::ClaimTunnel { user_id, tunnel_id: tunnel.tunnel_id, node_id: self.node.id };
+        match self.node.write(cmd).await {
+            Ok(RegResponse::Claimed { session: claim, superseded }) => {
+                self.holdings.insert(Holding {
+                    tunnel_id: tunnel.tunnel_id,
+                    socket_id: tunnel.socket_id,
+                    epoch: claim.epoch,
+                    handle,
+                    bind_address: address.to_string(),
+                    relay_port: port,
+                    log: self.state.lock().expect("ssh state").log_channel.clone(),
+                });
+                self.state.lock().expect("ssh state").claims.insert(tunnel.tunnel_id, claim.epoch);
+                tracing::info!(
+                    tunnel_id = %tunnel.tunnel_id, epoch = claim.epoch, previous = ?superseded.map(|s| s.node_id),
+                    "tunnel claimed"
+                );
+                true
+            }
+            Ok(other) => {
+                tracing::info!(?other, "tunnel claim refused");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "tunnel claim failed");
+                false
+            }
+        }
+    }
+
+    /// `cancel-tcpip-forward`: releases the tunnel this session holds behind `port`.
+    async fn cancel_forward(&mut self, port: u32) -> bool {
+        let Some((user_id, _)) = self.state.lock().expect("ssh state").user.clone() else { return false };
+        let Ok(relay_port) = u16::try_from(port) else { return false };
+        let Some(tunnel_id) = self.node.read(|r| r.tunnel_by_relay_port(&user_id, relay_port).map(|t| t.tunnel_id))
+        else {
+            return false;
+        };
+        let Some(epoch) = self.state.lock().expect("ssh state").claims.remove(&tunnel_id) else { return false };
+        self.holdings.remove(&tunnel_id, epoch);
+        let _ = self.node.write(Command::ReleaseTunnel { tunnel_id, node_id: self.node.id, epoch }).await;
+        true
+    }
+
     fn banner(&self, channel: ChannelId, session: &mut Session) {
         let user = self.state.lock().expect("ssh state").user.clone();
         let text = match user {
