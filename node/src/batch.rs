@@ -87,7 +87,7 @@ async fn send(node: &Node, mut batch: Vec<(Request, Reply)>) {
     let deadline = Instant::now() + LEADER_WAIT;
     let propose = |req: Request| async move {
         if leader == node.id {
-            node.write_local(req).await
+            node.write_local(req).await.map(|(response, _)| response)
         } else {
             node.forward_write(&addr, &req, deadline).await
         }

@@ -34,6 +34,8 @@ use crate::raft_net::to_blob;
 
 /// How long a write or read waits for a leader before giving up with 503.
 pub const LEADER_WAIT: Duration = Duration::from_secs(10);
+/// How long a forwarded write waits for this node to apply it before answering.
+const READ_YOUR_WRITES: Duration = Duration::from_secs(1);
 
 /// Why a write or read could not be served; all map to 503 (try again).
 #[derive(Debug, thiserror::Error, Clone, Serialize, Deserialize)]
@@ -148,8 +150,9 @@ impl Node {
         self.config.planted_bug.as_deref() == Some(bug)
     }
 
-    /// Proposes on this node, which must be the leader.
-    pub async fn write_local(&self, req: Request) -> Result<Response, String> {
+    /// Proposes on this node, which must be the leader: the answer, and the log index it was
+    /// applied at.
+    pub async fn write_local(&self, req: Request) -> Result<(Response, u64), String> {
         #[cfg(feature = "planted-bugs")]
         if self.planted("early-ack") {
             // Planted bug: answer from a private copy of the registry at once and let Raft
@@ -160,23 +163,29 @@ impl Node {
             tokio::spawn(async move {
                 let _ = raft.client_write(req).await;
             });
-            return Ok(response);
+            return Ok((response, 0));
         }
         match self.raft.client_write(req).await {
-            Ok(r) => Ok(r.data),
+            Ok(r) => Ok((r.data, r.log_id.index)),
             Err(e) => Err(e.to_string()),
         }
     }
 
+    /// Proposes through the leader at `addr`. Once it answers, waits (briefly) until this node
+    /// has applied the write too, so whoever wrote through this node reads it back here — the
+    /// public proxy routes from this node's replica.
     pub(crate) async fn forward_write(&self, addr: &str, req: &Request, deadline: Instant) -> Result<Response, String> {
         let mut client = self.peers.client(addr).map_err(|s| s.message().to_string())?;
         let left = deadline.saturating_duration_since(Instant::now());
         let fut = client.client_write(to_blob(req));
-        match tokio::time::timeout(left, fut).await {
-            Err(_) => Err("forwarded write timed out".into()),
-            Ok(Err(s)) => Err(format!("leader at {addr}: {}", s.message())),
-            Ok(Ok(r)) => from_blob(r.get_ref()).map_err(|s| s.message().to_string()),
-        }
+        let (response, index): (Response, u64) = match tokio::time::timeout(left, fut).await {
+            Err(_) => return Err("forwarded write timed out".into()),
+            Ok(Err(s)) => return Err(format!("leader at {addr}: {}", s.message())),
+            Ok(Ok(r)) => from_blob(r.get_ref()).map_err(|s| s.message().to_string())?,
+        };
+        // A node cut off from the leader answers anyway: the write is committed.
+        let _ = self.raft.wait(Some(READ_YOUR_WRITES)).applied_index_at_least(Some(index), "read your writes").await;
+        Ok(response)
     }
 
     /// Returns once this node's state machine reflects every write acknowledged before the call

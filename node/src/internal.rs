@@ -129,8 +129,9 @@ impl Internal for InternalService {
     async fn client_write(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
         let r: RegistryRequest = from_blob(req.get_ref())?;
         // No second hop: if leadership moved, the origin node retries with the new leader.
-        let resp = self.node.write_local(r).await.map_err(Status::unavailable)?;
-        Ok(Response::new(to_blob(&resp)))
+        // The answer and its log index, which the origin node waits to apply before answering.
+        let answer = self.node.write_local(r).await.map_err(Status::unavailable)?;
+        Ok(Response::new(to_blob(&answer)))
     }
 
     async fn read_index(&self, _req: Request<Empty>) -> Result<Response<ReadIndexReply>, Status> {

@@ -193,6 +193,31 @@ async fn openssh_reverse_forward_serves_public_http() {
     assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("GET /fenced"), "{answer}");
 }
 
+/// A socket created through any node is served by that node as soon as the API answers: a
+/// follower that forwarded the write applies it before it replies, so its public port knows
+/// the socket at once (503: no tunnel yet — not 404), and forgets a deleted one at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_is_served_by_the_node_that_created_it_at_once() {
+    let c = TestCluster::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let leader = c.agreed_leader(Duration::from_secs(10)).await;
+    let followers: Vec<u64> = [1u64, 2, 3].into_iter().filter(|n| *n != leader).collect();
+    let (_, _, api) = ssh_user(&c, dir.path(), followers[0], "ryw").await;
+    let token = api.token().unwrap().to_string();
+    for i in 0..30 {
+        let via = followers[i % 2];
+        let api = c.api(via).with_token(token.clone());
+        let create = SocketCreate { name: format!("ryw-{i}"), socket_type: Some("http".into()), ..Default::default() };
+        let sock = api.connect(&create).await.unwrap();
+        let (status, body) = get(&c.nodes[&via].ip, &sock.dnsname, None).await;
+        assert_eq!(status, 503, "socket {i} through node {via} (leader {leader}): {body}");
+        // And gone at once once deleted there (an account holds ten http sockets at most).
+        api.delete_socket(&sock.socket_id).await.unwrap();
+        let (status, body) = get(&c.nodes[&via].ip, &sock.dnsname, None).await;
+        assert_eq!(status, 404, "deleted socket {i} through node {via} (leader {leader}): {body}");
+    }
+}
+
 /// With TLS on the internal port, relays go through it too; a relay without TLS gets nowhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_cross_a_mutual_tls_internal_port() {
