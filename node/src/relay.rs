@@ -30,8 +30,6 @@ use bytes::BytesMut;
 use mysocket_api::internal::RelayOpen;
 use prost::Message;
 use subtle::ConstantTimeEq;
-use tokio::io::AsyncBufRead;
-use tokio::io::AsyncBufReadExt;
 use tokio::io::AsyncRead;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWrite;
@@ -225,10 +223,13 @@ impl AsyncWrite for RelayIo {
 /// ends the stream like its end would.
 async fn frames_in<R, W>(mut r: R, mut w: W, mut log: impl FnMut(String)) -> u64
 where
-    R: AsyncBufRead + Unpin,
+    R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut total = 0u64;
+    // A whole frame is read before it is written on: one SSH packet per frame, however the
+    // frames arrived in pieces. (A read past the reader's buffer goes straight in here.)
+    let mut payload = vec![0u8; FRAME];
     let ended: std::io::Result<()> = async {
         let mut head = [0u8; HEAD];
         loop {
@@ -240,18 +241,9 @@ where
             let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
             match head[0] {
                 DATA if len <= FRAME => {
-                    let mut left = len;
-                    while left > 0 {
-                        let b = r.fill_buf().await?;
-                        if b.is_empty() {
-                            return Err(std::io::ErrorKind::UnexpectedEof.into());
-                        }
-                        let k = b.len().min(left);
-                        w.write_all(&b[..k]).await?;
-                        r.consume(k);
-                        left -= k;
-                        total += k as u64;
-                    }
+                    r.read_exact(&mut payload[..len]).await?;
+                    w.write_all(&payload[..len]).await?;
+                    total += len as u64;
                 }
                 LOG if len <= MAX_LOG => {
                     let mut raw = vec![0u8; len];
