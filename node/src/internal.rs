@@ -243,6 +243,7 @@ pub async fn serve_port(
         let (tls, grpc, holdings, secret) = (tls.clone(), grpc.clone(), holdings.clone(), secret.clone());
         async move {
             let info = TcpConnectInfo { local_addr: tcp.local_addr().ok(), remote_addr: Some(peer) };
+            crate::relay::keep_alive(&tcp);
             let start = async {
                 let mut io: Box<dyn Io> = match &tls {
                     Some(acceptor) => Box::new(acceptor.accept(tcp).await?),

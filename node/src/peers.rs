@@ -124,6 +124,7 @@ impl Peers {
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
         tcp.set_nodelay(true)?;
+        crate::relay::keep_alive(&tcp);
         let Some((connector, domain)) = &self.relay_tls else { return Ok(Box::new(tcp)) };
         let host = match domain {
             Some(d) => d.clone(),

@@ -173,12 +173,13 @@ const POOL_PER_SOCKET: usize = 128;
 const POOL_IDLE: Duration = Duration::from_secs(30);
 
 impl UpstreamPool {
-    /// An idle upstream connection to the socket's service that can take a request now.
-    fn take(&self, socket_id: &Uuid) -> Option<(SendRequest, LogSink)> {
+    /// An idle upstream connection to the socket's service that can take a request now,
+    /// through a tunnel session the local replica still names.
+    fn take(&self, socket_id: &Uuid, node: &NodeRef) -> Option<(SendRequest, LogSink)> {
         let mut map = self.map.lock().expect("upstream pool");
         let idle = map.get_mut(socket_id)?;
         while let Some((at, sender, log)) = idle.pop() {
-            if at.elapsed() < POOL_IDLE && sender.is_ready() {
+            if at.elapsed() < POOL_IDLE && sender.is_ready() && log.current(node) {
                 return Some((sender, log));
             }
         }
@@ -267,15 +268,26 @@ type Upstream = (Uuid, SendRequest, LogSink);
 #[derive(Clone)]
 pub enum LogSink {
     Local(Holding),
-    Relay(crate::relay::RelayLog),
+    Relay { log: crate::relay::RelayLog, tunnel_id: Uuid, epoch: u64 },
 }
 
 impl LogSink {
     pub fn line(&self, line: String) {
         match self {
             LogSink::Local(h) => log_line(h, line),
-            LogSink::Relay(relay) => relay.line(line),
+            LogSink::Relay { log, .. } => log.line(line),
         }
+    }
+
+    /// Whether the tunnel session this way goes through is still the one the local replica
+    /// names: a connection through a superseded or released session takes no more requests,
+    /// even if its holder has not heard yet (cut off from the cluster, it cannot).
+    pub fn current(&self, node: &NodeRef) -> bool {
+        let (tunnel_id, epoch, here) = match self {
+            LogSink::Local(h) => (h.tunnel_id, h.epoch, true),
+            LogSink::Relay { tunnel_id, epoch, .. } => (*tunnel_id, *epoch, false),
+        };
+        node.read(|r| r.session(&tunnel_id).is_some_and(|s| s.epoch == epoch && (s.node_id == node.id) == here))
     }
 }
 
@@ -326,7 +338,9 @@ pub async fn open_upstream(
                 log_connection,
             };
             match crate::relay::connect(&node.peers, addr, open).await {
-                Ok((stream, log)) => return Ok((Box::new(stream), LogSink::Relay(log))),
+                Ok((stream, log)) => {
+                    return Ok((Box::new(stream), LogSink::Relay { log, tunnel_id: *tunnel_id, epoch: *epoch }))
+                }
                 Err(e) => {
                     tracing::debug!(%tunnel_id, epoch, %addr, error = %e.message(), "relay refused; trying the next")
                 }
@@ -467,14 +481,15 @@ async fn handle(
         }
     }
     let mut guard = upstream.lock().await;
-    let reuse = matches!(&*guard, Some((sid, s, _)) if *sid == socket.socket_id && s.is_ready() && !is_upgrade);
+    let reuse = matches!(&*guard, Some((sid, s, log))
+        if *sid == socket.socket_id && s.is_ready() && !is_upgrade && log.current(&node));
     if !reuse {
         if let Some((sid, sender, log)) = guard.take() {
             // This connection moves to another socket: its upstream serves others meanwhile.
             holdings.upstreams.put(sid, sender, log).await;
         }
         if !is_upgrade {
-            if let Some((sender, log)) = holdings.upstreams.take(&socket.socket_id) {
+            if let Some((sender, log)) = holdings.upstreams.take(&socket.socket_id, &node) {
                 *guard = Some((socket.socket_id, sender, log));
             }
         }
