@@ -49,7 +49,13 @@ use crate::tunnels::Holdings;
 /// Largest snapshot a node accepts (the registry is far smaller).
 const MAX_SNAPSHOT: usize = 1024 * 1024 * 1024;
 
-/// Server-side check of the cluster credential, in constant time.
+/// Whether `given` is the cluster credential `secret`, compared in constant time (gRPC calls
+/// and relays alike).
+pub fn is_credential(secret: &[u8], given: &[u8]) -> bool {
+    given.len() == secret.len() && bool::from(given.ct_eq(secret))
+}
+
+/// Server-side check of the cluster credential on every gRPC call.
 #[derive(Clone)]
 pub struct CheckCredential {
     pub secret: std::sync::Arc<Vec<u8>>,
@@ -58,7 +64,7 @@ pub struct CheckCredential {
 impl tonic::service::Interceptor for CheckCredential {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
         let given = req.metadata().get(CLUSTER_CREDENTIAL_HEADER).map(|v| v.as_bytes()).unwrap_or(&[]);
-        if given.len() == self.secret.len() && bool::from(given.ct_eq(self.secret.as_slice())) {
+        if is_credential(&self.secret, given) {
             return Ok(req);
         }
         tracing::warn!(peer = ?req.remote_addr(), "refused internal call without the cluster credential");

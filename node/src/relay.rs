@@ -29,7 +29,6 @@ use bytes::BufMut;
 use bytes::BytesMut;
 use mysocket_api::internal::RelayOpen;
 use prost::Message;
-use subtle::ConstantTimeEq;
 use tokio::io::AsyncRead;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWrite;
@@ -316,7 +315,7 @@ pub async fn serve(
 ) {
     let opened = async {
         let given = read_part(&mut io).await?;
-        if !(given.len() == secret.len() && bool::from(given.ct_eq(secret.as_slice()))) {
+        if !crate::internal::is_credential(&secret, &given) {
             tracing::warn!(%peer, "refused a relay without the cluster credential");
             return Err(Status::unauthenticated("missing or wrong cluster credential"));
         }

@@ -95,11 +95,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
 
     // The internal port: gRPC (Raft and control calls) and relays.
     {
+        let secret = Arc::new(cfg.cluster_secret.0.as_bytes().to_vec());
         let svc = tonic::service::interceptor::InterceptedService::new(
             InternalServer::new(InternalService { node: node.clone() })
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
-            CheckCredential { secret: Arc::new(cfg.cluster_secret.0.as_bytes().to_vec()) },
+            CheckCredential { secret: secret.clone() },
         );
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
@@ -124,8 +125,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         let planted = node.planted("stale-holder");
         #[cfg(not(feature = "planted-bugs"))]
         let planted = false;
-        let (h, secret, stop) =
-            (holdings.clone(), Arc::new(cfg.cluster_secret.0.as_bytes().to_vec()), root.child_token());
+        let (h, stop) = (holdings.clone(), root.child_token());
         tasks.spawn(
             async move { crate::internal::serve_port(raft_listener, tls, grpc_tx, h, secret, planted, stop).await },
         );

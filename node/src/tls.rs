@@ -34,19 +34,19 @@ pub type Slot = Arc<RwLock<Option<tokio_rustls::TlsAcceptor>>>;
 /// Certificates minted per name; bounded so random SNI cannot grow memory.
 const CACHE_MAX: usize = 10_000;
 
-fn pem_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    rustls_pemfile::certs(&mut pem.as_bytes()).map(|c| c.map_err(|e| format!("bad certificate: {e}"))).collect()
+fn pem_certs(mut pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    rustls_pemfile::certs(&mut pem).map(|c| c.map_err(|e| format!("bad certificate: {e}"))).collect()
 }
 
-fn pem_key(pem: &str) -> Result<PrivateKeyDer<'static>, String> {
-    rustls_pemfile::private_key(&mut pem.as_bytes())
+fn pem_key(mut pem: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
+    rustls_pemfile::private_key(&mut pem)
         .map_err(|e| format!("bad key: {e}"))?
         .ok_or_else(|| "no private key in the cluster TLS material".to_string())
 }
 
 /// The operator's certificate chain and key, checked: parsable, with a key rustls can sign with.
 pub fn operator_cert(t: &crate::config::PublicTls) -> Result<Arc<CertifiedKey>, String> {
-    let chain = pem_certs(&t.cert_pem)?;
+    let chain = pem_certs(t.cert_pem.as_bytes())?;
     if chain.is_empty() {
         return Err("no certificate in the PEM file".into());
     }
@@ -88,10 +88,10 @@ impl SniCerts {
         let ca_key = KeyPair::from_pem(&cfg.tls_ca_key).map_err(|e| format!("cluster CA key: {e}"))?;
         let params = crate::bootstrap::ca_params(&cfg.domain).map_err(|e| e.to_string())?;
         let issuer = Issuer::new(params, ca_key);
-        let ca_der = pem_certs(&cfg.tls_ca_cert)?.into_iter().next().ok_or("no CA certificate")?;
-        let mut chain = pem_certs(&cfg.tls_cert)?;
+        let ca_der = pem_certs(cfg.tls_ca_cert.as_bytes())?.into_iter().next().ok_or("no CA certificate")?;
+        let mut chain = pem_certs(cfg.tls_cert.as_bytes())?;
         chain.push(ca_der.clone());
-        let fallback = certified(chain, &pem_key(&cfg.tls_key)?)?;
+        let fallback = certified(chain, &pem_key(cfg.tls_key.as_bytes())?)?;
         let operator = node.config.public_tls.as_ref().map(operator_cert).transpose()?;
         let leaf_key = KeyPair::generate().map_err(|e| e.to_string())?;
         let leaf_key_der = PrivateKeyDer::try_from(leaf_key.serialize_der()).map_err(|e| e.to_string())?;
@@ -195,18 +195,15 @@ struct InternalPki {
 
 impl InternalPki {
     fn read(t: &crate::config::InternalTls) -> Result<InternalPki, String> {
-        let text = |pem: &[u8], what: &str| {
-            String::from_utf8(pem.to_vec()).map_err(|_| format!("the internal {what} is not PEM text"))
-        };
         let mut roots = rustls::RootCertStore::empty();
-        for c in pem_certs(&text(&t.ca_pem, "CA")?)? {
+        for c in pem_certs(&t.ca_pem)? {
             roots.add(c).map_err(|e| format!("bad internal CA: {e}"))?;
         }
-        let chain = pem_certs(&text(&t.cert_pem, "certificate")?)?;
+        let chain = pem_certs(&t.cert_pem)?;
         if chain.is_empty() || roots.is_empty() {
             return Err("the internal certificate and CA files hold no certificate".into());
         }
-        Ok(InternalPki { roots: Arc::new(roots), chain, key: pem_key(&text(&t.key_pem, "key")?)? })
+        Ok(InternalPki { roots: Arc::new(roots), chain, key: pem_key(&t.key_pem)? })
     }
 }
 
