@@ -4,10 +4,7 @@
 //! must carry the cluster credential; a caller without it is refused and logged.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Context;
-use std::task::Poll;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -25,10 +22,7 @@ use openraft::type_config::alias::SnapshotMetaOf;
 use openraft::type_config::alias::SnapshotOf;
 use openraft::type_config::alias::VoteOf;
 use subtle::ConstantTimeEq;
-use tokio::io::AsyncRead;
 use tokio::io::AsyncReadExt;
-use tokio::io::AsyncWrite;
-use tokio::io::ReadBuf;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
@@ -41,6 +35,7 @@ use tonic::Streaming;
 use crate::cluster::MembershipChange;
 use crate::cluster::NodeRef;
 use crate::cluster::Retry;
+use crate::prefixed::Prefixed;
 use crate::proxy::Io;
 use crate::raft_net::from_blob;
 use crate::raft_net::to_blob;
@@ -169,56 +164,13 @@ const MAX_CONNECTIONS: usize = 20_000;
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection for the gRPC server: the bytes read to tell it from a relay, then the rest.
-pub struct GrpcConn {
-    first: Vec<u8>,
-    read: usize,
-    io: Box<dyn Io>,
-    info: TcpConnectInfo,
-}
+pub type GrpcConn = Prefixed<Box<dyn Io>, TcpConnectInfo>;
 
 impl Connected for GrpcConn {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {
         self.info.clone()
-    }
-}
-
-impl AsyncRead for GrpcConn {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        if self.read < self.first.len() {
-            let n = (self.first.len() - self.read).min(buf.remaining());
-            buf.put_slice(&self.first[self.read..self.read + n]);
-            self.read += n;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for GrpcConn {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -275,7 +227,7 @@ pub async fn serve_port(
                 crate::relay::serve(io, peer, holdings, secret, planted_stale_holder).await;
             } else {
                 // Not a relay: gRPC's to answer (or refuse, for garbage).
-                let _ = grpc.send(Ok(GrpcConn { first, read: 0, io, info })).await;
+                let _ = grpc.send(Ok(GrpcConn::new(first, io, info))).await;
             }
         }
     })

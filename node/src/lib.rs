@@ -12,7 +12,8 @@
 //! - [`bootstrap`]: cluster secrets generated once by the first leader.
 //! - [`http`], [`auth`], [`validate`]: the REST API.
 //! - [`ssh`], [`tunnels`]: the SSH tunnel server and the tunnels this node holds.
-//! - [`proxy`], [`relay`]: public HTTP endpoints routed by Host; relaying a connection to the
+//! - [`h1`], [`proxy`], [`relay`]: public HTTP endpoints routed by Host (plain HTTP/1.1
+//!   requests on a path of their own, the rest through hyper); relaying a connection to the
 //!   node that holds the tunnel.
 //! - [`tcp`], [`tls`]: listeners for tcp/tls sockets; TLS with the cluster certificate.
 //! - [`server`]: start-up, background duties and graceful shutdown.
@@ -23,10 +24,12 @@ pub mod batch;
 pub mod bootstrap;
 pub mod cluster;
 pub mod config;
+pub mod h1;
 pub mod http;
 pub mod internal;
 pub mod openapi;
 pub mod peers;
+pub mod prefixed;
 pub mod proxy;
 pub mod raft_net;
 pub mod relay;

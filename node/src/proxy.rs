@@ -37,7 +37,7 @@ use crate::tunnels::Holdings;
 /// Most concurrent public connections per listener.
 const MAX_CONNECTIONS: usize = 20_000;
 /// Time a client gets to send its request head.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -53,15 +53,32 @@ pub fn public_urls(node: &NodeRef, s: &Socket) -> Vec<String> {
     }
 }
 
-fn page(status: StatusCode, title: &str, detail: &str) -> Response<Body> {
-    let html = format!(
+fn page_html(status: StatusCode, title: &str, detail: &str) -> String {
+    format!(
         "<!doctype html><html><head><title>{code} {title}</title></head><body><h1>{code} {title}</h1><p>{detail}</p><hr><p>mysocket</p></body></html>\n",
         code = status.as_u16()
-    );
+    )
+}
+
+fn page(status: StatusCode, title: &str, detail: &str) -> Response<Body> {
+    let html = page_html(status, title, detail);
     let mut r = Response::new(Full::new(Bytes::from(html)).map_err(|never| match never {}).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     r
+}
+
+/// [`page`] as the bytes of a whole HTTP/1.1 response, which closes the connection or not.
+pub fn page_bytes(status: StatusCode, title: &str, detail: &str, close: bool) -> Vec<u8> {
+    let html = page_html(status, title, detail);
+    format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\n{}\r\n{html}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        html.len(),
+        if close { "connection: close\r\n" } else { "" },
+    )
+    .into_bytes()
 }
 
 /// Serves public HTTP until `stop`.
@@ -73,14 +90,17 @@ pub async fn serve_http(node: NodeRef, holdings: Arc<Holdings>, listener: TcpLis
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => holdings.upstreams.sweep(),
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                        holdings.upstreams.sweep();
+                        holdings.streams.sweep();
+                    }
                 }
             }
         });
     }
     crate::accept::serve(listener, MAX_CONNECTIONS, "public HTTP", stop, |stream, peer| {
         let (node, holdings) = (node.clone(), holdings.clone());
-        async move { serve_connection(node, holdings, TokioIo::new(stream), peer, "http", false).await }
+        async move { crate::h1::serve(node, holdings, stream, peer, "http").await }
     })
     .await
 }
@@ -102,8 +122,11 @@ pub async fn serve_https(
             let Some(acceptor) = acceptor else { return };
             match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
-                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    serve_connection(node, holdings, TokioIo::new(tls), peer, "https", h2).await
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        serve_connection(node, holdings, TokioIo::new(tls), peer, "https", true).await
+                    } else {
+                        crate::h1::serve(node, holdings, tls, peer, "https").await
+                    }
                 }
                 _ => tracing::debug!(%peer, "TLS handshake failed"),
             }
@@ -151,7 +174,7 @@ pub async fn serve_connection<I>(
     // The upstream outlives this client: the next public connection of the socket takes it.
     let left = ours.lock().await.take();
     if let Some((socket_id, sender, log)) = left {
-        pool.upstreams.put(socket_id, sender, log).await;
+        keep_when_ready(&pool.upstreams, socket_id, sender, log).await;
     }
 }
 
@@ -159,53 +182,85 @@ pub async fn serve_connection<I>(
 /// connections take before opening a channel through the tunnel: a round trip to the tunnel
 /// client and a connection to the service saved per public connection. A connection through a
 /// session that was superseded or released is closed with that session, and such connections
-/// are never taken. Bounded per socket and in idle time.
-#[derive(Default)]
-pub struct UpstreamPool {
-    map: std::sync::Mutex<HashMap<Uuid, Vec<(Instant, SendRequest, LogSink)>>>,
+/// are never taken. Bounded per socket and in idle time. `T` is a hyper connection or, for
+/// [`crate::h1`], the stream itself.
+pub struct UpstreamPool<T> {
+    map: std::sync::Mutex<HashMap<Uuid, Vec<(Instant, T, LogSink)>>>,
 }
 
-type SendRequest = hyper::client::conn::http1::SendRequest<Incoming>;
+impl<T> Default for UpstreamPool<T> {
+    fn default() -> Self {
+        UpstreamPool { map: Default::default() }
+    }
+}
+
+pub type SendRequest = hyper::client::conn::http1::SendRequest<Incoming>;
 
 /// Idle upstream connections kept per socket.
 const POOL_PER_SOCKET: usize = 128;
 /// How long an upstream connection may wait idle in the pool.
 const POOL_IDLE: Duration = Duration::from_secs(30);
 
-impl UpstreamPool {
+/// An idle upstream connection that can say whether it would take a request now.
+pub trait Idle {
+    fn usable(&mut self) -> bool;
+}
+
+impl Idle for SendRequest {
+    fn usable(&mut self) -> bool {
+        self.is_ready()
+    }
+}
+
+impl Idle for Box<dyn Io> {
+    /// An idle stream has nothing to read: neither bytes (the service spoke out of turn) nor
+    /// its end (the service or the tunnel closed it).
+    fn usable(&mut self) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut probe = tokio::io::ReadBuf::new(&mut byte);
+        tokio::io::AsyncRead::poll_read(std::pin::Pin::new(self), &mut cx, &mut probe).is_pending()
+    }
+}
+
+impl<T: Idle> UpstreamPool<T> {
     /// An idle upstream connection to the socket's service that can take a request now,
     /// through a tunnel session the local replica still names.
-    fn take(&self, socket_id: &Uuid, node: &NodeRef) -> Option<(SendRequest, LogSink)> {
+    pub fn take(&self, socket_id: &Uuid, node: &NodeRef) -> Option<(T, LogSink)> {
         let mut map = self.map.lock().expect("upstream pool");
         let idle = map.get_mut(socket_id)?;
-        while let Some((at, sender, log)) = idle.pop() {
-            if at.elapsed() < POOL_IDLE && sender.is_ready() && log.current(node) {
-                return Some((sender, log));
+        while let Some((at, mut up, log)) = idle.pop() {
+            if at.elapsed() < POOL_IDLE && up.usable() && log.current(node) {
+                return Some((up, log));
             }
         }
         None
     }
 
-    /// Keeps `sender` for later once it is ready for another request (the last response may
-    /// still be finishing); one that does not become ready soon is dropped.
-    async fn put(&self, socket_id: Uuid, mut sender: SendRequest, log: LogSink) {
-        if !matches!(tokio::time::timeout(Duration::from_millis(500), sender.ready()).await, Ok(Ok(()))) {
-            return;
-        }
+    /// Keeps an upstream connection that can take another request.
+    pub fn keep(&self, socket_id: Uuid, up: T, log: LogSink) {
         let mut map = self.map.lock().expect("upstream pool");
         let idle = map.entry(socket_id).or_default();
         if idle.len() >= POOL_PER_SOCKET {
             idle.remove(0);
         }
-        idle.push((Instant::now(), sender, log));
+        idle.push((Instant::now(), up, log));
     }
 
     /// Drops connections idle too long or closed.
     pub fn sweep(&self) {
         self.map.lock().expect("upstream pool").retain(|_, idle| {
-            idle.retain(|(at, sender, _)| at.elapsed() < POOL_IDLE && !sender.is_closed());
+            idle.retain_mut(|(at, up, _)| at.elapsed() < POOL_IDLE && up.usable());
             !idle.is_empty()
         });
+    }
+}
+
+/// Keeps `sender` for later once it is ready for another request (the last response may
+/// still be finishing); one that does not become ready soon is dropped.
+async fn keep_when_ready(pool: &UpstreamPool<SendRequest>, socket_id: Uuid, mut sender: SendRequest, log: LogSink) {
+    if matches!(tokio::time::timeout(Duration::from_millis(500), sender.ready()).await, Ok(Ok(()))) {
+        pool.keep(socket_id, sender, log);
     }
 }
 
@@ -217,16 +272,26 @@ fn socket_for(node: &NodeRef, req: &Request<Incoming>) -> Option<Socket> {
         .and_then(|h| h.to_str().ok())
         .map(str::to_string)
         .or_else(|| req.uri().host().map(str::to_string))?;
-    let name = host.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or(host).to_ascii_lowercase();
+    socket_named(node, &host)
+}
+
+/// The http/https socket named by a Host value: case-insensitive, port stripped.
+pub fn socket_named(node: &NodeRef, host: &str) -> Option<Socket> {
+    let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host).to_ascii_lowercase();
     node.read(|r| r.socket_by_dnsname(name.trim_end_matches('.')).cloned())
         .filter(|s| matches!(s.socket_type, SocketType::Http | SocketType::Https))
 }
 
 fn authorized(s: &Socket, req: &Request<Incoming>) -> bool {
+    authorized_by(s, req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()))
+}
+
+/// Whether a request with this Authorization value (if any) may use the socket.
+pub fn authorized_by(s: &Socket, authorization: Option<&[u8]>) -> bool {
     if !s.protected {
         return true;
     }
-    let Some(v) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
+    let Some(v) = authorization.and_then(|v| std::str::from_utf8(v).ok()) else { return false };
     let Some(b64) = v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")) else { return false };
     let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else { return false };
     let Ok(pair) = String::from_utf8(raw) else { return false };
@@ -486,7 +551,7 @@ async fn handle(
     if !reuse {
         if let Some((sid, sender, log)) = guard.take() {
             // This connection moves to another socket: its upstream serves others meanwhile.
-            holdings.upstreams.put(sid, sender, log).await;
+            keep_when_ready(&holdings.upstreams, sid, sender, log).await;
         }
         if !is_upgrade {
             if let Some((sender, log)) = holdings.upstreams.take(&socket.socket_id, &node) {
@@ -548,11 +613,7 @@ async fn handle(
             inner: b,
             bytes: 0,
             done: Some(Box::new(move |bytes| {
-                log.line(format!(
-                    "{} {peer_ip} {method} {path} {status} {bytes}B {}ms\r\n",
-                    now_hms(),
-                    started.elapsed().as_millis()
-                ))
+                log.line(request_line(peer_ip, method.as_str(), &path, status, bytes, started))
             })),
         }
         .boxed()
@@ -599,6 +660,18 @@ impl Drop for Logged {
             done(self.bytes);
         }
     }
+}
+
+/// The log line of one HTTP request.
+pub fn request_line(
+    client: std::net::IpAddr,
+    method: &str,
+    path: &str,
+    status: u16,
+    bytes: u64,
+    started: Instant,
+) -> String {
+    format!("{} {client} {method} {path} {status} {bytes}B {}ms\r\n", now_hms(), started.elapsed().as_millis())
 }
 
 /// The log line of a whole tcp/tls connection.

@@ -76,8 +76,10 @@ impl SessionLog {
 #[derive(Default)]
 pub struct Holdings {
     map: Mutex<HashMap<Uuid, Holding>>,
-    /// Idle HTTP connections through the tunnels (held here or relayed), per socket.
-    pub upstreams: crate::proxy::UpstreamPool,
+    /// Idle HTTP connections through the tunnels (held here or relayed), per socket: hyper's,
+    /// and the plain streams of [`crate::h1`].
+    pub upstreams: crate::proxy::UpstreamPool<crate::proxy::SendRequest>,
+    pub streams: crate::proxy::UpstreamPool<Box<dyn crate::proxy::Io>>,
 }
 
 impl Holdings {

@@ -822,3 +822,159 @@ async fn new_public_connections_reuse_idle_upstream_connections() {
         assert!(opened <= 2, "10 public connections through node {id} opened {opened} connections to the service");
     }
 }
+
+/// An origin that answers by path with each framing an HTTP/1.1 answer can have: length,
+/// chunked with a trailer, none (HEAD, 204), an informational head first, or to the end of the
+/// stream; `/echo` sends back the request body it got (by length, or chunked); after
+/// `/then-close` it closes the connection its head said it would keep.
+async fn framing_origin() -> u16 {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let (head_len, method, path, length, chunked) = loop {
+                        let mut headers = [httparse::EMPTY_HEADER; 32];
+                        let mut req = httparse::Request::new(&mut headers);
+                        if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
+                            let field = |name: &str| {
+                                req.headers
+                                    .iter()
+                                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                                    .map(|h| String::from_utf8_lossy(h.value).to_ascii_lowercase())
+                            };
+                            let length = field("content-length").map_or(0, |v| v.parse::<usize>().unwrap());
+                            let chunked = field("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+                            let (m, p) = (req.method.unwrap().to_string(), req.path.unwrap().to_string());
+                            break (n, m, p, length, chunked);
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    buf.drain(..head_len);
+                    let body: Vec<u8> = if chunked {
+                        // Test bodies are small: wait for the last chunk, then take the data.
+                        while !buf.windows(5).any(|w| w == b"0\r\n\r\n") {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = buf.windows(5).position(|w| w == b"0\r\n\r\n").unwrap() + 5;
+                        let raw: Vec<u8> = buf.drain(..end).collect();
+                        let text = String::from_utf8_lossy(&raw).into_owned();
+                        text.split("\r\n").skip(1).step_by(2).collect::<String>().into_bytes()
+                    } else {
+                        while buf.len() < length {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.drain(..length).collect()
+                    };
+                    let answer = match path.as_str() {
+                        "/chunked" => "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: yes\r\n\r\n".to_string(),
+                        "/len" if method == "HEAD" => "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n".to_string(),
+                        "/len" => "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello".to_string(),
+                        "/204" => "HTTP/1.1 204 No Content\r\n\r\n".to_string(),
+                        "/103" => "HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhints".to_string(),
+                        "/then-close" => {
+                            // Keep-alive by its head, yet the origin closes after it.
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nbye").await;
+                            return;
+                        }
+                        "/echo" => format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{}", body.len(), String::from_utf8_lossy(&body)),
+                        _ => {
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await;
+                            return;
+                        }
+                    };
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_http1_framing_crosses_a_kept_alive_connection() {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    let c = TestCluster::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, u, api) = ssh_user(&c, dir.path(), 1, "gina").await;
+    let sock = api.connect(&SocketCreate { name: "framings".into(), ..Default::default() }).await.unwrap();
+    let origin = framing_origin().await;
+    let _t = ssh_forward(&key, &u.user_name, &c.nodes[&1].ip, sock.tunnels[0].local_port, origin);
+    let host = sock.dnsname.clone();
+    for id in [1u64, 2] {
+        let ip = c.nodes[&id].ip.clone();
+        eventually(Duration::from_secs(20), &format!("the socket through node {id}"), || {
+            let (ip, host) = (ip.clone(), host.clone());
+            async move { (get(&ip, &host, None).await.0 == 200).then_some(()) }
+        })
+        .await;
+        let mut s = tokio::net::TcpStream::connect((ip.as_str(), 8080)).await.unwrap();
+        let req =
+            |method: &str, path: &str, extra: &str| format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n");
+        // One after the other on one connection, each answer whole before the next request.
+        let steps = [
+            (req("GET", "/chunked", ""), "0\r\nx-trailer: yes\r\n\r\n"),
+            (req("HEAD", "/len", ""), "content-length: 5\r\n\r\n"),
+            (req("GET", "/204", ""), "204 No Content\r\n\r\n"),
+            (req("GET", "/103", ""), "\r\n\r\nhints"),
+            (req("POST", "/echo", "content-length: 11\r\n") + "hello world", "\r\n\r\nhello world"),
+            (req("GET", "/then-close", ""), "\r\n\r\nbye"),
+            // The stream through the tunnel closed behind the last answer: a fresh one serves.
+            (req("GET", "/len", ""), "\r\n\r\nhello"),
+            // A chunked request body: the connection moves to the general path and goes on.
+            (
+                req("POST", "/echo", "transfer-encoding: chunked\r\n") + "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+                "\r\n\r\nabcde",
+            ),
+            (req("GET", "/len", ""), "\r\n\r\nhello"),
+        ];
+        for (request, ends) in steps {
+            s.write_all(request.as_bytes()).await.unwrap();
+            let answer = read_answer_until(&mut s, ends).await;
+            assert!(answer.ends_with(ends), "node {id}, {request:?} got {answer:?}");
+            if request.starts_with("GET /103") {
+                assert!(answer.starts_with("HTTP/1.1 103 Early Hints\r\n"), "{answer:?}");
+            }
+        }
+
+        // Two requests in one write (pipelined): two answers, in order.
+        let mut s = tokio::net::TcpStream::connect((ip.as_str(), 8080)).await.unwrap();
+        s.write_all((req("GET", "/chunked", "") + &req("GET", "/len", "")).as_bytes()).await.unwrap();
+        let answer = read_answer_until(&mut s, "\r\n\r\nhello").await;
+        let chunked_at = answer.find(" world\r\n0\r\n").expect("the chunked answer");
+        assert!(answer[chunked_at..].contains("content-length: 5\r\n\r\nhello"), "{answer:?}");
+
+        // A body that ends with the stream ends the public connection too.
+        let mut s = tokio::net::TcpStream::connect((ip.as_str(), 8080)).await.unwrap();
+        s.write_all(req("GET", "/eof", "").as_bytes()).await.unwrap();
+        let mut all = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut all)).await.unwrap().unwrap();
+        assert!(all.ends_with("\r\n\r\nuntil the end"), "{all:?}");
+
+        // A client that asks to close is told so, and the connection closes after the answer.
+        let mut s = tokio::net::TcpStream::connect((ip.as_str(), 8080)).await.unwrap();
+        s.write_all(req("GET", "/len", "connection: close\r\n").as_bytes()).await.unwrap();
+        let mut all = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut all)).await.unwrap().unwrap();
+        assert!(all.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{all:?}");
+        assert!(all.ends_with("\r\n\r\nhello"), "{all:?}");
+    }
+}

@@ -1,0 +1,749 @@
+//! Plain HTTP/1.1 on the public ports, without hyper. Most public traffic is requests that
+//! need nothing of an HTTP library but their framing: no upgrade, no `Expect`, no chunked
+//! request body, an origin-form target and one Host. Such a request is parsed once, its head
+//! rewritten for the service (`X-Forwarded-*` added, hop-by-hop fields dropped) and written
+//! to a stream through the tunnel, its body copied by its length; the answer's head is read,
+//! passed on as the service wrote it, and its body copied by its framing (length, chunked, or
+//! to the end of the stream). All of it in the public connection's own task, so a request
+//! costs two task wakeups (the SSH session's and this one's) instead of a hyper server and
+//! a hyper client handing it to each other.
+//!
+//! Anything else — another kind of request, or an answer the edge gives itself (404, 401,
+//! 503) — hands the connection, with the bytes already read, to the hyper path in
+//! [`crate::proxy`], which keeps it from then on. Hand-overs happen only between requests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::StatusCode;
+use tokio::io::AsyncRead;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWrite;
+use tokio::io::AsyncWriteExt;
+use uuid::Uuid;
+
+use crate::cluster::NodeRef;
+use crate::prefixed::Prefixed;
+use crate::proxy::Io;
+use crate::proxy::LogSink;
+use crate::tunnels::Holdings;
+
+/// Largest request or response head read here (a larger request goes to hyper).
+const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields in a head read here.
+const MAX_HEADERS: usize = 64;
+/// Room made in a head buffer before each read.
+const HEAD_READ: usize = 4096;
+/// Buffer for bodies, allocated by the first request that has one.
+const BODY_CHUNK: usize = 32 * 1024;
+
+/// A stream through a tunnel to a socket's service.
+struct Upstream {
+    socket_id: Uuid,
+    io: Box<dyn Io>,
+    log: LogSink,
+}
+
+/// A request this path forwards; its head for the service is in the connection's `out`.
+#[derive(Debug)]
+struct Req {
+    /// Length of the client's request head in the read buffer.
+    head_len: usize,
+    socket_id: Uuid,
+    method: String,
+    path: String,
+    /// Length of the request body.
+    body: u64,
+    /// The client asked to close the connection after this request.
+    close: bool,
+    /// A HEAD request: the answer has no body whatever its head says.
+    head: bool,
+}
+
+impl Req {
+    /// Whether the request may be sent again on a fresh stream when a reused one ended before
+    /// answering (the service may have closed it meanwhile).
+    fn retryable(&self) -> bool {
+        self.body == 0 && matches!(self.method.as_str(), "GET" | "HEAD" | "OPTIONS")
+    }
+}
+
+#[derive(Debug)]
+enum Prepared {
+    /// The head is not complete yet.
+    Partial,
+    /// Not a request for this path: hyper's.
+    Other,
+    Forward(Req),
+}
+
+/// How the end of a response body is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// The body ends with the stream.
+    Eof,
+}
+
+/// A response head, parsed.
+#[derive(Debug)]
+struct RespHead {
+    len: usize,
+    status: u16,
+    framing: Framing,
+    /// The service keeps the connection open after this response.
+    keep_alive: bool,
+    /// The head says `Connection: close`.
+    says_close: bool,
+}
+
+/// Why a body copy stopped early: the side read from failed or ended, or the side written to.
+enum CopyFailed {
+    Read,
+    Write,
+}
+
+/// The client went away while a request was being sent.
+struct ClientGone;
+
+/// Serves one public connection (plain TCP or TLS with HTTP/1.1) until it ends, or hands it to
+/// hyper.
+pub async fn serve<S>(node: NodeRef, holdings: Arc<Holdings>, client: S, peer: SocketAddr, scheme: &'static str)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut c = Conn {
+        node,
+        holdings,
+        client,
+        peer,
+        scheme,
+        buf: Vec::new(),
+        out: Vec::new(),
+        rbuf: Vec::new(),
+        scratch: Vec::new(),
+        up: None,
+    };
+    let hand_over = c.run().await;
+    if let Some(up) = c.up.take() {
+        // Only a stream that finished its last answer cleanly is still here.
+        c.holdings.streams.keep(up.socket_id, up.io, up.log);
+    }
+    if hand_over {
+        let io = Prefixed::new(std::mem::take(&mut c.buf), c.client, ());
+        let io = hyper_util::rt::TokioIo::new(io);
+        crate::proxy::serve_connection(c.node, c.holdings, io, peer, scheme, false).await;
+    } else {
+        let _ = c.client.shutdown().await;
+    }
+}
+
+struct Conn<S> {
+    node: NodeRef,
+    holdings: Arc<Holdings>,
+    client: S,
+    peer: SocketAddr,
+    scheme: &'static str,
+    /// Bytes from the client not yet forwarded.
+    buf: Vec<u8>,
+    /// What goes out next (a request head for the service, an answer's head for the client).
+    out: Vec<u8>,
+    /// Bytes from the service not yet forwarded.
+    rbuf: Vec<u8>,
+    scratch: Vec<u8>,
+    /// The stream the last request went through, while it can take another.
+    up: Option<Upstream>,
+}
+
+/// Reads more into `buf`, making room first.
+async fn read_more<R: AsyncRead + Unpin + ?Sized>(io: &mut R, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < HEAD_READ / 4 {
+        buf.reserve(HEAD_READ);
+    }
+    io.read_buf(buf).await
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
+    /// Forwards requests until the connection ends (false) or one is for hyper (true).
+    async fn run(&mut self) -> bool {
+        loop {
+            // The whole head must come within the header timeout (an idle keep-alive
+            // connection, too, gets that long for its next request).
+            let deadline = tokio::time::Instant::now() + crate::proxy::HEADER_TIMEOUT;
+            let req = loop {
+                match prepare(&self.node, &self.buf, self.peer, self.scheme, &mut self.out) {
+                    Prepared::Forward(r) => break r,
+                    Prepared::Other => return true,
+                    Prepared::Partial if self.buf.len() >= MAX_HEAD => return true,
+                    Prepared::Partial => {
+                        let read = read_more(&mut self.client, &mut self.buf);
+                        match tokio::time::timeout_at(deadline, read).await {
+                            Ok(Ok(n)) if n > 0 => {}
+                            _ => return false,
+                        }
+                    }
+                }
+            };
+            let started = Instant::now();
+            let Ok(mut reused) = self.acquire(req.socket_id, false).await else {
+                // No tunnel takes it: hyper answers with the page that says why.
+                return true;
+            };
+            // The request head for the service, then what of the body came with it.
+            let first = (self.buf.len() - req.head_len).min(usize::try_from(req.body).unwrap_or(usize::MAX));
+            self.out.extend_from_slice(&self.buf[req.head_len..req.head_len + first]);
+            self.buf.drain(..req.head_len + first);
+            let body_left = req.body - first as u64;
+            let head = loop {
+                match self.send(body_left, req.head).await {
+                    Ok(Some(head)) => break Some(head),
+                    Ok(None) if reused && req.retryable() => {
+                        // A reused stream ended before answering: once more on a fresh one.
+                        reused = false;
+                        if self.acquire(req.socket_id, true).await.is_err() {
+                            break None;
+                        }
+                    }
+                    Ok(None) => break None,
+                    Err(ClientGone) => {
+                        // Mid-request: the stream is in no state for another one.
+                        self.up = None;
+                        return false;
+                    }
+                }
+            };
+            let Some(head) = head else {
+                let up = self.up.take();
+                let close = body_left > 0 || req.close;
+                let why = "The service behind the tunnel is not answering (is it running?).";
+                let page = crate::proxy::page_bytes(StatusCode::BAD_GATEWAY, "Bad Gateway", why, close);
+                if let Some(up) = up {
+                    up.log.line(crate::proxy::request_line(self.peer.ip(), &req.method, &req.path, 502, 0, started));
+                }
+                if self.client.write_all(&page).await.is_err() || self.client.flush().await.is_err() || close {
+                    return false;
+                }
+                continue;
+            };
+            let keep_client = !req.close && head.keep_alive;
+            let answered = self.answer(&head, req.close && !head.says_close).await;
+            let up = self.up.take().expect("acquired above");
+            let (bytes, clean) = match answered {
+                Ok((bytes, clean)) => (bytes, Some(clean)),
+                Err(bytes) => (bytes, None),
+            };
+            up.log.line(crate::proxy::request_line(
+                self.peer.ip(),
+                &req.method,
+                &req.path,
+                head.status,
+                bytes,
+                started,
+            ));
+            match clean {
+                None => return false,
+                // Nothing more than the answer came: the stream can take the next request.
+                Some(true) if head.keep_alive => self.up = Some(up),
+                Some(_) => {}
+            }
+            if !keep_client {
+                return false;
+            }
+        }
+    }
+
+    /// A stream to the socket's service in `self.up`: the one the last request used, an idle
+    /// one, or (always, when `fresh`) a new one. Whether it was used before.
+    async fn acquire(&mut self, socket_id: Uuid, fresh: bool) -> Result<bool, crate::proxy::NoUpstream> {
+        let last = self.up.take();
+        if !fresh {
+            if let Some(up) = last {
+                if up.socket_id == socket_id && up.log.current(&self.node) {
+                    self.up = Some(up);
+                    return Ok(true);
+                }
+                if up.socket_id != socket_id {
+                    self.holdings.streams.keep(up.socket_id, up.io, up.log);
+                }
+            }
+            if let Some((io, log)) = self.holdings.streams.take(&socket_id, &self.node) {
+                self.up = Some(Upstream { socket_id, io, log });
+                return Ok(true);
+            }
+        }
+        let (io, log) = crate::proxy::open_upstream(&self.node, &self.holdings, &socket_id, self.peer, false).await?;
+        self.up = Some(Upstream { socket_id, io, log });
+        Ok(false)
+    }
+
+    /// Sends the request (`out`, then `body_left` more bytes from the client) and reads the
+    /// answer's head, passing 1xx heads on. None when the stream failed or ended first.
+    async fn send(&mut self, body_left: u64, head_request: bool) -> Result<Option<RespHead>, ClientGone> {
+        let up = &mut self.up.as_mut().expect("acquired").io;
+        if up.write_all(&self.out).await.is_err() {
+            return Ok(None);
+        }
+        if body_left > 0 {
+            match copy_n(&mut self.client, up, body_left, &mut self.scratch).await {
+                Ok(()) => {}
+                Err(CopyFailed::Read) => return Err(ClientGone),
+                Err(CopyFailed::Write) => return Ok(None),
+            }
+        }
+        if up.flush().await.is_err() {
+            return Ok(None);
+        }
+        self.rbuf.clear();
+        loop {
+            match parse_response(&self.rbuf, head_request) {
+                Ok(Some(head)) if head.status >= 100 && head.status < 200 && head.status != 101 => {
+                    // 100 Continue, 103 Early Hints: passed on; the answer follows.
+                    let informational = self.client.write_all(&self.rbuf[..head.len]).await;
+                    if informational.is_err() {
+                        return Err(ClientGone);
+                    }
+                    self.rbuf.drain(..head.len);
+                }
+                // A switch of protocols nobody asked for is no answer.
+                Ok(Some(head)) if head.status == 101 => return Ok(None),
+                Ok(Some(head)) => return Ok(Some(head)),
+                Ok(None) if self.rbuf.len() < MAX_HEAD => match read_more(up, &mut self.rbuf).await {
+                    Ok(n) if n > 0 => {}
+                    _ => return Ok(None),
+                },
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    /// Passes the answer (head, with `connection: close` added if asked, and body) to the
+    /// client: the body's bytes, and whether the stream ended cleanly where the body did.
+    /// Err with the bytes sent when either side failed mid-body.
+    async fn answer(&mut self, head: &RespHead, add_close: bool) -> Result<(u64, bool), u64> {
+        let up = &mut self.up.as_mut().expect("acquired").io;
+        self.out.clear();
+        if add_close {
+            self.out.extend_from_slice(&self.rbuf[..head.len - 2]);
+            self.out.extend_from_slice(b"connection: close\r\n\r\n");
+        } else {
+            self.out.extend_from_slice(&self.rbuf[..head.len]);
+        }
+        let rest = &self.rbuf[head.len..];
+        let (sent, clean) = match head.framing {
+            Framing::Empty => {
+                if self.client.write_all(&self.out).await.is_err() {
+                    return Err(0);
+                }
+                (0, rest.is_empty())
+            }
+            Framing::Length(n) => {
+                let first = (rest.len() as u64).min(n) as usize;
+                self.out.extend_from_slice(&rest[..first]);
+                if self.client.write_all(&self.out).await.is_err() {
+                    return Err(0);
+                }
+                match copy_n(up, &mut self.client, n - first as u64, &mut self.scratch).await {
+                    Ok(()) => (n, rest.len() == first),
+                    Err(_) => return Err(first as u64),
+                }
+            }
+            Framing::Chunked => {
+                let mut chunks = Chunks::default();
+                let (first, done) = match chunks.feed(rest) {
+                    Ok(Some(end)) => (end, true),
+                    Ok(None) => (rest.len(), false),
+                    Err(()) => return Err(0),
+                };
+                self.out.extend_from_slice(&rest[..first]);
+                let clean_first = first == rest.len();
+                if self.client.write_all(&self.out).await.is_err() {
+                    return Err(0);
+                }
+                if done {
+                    (first as u64, clean_first)
+                } else {
+                    match copy_rest(up, &mut self.client, Some(&mut chunks), &mut self.scratch).await {
+                        Ok((n, clean)) => (first as u64 + n, clean),
+                        Err(n) => return Err(first as u64 + n),
+                    }
+                }
+            }
+            Framing::Eof => {
+                self.out.extend_from_slice(rest);
+                let first = rest.len() as u64;
+                if self.client.write_all(&self.out).await.is_err() {
+                    return Err(0);
+                }
+                match copy_rest(up, &mut self.client, None, &mut self.scratch).await {
+                    Ok((n, _)) => (first + n, false),
+                    Err(n) => return Err(first + n),
+                }
+            }
+        };
+        if self.client.flush().await.is_err() {
+            return Err(sent);
+        }
+        Ok((sent, clean))
+    }
+}
+
+/// Request fields the service does not get from the client: hop-by-hop ones (they concern the
+/// public connection, not the stream through the tunnel, which stays open whatever the client
+/// said of its own) and those the edge sets itself.
+const NOT_FORWARDED: [&str; 5] =
+    ["connection", "keep-alive", "proxy-connection", "x-forwarded-proto", "x-forwarded-host"];
+
+fn is(name: &str, want: &str) -> bool {
+    name.eq_ignore_ascii_case(want)
+}
+
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(|t| t.trim_ascii())
+}
+
+/// Parses a request head in `buf` and, for a request this path forwards, writes the head for
+/// the service into `out`.
+fn prepare(node: &NodeRef, buf: &[u8], peer: SocketAddr, scheme: &str, out: &mut Vec<u8>) -> Prepared {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Request::new(&mut headers);
+    let head_len = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Prepared::Partial,
+        Err(_) => return Prepared::Other,
+    };
+    let (Some(method), Some(path), Some(1)) = (r.method, r.path, r.version) else { return Prepared::Other };
+    if !path.starts_with('/') || method == "CONNECT" {
+        return Prepared::Other;
+    }
+    let (mut host, mut body, mut close, mut authorization) = (None, None, false, None);
+    for h in r.headers.iter() {
+        if is(h.name, "host") {
+            if host.is_some() {
+                return Prepared::Other;
+            }
+            host = Some(h.value);
+        } else if is(h.name, "content-length") {
+            let n =
+                std::str::from_utf8(h.value).ok().filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+            match (body, n.and_then(|v| v.parse::<u64>().ok())) {
+                (None, Some(n)) => body = Some(n),
+                _ => return Prepared::Other,
+            }
+        } else if is(h.name, "transfer-encoding") || is(h.name, "upgrade") || is(h.name, "expect") {
+            return Prepared::Other;
+        } else if is(h.name, "connection") {
+            for t in tokens(h.value) {
+                if t.eq_ignore_ascii_case(b"upgrade") {
+                    return Prepared::Other;
+                }
+                close |= t.eq_ignore_ascii_case(b"close");
+            }
+        } else if is(h.name, "authorization") && authorization.is_none() {
+            authorization = Some(h.value);
+        }
+    }
+    let Some(host) = host.and_then(|h| std::str::from_utf8(h).ok()) else { return Prepared::Other };
+    let Some(socket) = crate::proxy::socket_named(node, host) else { return Prepared::Other };
+    if !crate::proxy::authorized_by(&socket, authorization) {
+        return Prepared::Other;
+    }
+
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut forwarded_for = Vec::new();
+    for h in r.headers.iter() {
+        if NOT_FORWARDED.iter().any(|n| is(h.name, n)) || (socket.protected && is(h.name, "authorization")) {
+            continue;
+        }
+        if is(h.name, "x-forwarded-for") {
+            // What proxies before us said, then the client as we saw it.
+            forwarded_for.extend_from_slice(h.value);
+            forwarded_for.extend_from_slice(b", ");
+            continue;
+        }
+        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    out.extend_from_slice(&forwarded_for);
+    out.extend_from_slice(peer.ip().to_string().as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+    out.extend_from_slice(scheme.as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-host: ");
+    out.extend_from_slice(host.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    Prepared::Forward(Req {
+        head_len,
+        socket_id: socket.socket_id,
+        method: method.to_string(),
+        path: path.split('?').next().unwrap_or(path).to_string(),
+        body: body.unwrap_or(0),
+        close,
+        head: method == "HEAD",
+    })
+}
+
+/// Parses a response head at the start of `buf` (the answer to a HEAD request when
+/// `head_request`): None while incomplete, Err for garbage.
+fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<RespHead>, ()> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut headers);
+    let len = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    let (Some(version), Some(status)) = (r.version, r.code) else { return Err(()) };
+    let (mut length, mut chunked, mut coded, mut close, mut keep) = (None, false, false, false, false);
+    for h in r.headers.iter() {
+        if is(h.name, "content-length") {
+            let n = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or(())?;
+            if length.is_some_and(|l| l != n) {
+                return Err(());
+            }
+            length = Some(n);
+        } else if is(h.name, "transfer-encoding") {
+            coded = true;
+            chunked = tokens(h.value).last().is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+        } else if is(h.name, "connection") {
+            for t in tokens(h.value) {
+                close |= t.eq_ignore_ascii_case(b"close");
+                keep |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+    }
+    let framing = if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+        Framing::Empty
+    } else if coded {
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::Eof
+        }
+    } else {
+        length.map_or(Framing::Eof, Framing::Length)
+    };
+    let keep_alive = !close && (version == 1 || keep) && framing != Framing::Eof;
+    Ok(Some(RespHead { len, status, framing, keep_alive, says_close: close }))
+}
+
+/// The body buffer, allocated on first use.
+fn body_buffer(scratch: &mut Vec<u8>) -> &mut [u8] {
+    if scratch.len() < BODY_CHUNK {
+        scratch.resize(BODY_CHUNK, 0);
+    }
+    scratch
+}
+
+/// Copies exactly `n` bytes.
+async fn copy_n<R, W>(from: &mut R, to: &mut W, mut n: u64, scratch: &mut Vec<u8>) -> Result<(), CopyFailed>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let buf = body_buffer(scratch);
+    while n > 0 {
+        let want = (n.min(buf.len() as u64)) as usize;
+        let got = match from.read(&mut buf[..want]).await {
+            Ok(0) | Err(_) => return Err(CopyFailed::Read),
+            Ok(k) => k,
+        };
+        to.write_all(&buf[..got]).await.map_err(|_| CopyFailed::Write)?;
+        n -= got as u64;
+    }
+    to.flush().await.map_err(|_| CopyFailed::Write)
+}
+
+/// Copies the rest of a chunked body (with `chunks`) or, without, everything until `from`
+/// ends: the bytes copied, and whether nothing followed the chunked body's end. Err with the
+/// bytes copied when a side failed (or a chunked body was cut short or malformed).
+async fn copy_rest<R, W>(
+    from: &mut R,
+    to: &mut W,
+    mut chunks: Option<&mut Chunks>,
+    scratch: &mut Vec<u8>,
+) -> Result<(u64, bool), u64>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let buf = body_buffer(scratch);
+    let mut sent = 0u64;
+    loop {
+        let got = match from.read(buf).await {
+            Ok(0) if chunks.is_none() => return Ok((sent, false)),
+            Ok(0) | Err(_) => return Err(sent),
+            Ok(k) => k,
+        };
+        let (upto, done) = match chunks.as_mut().map(|c| c.feed(&buf[..got])) {
+            None | Some(Ok(None)) => (got, false),
+            Some(Ok(Some(end))) => (end, true),
+            Some(Err(())) => return Err(sent),
+        };
+        to.write_all(&buf[..upto]).await.map_err(|_| sent)?;
+        sent += upto as u64;
+        if done {
+            return Ok((sent, upto == got));
+        }
+    }
+}
+
+/// Finds the end of a chunked body in the bytes that pass (which go on unchanged).
+#[derive(Debug, Default)]
+struct Chunks {
+    state: ChunkState,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// In a chunk-size line: the size so far, whether a digit was seen.
+    #[default]
+    SizeStart,
+    Size(u64),
+    /// After the size: extensions, up to the line's end.
+    Extension(u64),
+    SizeLf(u64),
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or of the empty line that ends the body).
+    TrailerStart,
+    Trailer,
+    EndLf,
+    Done,
+}
+
+impl Chunks {
+    /// Takes the next bytes of the body: Some(n) when the body ends after `n` of them.
+    fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, ()> {
+        use ChunkState::*;
+        let mut i = 0;
+        while i < data.len() {
+            let b = data[i];
+            self.state = match self.state {
+                SizeStart | Size(_) => {
+                    let so_far = match self.state {
+                        Size(n) => Some(n),
+                        _ => None,
+                    };
+                    match (b as char).to_digit(16) {
+                        Some(d) => {
+                            Size(so_far.unwrap_or(0).checked_mul(16).and_then(|n| n.checked_add(d as u64)).ok_or(())?)
+                        }
+                        None => {
+                            let n = so_far.ok_or(())?;
+                            match b {
+                                b';' | b' ' | b'\t' => Extension(n),
+                                b'\r' => SizeLf(n),
+                                _ => return Err(()),
+                            }
+                        }
+                    }
+                }
+                Extension(n) => match b {
+                    b'\r' => SizeLf(n),
+                    b'\n' => return Err(()),
+                    _ => Extension(n),
+                },
+                SizeLf(n) => match b {
+                    b'\n' if n == 0 => TrailerStart,
+                    b'\n' => Data(n),
+                    _ => return Err(()),
+                },
+                Data(n) => {
+                    let take = (n.min((data.len() - i) as u64)) as usize;
+                    i += take;
+                    self.state = if take as u64 == n { DataCr } else { Data(n - take as u64) };
+                    continue;
+                }
+                DataCr => match b {
+                    b'\r' => DataLf,
+                    _ => return Err(()),
+                },
+                DataLf => match b {
+                    b'\n' => SizeStart,
+                    _ => return Err(()),
+                },
+                TrailerStart => match b {
+                    b'\r' => EndLf,
+                    _ => Trailer,
+                },
+                Trailer => match b {
+                    b'\n' => TrailerStart,
+                    _ => Trailer,
+                },
+                EndLf => match b {
+                    b'\n' => Done,
+                    _ => return Err(()),
+                },
+                Done => return Ok(Some(i)),
+            };
+            i += 1;
+            if self.state == Done {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunked_body_ends_where_its_last_chunk_and_trailers_do() {
+        let body = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nExpires: never\r\n\r\nNEXT";
+        let end = body.len() - 4;
+        let mut c = Chunks::default();
+        assert_eq!(c.feed(body), Ok(Some(end)));
+        // Split at every place: the end is found at the same byte.
+        for cut in 0..end {
+            let mut c = Chunks::default();
+            assert_eq!(c.feed(&body[..cut]), Ok(None), "cut at {cut}");
+            assert_eq!(c.feed(&body[cut..]), Ok(Some(end - cut)), "cut at {cut}");
+        }
+        let mut c = Chunks::default();
+        assert_eq!(c.feed(b"0\r\n\r\n"), Ok(Some(5)));
+    }
+
+    #[test]
+    fn a_malformed_chunked_body_is_refused() {
+        for bad in [&b"x\r\n"[..], b"4\r\nWikiXX", b"\r\n", b"fffffffffffffffff0\r\n", b"4;ext\n"] {
+            assert_eq!(Chunks::default().feed(bad), Err(()), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn response_framing_follows_the_head() {
+        let f = |h: &str| parse_response(h.as_bytes(), false).unwrap().unwrap();
+        let r = f("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n");
+        assert_eq!((r.framing, r.keep_alive), (Framing::Length(12), true));
+        let r = f("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert_eq!(r.framing, Framing::Chunked);
+        let r = f("HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!((r.framing, r.keep_alive), (Framing::Eof, false));
+        let r = f("HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!((r.framing, r.keep_alive), (Framing::Empty, true));
+        let r = f("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\n");
+        assert_eq!((r.keep_alive, r.says_close), (false, true));
+        let r = f("HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n");
+        assert!(!r.keep_alive);
+        let r = f("HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n");
+        assert!(r.keep_alive);
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true).unwrap().unwrap();
+        assert_eq!(r.framing, Framing::Empty);
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", false).is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false).is_err());
+        assert!(parse_response(b"garbage\r\n\r\n", false).is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\n", false).unwrap().is_none());
+    }
+}
