@@ -5,14 +5,17 @@
 # in one run on this machine; and the resident memory a node spends per idle tunnel (measured
 # first, while node 1 is fresh).
 #
-#   bench/dataplane.sh          # SECS=5 per measurement, TUNNELS=1000 idle tunnels
+#   bench/dataplane.sh          # SECS=5 per measurement, ROUNDS=3, TUNNELS=1000 idle tunnels
 #   SKIP_BUILD=1 bench/dataplane.sh   # use the binaries already in $CARGO_TARGET_DIR/release
 #   ONLY=mysocket TUNNELS=0 bench/dataplane.sh   # only the rows matching ONLY; no idle tunnels
 #
 # Per row: iperf3 -t SECS (sender Gbit/s); wrk -t2 -c50 -dSECS --latency (keep-alive req/s,
 # p50, p99); the same wrk with `Connection: close` (every request on a new connection: the
 # origin closes it after the answer and wrk reconnects); errors = wrk's non-2xx answers plus
-# its socket errors over both wrk runs.
+# its socket errors over both wrk runs. Every system is set up first; then ROUNDS rounds each
+# measure every system once, in the same order, and the table gives each column's median over
+# the rounds (errors: the sum), so a slow spell of this shared machine weighs on all rows alike
+# instead of on whichever row it fell on. The rounds' own rows go to stderr as they come.
 # mysocket: the local cluster (deploy/local-cluster.sh; a running one is reused and left up),
 # a tcp socket for iperf3 and an http socket for wrk (`Host: <dnsname>` on port 8080), both
 # tunnelled by `mysocketctl connect` to node 1's SSH server. "same-node" hits 127.0.0.1 (node 1),
@@ -30,6 +33,7 @@ cd "$(dirname "$0")/.."
 ROOT="$PWD"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/mysocket-target}"
 SECS="${SECS:-5}"
+ROUNDS="${ROUNDS:-3}"
 TUNNELS="${TUNNELS:-1000}"
 PER_ACCOUNT="${PER_ACCOUNT:-20}"
 VENV="${VENV:-/var/tmp/mysocket-bench-venv}"
@@ -136,11 +140,16 @@ wait_port 127.0.0.1 $ORIGIN_IPERF
 wait_port 127.0.0.1 $ORIGIN_HTTP
 
 # --- one row: iperf3 Gbit/s; wrk keep-alive req/s p50 p99; wrk new-connection req/s ---
-declare -A GBIT
 FMT="%-19s %7s %12s %8s %8s %11s %7s\n"
+SYSTEMS=() # "name|iperf_host|iperf_port|http_url|host_header", measured in this order each round
+ROWS="" # set below: each round's rows, "name<TAB>gbit rps p50 p99 newconn errors"
+system() { # name iperf_host iperf_port http_url host_header: measured in every round
+  if [[ -n "${ONLY:-}" && ! "$1" =~ $ONLY ]]; then return 0; fi
+  SYSTEMS+=("$1|$2|$3|$4|$5")
+}
+na_row() { if [[ -z "${ONLY:-}" || "$1" =~ $ONLY ]]; then printf '%s\tn/a n/a n/a n/a n/a -\n' "$1" >>"$ROWS"; fi; }
 measure() { # name iperf_host iperf_port http_url host_header
   local name=$1 ih=$2 ip=$3 url=$4 host=$5 gbit row
-  if [[ -n "${ONLY:-}" && ! "$name" =~ $ONLY ]]; then return 0; fi
   # The iperf3 server runs one test at a time and may still be closing the previous one:
   # up to three retries after a pause.
   for _ in 1 2 3 4; do
@@ -176,17 +185,17 @@ out = ["%.0f" % float(rps.group(1)) if rps else "n/a",
 print(" ".join(out), "%.0f" % float(ncr.group(1)) if ncr else "n/a", errors(ka) + errors(nc))
 EOF
 )"
-  GBIT[$name]=$gbit
   if [[ "$gbit" == n/a ]]; then
     echo "$name: iperf3 failed: $(grep -o '"error":.*' "$WORK/iperf.json" | head -n 1 || tail -c 300 "$WORK/iperf.json")" >&2
   fi
+  printf '%s\t%s %s\n' "$name" "$gbit" "$row" >>"$ROWS"
   # shellcheck disable=SC2086
-  printf "$FMT" "$name" "$gbit" $row
+  printf "$FMT" "$name" "$gbit" $row >&2
 }
-na_row() { GBIT[$1]=n/a; printf "$FMT" "$1" n/a n/a n/a n/a n/a "-"; }
+ROWS="$WORK/rows.tsv"
+: >"$ROWS"
 
-printf "$FMT" system "Gbit/s" "keepalive/s" "p50 ms" "p99 ms" "newconn/s" errors
-measure direct 127.0.0.1 $ORIGIN_IPERF "http://127.0.0.1:$ORIGIN_HTTP/" localhost
+system direct 127.0.0.1 $ORIGIN_IPERF "http://127.0.0.1:$ORIGIN_HTTP/" localhost
 
 # --- OpenSSH: Debian's sshd on 127.0.0.9:2022 with its own config, `ssh -R` for both origins ---
 ssh-keygen -q -t ed25519 -N "" -C bench-host -f "$WORK/hostkey"
@@ -214,7 +223,7 @@ if [[ -x /usr/sbin/sshd ]] && /usr/sbin/sshd -t -f "$WORK/sshd_config" 2>"$WORK/
     -o ExitOnForwardFailure=yes -o LogLevel=ERROR -i "$WORK/userkey" -p 2022 \
     -R 127.0.0.1:15201:127.0.0.1:$ORIGIN_IPERF -R 127.0.0.1:18081:127.0.0.1:$ORIGIN_HTTP "$(id -un)@127.0.0.9"
   if wait_listen 15201 && wait_port 127.0.0.1 18081; then
-    measure openssh 127.0.0.1 15201 "http://127.0.0.1:18081/" localhost
+    system openssh 127.0.0.1 15201 "http://127.0.0.1:18081/" localhost
   else
     na_row openssh
   fi
@@ -230,7 +239,7 @@ if command -v bore >/dev/null; then
   bg bore-iperf bore local $ORIGIN_IPERF --local-host 127.0.0.1 --to 127.0.0.1 --port 30001
   bg bore-http bore local $ORIGIN_HTTP --local-host 127.0.0.1 --to 127.0.0.1 --port 30002
   if wait_listen 30001 && wait_port 127.0.0.1 30002; then
-    measure bore 127.0.0.1 30001 "http://127.0.0.1:30002/" localhost
+    system bore 127.0.0.1 30001 "http://127.0.0.1:30002/" localhost
   else
     na_row bore
   fi
@@ -267,7 +276,7 @@ EOF
   # channel is up: wait for the client's log line.
   for _ in $(seq 1 100); do grep -q "Control channel established" "$WORK/rathole-client.log" 2>/dev/null && break; sleep 0.1; done
   if wait_listen 31001 && wait_port 127.0.0.1 31002 && sleep 1; then
-    measure rathole 127.0.0.1 31001 "http://127.0.0.1:31002/" localhost
+    system rathole 127.0.0.1 31001 "http://127.0.0.1:31002/" localhost
   else
     na_row rathole
   fi
@@ -473,8 +482,8 @@ import json, sys
 s = {x["name"]: x for x in json.load(sys.stdin)}
 print(s["bench-iperf"]["socket_tcp_ports"][0], s["bench-web"]["dnsname"])')"
 if [[ "$VIA" == "tunnel up via 127.0.0.1 " ]]; then
-  measure "mysocket same-node" 127.0.0.1 "$IPORT" "http://127.0.0.1:8080/" "$WNAME"
-  measure "mysocket relayed" 127.0.0.2 "$IPORT" "http://127.0.0.2:8080/" "$WNAME"
+  system "mysocket same-node" 127.0.0.1 "$IPORT" "http://127.0.0.1:8080/" "$WNAME"
+  system "mysocket relayed" 127.0.0.2 "$IPORT" "http://127.0.0.2:8080/" "$WNAME"
 else
   echo "mysocketctl tunnels not up on node 1 (${VIA:-none}):" >&2
   tail -n 5 "$WORK/ctl-iperf.log" "$WORK/ctl-web.log" >&2
@@ -482,17 +491,65 @@ else
   na_row "mysocket relayed"
 fi
 
+# --- the rounds: every system once per round, in the same order ---
+for round in $(seq 1 "$ROUNDS"); do
+  echo "round $round of $ROUNDS:" >&2
+  for spec in "${SYSTEMS[@]}"; do
+    IFS='|' read -r name ih ip url host <<<"$spec"
+    measure "$name" "$ih" "$ip" "$url" "$host"
+  done
+done
+
+# --- the table: each column's median over the rounds, errors summed ---
+python3 - "$ROWS" "$ROUNDS" "$FMT" <<'EOF'
+import statistics, sys
+rows, rounds, fmt = sys.argv[1], int(sys.argv[2]), sys.argv[3].replace("\\n", "\n")
+order, cols = [], {}
+for line in open(rows):
+    name, _, rest = line.rstrip("\n").partition("\t")
+    if name not in cols:
+        order.append(name)
+        cols[name] = []
+    cols[name].append(rest.split())
+
+def median(values, digits):
+    nums = []
+    for v in values:
+        try:
+            nums.append(float(v))
+        except ValueError:
+            pass
+    return "%.*f" % (digits, statistics.median(nums)) if nums else "n/a"
+
+print(fmt % ("system", "Gbit/s", "keepalive/s", "p50 ms", "p99 ms", "newconn/s", "errors"), end="")
+gbit = {}
+for name in order:
+    runs = cols[name]
+    errors = [int(r[5]) for r in runs if r[5].isdigit()]
+    row = [median([r[i] for r in runs], d) for i, d in ((0, 2), (1, 0), (2, 2), (3, 2), (4, 0))]
+    gbit[name] = row[0]
+    print(fmt % (name, *row, sum(errors) if errors else "-"), end="")
+print("(medians over %d rounds)" % rounds)
+EOF
+
 if [[ -z "$IDLE_LINE" ]]; then
   echo "idle tunnels: n/a" && tail -n 5 "$WORK/idle.err" >&2 2>/dev/null || true
 else
   echo "$IDLE_LINE"
 fi
 
-python3 - "${GBIT[mysocket same-node]:-n/a}" "${GBIT[openssh]:-n/a}" <<'EOF'
-import sys
-a, b = sys.argv[1], sys.argv[2]
+python3 - "$ROWS" <<'EOF'
+import statistics, sys
+gbit = {}
+for line in open(sys.argv[1]):
+    name, _, rest = line.rstrip("\n").partition("\t")
+    try:
+        gbit.setdefault(name, []).append(float(rest.split()[0]))
+    except ValueError:
+        pass
 try:
-    print("mysocket/openssh throughput ratio: %.2f" % (float(a) / float(b)))
-except (ValueError, ZeroDivisionError):
+    ratio = statistics.median(gbit["mysocket same-node"]) / statistics.median(gbit["openssh"])
+    print("mysocket/openssh throughput ratio: %.2f" % ratio)
+except (KeyError, ZeroDivisionError, statistics.StatisticsError):
     print("mysocket/openssh throughput ratio: n/a")
 EOF

@@ -126,6 +126,7 @@ where
         rbuf: Vec::new(),
         scratch: Vec::new(),
         up: None,
+        timer: Box::pin(tokio::time::sleep(crate::proxy::HEADER_TIMEOUT)),
     };
     let hand_over = c.run().await;
     if let Some(up) = c.up.take() {
@@ -156,6 +157,9 @@ struct Conn<S> {
     scratch: Vec<u8>,
     /// The stream the last request went through, while it can take another.
     up: Option<Upstream>,
+    /// Set for the first head's deadline; each later head's deadline is later, so the timer
+    /// is moved only when it fires early (once per header timeout, not once per request).
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 /// Reads more into `buf`, making room first.
@@ -178,13 +182,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     Prepared::Forward(r) => break r,
                     Prepared::Other => return true,
                     Prepared::Partial if self.buf.len() >= MAX_HEAD => return true,
-                    Prepared::Partial => {
-                        let read = read_more(&mut self.client, &mut self.buf);
-                        match tokio::time::timeout_at(deadline, read).await {
-                            Ok(Ok(n)) if n > 0 => {}
-                            _ => return false,
+                    Prepared::Partial => loop {
+                        tokio::select! {
+                            biased;
+                            read = read_more(&mut self.client, &mut self.buf) => match read {
+                                Ok(n) if n > 0 => break,
+                                _ => return false,
+                            },
+                            () = self.timer.as_mut() => {
+                                if tokio::time::Instant::now() >= deadline {
+                                    return false;
+                                }
+                                self.timer.as_mut().reset(deadline);
+                            }
                         }
-                    }
+                    },
                 }
             };
             let started = Instant::now();
@@ -446,10 +458,10 @@ fn prepare(node: &NodeRef, buf: &[u8], peer: SocketAddr, scheme: &str, out: &mut
         }
     }
     let Some(host) = host.and_then(|h| std::str::from_utf8(h).ok()) else { return Prepared::Other };
-    let Some(socket) = crate::proxy::socket_named(node, host) else { return Prepared::Other };
-    if !crate::proxy::authorized_by(&socket, authorization) {
-        return Prepared::Other;
-    }
+    let routed = crate::proxy::with_socket_named(node, host, |s| {
+        (s.socket_id, s.protected, crate::proxy::authorized_by(s, authorization))
+    });
+    let Some((socket_id, protected, true)) = routed else { return Prepared::Other };
 
     out.clear();
     out.extend_from_slice(method.as_bytes());
@@ -458,7 +470,7 @@ fn prepare(node: &NodeRef, buf: &[u8], peer: SocketAddr, scheme: &str, out: &mut
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut forwarded_for = Vec::new();
     for h in r.headers.iter() {
-        if NOT_FORWARDED.iter().any(|n| is(h.name, n)) || (socket.protected && is(h.name, "authorization")) {
+        if NOT_FORWARDED.iter().any(|n| is(h.name, n)) || (protected && is(h.name, "authorization")) {
             continue;
         }
         if is(h.name, "x-forwarded-for") {
@@ -482,7 +494,7 @@ fn prepare(node: &NodeRef, buf: &[u8], peer: SocketAddr, scheme: &str, out: &mut
     out.extend_from_slice(b"\r\n\r\n");
     Prepared::Forward(Req {
         head_len,
-        socket_id: socket.socket_id,
+        socket_id,
         method: method.to_string(),
         path: path.split('?').next().unwrap_or(path).to_string(),
         body: body.unwrap_or(0),

@@ -277,9 +277,22 @@ fn socket_for(node: &NodeRef, req: &Request<Incoming>) -> Option<Socket> {
 
 /// The http/https socket named by a Host value: case-insensitive, port stripped.
 pub fn socket_named(node: &NodeRef, host: &str) -> Option<Socket> {
-    let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host).to_ascii_lowercase();
-    node.read(|r| r.socket_by_dnsname(name.trim_end_matches('.')).cloned())
-        .filter(|s| matches!(s.socket_type, SocketType::Http | SocketType::Https))
+    with_socket_named(node, host, Socket::clone)
+}
+
+/// `f` of the http/https socket named by a Host value, looked at in the local replica.
+pub fn with_socket_named<T>(node: &NodeRef, host: &str, f: impl FnOnce(&Socket) -> T) -> Option<T> {
+    let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host).trim_end_matches('.');
+    let lower;
+    let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        lower = name.to_ascii_lowercase();
+        lower.as_str()
+    } else {
+        name
+    };
+    node.read(|r| {
+        r.socket_by_dnsname(name).filter(|s| matches!(s.socket_type, SocketType::Http | SocketType::Https)).map(f)
+    })
 }
 
 fn authorized(s: &Socket, req: &Request<Incoming>) -> bool {
