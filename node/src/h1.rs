@@ -125,6 +125,7 @@ where
         out: Vec::new(),
         rbuf: Vec::new(),
         scratch: Vec::new(),
+        peer_ip: peer.ip().to_string(),
         up: None,
         timer: Box::pin(tokio::time::sleep(crate::proxy::HEADER_TIMEOUT)),
     };
@@ -155,6 +156,8 @@ struct Conn<S> {
     /// Bytes from the service not yet forwarded.
     rbuf: Vec<u8>,
     scratch: Vec<u8>,
+    /// The client's address as `X-Forwarded-For` gives it.
+    peer_ip: String,
     /// The stream the last request went through, while it can take another.
     up: Option<Upstream>,
     /// Set for the first head's deadline; each later head's deadline is later, so the timer
@@ -178,7 +181,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             // connection, too, gets that long for its next request).
             let deadline = tokio::time::Instant::now() + crate::proxy::HEADER_TIMEOUT;
             let req = loop {
-                match prepare(&self.node, &self.buf, self.peer, self.scheme, &mut self.out) {
+                match prepare(&self.node, &self.buf, &self.peer_ip, self.scheme, &mut self.out) {
                     Prepared::Forward(r) => break r,
                     Prepared::Other => return true,
                     Prepared::Partial if self.buf.len() >= MAX_HEAD => return true,
@@ -233,7 +236,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 let why = "The service behind the tunnel is not answering (is it running?).";
                 let page = crate::proxy::page_bytes(StatusCode::BAD_GATEWAY, "Bad Gateway", why, close);
                 if let Some(up) = up {
-                    up.log.line(crate::proxy::request_line(self.peer.ip(), &req.method, &req.path, 502, 0, started));
+                    up.log.line(crate::proxy::request_line(&self.peer_ip, &req.method, &req.path, 502, 0, started));
                 }
                 if self.client.write_all(&page).await.is_err() || self.client.flush().await.is_err() || close {
                     return false;
@@ -247,14 +250,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 Ok((bytes, clean)) => (bytes, Some(clean)),
                 Err(bytes) => (bytes, None),
             };
-            up.log.line(crate::proxy::request_line(
-                self.peer.ip(),
-                &req.method,
-                &req.path,
-                head.status,
-                bytes,
-                started,
-            ));
+            up.log.line(crate::proxy::request_line(&self.peer_ip, &req.method, &req.path, head.status, bytes, started));
             match clean {
                 None => return false,
                 // Nothing more than the answer came: the stream can take the next request.
@@ -418,7 +414,7 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// Parses a request head in `buf` and, for a request this path forwards, writes the head for
 /// the service into `out`.
-fn prepare(node: &NodeRef, buf: &[u8], peer: SocketAddr, scheme: &str, out: &mut Vec<u8>) -> Prepared {
+fn prepare(node: &NodeRef, buf: &[u8], peer_ip: &str, scheme: &str, out: &mut Vec<u8>) -> Prepared {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut r = httparse::Request::new(&mut headers);
     let head_len = match r.parse(buf) {
@@ -486,7 +482,7 @@ fn prepare(node: &NodeRef, buf: &[u8], peer: SocketAddr, scheme: &str, out: &mut
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     out.extend_from_slice(&forwarded_for);
-    out.extend_from_slice(peer.ip().to_string().as_bytes());
+    out.extend_from_slice(peer_ip.as_bytes());
     out.extend_from_slice(b"\r\nx-forwarded-proto: ");
     out.extend_from_slice(scheme.as_bytes());
     out.extend_from_slice(b"\r\nx-forwarded-host: ");
