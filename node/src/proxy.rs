@@ -194,7 +194,7 @@ impl<T> Default for UpstreamPool<T> {
     }
 }
 
-pub type SendRequest = hyper::client::conn::http1::SendRequest<Incoming>;
+pub type SendRequest = hyper::client::conn::http1::SendRequest<Body>;
 
 /// Idle upstream connections kept per socket.
 const POOL_PER_SOCKET: usize = 128;
@@ -434,6 +434,27 @@ pub async fn open_upstream(
     Err(NoUpstream::Refused)
 }
 
+/// A new HTTP/1.1 connection through a tunnel of the socket, or the page that says why not.
+async fn new_upstream(
+    node: &NodeRef,
+    holdings: &Holdings,
+    socket_id: &Uuid,
+    peer: SocketAddr,
+) -> Result<(SendRequest, LogSink), Response<Body>> {
+    let (stream, log) = open_upstream(node, holdings, socket_id, peer, false).await.map_err(NoUpstream::page)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| page(StatusCode::BAD_GATEWAY, "Bad Gateway", &format!("The tunnel failed: {e}")))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok((sender, log))
+}
+
+fn empty_body() -> Body {
+    http_body_util::Empty::new().map_err(|never| match never {}).boxed()
+}
+
 /// Why no stream to the service could be opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoUpstream {
@@ -572,24 +593,40 @@ async fn handle(
             }
         }
     }
-    if guard.is_none() {
-        let (stream, log) = match open_upstream(&node, &holdings, &socket.socket_id, peer, false).await {
-            Ok(x) => x,
-            Err(e) => return e.page(),
-        };
-        let (sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-            Ok(x) => x,
-            Err(e) => return page(StatusCode::BAD_GATEWAY, "Bad Gateway", &format!("The tunnel failed: {e}")),
-        };
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
-        *guard = Some((socket.socket_id, sender, log));
+    let reused = guard.is_some();
+    if !reused {
+        match new_upstream(&node, &holdings, &socket.socket_id, peer).await {
+            Ok((sender, log)) => *guard = Some((socket.socket_id, sender, log)),
+            Err(page) => return page,
+        }
     }
-    let (_, sender, log) = guard.as_mut().expect("set above");
-    let log = log.clone();
     let client_upgrade = if is_upgrade { Some(hyper::upgrade::on(&mut req)) } else { None };
-    let resp = sender.send_request(req).await;
+    // A request without a body that may be sent twice goes again on a new connection if the
+    // reused one closed under it (the service may close an idle connection at any time).
+    let again = (reused
+        && !is_upgrade
+        && hyper::body::Body::is_end_stream(req.body())
+        && matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS))
+    .then(|| {
+        let mut r = Request::new(empty_body());
+        *r.method_mut() = req.method().clone();
+        *r.uri_mut() = req.uri().clone();
+        *r.version_mut() = req.version();
+        *r.headers_mut() = req.headers().clone();
+        r
+    });
+    let (_, sender, _) = guard.as_mut().expect("set above");
+    let mut resp = sender.send_request(req.map(BodyExt::boxed)).await;
+    if let (Err(_), Some(again)) = (&resp, again) {
+        match new_upstream(&node, &holdings, &socket.socket_id, peer).await {
+            Ok((mut sender, log)) => {
+                resp = sender.send_request(again).await;
+                *guard = Some((socket.socket_id, sender, log));
+            }
+            Err(page) => return page,
+        }
+    }
+    let log = guard.as_ref().expect("set above").2.clone();
     drop(guard);
     let mut resp = match resp {
         Ok(r) => r,

@@ -826,7 +826,8 @@ async fn new_public_connections_reuse_idle_upstream_connections() {
 /// An origin that answers by path with each framing an HTTP/1.1 answer can have: length,
 /// chunked with a trailer, none (HEAD, 204), an informational head first, or to the end of the
 /// stream; `/echo` sends back the request body it got (by length, or chunked); after
-/// `/then-close` it closes the connection its head said it would keep.
+/// `/then-close` it closes the connection its head said it would keep; after `/drop-next` it
+/// closes it when the next request comes, unanswered.
 async fn framing_origin() -> u16 {
     use tokio::io::AsyncReadExt;
     use tokio::io::AsyncWriteExt;
@@ -838,6 +839,7 @@ async fn framing_origin() -> u16 {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
+                let mut drop_next = false;
                 loop {
                     let (head_len, method, path, length, chunked) = loop {
                         let mut headers = [httparse::EMPTY_HEADER; 32];
@@ -859,6 +861,10 @@ async fn framing_origin() -> u16 {
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                     };
+                    if drop_next {
+                        // As a service that closes an idle connection just as a request comes.
+                        return;
+                    }
                     buf.drain(..head_len);
                     let body: Vec<u8> = if chunked {
                         // Test bodies are small: wait for the last chunk, then take the data.
@@ -887,6 +893,10 @@ async fn framing_origin() -> u16 {
                         "/len" => "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello".to_string(),
                         "/204" => "HTTP/1.1 204 No Content\r\n\r\n".to_string(),
                         "/103" => "HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhints".to_string(),
+                        "/drop-next" => {
+                            drop_next = true;
+                            "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext".to_string()
+                        }
                         "/then-close" => {
                             // Keep-alive by its head, yet the origin closes after it.
                             let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nbye").await;
@@ -939,11 +949,20 @@ async fn every_http1_framing_crosses_a_kept_alive_connection() {
             (req("GET", "/then-close", ""), "\r\n\r\nbye"),
             // The stream through the tunnel closed behind the last answer: a fresh one serves.
             (req("GET", "/len", ""), "\r\n\r\nhello"),
+            // It closes under the next request: that request goes again on a fresh one.
+            (req("GET", "/drop-next", ""), "\r\n\r\nnext"),
+            (req("GET", "/len", ""), "\r\n\r\nhello"),
             // A chunked request body: the connection moves to the general path and goes on.
             (
                 req("POST", "/echo", "transfer-encoding: chunked\r\n") + "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
                 "\r\n\r\nabcde",
             ),
+            (req("GET", "/len", ""), "\r\n\r\nhello"),
+            // The same on the general path: a stream closed behind the answer or under the
+            // next request, and a fresh one serves.
+            (req("GET", "/then-close", ""), "\r\n\r\nbye"),
+            (req("GET", "/len", ""), "\r\n\r\nhello"),
+            (req("GET", "/drop-next", ""), "\r\n\r\nnext"),
             (req("GET", "/len", ""), "\r\n\r\nhello"),
         ];
         for (request, ends) in steps {
