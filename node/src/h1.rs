@@ -180,8 +180,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             // The whole head must come within the header timeout (an idle keep-alive
             // connection, too, gets that long for its next request).
             let deadline = tokio::time::Instant::now() + crate::proxy::HEADER_TIMEOUT;
+            // Bytes of `buf` known to hold no end of a head: a head that comes a few bytes at a
+            // time is parsed once it may be whole, not once per read.
+            let mut scanned = 0;
             let req = loop {
-                match prepare(&self.node, &self.buf, &self.peer_ip, self.scheme, &mut self.out) {
+                let parsed = if may_end_head(&self.buf, scanned) {
+                    prepare(&self.node, &self.buf, &self.peer_ip, self.scheme, &mut self.out)
+                } else {
+                    Prepared::Partial
+                };
+                scanned = self.buf.len();
+                match parsed {
                     Prepared::Forward(r) => break r,
                     Prepared::Other => return true,
                     Prepared::Partial if self.buf.len() >= MAX_HEAD => return true,
@@ -403,6 +412,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
 /// said of its own) and those the edge sets itself.
 const NOT_FORWARDED: [&str; 5] =
     ["connection", "keep-alive", "proxy-connection", "x-forwarded-proto", "x-forwarded-host"];
+
+/// Whether `buf` may hold a whole head: an empty line (LF LF, or LF CR LF) ends in it past
+/// `scanned`, the bytes already looked at.
+fn may_end_head(buf: &[u8], scanned: usize) -> bool {
+    let from = scanned.saturating_sub(2);
+    buf.get(from..).is_some_and(|tail| {
+        tail.iter()
+            .enumerate()
+            .any(|(i, b)| *b == b'\n' && (tail.get(i + 1) == Some(&b'\n') || tail.get(i + 1..i + 3) == Some(b"\r\n")))
+    })
+}
 
 fn is(name: &str, want: &str) -> bool {
     name.eq_ignore_ascii_case(want)
@@ -728,6 +748,18 @@ mod tests {
         for bad in [&b"x\r\n"[..], b"4\r\nWikiXX", b"\r\n", b"fffffffffffffffff0\r\n", b"4;ext\n"] {
             assert_eq!(Chunks::default().feed(bad), Err(()), "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn a_head_is_parsed_once_it_may_be_whole() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        // Fed a byte at a time, only the last byte can end it.
+        for n in 1..head.len() {
+            assert!(!may_end_head(&head[..n], n.saturating_sub(1)), "ended at {n}");
+        }
+        assert!(may_end_head(head, head.len() - 1));
+        assert!(may_end_head(b"GET / HTTP/1.1\nHost: a\n\n", 0));
+        assert!(!may_end_head(b"GET / HTTP/1.1\r\nHost: a\r\n", 0));
     }
 
     #[test]

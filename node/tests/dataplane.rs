@@ -981,6 +981,16 @@ async fn every_http1_framing_crosses_a_kept_alive_connection() {
         let chunked_at = answer.find(" world\r\n0\r\n").expect("the chunked answer");
         assert!(answer[chunked_at..].contains("content-length: 5\r\n\r\nhello"), "{answer:?}");
 
+        // A head that comes a few bytes at a time (the end of the head split too).
+        let mut s = tokio::net::TcpStream::connect((ip.as_str(), 8080)).await.unwrap();
+        let whole = req("GET", "/len", "");
+        for piece in [&whole[..5], &whole[5..20], &whole[20..whole.len() - 1], &whole[whole.len() - 1..]] {
+            s.write_all(piece.as_bytes()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        let answer = read_answer_until(&mut s, "\r\n\r\nhello").await;
+        assert!(answer.ends_with("\r\n\r\nhello"), "{answer:?}");
+
         // A body that ends with the stream ends the public connection too.
         let mut s = tokio::net::TcpStream::connect((ip.as_str(), 8080)).await.unwrap();
         s.write_all(req("GET", "/eof", "").as_bytes()).await.unwrap();
