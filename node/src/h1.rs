@@ -3,7 +3,7 @@
 //! request body, an origin-form target and one Host. Such a request is parsed once, its head
 //! rewritten for the service (`X-Forwarded-*` added, hop-by-hop fields dropped) and written
 //! to a stream through the tunnel, its body copied by its length; the answer's head is read,
-//! passed on as the service wrote it, and its body copied by its framing (length, chunked, or
+//! passed on less its hop-by-hop fields, and its body copied by its framing (length, chunked, or
 //! to the end of the stream). All of it in the public connection's own task, so a request
 //! costs two task wakeups (the SSH session's and this one's) instead of a hyper server and
 //! a hyper client handing it to each other.
@@ -96,8 +96,10 @@ struct RespHead {
     framing: Framing,
     /// The service keeps the connection open after this response.
     keep_alive: bool,
-    /// The head says `Connection: close`.
-    says_close: bool,
+    /// The head for the client, up to its last field: an HTTP/1.1 status line and the
+    /// service's fields less the hop-by-hop ones (`Connection`, what it names, `Keep-Alive`,
+    /// `Proxy-Connection`), which concern the stream through the tunnel.
+    head: Vec<u8>,
 }
 
 /// Why a body copy stopped early: the side read from failed or ended, or the side written to.
@@ -253,7 +255,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 continue;
             };
             let keep_client = !req.close && head.keep_alive;
-            let answered = self.answer(&head, req.close && !head.says_close).await;
+            let answered = self.answer(&head, !keep_client).await;
             let up = self.up.take().expect("acquired above");
             let (bytes, clean) = match answered {
                 Ok((bytes, clean)) => (bytes, Some(clean)),
@@ -336,18 +338,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         }
     }
 
-    /// Passes the answer (head, with `connection: close` added if asked, and body) to the
-    /// client: the body's bytes, and whether the stream ended cleanly where the body did.
-    /// Err with the bytes sent when either side failed mid-body.
-    async fn answer(&mut self, head: &RespHead, add_close: bool) -> Result<(u64, bool), u64> {
+    /// Passes the answer (head, saying `connection: close` when the client connection ends
+    /// after it, and body) to the client: the body's bytes, and whether the stream ended cleanly
+    /// where the body did. Err with the bytes sent when either side failed mid-body.
+    async fn answer(&mut self, head: &RespHead, close: bool) -> Result<(u64, bool), u64> {
         let up = &mut self.up.as_mut().expect("acquired").io;
         self.out.clear();
-        if add_close {
-            self.out.extend_from_slice(&self.rbuf[..head.len - 2]);
-            self.out.extend_from_slice(b"connection: close\r\n\r\n");
-        } else {
-            self.out.extend_from_slice(&self.rbuf[..head.len]);
+        self.out.extend_from_slice(&head.head);
+        if close {
+            self.out.extend_from_slice(b"connection: close\r\n");
         }
+        self.out.extend_from_slice(b"\r\n");
         let rest = &self.rbuf[head.len..];
         let (sent, clean) = match head.framing {
             Framing::Empty => {
@@ -560,7 +561,30 @@ fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<RespHead>, ()
         length.map_or(Framing::Eof, Framing::Length)
     };
     let keep_alive = !close && (version == 1 || keep) && framing != Framing::Eof;
-    Ok(Some(RespHead { len, status, framing, keep_alive, says_close: close }))
+    let connection_options: Vec<&[u8]> =
+        r.headers.iter().filter(|h| is(h.name, "connection")).flat_map(|h| tokens(h.value)).collect();
+    let mut head = Vec::with_capacity(len + 16);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    // httparse reads exactly three digits.
+    head.extend_from_slice(&[
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ]);
+    head.push(b' ');
+    head.extend_from_slice(r.reason.unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for h in r.headers.iter() {
+        let hop = ["connection", "keep-alive", "proxy-connection"].iter().any(|n| is(h.name, n))
+            || connection_options.iter().any(|o| o.eq_ignore_ascii_case(h.name.as_bytes()));
+        if !hop {
+            head.extend_from_slice(h.name.as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(h.value);
+            head.extend_from_slice(b"\r\n");
+        }
+    }
+    Ok(Some(RespHead { len, status, framing, keep_alive, head }))
 }
 
 /// The body buffer, allocated on first use.
@@ -774,11 +798,15 @@ mod tests {
         let r = f("HTTP/1.1 204 No Content\r\n\r\n");
         assert_eq!((r.framing, r.keep_alive), (Framing::Empty, true));
         let r = f("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\n");
-        assert_eq!((r.keep_alive, r.says_close), (false, true));
+        assert!(!r.keep_alive);
+        assert_eq!(r.head, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n");
         let r = f("HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n");
         assert!(!r.keep_alive);
         let r = f("HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n");
         assert!(r.keep_alive);
+        // Hop-by-hop fields, and those the Connection field names, stay on the tunnel's side.
+        let r = f("HTTP/1.0 201 Created\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\nx-hop: 1\r\nX-End: 2\r\nContent-Length: 3\r\n\r\n");
+        assert_eq!(String::from_utf8_lossy(&r.head), "HTTP/1.1 201 Created\r\nX-End: 2\r\nContent-Length: 3\r\n");
         let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true).unwrap().unwrap();
         assert_eq!(r.framing, Framing::Empty);
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", false).is_err());

@@ -893,6 +893,7 @@ async fn framing_origin() -> u16 {
                         "/len" => "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello".to_string(),
                         "/204" => "HTTP/1.1 204 No Content\r\n\r\n".to_string(),
                         "/103" => "HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhints".to_string(),
+                        "/hop" => "HTTP/1.1 200 OK\r\nconnection: keep-alive, x-hop\r\nkeep-alive: timeout=5\r\nx-hop: 1\r\nx-end: 2\r\ncontent-length: 2\r\n\r\nok".to_string(),
                         "/drop-next" => {
                             drop_next = true;
                             "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nnext".to_string()
@@ -946,6 +947,8 @@ async fn every_http1_framing_crosses_a_kept_alive_connection() {
             (req("GET", "/204", ""), "204 No Content\r\n\r\n"),
             (req("GET", "/103", ""), "\r\n\r\nhints"),
             (req("POST", "/echo", "content-length: 11\r\n") + "hello world", "\r\n\r\nhello world"),
+            // The service's hop-by-hop fields stay on the tunnel's side.
+            (req("GET", "/hop", ""), "HTTP/1.1 200 OK\r\nx-end: 2\r\ncontent-length: 2\r\n\r\nok"),
             (req("GET", "/then-close", ""), "\r\n\r\nbye"),
             // The stream through the tunnel closed behind the last answer: a fresh one serves.
             (req("GET", "/len", ""), "\r\n\r\nhello"),
