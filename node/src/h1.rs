@@ -27,6 +27,7 @@ use crate::cluster::NodeRef;
 use crate::prefixed::Prefixed;
 use crate::proxy::Io;
 use crate::proxy::LogSink;
+use crate::proxy::HOP_BY_HOP;
 use crate::tunnels::Holdings;
 
 /// Largest request or response head read here (a larger request goes to hyper).
@@ -408,11 +409,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     }
 }
 
-/// Request fields the service does not get from the client: hop-by-hop ones (they concern the
-/// public connection, not the stream through the tunnel, which stays open whatever the client
-/// said of its own) and those the edge sets itself.
-const NOT_FORWARDED: [&str; 5] =
-    ["connection", "keep-alive", "proxy-connection", "x-forwarded-proto", "x-forwarded-host"];
+/// Request fields the service does not get from the client, besides the hop-by-hop ones (they
+/// concern the public connection, not the stream through the tunnel, which stays open whatever
+/// the client said of its own): those the edge sets itself.
+const SET_BY_THE_EDGE: [&str; 2] = ["x-forwarded-proto", "x-forwarded-host"];
 
 /// Whether `buf` may hold a whole head: an empty line (LF LF, or LF CR LF) ends in it past
 /// `scanned`, the bytes already looked at.
@@ -487,7 +487,8 @@ fn prepare(node: &NodeRef, buf: &[u8], peer_ip: &str, scheme: &str, out: &mut Ve
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut forwarded_for = Vec::new();
     for h in r.headers.iter() {
-        if NOT_FORWARDED.iter().any(|n| is(h.name, n)) || (protected && is(h.name, "authorization")) {
+        let dropped = HOP_BY_HOP.iter().chain(&SET_BY_THE_EDGE).any(|n| is(h.name, n));
+        if dropped || (protected && is(h.name, "authorization")) {
             continue;
         }
         if is(h.name, "x-forwarded-for") {
@@ -532,6 +533,7 @@ fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<RespHead>, ()
     };
     let (Some(version), Some(status)) = (r.version, r.code) else { return Err(()) };
     let (mut length, mut chunked, mut coded, mut close, mut keep) = (None, false, false, false, false);
+    let mut connection_options: Vec<&[u8]> = Vec::new();
     for h in r.headers.iter() {
         if is(h.name, "content-length") {
             let n = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or(())?;
@@ -546,6 +548,7 @@ fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<RespHead>, ()
             for t in tokens(h.value) {
                 close |= t.eq_ignore_ascii_case(b"close");
                 keep |= t.eq_ignore_ascii_case(b"keep-alive");
+                connection_options.push(t);
             }
         }
     }
@@ -561,8 +564,6 @@ fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<RespHead>, ()
         length.map_or(Framing::Eof, Framing::Length)
     };
     let keep_alive = !close && (version == 1 || keep) && framing != Framing::Eof;
-    let connection_options: Vec<&[u8]> =
-        r.headers.iter().filter(|h| is(h.name, "connection")).flat_map(|h| tokens(h.value)).collect();
     let mut head = Vec::with_capacity(len + 16);
     head.extend_from_slice(b"HTTP/1.1 ");
     // httparse reads exactly three digits.
@@ -575,7 +576,7 @@ fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<RespHead>, ()
     head.extend_from_slice(r.reason.unwrap_or("").as_bytes());
     head.extend_from_slice(b"\r\n");
     for h in r.headers.iter() {
-        let hop = ["connection", "keep-alive", "proxy-connection"].iter().any(|n| is(h.name, n))
+        let hop = HOP_BY_HOP.iter().any(|n| is(h.name, n))
             || connection_options.iter().any(|o| o.eq_ignore_ascii_case(h.name.as_bytes()));
         if !hop {
             head.extend_from_slice(h.name.as_bytes());
@@ -595,7 +596,7 @@ fn body_buffer(scratch: &mut Vec<u8>) -> &mut [u8] {
     scratch
 }
 
-/// Copies exactly `n` bytes.
+/// Copies exactly `n` bytes (the caller flushes).
 async fn copy_n<R, W>(from: &mut R, to: &mut W, mut n: u64, scratch: &mut Vec<u8>) -> Result<(), CopyFailed>
 where
     R: AsyncRead + Unpin + ?Sized,
@@ -611,7 +612,7 @@ where
         to.write_all(&buf[..got]).await.map_err(|_| CopyFailed::Write)?;
         n -= got as u64;
     }
-    to.flush().await.map_err(|_| CopyFailed::Write)
+    Ok(())
 }
 
 /// Copies the rest of a chunked body (with `chunks`) or, without, everything until `from`

@@ -34,6 +34,10 @@ use crate::cluster::NodeRef;
 use crate::tunnels::Holding;
 use crate::tunnels::Holdings;
 
+/// Fields that concern one connection only (a public one, or one through a tunnel) and are
+/// never passed across (with, in a response, the fields its `Connection` names).
+pub const HOP_BY_HOP: [&str; 3] = ["connection", "keep-alive", "proxy-connection"];
+
 /// Most concurrent public connections per listener.
 const MAX_CONNECTIONS: usize = 20_000;
 /// Time a client gets to send its request head.
@@ -575,7 +579,7 @@ async fn handle(
         // Hop-by-hop: they concern the public connection, not the one through the tunnel,
         // which stays open for the next request whatever the client said about its own.
         let hs = req.headers_mut();
-        for h in ["connection", "keep-alive", "proxy-connection"] {
+        for h in HOP_BY_HOP {
             hs.remove(h);
         }
     }
