@@ -420,9 +420,7 @@ pub async fn open_upstream(
                 log_connection,
             };
             match crate::relay::connect(&node.peers, addr, open).await {
-                Ok((stream, log)) => {
-                    return Ok((Box::new(stream), LogSink::Relay { log, tunnel_id: *tunnel_id, epoch: *epoch }))
-                }
+                Ok((stream, log)) => return Ok((stream, LogSink::Relay { log, tunnel_id: *tunnel_id, epoch: *epoch })),
                 Err(e) => {
                     tracing::debug!(%tunnel_id, epoch, %addr, error = %e.message(), "relay refused; trying the next")
                 }

@@ -9,8 +9,10 @@
 //! holding SSH session, and answers with a code (gRPC's numbering, 0 = go ahead) and a
 //! message. From then on the holder sends the service's bytes as they come, and the caller
 //! sends frames — a kind byte and a `u32` length, then the payload: data for the service, or a
-//! line for the tunnel's session log. Both sides stop reading when their writes back up, so a
-//! slow end slows the other instead of filling memory.
+//! line for the tunnel's session log. A relay whose connection the holder logs itself (tcp and
+//! tls sockets: `log_connection`) has no lines to carry, so its caller sends the bytes as they
+//! come too, in reads as big as the socket gives. Both sides stop reading when their writes back
+//! up, so a slow end slows the other instead of filling memory.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -79,8 +81,10 @@ fn io_status(what: &str) -> impl Fn(std::io::Error) -> Status + '_ {
 
 /// Caller side: opens a relay to the node at `addr` (its internal address) and returns a byte
 /// stream to the service, and a handle for sending log lines along it (weak: it does not keep
-/// the relay open). The holder's refusal comes back as a `Status` with its code.
-pub async fn connect(peers: &Peers, addr: &str, open: RelayOpen) -> Result<(RelayIo, RelayLog), Status> {
+/// the relay open; with `log_connection`, the stream is the bare connection and the handle
+/// drops every line). The holder's refusal comes back as a `Status` with its code.
+pub async fn connect(peers: &Peers, addr: &str, open: RelayOpen) -> Result<(Box<dyn Io>, RelayLog), Status> {
+    let unframed = open.log_connection;
     let opened = async {
         let mut io = peers.dial(addr).await.map_err(io_status("cannot reach the holder"))?;
         let mut hello = Vec::with_capacity(64);
@@ -103,8 +107,11 @@ pub async fn connect(peers: &Peers, addr: &str, open: RelayOpen) -> Result<(Rela
     let io = tokio::time::timeout(OPEN_TIMEOUT, opened)
         .await
         .map_err(|_| Status::deadline_exceeded("relay open timed out"))??;
+    if unframed {
+        return Ok((io, RelayLog(Weak::new())));
+    }
     let out = Arc::new(Mutex::new(Outbox::default()));
-    Ok((RelayIo { io, out: out.clone() }, RelayLog(Arc::downgrade(&out))))
+    Ok((Box::new(RelayIo { io, out: out.clone() }), RelayLog(Arc::downgrade(&out))))
 }
 
 /// Frames on their way to the holder that the socket did not take yet, and the task to wake
@@ -355,6 +362,15 @@ pub async fn serve(
         return;
     }
     let started = Instant::now();
+    if log_connection {
+        let mut channel = channel;
+        let (to_service, to_client) = crate::proxy::pipe(&mut io, &mut channel).await.unwrap_or((0, 0));
+        crate::proxy::log_line(
+            &holding,
+            crate::proxy::connection_line(client, to_service, to_client, started.elapsed()),
+        );
+        return;
+    }
     let (r, mut w) = tokio::io::split(io);
     let (from_service, to_service) = tokio::io::split(channel);
     let log_to = holding.clone();
@@ -367,13 +383,7 @@ pub async fn serve(
         let _ = w.shutdown().await;
         n
     };
-    let (to_service, to_client) = tokio::join!(inbound, outbound);
-    if log_connection {
-        crate::proxy::log_line(
-            &holding,
-            crate::proxy::connection_line(client, to_service, to_client, started.elapsed()),
-        );
-    }
+    tokio::join!(inbound, outbound);
 }
 
 #[cfg(test)]

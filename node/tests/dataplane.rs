@@ -711,18 +711,29 @@ async fn an_operator_certificate_is_served_for_https_and_tls_sockets() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_session_log_shows_tcp_connections_taken_by_any_node() {
-    let c = TestCluster::builder().start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (key, u, api) = ssh_user(&c, dir.path(), 1, "pete").await;
-    let origin_port = origin().await;
+/// A tcp socket of a new user whose tunnel `ssh -R` (with a session log, written to the
+/// returned path) holds on node 1, to the origin at `origin_port`.
+async fn logged_tcp_tunnel(
+    c: &TestCluster,
+    dir: &std::path::Path,
+    user: &str,
+    origin_port: u16,
+) -> (mysocket_api::Socket, Ssh, std::path::PathBuf) {
+    let (key, u, api) = ssh_user(c, dir, 1, user).await;
     let tcp = api
         .connect(&SocketCreate { name: "t".into(), socket_type: Some("tcp".into()), ..Default::default() })
         .await
         .unwrap();
-    let out = dir.path().join("session.out");
-    let _t = ssh_logged(&key, &u.user_name, &c.nodes[&1].ip, tcp.tunnels[0].local_port, origin_port, &out);
+    let out = dir.join("session.out");
+    let ssh = ssh_logged(&key, &u.user_name, &c.nodes[&1].ip, tcp.tunnels[0].local_port, origin_port, &out);
+    (tcp, ssh, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_log_shows_tcp_connections_taken_by_any_node() {
+    let c = TestCluster::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (tcp, _t, out) = logged_tcp_tunnel(&c, dir.path(), "pete", origin().await).await;
     let port = tcp.socket_tcp_ports[0];
     // Node 1 holds the tunnel; node 2 relays to it.
     for id in [1u64, 2] {
@@ -747,6 +758,60 @@ async fn the_session_log_shows_tcp_connections_taken_by_any_node() {
         let (sent, got) = (nums[nums.len() - 3], nums[nums.len() - 2]);
         assert!(sent > 0 && got > sent, "{line}");
     }
+}
+
+/// A TCP origin that sends back whatever it receives.
+async fn echo_origin() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_tcp_connection_carries_megabytes_intact_both_ways() {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    let c = TestCluster::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Node 1 holds the tunnel; the client comes in through node 2, which relays.
+    let (tcp, _t, out) = logged_tcp_tunnel(&c, dir.path(), "rita", echo_origin().await).await;
+    let addr = format!("{}:{}", c.nodes[&2].ip, tcp.socket_tcp_ports[0]);
+    let sent: Vec<u8> = (0..24u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let got = eventually(Duration::from_secs(20), "an echo through node 2", || {
+        let (addr, sent) = (addr.clone(), &sent);
+        async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
+            let (mut r, mut w) = s.split();
+            let write = async {
+                w.write_all(sent).await?;
+                w.shutdown().await
+            };
+            let mut got = Vec::with_capacity(sent.len());
+            let (wrote, read) = tokio::join!(write, r.read_to_end(&mut got));
+            (wrote.is_ok() && read.is_ok() && !got.is_empty()).then_some(got)
+        }
+    })
+    .await;
+    assert_eq!(got.len(), sent.len(), "echoed bytes");
+    assert!(got == sent, "the echo through the relay differs from what was sent");
+    // The holder counts the relayed bytes itself: all of them, both ways.
+    let want = format!("{}B in, {}B out", sent.len(), sent.len());
+    eventually(Duration::from_secs(20), "the connection's log line with its byte counts", || {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let want = want.clone();
+        async move { text.lines().any(|l| l.contains("connection closed:") && l.contains(&want)).then_some(()) }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
