@@ -7,6 +7,7 @@
 //! This crate holds no server logic: a type here is something that crosses a socket.
 
 pub mod client;
+pub mod coalesce;
 pub mod types;
 
 /// Generated node-to-node gRPC service (see `proto/internal.proto`).

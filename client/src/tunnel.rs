@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::anyhow;
 use anyhow::bail;
 use anyhow::Context;
+use mysocket_api::coalesce::Coalesced;
 use mysocket_api::ApiClient;
 use russh::client;
 use russh::keys::PrivateKeyWithHashAlg;
@@ -143,8 +144,9 @@ async fn session_once(spec: &TunnelSpec, key: &Arc<russh::keys::PrivateKey>, ser
         let tcp = tokio::net::TcpStream::connect(server).await?;
         tcp.set_nodelay(true)?;
         // Reads through a buffer: russh reads each packet's length, then its body, and small
-        // packets (a request, an answer) would cost two system calls each.
-        client::connect_stream(config, tokio::io::BufReader::with_capacity(8 * 1024, tcp), handler).await
+        // packets (a request, an answer) would cost two system calls each. Writes coalesced.
+        client::connect_stream(config, tokio::io::BufReader::with_capacity(8 * 1024, Coalesced::new(tcp)), handler)
+            .await
     };
     let connected =
         tokio::time::timeout(Duration::from_secs(10), connect).await.map_err(|_| anyhow!("timed out connecting"))?;

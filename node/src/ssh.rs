@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use mysocket_api::coalesce::Coalesced;
 use mysocket_raft_store::Command;
 use mysocket_raft_store::Response as RegResponse;
 use russh::keys::PrivateKey;
@@ -92,7 +93,8 @@ pub async fn serve(node: NodeRef, listener: TcpListener, holdings: Arc<Holdings>
                 per_account: per_account.clone(),
             };
             // Reads through a buffer: russh reads each packet's length, then its body, and a
-            // busy tunnel's small packets would cost two system calls each.
+            // busy tunnel's small packets would cost two system calls each. Writes coalesced.
+            let stream = Coalesced::new(stream);
             let stream = tokio::io::BufReader::with_capacity(SSH_READ_BUFFER, stream);
             match russh::server::run_stream(config, stream, handler).await {
                 Ok(running) => {
