@@ -25,9 +25,9 @@ use uuid::Uuid;
 
 use crate::cluster::NodeRef;
 use crate::prefixed::Prefixed;
+use crate::proxy::is_hop_by_hop;
 use crate::proxy::Io;
 use crate::proxy::LogSink;
-use crate::proxy::HOP_BY_HOP;
 use crate::tunnels::Holdings;
 
 /// Largest request or response head read here (a larger request goes to hyper).
@@ -448,6 +448,7 @@ fn prepare(node: &NodeRef, buf: &[u8], peer_ip: &str, scheme: &str, out: &mut Ve
         return Prepared::Other;
     }
     let (mut host, mut body, mut close, mut authorization) = (None, None, false, None);
+    let mut connection_options: Vec<&[u8]> = Vec::new();
     for h in r.headers.iter() {
         if is(h.name, "host") {
             if host.is_some() {
@@ -469,6 +470,7 @@ fn prepare(node: &NodeRef, buf: &[u8], peer_ip: &str, scheme: &str, out: &mut Ve
                     return Prepared::Other;
                 }
                 close |= t.eq_ignore_ascii_case(b"close");
+                connection_options.push(t);
             }
         } else if is(h.name, "authorization") && authorization.is_none() {
             authorization = Some(h.value);
@@ -487,7 +489,7 @@ fn prepare(node: &NodeRef, buf: &[u8], peer_ip: &str, scheme: &str, out: &mut Ve
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut forwarded_for = Vec::new();
     for h in r.headers.iter() {
-        let dropped = HOP_BY_HOP.iter().chain(&SET_BY_THE_EDGE).any(|n| is(h.name, n));
+        let dropped = is_hop_by_hop(h.name, &connection_options) || SET_BY_THE_EDGE.iter().any(|n| is(h.name, n));
         if dropped || (protected && is(h.name, "authorization")) {
             continue;
         }
@@ -576,9 +578,7 @@ fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<RespHead>, ()
     head.extend_from_slice(r.reason.unwrap_or("").as_bytes());
     head.extend_from_slice(b"\r\n");
     for h in r.headers.iter() {
-        let hop = HOP_BY_HOP.iter().any(|n| is(h.name, n))
-            || connection_options.iter().any(|o| o.eq_ignore_ascii_case(h.name.as_bytes()));
-        if !hop {
+        if !is_hop_by_hop(h.name, &connection_options) {
             head.extend_from_slice(h.name.as_bytes());
             head.extend_from_slice(b": ");
             head.extend_from_slice(h.value);
@@ -808,6 +808,9 @@ mod tests {
         // Hop-by-hop fields, and those the Connection field names, stay on the tunnel's side.
         let r = f("HTTP/1.0 201 Created\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\nx-hop: 1\r\nX-End: 2\r\nContent-Length: 3\r\n\r\n");
         assert_eq!(String::from_utf8_lossy(&r.head), "HTTP/1.1 201 Created\r\nX-End: 2\r\nContent-Length: 3\r\n");
+        // ...but not the framing: the client must still find the body's end.
+        let r = f("HTTP/1.1 200 OK\r\nConnection: Content-Length, Transfer-Encoding\r\nContent-Length: 3\r\n\r\n");
+        assert_eq!(String::from_utf8_lossy(&r.head), "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n");
         let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true).unwrap().unwrap();
         assert_eq!(r.framing, Framing::Empty);
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", false).is_err());

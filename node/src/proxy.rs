@@ -37,6 +37,17 @@ use crate::tunnels::Holdings;
 /// Fields that concern one connection only (a public one, or one through a tunnel) and are
 /// never passed across (with, in a response, the fields its `Connection` names).
 pub const HOP_BY_HOP: [&str; 3] = ["connection", "keep-alive", "proxy-connection"];
+/// Fields that stay even when a `Connection` field names them: the target and the framing of
+/// a message are not one side's to take away (a body framed by a length the other side never
+/// sees would be read as the next request).
+pub const NEVER_DROPPED: [&str; 3] = ["host", "content-length", "transfer-encoding"];
+
+/// Whether `name` is hop-by-hop in a message whose `Connection` fields hold `options`.
+pub fn is_hop_by_hop(name: &str, options: &[&[u8]]) -> bool {
+    HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
+        || (options.iter().any(|o| o.eq_ignore_ascii_case(name.as_bytes()))
+            && !NEVER_DROPPED.iter().any(|n| name.eq_ignore_ascii_case(n)))
+}
 
 /// Most concurrent public connections per listener.
 const MAX_CONNECTIONS: usize = 20_000;
@@ -189,8 +200,11 @@ pub async fn serve_connection<I>(
 /// are never taken. Bounded per socket and in idle time. `T` is a hyper connection or, for
 /// [`crate::h1`], the stream itself.
 pub struct UpstreamPool<T> {
-    map: std::sync::Mutex<HashMap<Uuid, Vec<(Instant, T, LogSink)>>>,
+    map: std::sync::Mutex<HashMap<Uuid, Vec<Pooled<T>>>>,
 }
+
+/// An idle connection in a pool: since when, the connection, where its log lines go.
+type Pooled<T> = (Instant, T, LogSink);
 
 impl<T> Default for UpstreamPool<T> {
     fn default() -> Self {
@@ -577,8 +591,13 @@ async fn handle(
         // Hop-by-hop: they concern the public connection, not the one through the tunnel,
         // which stays open for the next request whatever the client said about its own.
         let hs = req.headers_mut();
-        for h in HOP_BY_HOP {
-            hs.remove(h);
+        let values: Vec<HeaderValue> = hs.get_all(header::CONNECTION).iter().cloned().collect();
+        let options: Vec<&[u8]> =
+            values.iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')).map(<[u8]>::trim_ascii).collect();
+        let named: Vec<header::HeaderName> =
+            hs.keys().filter(|n| is_hop_by_hop(n.as_str(), &options)).cloned().collect();
+        for n in named {
+            hs.remove(n);
         }
     }
     let mut guard = upstream.lock().await;

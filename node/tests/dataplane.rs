@@ -157,6 +157,24 @@ async fn openssh_reverse_forward_serves_public_http() {
     assert!(body.contains("GET /some/path"), "{body}");
     assert!(body.to_lowercase().contains("x-forwarded-for: "), "{body}");
     assert!(body.to_lowercase().contains("x-forwarded-proto: http"), "{body}");
+    // The fields the client's Connection names concern its connection only, on both paths
+    // (HTTP/1.1 here; HTTP/1.0 goes through hyper); the framing and Host stay.
+    for version in ["1.1", "1.0"] {
+        use tokio::io::AsyncReadExt;
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(format!("{n1}:8080")).await.unwrap();
+        let head = format!(
+            "GET /named HTTP/{version}\r\nHost: {}\r\nConnection: close, X-Secret, host, Content-Length\r\nX-Secret: 1\r\nKeep-Alive: 300\r\nX-Kept: 2\r\nContent-Length: 0\r\n\r\n",
+            sock.dnsname
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        let seen = answer.to_lowercase();
+        assert!(seen.starts_with(&format!("http/{version} 200")) && seen.contains("get /named"), "{answer}");
+        assert!(seen.contains("x-kept: 2") && seen.contains(&format!("host: {}", sock.dnsname)), "{answer}");
+        assert!(!seen.contains("x-secret") && !seen.contains("keep-alive: 300"), "{answer}");
+    }
     let view = c.api(2).cluster().await.unwrap();
     assert_eq!(view.nodes.iter().find(|n| n.id == 1).unwrap().tunnels, 1, "the claim is replicated");
 
