@@ -69,11 +69,11 @@ pub fn check<M: Model>(
     deadline: Instant,
     threads: usize,
 ) -> CheckResult {
-    let mut by_key: BTreeMap<&str, Vec<&Operation<M::Input, M::Output>>> = BTreeMap::new();
+    let mut by_key: BTreeMap<&str, Vec<&Operation<_, _>>> = BTreeMap::new();
     for op in history {
         by_key.entry(op.key.as_str()).or_default().push(op);
     }
-    let keys: Vec<(&str, Vec<&Operation<M::Input, M::Output>>)> = by_key.into_iter().collect();
+    let keys: Vec<(&str, Vec<_>)> = by_key.into_iter().collect();
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<KeyResult>> = Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -153,7 +153,7 @@ fn check_key<M: Model>(
     let mut steps = 0u64;
     while ev[0].next != NIL {
         steps += 1;
-        if steps % 1024 == 0 && Instant::now() > deadline {
+        if steps.is_multiple_of(1024) && Instant::now() > deadline {
             return (Verdict::Unknown, Some(format!("deadline passed after {steps} search steps")));
         }
         let e = ev[entry];

@@ -354,7 +354,7 @@ pub async fn observe(ctx: Arc<Ctx>, obs: Arc<Mutex<Observed>>, stop: Arc<std::sy
                 }
             }
         }
-        if tick % 4 == 0 {
+        if tick.is_multiple_of(4) {
             let digests =
                 futures::future::join_all((1..=n).map(|i| async move {
                     tokio::time::timeout(Duration::from_millis(700), api(i, None).digest()).await

@@ -366,12 +366,12 @@ pub async fn creator(ctx: Arc<Ctx>, fx: Arc<Fixture>, client: u64) {
     let mut n = 0u64;
     while !ctx.done() {
         n += 1;
-        if n % 12 == 0 {
+        if n.is_multiple_of(12) {
             twin_accounts(&ctx, &fx, client, n, &mut rng).await;
             continue;
         }
         let node = rng.gen_range(1..=ctx.nodes);
-        let kind = if n % 3 == 0 { "tcp" } else { "http" };
+        let kind = if n.is_multiple_of(3) { "tcp" } else { "http" };
         let name = format!("c{client}-{n}");
         let req = SocketCreate { name: name.clone(), socket_type: Some(kind.into()), ..Default::default() };
         let call = ctx.now();

@@ -91,7 +91,7 @@ async fn accept_loop(
             };
             let piped = async {
                 if kind == SocketType::Tls {
-                    let Some(acceptor) = tls.read().expect("tls lock").clone() else { return None };
+                    let acceptor = tls.read().expect("tls lock").clone()?;
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(client)).await {
                         Ok(Ok(mut s)) => crate::proxy::pipe(&mut s, &mut upstream).await.ok(),
                         _ => {

@@ -138,7 +138,8 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         u[k] = v;
         serde_json::to_vec(&u).unwrap()
     };
-    let cases: Vec<(Method, &str, Option<&str>, Option<Vec<u8>>, u16, &str)> = vec![
+    type Case<'a> = (Method, &'a str, Option<&'a str>, Option<Vec<u8>>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (Method::POST, "/user", None, Some(b"{not json".to_vec()), 400, "invalid JSON"),
         (Method::POST, "/user", None, Some(br#"{"name": 5}"#.to_vec()), 400, "invalid JSON"),
         (Method::POST, "/user", None, Some(br#"[]"#.to_vec()), 400, "invalid JSON"),

@@ -240,7 +240,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Blank => Response::Done,
                     EntryPayload::Normal(req) => reg.apply(req, &mut dirty),
                     EntryPayload::Membership(m) => {
-                        membership = Some(StoredMembershipOf::<TypeConfig>::new(Some(log_id.clone()), m.clone()));
+                        membership = Some(StoredMembershipOf::<TypeConfig>::new(Some(log_id), m.clone()));
                         Response::Done
                     }
                 };
