@@ -364,7 +364,7 @@ pub async fn serve(
     let started = Instant::now();
     if log_connection {
         let mut channel = channel;
-        let (to_service, to_client) = crate::proxy::pipe(&mut io, &mut channel).await.unwrap_or((0, 0));
+        let (to_service, to_client) = crate::proxy::pipe(&mut io, &mut channel, false).await.unwrap_or((0, 0));
         crate::proxy::log_line(
             &holding,
             crate::proxy::connection_line(client, to_service, to_client, started.elapsed()),

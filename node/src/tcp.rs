@@ -89,18 +89,19 @@ async fn accept_loop(
                     return;
                 }
             };
+            let relayed = matches!(log, crate::proxy::LogSink::Relay { .. });
             let piped = async {
                 if kind == SocketType::Tls {
                     let acceptor = tls.read().expect("tls lock").clone()?;
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(client)).await {
-                        Ok(Ok(mut s)) => crate::proxy::pipe(&mut s, &mut upstream).await.ok(),
+                        Ok(Ok(mut s)) => crate::proxy::pipe(&mut s, &mut upstream, relayed).await.ok(),
                         _ => {
                             tracing::debug!(%peer, "tls handshake failed");
                             None
                         }
                     }
                 } else {
-                    crate::proxy::pipe(&mut client, &mut upstream).await.ok()
+                    crate::proxy::pipe(&mut client, &mut upstream, relayed).await.ok()
                 }
             };
             // Deleting the socket closes its connections too.
