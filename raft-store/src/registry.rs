@@ -166,7 +166,13 @@ impl Registry {
     }
 
     pub fn socket_by_dnsname(&self, dnsname: &str) -> Option<&Socket> {
-        self.dnsnames.get(&dnsname.to_ascii_lowercase()).and_then(|id| self.sockets.get(id))
+        // Names are kept in lower case; most lookups already are (no copy for those).
+        let id = if dnsname.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.dnsnames.get(&dnsname.to_ascii_lowercase())
+        } else {
+            self.dnsnames.get(dnsname)
+        };
+        id.and_then(|id| self.sockets.get(id))
     }
 
     pub fn socket_by_port(&self, port: u16) -> Option<&Socket> {
