@@ -26,6 +26,7 @@ use uuid::Uuid;
 use crate::cluster::NodeRef;
 use crate::prefixed::Prefixed;
 use crate::proxy::is_hop_by_hop;
+use crate::proxy::tokens;
 use crate::proxy::Io;
 use crate::proxy::LogSink;
 use crate::tunnels::Holdings;
@@ -427,10 +428,6 @@ fn may_end_head(buf: &[u8], scanned: usize) -> bool {
 
 fn is(name: &str, want: &str) -> bool {
     name.eq_ignore_ascii_case(want)
-}
-
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|b| *b == b',').map(|t| t.trim_ascii())
 }
 
 /// Parses a request head in `buf` and, for a request this path forwards, writes the head for

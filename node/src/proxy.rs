@@ -42,6 +42,11 @@ pub const HOP_BY_HOP: [&str; 3] = ["connection", "keep-alive", "proxy-connection
 /// sees would be read as the next request).
 pub const NEVER_DROPPED: [&str; 3] = ["host", "content-length", "transfer-encoding"];
 
+/// The comma-separated tokens of a field value (`Connection`, `Transfer-Encoding`), trimmed.
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(|t| t.trim_ascii())
+}
+
 /// Whether `name` is hop-by-hop in a message whose `Connection` fields hold `options`.
 pub fn is_hop_by_hop(name: &str, options: &[&[u8]]) -> bool {
     HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
@@ -300,14 +305,8 @@ pub fn socket_named(node: &NodeRef, host: &str) -> Option<Socket> {
 
 /// `f` of the http/https socket named by a Host value, looked at in the local replica.
 pub fn with_socket_named<T>(node: &NodeRef, host: &str, f: impl FnOnce(&Socket) -> T) -> Option<T> {
+    // The registry compares names case-insensitively.
     let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host).trim_end_matches('.');
-    let lower;
-    let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        lower = name.to_ascii_lowercase();
-        lower.as_str()
-    } else {
-        name
-    };
     node.read(|r| {
         r.socket_by_dnsname(name).filter(|s| matches!(s.socket_type, SocketType::Http | SocketType::Https)).map(f)
     })
@@ -598,8 +597,7 @@ async fn handle(
         // which stays open for the next request whatever the client said about its own.
         let hs = req.headers_mut();
         let values: Vec<HeaderValue> = hs.get_all(header::CONNECTION).iter().cloned().collect();
-        let options: Vec<&[u8]> =
-            values.iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')).map(<[u8]>::trim_ascii).collect();
+        let options: Vec<&[u8]> = values.iter().flat_map(|v| tokens(v.as_bytes())).collect();
         let named: Vec<header::HeaderName> =
             hs.keys().filter(|n| is_hop_by_hop(n.as_str(), &options)).cloned().collect();
         for n in named {

@@ -350,7 +350,7 @@ pub async fn serve(
         Ok(r) => r,
         Err(_) => Err(Status::deadline_exceeded("no relay hello in time")),
     };
-    let (holding, client, log_connection, channel) = match opened {
+    let (holding, client, log_connection, mut channel) = match opened {
         Ok(x) => x,
         Err(status) => {
             tracing::debug!(%peer, code = ?status.code(), message = status.message(), "relay refused");
@@ -363,7 +363,6 @@ pub async fn serve(
     }
     let started = Instant::now();
     if log_connection {
-        let mut channel = channel;
         let (to_service, to_client) = crate::proxy::pipe(&mut io, &mut channel, false).await.unwrap_or((0, 0));
         crate::proxy::log_line(
             &holding,
