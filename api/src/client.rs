@@ -57,6 +57,9 @@ impl ApiClient {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(30))
+            // Idle connections are dropped before a node closes them (it gives an idle
+            // connection 30 s for its next request), so none is reused as it closes.
+            .pool_idle_timeout(Duration::from_secs(20))
             .build()
             .expect("http client");
         ApiClient { http, urls, token: None }

@@ -31,8 +31,9 @@ use crate::proxy::Io;
 use crate::proxy::LogSink;
 use crate::tunnels::Holdings;
 
-/// Largest request or response head read here (a larger request goes to hyper).
-const MAX_HEAD: usize = 64 * 1024;
+/// Largest request or response head read here (a larger request goes to hyper, which answers
+/// 431 Request Header Fields Too Large).
+pub const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields in a head read here.
 const MAX_HEADERS: usize = 64;
 /// Room made in a head buffer before each read.
@@ -184,11 +185,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             // The whole head must come within the header timeout (an idle keep-alive
             // connection, too, gets that long for its next request).
             let deadline = tokio::time::Instant::now() + crate::proxy::HEADER_TIMEOUT;
-            // Bytes of `buf` known to hold no end of a head: a head that comes a few bytes at a
-            // time is parsed once it may be whole, not once per read.
+            // Bytes of `buf` already parsed (see `worth_parsing`).
             let mut scanned = 0;
             let req = loop {
-                let parsed = if may_end_head(&self.buf, scanned) {
+                let parsed = if worth_parsing(&self.buf, scanned) {
                     prepare(&self.node, &self.buf, &self.peer_ip, self.scheme, &mut self.out)
                 } else {
                     Prepared::Partial
@@ -415,15 +415,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
 /// the client said of its own): those the edge sets itself.
 const SET_BY_THE_EDGE: [&str; 2] = ["x-forwarded-proto", "x-forwarded-host"];
 
-/// Whether `buf` may hold a whole head: an empty line (LF LF, or LF CR LF) ends in it past
-/// `scanned`, the bytes already looked at.
-fn may_end_head(buf: &[u8], scanned: usize) -> bool {
-    let from = scanned.saturating_sub(2);
-    buf.get(from..).is_some_and(|tail| {
-        tail.iter()
-            .enumerate()
-            .any(|(i, b)| *b == b'\n' && (tail.get(i + 1) == Some(&b'\n') || tail.get(i + 1..i + 3) == Some(b"\r\n")))
-    })
+/// Whether `buf` is worth parsing (again): nothing of it was looked at yet, or the bytes past
+/// `scanned` complete a line. A head ends with a line, and a bad byte shows when its line
+/// is parsed; so junk is refused as it comes, while a head that comes a few bytes at a time is
+/// parsed once per line it completes (a head of more than [`MAX_HEADERS`] fields goes to
+/// hyper), not once per read.
+fn worth_parsing(buf: &[u8], scanned: usize) -> bool {
+    !buf.is_empty() && (scanned == 0 || buf.get(scanned..).is_some_and(|new| new.contains(&b'\n')))
 }
 
 fn is(name: &str, want: &str) -> bool {
@@ -773,15 +771,16 @@ mod tests {
     }
 
     #[test]
-    fn a_head_is_parsed_once_it_may_be_whole() {
+    fn a_head_is_parsed_at_its_first_bytes_and_at_each_line() {
         let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
-        // Fed a byte at a time, only the last byte can end it.
-        for n in 1..head.len() {
-            assert!(!may_end_head(&head[..n], n.saturating_sub(1)), "ended at {n}");
-        }
-        assert!(may_end_head(head, head.len() - 1));
-        assert!(may_end_head(b"GET / HTTP/1.1\nHost: a\n\n", 0));
-        assert!(!may_end_head(b"GET / HTTP/1.1\r\nHost: a\r\n", 0));
+        // Fed a byte at a time: parsed at the first byte and at each LF only.
+        let parses: Vec<usize> = (1..=head.len()).filter(|&n| worth_parsing(&head[..n], n - 1)).collect();
+        assert_eq!(parses, vec![1, 16, 25, 27]);
+        // Junk in the first read is looked at at once, line or not.
+        assert!(worth_parsing(b"\x16\x03\x01\x02\x00", 0));
+        assert!(httparse::Request::new(&mut [httparse::EMPTY_HEADER; 4]).parse(b"\x16\x03\x01").is_err());
+        assert!(!worth_parsing(b"", 0));
+        assert!(!worth_parsing(b"GET / HTTP/1.1\r\nHost: a", 16));
     }
 
     #[test]

@@ -24,6 +24,9 @@ use mysocket_raft_store::Command;
 use mysocket_raft_store::Rejection;
 use mysocket_raft_store::Response as RegResponse;
 use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 use uuid::Uuid;
 
 use crate::auth;
@@ -34,6 +37,41 @@ use crate::validate;
 
 /// Largest request body accepted (413 beyond it).
 pub const MAX_BODY: usize = 64 * 1024;
+/// Largest request head accepted (431 beyond it).
+const MAX_HEAD: usize = 64 * 1024;
+/// Most API connections open at once; more wait in the listen queue.
+const MAX_CONNECTIONS: usize = 10_000;
+
+/// Serves the REST API (HTTP/1.1) until `stop`, then lets the requests in flight finish. A
+/// request head must come whole within the header timeout and fit in [`MAX_HEAD`], so a
+/// client that says nothing, or sends a head without end, does not keep its connection.
+pub async fn serve(node: NodeRef, listener: tokio::net::TcpListener, stop: CancellationToken) {
+    let app = router(node);
+    let open = TaskTracker::new();
+    crate::accept::serve(listener, MAX_CONNECTIONS, "API", stop.clone(), |stream, _peer| {
+        let (app, stop, open) = (app.clone(), stop.clone(), open.token());
+        async move {
+            let svc = hyper::service::service_fn(move |req| app.clone().oneshot(req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(crate::proxy::HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(open);
+        }
+    })
+    .await;
+    open.close();
+    open.wait().await;
+}
 
 /// An error answer: status and `{"message"}`.
 #[derive(Debug)]

@@ -183,6 +183,8 @@ pub async fn serve_connection<I>(
         hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
+            // A head larger than h1's (which hands it over) is answered 431.
+            .max_buf_size(crate::h1::MAX_HEAD)
             .keep_alive(true)
             .serve_connection(io, svc)
             .with_upgrades()

@@ -175,14 +175,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
 
     // REST API.
     {
-        let app = crate::http::router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let stop = root.child_token();
-        tasks.spawn(async move {
-            let serve = axum::serve(api_listener, app).with_graceful_shutdown(stop.cancelled_owned());
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "API server failed");
-            }
-        });
+        let (n, stop) = (node.clone(), root.child_token());
+        tasks.spawn(async move { crate::http::serve(n, api_listener, stop).await });
     }
 
     tracing::info!(id = cfg.id, api = %cfg.api_addr, raft = %cfg.raft_addr, "node started");

@@ -39,6 +39,9 @@ const MAX_SESSION_CHANNELS: u32 = 4;
 /// Largest SSH packet either side sends: public bytes move in pieces of this size (one channel
 /// message, one packet each) on every path into a tunnel.
 pub const SSH_PACKET: usize = 64 * 1024;
+/// How long a connection has to log in, from its accept to an accepted key (OpenSSH's
+/// `LoginGraceTime`): one that says nothing, or never finishes, holds no connection longer.
+const LOGIN_GRACE: Duration = Duration::from_secs(30);
 /// Read buffer per SSH connection: room for a few of the small packets of requests and
 /// answers; a 64 KiB data packet is mostly read past it. Idle tunnels keep theirs, so it is
 /// small (4 KiB cost 2 KiB of resident memory per idle tunnel, and no requests/s).
@@ -92,17 +95,38 @@ pub async fn serve(node: NodeRef, listener: TcpListener, holdings: Arc<Holdings>
                 state: state.clone(),
                 per_account: per_account.clone(),
             };
+            // A second handle on the socket, to shut it if the login grace runs out (russh
+            // runs the session in a task of its own, which takes the stream).
+            let grace = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
             // Reads through a buffer: russh reads each packet's length, then its body, and a
             // busy tunnel's small packets would cost two system calls each. Writes coalesced.
             let stream = Coalesced::new(stream);
             let stream = tokio::io::BufReader::with_capacity(SSH_READ_BUFFER, stream);
-            match russh::server::run_stream(config, stream, handler).await {
-                Ok(running) => {
-                    if let Err(e) = running.await {
-                        tracing::debug!(%peer, error = %e, "SSH session ended with an error");
+            let session = async {
+                match russh::server::run_stream(config, stream, handler).await {
+                    Ok(running) => {
+                        if let Err(e) = running.await {
+                            tracing::debug!(%peer, error = %e, "SSH session ended with an error");
+                        }
+                    }
+                    Err(e) => tracing::debug!(%peer, error = %e, "SSH handshake failed"),
+                }
+            };
+            let mut session = std::pin::pin!(session);
+            let logins = state.clone();
+            let grace_over = async move {
+                tokio::time::sleep(LOGIN_GRACE).await;
+                if logins.lock().expect("ssh state").user.is_none() {
+                    tracing::info!(%peer, "SSH connection closed: no login within {LOGIN_GRACE:?}");
+                    if let Some(fd) = &grace {
+                        let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Both);
                     }
                 }
-                Err(e) => tracing::debug!(%peer, error = %e, "SSH handshake failed"),
+            };
+            tokio::select! {
+                () = &mut session => {}
+                // The second handle is closed with the check, or with the session if it ends first.
+                () = grace_over => session.await,
             }
             // Boxed, like the claim: the session's task is sized for its largest step and lives
             // as long as the session.

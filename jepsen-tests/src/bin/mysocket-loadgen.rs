@@ -43,8 +43,11 @@ struct Stats {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let http =
-        reqwest::Client::builder().pool_max_idle_per_host(args.clients).timeout(Duration::from_secs(30)).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients)
+        .pool_idle_timeout(Duration::from_secs(20))
+        .timeout(Duration::from_secs(30))
+        .build()?;
     // Setup (not measured): one (token, socket) per client for mysocket.
     let mut slots: Vec<(String, String, String)> = Vec::new(); // (endpoint, token, socket_id)
     if args.target == "mysocket" {
