@@ -205,17 +205,45 @@ async fn a_peer_without_the_cluster_credential_is_refused() {
     c.api(1).create_user(&user(1)).await.unwrap();
 }
 
+/// SIGTERM: the API stops taking connections, a request already on its way is answered (and
+/// its write kept), the node exits cleanly and comes back with its state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_shuts_down_gracefully_and_restart_keeps_state() {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
     let mut c = TestCluster::builder().start().await;
     c.api(1).create_user(&user(1)).await.unwrap();
-    let status = c.sigterm(2);
+    // A request to node 2 with half its body sent when the signal comes.
+    let body = serde_json::to_vec(&user(2)).unwrap();
+    let (first, rest) = body.split_at(body.len() / 2);
+    let api2 = c.nodes[&2].api_url().trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&api2).await.unwrap();
+    let head = format!(
+        "POST /user HTTP/1.1\r\nHost: {api2}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.terminate(2);
+    eventually(Duration::from_secs(5), "node 2's API to stop taking connections", || {
+        let api2 = api2.clone();
+        async move { tokio::net::TcpStream::connect(&api2).await.is_err().then_some(()) }
+    })
+    .await;
+    s.write_all(rest).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "the request in flight: {answer:?}");
+    let status = c.wait_exit(2);
     assert!(status.success(), "SIGTERM exit status {status:?}");
     assert!(c.log(2).contains("stopped"));
     c.restart(2);
     c.wait_ready().await;
     c.converged().await;
     c.api(2).login(&user(1).email, &user(1).password).await.unwrap();
+    c.api(2).login(&user(2).email, &user(2).password).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -224,9 +224,19 @@ impl TestCluster {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn sigterm(&mut self, id: u64) -> std::process::ExitStatus {
+        self.terminate(id);
+        self.wait_exit(id)
+    }
+
+    /// Sends SIGTERM (with the `kill` command, not libc) without waiting.
+    pub fn terminate(&self, id: u64) {
+        let pid = self.nodes[&id].child.as_ref().expect("node running").id();
+        Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    }
+
+    /// Waits for node `id` to exit.
+    pub fn wait_exit(&mut self, id: u64) -> std::process::ExitStatus {
         let mut c = self.nodes.get_mut(&id).and_then(|n| n.child.take()).expect("node running");
-        // SAFETY-free: `kill` the command, not libc.
-        Command::new("kill").arg("-TERM").arg(c.id().to_string()).status().unwrap();
         c.wait().unwrap()
     }
 
