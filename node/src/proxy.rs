@@ -289,15 +289,29 @@ async fn keep_when_ready(pool: &UpstreamPool<SendRequest>, socket_id: Uuid, mut 
     }
 }
 
-/// The socket a request is for: Host (or the authority), case-insensitive, port stripped.
+/// The socket a request is for: the target's authority (HTTP/2's :authority, or an HTTP/1
+/// absolute-form target, which RFC 9112 §3.2.2 puts before Host), else Host; case-insensitive,
+/// port stripped.
 fn socket_for(node: &NodeRef, req: &Request<Incoming>) -> Option<Socket> {
     let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
+        .uri()
+        .host()
         .map(str::to_string)
-        .or_else(|| req.uri().host().map(str::to_string))?;
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))?;
     socket_named(node, &host)
+}
+
+/// RFC 9112 §3.2: a request with more than one Host field, or an HTTP/1.1 request with none
+/// and no authority in its target, is refused (400) — the edge and the service could each
+/// take a different one for the name.
+fn one_host(req: &Request<Incoming>) -> Result<(), &'static str> {
+    match req.headers().get_all(header::HOST).iter().count() {
+        0 if req.version() == hyper::Version::HTTP_11 && req.uri().authority().is_none() => {
+            Err("The request has no Host field naming the socket.")
+        }
+        0 | 1 => Ok(()),
+        _ => Err("The request has more than one Host field."),
+    }
 }
 
 /// The http/https socket named by a Host value: case-insensitive, port stripped.
@@ -548,6 +562,11 @@ async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
+    if let Err(why) = one_host(&req) {
+        let mut r = page(StatusCode::BAD_REQUEST, "Bad Request", why);
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
     let Some(socket) = socket_for(&node, &req) else {
         return page(StatusCode::NOT_FOUND, "Not Found", "There is no socket with this name.");
     };
@@ -562,15 +581,15 @@ async fn handle(
         return r;
     }
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    if req.version() == hyper::Version::HTTP_2 {
-        // The tunnel speaks HTTP/1.1: Host from the :authority, origin-form target.
-        if !req.headers().contains_key(header::HOST) {
-            if let Some(a) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
-                req.headers_mut().insert(header::HOST, a);
-            }
-        }
+    if let Some(a) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+        // HTTP/2's :authority, or an HTTP/1 absolute-form target: the service gets the name
+        // the request was routed by as its Host, and an origin-form target.
+        req.headers_mut().insert(header::HOST, a);
         let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
         *req.uri_mut() = target.parse().unwrap_or_default();
+    }
+    if req.version() == hyper::Version::HTTP_2 {
+        // The tunnel speaks HTTP/1.1.
         *req.version_mut() = hyper::Version::HTTP_11;
     }
 

@@ -175,6 +175,34 @@ async fn openssh_reverse_forward_serves_public_http() {
         assert!(seen.contains("x-kept: 2") && seen.contains(&format!("host: {}", sock.dnsname)), "{answer}");
         assert!(!seen.contains("x-secret") && !seen.contains("keep-alive: 300"), "{answer}");
     }
+    // One Host per request (RFC 9112 §3.2): two, or none in HTTP/1.1, get 400 and never reach
+    // the service; an absolute-form target names the socket itself (Host is ignored), and the
+    // service gets an origin-form target with that name as its Host.
+    let name = &sock.dnsname;
+    for (what, head, want) in [
+        ("two Host fields", format!("GET /two HTTP/1.1\r\nHost: {name}\r\nHost: elsewhere.example\r\n\r\n"), "400"),
+        ("no Host", "GET /none HTTP/1.1\r\n\r\n".to_string(), "400"),
+        (
+            "an absolute-form target",
+            format!("GET http://{name}:8080/abs?q=1 HTTP/1.1\r\nHost: elsewhere.example\r\nConnection: close\r\n\r\n"),
+            "200",
+        ),
+    ] {
+        use tokio::io::AsyncReadExt;
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(format!("{n1}:8080")).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with(&format!("HTTP/1.1 {want} ")), "{what}: {answer}");
+        let seen = answer.to_lowercase();
+        if want == "400" {
+            assert!(!seen.contains("origin saw"), "{what} reached the service: {answer}");
+        } else {
+            assert!(seen.contains("get /abs?q=1 http/1.1") && seen.contains(&format!("host: {name}:8080")), "{answer}");
+            assert!(!seen.contains("elsewhere"), "{what}: {answer}");
+        }
+    }
     let view = c.api(2).cluster().await.unwrap();
     assert_eq!(view.nodes.iter().find(|n| n.id == 1).unwrap().tunnels, 1, "the claim is replicated");
 
