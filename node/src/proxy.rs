@@ -581,7 +581,12 @@ async fn handle(
         return r;
     }
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    if let Some(a) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+    let authority = req.uri().authority().map(|a| match a.port() {
+        // Host and port only: never a userinfo part a target may carry.
+        Some(port) => format!("{}:{port}", a.host()),
+        None => a.host().to_string(),
+    });
+    if let Some(a) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
         // HTTP/2's :authority, or an HTTP/1 absolute-form target: the service gets the name
         // the request was routed by as its Host, and an origin-form target.
         req.headers_mut().insert(header::HOST, a);

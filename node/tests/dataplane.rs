@@ -184,7 +184,9 @@ async fn openssh_reverse_forward_serves_public_http() {
         ("no Host", "GET /none HTTP/1.1\r\n\r\n".to_string(), "400"),
         (
             "an absolute-form target",
-            format!("GET http://{name}:8080/abs?q=1 HTTP/1.1\r\nHost: elsewhere.example\r\nConnection: close\r\n\r\n"),
+            format!(
+                "GET http://user@{name}:8080/abs?q=1 HTTP/1.1\r\nHost: elsewhere.example\r\nConnection: close\r\n\r\n"
+            ),
             "200",
         ),
     ] {
@@ -200,7 +202,7 @@ async fn openssh_reverse_forward_serves_public_http() {
             assert!(!seen.contains("origin saw"), "{what} reached the service: {answer}");
         } else {
             assert!(seen.contains("get /abs?q=1 http/1.1") && seen.contains(&format!("host: {name}:8080")), "{answer}");
-            assert!(!seen.contains("elsewhere"), "{what}: {answer}");
+            assert!(!seen.contains("elsewhere") && !seen.contains("user@"), "{what}: {answer}");
         }
     }
     let view = c.api(2).cluster().await.unwrap();
