@@ -293,12 +293,8 @@ async fn keep_when_ready(pool: &UpstreamPool<SendRequest>, socket_id: Uuid, mut 
 /// absolute-form target, which RFC 9112 §3.2.2 puts before Host), else Host; case-insensitive,
 /// port stripped.
 fn socket_for(node: &NodeRef, req: &Request<Incoming>) -> Option<Socket> {
-    let host = req
-        .uri()
-        .host()
-        .map(str::to_string)
-        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))?;
-    socket_named(node, &host)
+    let host = req.uri().host().or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))?;
+    socket_named(node, host)
 }
 
 /// RFC 9112 §3.2: a request with more than one Host field, or an HTTP/1.1 request with none
