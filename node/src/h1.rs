@@ -132,12 +132,17 @@ where
         scratch: Vec::new(),
         peer_ip: peer.ip().to_string(),
         up: None,
+        line_due: false,
         timer: Box::pin(tokio::time::sleep(crate::proxy::HEADER_TIMEOUT)),
     };
     let hand_over = c.run().await;
-    if let Some(up) = c.up.take() {
-        // Only a stream that finished its last answer cleanly is still here.
-        c.holdings.streams.keep(up.socket_id, up.io, up.log);
+    if let Some(mut up) = c.up.take() {
+        // Only a stream that finished its last answer cleanly is still here; its last log line
+        // leaves before it waits in the pool.
+        let sent = !c.line_due || matches!(tokio::time::timeout(LINE_FLUSH, up.io.flush()).await, Ok(Ok(())));
+        if sent {
+            c.holdings.streams.keep(up.socket_id, up.io, up.log);
+        }
     }
     if hand_over {
         let io = Prefixed::new(std::mem::take(&mut c.buf), c.client, ());
@@ -165,9 +170,23 @@ struct Conn<S> {
     peer_ip: String,
     /// The stream the last request went through, while it can take another.
     up: Option<Upstream>,
+    /// The last request's log line waits in `up` (a relay, which sends lines with its writes)
+    /// and goes out unless a write does first.
+    line_due: bool,
     /// Set for the first head's deadline; each later head's deadline is later, so the timer
     /// is moved only when it fires early (once per header timeout, not once per request).
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+/// How long a stream going to the pool may take to send its last log line.
+const LINE_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Flushes the stream, if there is one (a relay sends the log lines it holds).
+async fn flush(up: &mut Option<Upstream>) -> std::io::Result<()> {
+    match up {
+        Some(up) => up.io.flush().await,
+        None => Ok(()),
+    }
 }
 
 /// Reads more into `buf`, making room first.
@@ -205,6 +224,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                                 Ok(n) if n > 0 => break,
                                 _ => return false,
                             },
+                            // Between requests: the last one's line goes to the tunnel's log now,
+                            // not with the next request, which may be long in coming.
+                            flushed = flush(&mut self.up), if self.line_due => {
+                                self.line_due = false;
+                                if flushed.is_err() {
+                                    self.up = None;
+                                }
+                            }
                             () = self.timer.as_mut() => {
                                 if tokio::time::Instant::now() >= deadline {
                                     return false;
@@ -267,7 +294,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             match clean {
                 None => return false,
                 // Nothing more than the answer came: the stream can take the next request.
-                Some(true) if head.keep_alive => self.up = Some(up),
+                Some(true) if head.keep_alive => {
+                    self.line_due = matches!(up.log, LogSink::Relay { .. });
+                    self.up = Some(up);
+                }
+                // A dropped relay still sends the lines written to it (`relay::linger`).
                 Some(_) => {}
             }
             if !keep_client {

@@ -8,8 +8,9 @@
 //! credential, then the epoch against the tunnel it holds (fencing), opens a channel on the
 //! holding SSH session, and answers with a code (gRPC's numbering, 0 = go ahead) and a
 //! message. From then on the holder sends the service's bytes as they come, and the caller
-//! sends frames — a kind byte and a `u32` length, then the payload: data for the service, or a
-//! line for the tunnel's session log. A relay whose connection the holder logs itself (tcp and
+//! sends frames — a kind byte and a `u32` length, then the payload: data for the service, a
+//! line for the tunnel's session log, or (empty) the end of the data, after which only lines
+//! come until the connection closes. A relay whose connection the holder logs itself (tcp and
 //! tls sockets: `log_connection`) has no lines to carry, so its caller sends the bytes as they
 //! come too, in reads as big as the socket gives. Both sides stop reading when their writes back
 //! up, so a slow end slows the other instead of filling memory.
@@ -18,7 +19,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::Weak;
 use std::task::ready;
 use std::task::Context;
 use std::task::Poll;
@@ -53,6 +53,9 @@ const FRAME: usize = crate::ssh::SSH_PACKET;
 const HEAD: usize = 5;
 const DATA: u8 = 0;
 const LOG: u8 = 1;
+/// The caller's end of the data (a write shutdown): the holder ends the service's side and goes
+/// on reading log lines until the relay closes.
+const END: u8 = 2;
 /// Longest log line a frame may carry.
 const MAX_LOG: usize = 1024;
 /// The hello's parts are small; anything longer is not a relay.
@@ -60,6 +63,10 @@ const MAX_HELLO_PART: usize = 4096;
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Log frames waiting on one relay at most; more are dropped (the log is best effort).
 const LOG_BACKLOG: usize = 64 * 1024;
+/// How long a relay whose caller is done stays open for the log lines still on their way (the
+/// line of the last request is written after its answer, often after the connection to the
+/// service, and with it the relay, was dropped).
+const LINGER: Duration = Duration::from_secs(5);
 
 /// Keepalive probes on a relay's TCP connection once it has been silent a while, so an idle
 /// relay to a peer that died or was cut off ends (in about 11 s) instead of waiting for a
@@ -80,9 +87,10 @@ fn io_status(what: &str) -> impl Fn(std::io::Error) -> Status + '_ {
 }
 
 /// Caller side: opens a relay to the node at `addr` (its internal address) and returns a byte
-/// stream to the service, and a handle for sending log lines along it (weak: it does not keep
-/// the relay open; with `log_connection`, the stream is the bare connection and the handle
-/// drops every line). The holder's refusal comes back as a `Status` with its code.
+/// stream to the service, and a handle for sending log lines along it (once the stream is
+/// dropped, the relay stays open while a handle lives, up to [`LINGER`], so the last lines
+/// arrive; with `log_connection`, the stream is the bare connection and the handle drops every
+/// line). The holder's refusal comes back as a `Status` with its code.
 pub async fn connect(peers: &Peers, addr: &str, open: RelayOpen) -> Result<(Box<dyn Io>, RelayLog), Status> {
     let unframed = open.log_connection;
     let opened = async {
@@ -108,10 +116,10 @@ pub async fn connect(peers: &Peers, addr: &str, open: RelayOpen) -> Result<(Box<
         .await
         .map_err(|_| Status::deadline_exceeded("relay open timed out"))??;
     if unframed {
-        return Ok((io, RelayLog(Weak::new())));
+        return Ok((io, RelayLog(None)));
     }
     let out = Arc::new(Mutex::new(Outbox::default()));
-    Ok((Box::new(RelayIo { io, out: out.clone() }), RelayLog(Arc::downgrade(&out))))
+    Ok((Box::new(RelayIo { io, out: out.clone(), lingering: false, ended: false }), RelayLog(Some(out))))
 }
 
 /// Frames on their way to the holder that the socket did not take yet, and the task to wake
@@ -132,17 +140,21 @@ fn put_head(buf: &mut BytesMut, kind: u8, len: usize) {
 pub struct RelayIo {
     io: Box<dyn Io>,
     out: Arc<Mutex<Outbox>>,
+    /// This is the relay's last stage, after its caller dropped it (see [`linger`]).
+    lingering: bool,
+    /// The end of the data was queued (a shutdown): no more data may follow.
+    ended: bool,
 }
 
-/// Sends log lines to the holder along a relay, while the relay is open.
+/// Sends log lines to the holder along a relay.
 #[derive(Clone)]
-pub struct RelayLog(Weak<Mutex<Outbox>>);
+pub struct RelayLog(Option<Arc<Mutex<Outbox>>>);
 
 impl RelayLog {
     /// Queues a line (dropped if the relay is gone or too far behind) and wakes the relay's
     /// task to send it.
     pub fn line(&self, line: String) {
-        let Some(out) = self.0.upgrade() else { return };
+        let Some(out) = &self.0 else { return };
         let mut o = out.lock().expect("relay outbox");
         if o.buf.len() > LOG_BACKLOG + FRAME + HEAD {
             return;
@@ -156,6 +168,51 @@ impl RelayLog {
         if let Some(w) = &o.waker {
             w.wake_by_ref();
         }
+    }
+}
+
+impl Drop for RelayLog {
+    /// The last handle going lets a lingering relay close: it is woken once this one is gone.
+    fn drop(&mut self) {
+        let Some(out) = self.0.take() else { return };
+        let waker = out.lock().expect("relay outbox").waker.clone();
+        drop(out);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl Drop for RelayIo {
+    /// A relay dropped while log lines wait, or while a handle may still write one (the last
+    /// request's line comes after its answer), is handed to [`linger`] instead of closing.
+    fn drop(&mut self) {
+        if self.lingering {
+            return;
+        }
+        let waiting = !self.out.lock().expect("relay outbox").buf.is_empty();
+        if !waiting && Arc::strong_count(&self.out) == 1 {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let io = std::mem::replace(&mut self.io, Box::new(tokio::io::duplex(1).0));
+        runtime.spawn(linger(RelayIo { io, out: self.out.clone(), lingering: true, ended: true }));
+    }
+}
+
+/// A dropped relay's last stage: sends the log lines queued and those still written through
+/// the handles, until no handle is left (or [`LINGER`] is up), then ends the caller's side.
+async fn linger(mut relay: RelayIo) {
+    let done = std::future::poll_fn(|cx| {
+        ready!(relay.poll_drain(cx))?;
+        if Arc::strong_count(&relay.out) == 1 {
+            Poll::Ready(Ok::<(), std::io::Error>(()))
+        } else {
+            Poll::Pending
+        }
+    });
+    if let Ok(Ok(())) = tokio::time::timeout(LINGER, done).await {
+        let _ = tokio::time::timeout(LINGER, relay.io.shutdown()).await;
     }
 }
 
@@ -192,6 +249,9 @@ impl AsyncWrite for RelayIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
+        }
+        if self.ended {
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
         }
         // At most one frame waits: past that, the holder's pace sets ours.
         if self.poll_drain(cx)?.is_pending() && self.out.lock().expect("relay outbox").buf.len() >= FRAME {
@@ -232,9 +292,16 @@ impl AsyncWrite for RelayIo {
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
+    /// Ends the data with an end frame, not a TCP shutdown: log lines written after it (an
+    /// answer's line comes once it is complete) still have a way to the holder. The connection
+    /// closes when the stream is dropped, after the last line.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if !self.ended {
+            self.ended = true;
+            put_head(&mut self.out.lock().expect("relay outbox").buf, END, 0);
+        }
         ready!(self.poll_drain(cx))?;
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 }
 
@@ -250,6 +317,7 @@ where
     // A whole frame is read before it is written on: one SSH packet per frame, however the
     // frames arrived in pieces. (A read past the reader's buffer goes straight in here.)
     let mut payload = vec![0u8; FRAME];
+    let mut data_ended = false;
     let ended: std::io::Result<()> = async {
         let mut head = [0u8; HEAD];
         loop {
@@ -260,7 +328,7 @@ where
             }
             let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
             match head[0] {
-                DATA if len <= FRAME => {
+                DATA if len <= FRAME && !data_ended => {
                     r.read_exact(&mut payload[..len]).await?;
                     w.write_all(&payload[..len]).await?;
                     total += len as u64;
@@ -272,6 +340,10 @@ where
                     let mut line: String = String::from_utf8_lossy(&raw).chars().filter(|c| !c.is_control()).collect();
                     line.push_str("\r\n");
                     log(line);
+                }
+                END if len == 0 && !data_ended => {
+                    data_ended = true;
+                    w.shutdown().await?;
                 }
                 kind => {
                     return Err(std::io::Error::new(
@@ -286,7 +358,9 @@ where
     if let Err(e) = ended {
         tracing::debug!(error = %e, "relay input ended");
     }
-    let _ = w.shutdown().await;
+    if !data_ended {
+        let _ = w.shutdown().await;
+    }
     total
 }
 
@@ -394,7 +468,7 @@ mod tests {
     fn relay_pair() -> (RelayIo, RelayLog, tokio::io::DuplexStream) {
         let (caller, holder) = tokio::io::duplex(4096);
         let out = Arc::new(Mutex::new(Outbox::default()));
-        (RelayIo { io: Box::new(caller), out: out.clone() }, RelayLog(Arc::downgrade(&out)), holder)
+        (RelayIo { io: Box::new(caller), out: out.clone(), lingering: false, ended: false }, RelayLog(Some(out)), holder)
     }
 
     /// What a caller writes (data in pieces of every size, log lines in between) reaches the
@@ -427,8 +501,11 @@ mod tests {
             }
         }
         relay.shutdown().await.unwrap();
-        assert_eq!(reader.await.unwrap(), data.len() as u64);
+        // The service's side ends with the data, while the relay is still open for lines.
         assert!(sink.await.unwrap() == data, "the data arrived changed");
+        assert!(relay.write_all(b"more").await.is_err(), "data after the end");
+        drop((relay, log));
+        assert_eq!(reader.await.unwrap(), data.len() as u64);
         let lines = lines.lock().unwrap();
         assert!(!lines.is_empty() && lines.iter().all(|l| l.starts_with("line ") && l.ends_with("\r\n")), "{lines:?}");
         let numbers: Vec<usize> = lines.iter().map(|l| l[5..l.len() - 2].parse().unwrap()).collect();
@@ -445,6 +522,39 @@ mod tests {
         assert!(s.keepalive().unwrap());
         assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(5));
         assert_eq!(s.tcp_keepalive_retries().unwrap(), 3);
+    }
+
+    /// The last request's line is written after its answer, when the caller may already have
+    /// shut the relay down and dropped it (the service closed its connection, and hyper with
+    /// it): the line still reaches the holder, the service's side ends at the shutdown, and the
+    /// relay ends once the last handle is gone.
+    #[tokio::test]
+    async fn a_line_written_after_the_relay_was_shut_down_and_dropped_still_arrives() {
+        let (mut relay, log, holder) = relay_pair();
+        relay.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        relay.shutdown().await.unwrap();
+        log.line("queued before the drop\r\n".into());
+        drop(relay);
+        tokio::task::yield_now().await;
+        log.line("written after the drop\r\n".into());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (service_end, mut service) = tokio::io::duplex(1 << 16);
+        let reader = tokio::spawn(frames_in(tokio::io::BufReader::new(holder), service_end, move |l| {
+            let _ = tx.send(l);
+        }));
+        for want in ["queued before the drop\r\n", "written after the drop\r\n"] {
+            let line = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await.expect("a line never left");
+            assert_eq!(line.as_deref(), Some(want));
+        }
+        // The relay stays open while the handle lives, and ends (well before LINGER) once it goes.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!reader.is_finished(), "the relay ended while a line could still come");
+        drop(log);
+        let n = tokio::time::timeout(Duration::from_secs(2), reader).await.expect("the relay did not end").unwrap();
+        assert_eq!(n, 18, "the data before the drop");
+        let mut got = Vec::new();
+        service.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"GET / HTTP/1.1\r\n\r\n");
     }
 
     /// A log line queued while the relay is idle goes out without any write of data.

@@ -808,6 +808,108 @@ async fn the_session_log_shows_tcp_connections_taken_by_any_node() {
     }
 }
 
+/// An HTTP/1.1 origin that keeps its connections open, except after a request whose path
+/// starts with `/close`: that answer says `Connection: close` and the origin closes.
+async fn sometimes_closing_origin() -> u16 {
+    use tokio::io::AsyncWriteExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(head) = next_head(&mut s, &mut buf).await {
+                    let head = String::from_utf8_lossy(&head).to_string();
+                    let close = head.split(' ').nth(1).is_some_and(|path| path.starts_with("/close"));
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n{}\r\nok\n",
+                        if close { "connection: close\r\n" } else { "" }
+                    );
+                    if s.write_all(answer.as_bytes()).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Reads one answer with a three-byte body from `s`: its status line.
+async fn one_answer(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "the answer ended early: {}", String::from_utf8_lossy(&got));
+        got.push(byte[0]);
+    }
+    let mut body = [0u8; 3];
+    s.read_exact(&mut body).await.unwrap();
+    String::from_utf8_lossy(&got).lines().next().unwrap_or_default().to_string()
+}
+
+/// The session log gets a line for every HTTP request, whichever node took it, once its
+/// answer is out: on both HTTP paths (HTTP/1.1 here; HTTP/1.0 goes through hyper), when the
+/// service closes its connection after the answer, and between two requests of a public
+/// connection kept alive. A relaying node sends the line along the relay after the answer,
+/// so these are the cases where the relay could be gone, or idle, by then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_log_shows_every_http_request_taken_by_any_node() {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    let c = TestCluster::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, u, api) = ssh_user(&c, dir.path(), 1, "lena").await;
+    let sock = api
+        .connect(&SocketCreate { name: "web".into(), socket_type: Some("http".into()), ..Default::default() })
+        .await
+        .unwrap();
+    let out = dir.path().join("session.out");
+    let origin_port = sometimes_closing_origin().await;
+    let _ssh = ssh_logged(&key, &u.user_name, &c.nodes[&1].ip, sock.tunnels[0].local_port, origin_port, &out);
+    for n in [1u64, 2, 3] {
+        answered(&c.nodes[&n].ip, &sock.dnsname, &format!("the URL through node {n}")).await;
+    }
+    let logged = |path: String| {
+        let out = out.clone();
+        async move {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            text.lines().any(|l| l.contains(&format!(" GET {path} 200 "))).then_some(())
+        }
+    };
+
+    // The service closes after each answer: node 1 holds the tunnel, nodes 2 and 3 relay.
+    let mut paths = Vec::new();
+    for n in [1u64, 2, 3] {
+        for version in ["1.1", "1.0"] {
+            let path = format!("/close-node{n}-http{version}");
+            let mut s = tokio::net::TcpStream::connect(format!("{}:8080", c.nodes[&n].ip)).await.unwrap();
+            let head = format!("GET {path} HTTP/{version}\r\nHost: {}\r\n\r\n", sock.dnsname);
+            s.write_all(head.as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).await.unwrap();
+            assert!(answer.starts_with(&format!("HTTP/{version} 200")), "{path}: {answer}");
+            paths.push(path);
+        }
+    }
+    for path in paths {
+        eventually(Duration::from_secs(10), &format!("the line of {path}"), || logged(path.clone())).await;
+    }
+
+    // Kept alive, through node 2: the first request's line comes before the second request.
+    let mut s = tokio::net::TcpStream::connect(format!("{}:8080", c.nodes[&2].ip)).await.unwrap();
+    for path in ["/kept-first", "/kept-second"] {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", sock.dnsname).as_bytes()).await.unwrap();
+        let status = one_answer(&mut s).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{path}: {status}");
+        eventually(Duration::from_secs(10), &format!("the line of {path}, the connection still open"), || {
+            logged(path.to_string())
+        })
+        .await;
+    }
+}
+
 /// A TCP origin that sends back whatever it receives.
 async fn echo_origin() -> u16 {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

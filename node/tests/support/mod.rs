@@ -343,16 +343,7 @@ pub async fn counting_origin() -> (u16, std::sync::Arc<std::sync::atomic::Atomic
             count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                    let head: Vec<u8> = buf.drain(..end).collect();
+                while let Some(head) = next_head(&mut s, &mut buf).await {
                     let body = format!("origin saw:\n{}", String::from_utf8_lossy(&head));
                     let resp = format!(
                         "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{body}",
@@ -366,6 +357,20 @@ pub async fn counting_origin() -> (u16, std::sync::Arc<std::sync::atomic::Atomic
         }
     });
     (port, accepted)
+}
+
+/// The next request head on `s` (what came after it stays in `buf`), or None when the
+/// connection ends first.
+pub async fn next_head(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    Some(buf.drain(..end).collect())
 }
 
 /// A CA and one certificate (server and client) valid for the given IPs: (ca, cert, key) PEM.
