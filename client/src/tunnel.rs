@@ -66,6 +66,9 @@ struct Forwarder {
     pinned: russh::keys::PublicKey,
     /// Set when a node presented another key, to say so instead of a bare handshake error.
     mismatch: Arc<std::sync::Mutex<Option<String>>>,
+    /// Why the server ended the session, when it did so itself (an SSH disconnect message:
+    /// a newer connection took the tunnel, the socket was deleted), not by going away.
+    farewell: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl client::Handler for Forwarder {
@@ -91,6 +94,16 @@ impl client::Handler for Forwarder {
             self.pinned.fingerprint(Default::default()),
         ));
         Ok(false)
+    }
+
+    async fn disconnected(&mut self, reason: client::DisconnectReason<Self::Error>) -> Result<(), Self::Error> {
+        match reason {
+            client::DisconnectReason::ReceivedDisconnect(info) => {
+                *self.farewell.lock().expect("farewell") = Some(info.message);
+                Ok(())
+            }
+            client::DisconnectReason::Error(e) => Err(e),
+        }
     }
 
     async fn server_channel_open_forwarded_tcpip(
@@ -123,7 +136,18 @@ impl client::Handler for Forwarder {
     }
 }
 
-async fn session_once(spec: &TunnelSpec, key: &Arc<russh::keys::PrivateKey>, server: &str) -> anyhow::Result<()> {
+/// How a session that was up ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ended {
+    /// The connection went away (the node died or restarted, the network failed): another node
+    /// takes the tunnel at once.
+    Lost,
+    /// The server ended it, and said why.
+    ByServer(String),
+}
+
+/// One SSH session: connects, logs in, forwards the tunnel and prints its log until it ends.
+async fn session_once(spec: &TunnelSpec, key: &Arc<russh::keys::PrivateKey>, server: &str) -> anyhow::Result<Ended> {
     let config = Arc::new(client::Config {
         keepalive_interval: Some(Duration::from_secs(5)),
         keepalive_max: 3,
@@ -139,7 +163,14 @@ async fn session_once(spec: &TunnelSpec, key: &Arc<russh::keys::PrivateKey>, ser
     let pinned = russh::keys::PublicKey::from_openssh(&spec.host_key)
         .map_err(|e| anyhow!("the cluster's SSH host key from the API does not parse: {e}"))?;
     let mismatch = Arc::new(std::sync::Mutex::new(None));
-    let handler = Forwarder { host: spec.host.clone(), port: spec.port, pinned, mismatch: mismatch.clone() };
+    let farewell = Arc::new(std::sync::Mutex::new(None));
+    let handler = Forwarder {
+        host: spec.host.clone(),
+        port: spec.port,
+        pinned,
+        mismatch: mismatch.clone(),
+        farewell: farewell.clone(),
+    };
     let connect = async {
         let tcp = tokio::net::TcpStream::connect(server).await?;
         tcp.set_nodelay(true)?;
@@ -177,7 +208,33 @@ async fn session_once(spec: &TunnelSpec, key: &Arc<russh::keys::PrivateKey>, ser
             _ => {}
         }
     }
-    Ok(())
+    // The session's end has been handled once its task is over (a disconnect message, if one
+    // came, is in `farewell` by then).
+    let _ = tokio::time::timeout(Duration::from_secs(1), h).await;
+    let why = farewell.lock().expect("farewell").take();
+    Ok(why.map_or(Ended::Lost, Ended::ByServer))
+}
+
+/// The first wait before reconnecting, and the longest.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A session that lasted this long was no flapping: the waits start over.
+const STEADY: Duration = Duration::from_secs(30);
+/// The node list is refreshed from the API during the wait, for at most this long.
+const REFRESH: Duration = Duration::from_secs(2);
+
+/// The wait before the next attempt, given the one that was due and how the last attempt went
+/// (`Ok`: the session was up, and how it ended). A tunnel that was up and lost its connection
+/// moves to another node at once, however many failures came before (a whole-cluster restart,
+/// say); failures to connect, and a server that ends the session itself (another connection
+/// took the tunnel: two clients for one tunnel must not take it from each other in a tight
+/// loop), wait longer each time.
+fn backoff_after(due: Duration, last: &Result<Ended, ()>, lasted: Duration) -> Duration {
+    if lasted > STEADY || matches!(last, Ok(Ended::Lost)) {
+        FIRST_BACKOFF
+    } else {
+        due
+    }
 }
 
 /// Keeps the tunnel up until the process is stopped: reconnects with backoff, moving to the
@@ -187,7 +244,7 @@ pub async fn run(mut spec: TunnelSpec, api: ApiClient) -> anyhow::Result<()> {
         format!("cannot read the private key {} (passphrase-protected keys are not supported)", spec.identity.display())
     })?;
     let key = Arc::new(key);
-    let mut backoff = Duration::from_millis(250);
+    let mut due = FIRST_BACKOFF;
     let mut i = 0usize;
     loop {
         if spec.servers.is_empty() {
@@ -195,14 +252,26 @@ pub async fn run(mut spec: TunnelSpec, api: ApiClient) -> anyhow::Result<()> {
         }
         let server = spec.servers[i % spec.servers.len()].clone();
         let started = Instant::now();
-        match session_once(&spec, &key, &server).await {
-            Ok(()) => eprintln!("tunnel via {server} closed; reconnecting"),
-            Err(e) => eprintln!("tunnel via {server}: {e:#}"),
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            backoff = Duration::from_millis(250);
-        }
-        if let Ok(view) = api.cluster().await {
+        let last = match session_once(&spec, &key, &server).await {
+            Ok(Ended::Lost) => {
+                eprintln!("tunnel via {server} lost; reconnecting");
+                Ok(Ended::Lost)
+            }
+            Ok(Ended::ByServer(why)) => {
+                eprintln!("tunnel via {server} closed by the server ({why}); reconnecting");
+                Ok(Ended::ByServer(why))
+            }
+            Err(e) => {
+                eprintln!("tunnel via {server}: {e:#}");
+                Err(())
+            }
+        };
+        let wait = backoff_after(due, &last, started.elapsed());
+        // The node list is refreshed while waiting, not before: an API node that went down
+        // with the tunnel's node must not hold the reconnect up.
+        let refresh = tokio::time::timeout(REFRESH.max(wait), api.cluster());
+        let (view, ()) = tokio::join!(refresh, tokio::time::sleep(wait));
+        if let Ok(Ok(view)) = view {
             let mut fresh: Vec<String> =
                 view.nodes.iter().filter(|n| !n.ssh_addr.is_empty()).map(|n| n.ssh_addr.clone()).collect();
             if !fresh.is_empty() {
@@ -211,8 +280,7 @@ pub async fn run(mut spec: TunnelSpec, api: ApiClient) -> anyhow::Result<()> {
             }
         }
         i += 1;
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        due = (wait * 2).min(MAX_BACKOFF);
     }
 }
 
@@ -227,6 +295,32 @@ mod tests {
         russh::keys::PrivateKey::from(russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[seed; 32]))
     }
 
+    /// A tunnel that was up and lost its connection reconnects at once, even after a run of
+    /// failures; failures and a server's own goodbye wait longer each time, up to the cap; a
+    /// long session starts the waits over.
+    #[test]
+    fn reconnect_waits_follow_how_the_last_session_ended() {
+        let moment = Duration::from_secs(1);
+        let superseded = Ok(Ended::ByServer("a newer connection took the tunnel".into()));
+        // A run of failures (a whole-cluster restart): each wait doubles up to the cap.
+        let mut due = FIRST_BACKOFF;
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            let wait = backoff_after(due, &Err(()), moment);
+            waits.push(wait.as_millis());
+            due = (wait * 2).min(MAX_BACKOFF);
+        }
+        assert_eq!(waits, [250, 500, 1000, 2000, 4000, 5000, 5000]);
+        // Then a session that came up, and died with its node seconds later: at once.
+        assert_eq!(backoff_after(due, &Ok(Ended::Lost), moment), FIRST_BACKOFF);
+        // Taken away by another client: no quicker than the failures before.
+        assert_eq!(backoff_after(due, &superseded, moment), MAX_BACKOFF);
+        assert_eq!(backoff_after(Duration::from_secs(2), &superseded, moment), Duration::from_secs(2));
+        // Any end of a long session starts over.
+        assert_eq!(backoff_after(MAX_BACKOFF, &superseded, STEADY * 2), FIRST_BACKOFF);
+        assert_eq!(backoff_after(MAX_BACKOFF, &Err(()), STEADY * 2), FIRST_BACKOFF);
+    }
+
     #[tokio::test]
     async fn only_the_clusters_host_key_is_accepted() {
         let (cluster, stranger) = (key(1), key(2));
@@ -236,6 +330,7 @@ mod tests {
             port: 1,
             pinned: cluster.public_key().clone(),
             mismatch: mismatch.clone(),
+            farewell: Arc::default(),
         };
         let offer = |k: &russh::keys::PrivateKey| PublicKeyOrCertificate::PublicKey {
             key: k.public_key().clone(),
