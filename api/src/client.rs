@@ -31,6 +31,12 @@ impl ClientError {
     }
 }
 
+/// An API base URL: `http://` when no scheme is given, no trailing slash.
+fn base_url(u: String) -> String {
+    let u = if u.contains("://") { u } else { format!("http://{u}") };
+    u.trim_end_matches('/').to_string()
+}
+
 /// Client for one cluster, given one or more API base URLs. A call that cannot connect to a
 /// node moves on to the next; an answer from a node (even an error) is final.
 #[derive(Clone, Debug)]
@@ -46,14 +52,7 @@ impl ApiClient {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let urls = urls
-            .into_iter()
-            .map(|u| {
-                let u: String = u.into();
-                let u = if u.contains("://") { u } else { format!("http://{u}") };
-                u.trim_end_matches('/').to_string()
-            })
-            .collect();
+        let urls = urls.into_iter().map(|u| base_url(u.into())).collect();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(30))
@@ -63,6 +62,22 @@ impl ApiClient {
             .build()
             .expect("http client");
         ApiClient { http, urls, token: None }
+    }
+
+    /// Adds more nodes' API addresses (`api_addr` from `GET /cluster`) after the URLs already
+    /// known, for calls to fall back on when those cannot be reached.
+    pub fn with_fallbacks<I, S>(mut self, addrs: I) -> ApiClient
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        for a in addrs {
+            let u = base_url(a.into());
+            if !self.urls.contains(&u) {
+                self.urls.push(u);
+            }
+        }
+        self
     }
 
     pub fn with_token(mut self, token: impl Into<String>) -> ApiClient {

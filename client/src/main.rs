@@ -367,25 +367,38 @@ fn cluster_table(v: &mysocket_api::ClusterView) {
     t.print();
 }
 
-/// SSH endpoints to try: the tunnel's own server first, then every node's.
-async fn servers(api: &ApiClient, first: &str) -> Vec<String> {
-    let mut v = vec![first.to_string()];
-    if let Ok(view) = api.cluster().await {
-        for n in view.nodes {
-            if !n.ssh_addr.is_empty() && !v.contains(&n.ssh_addr) {
-                v.push(n.ssh_addr);
-            }
-        }
-    }
-    v
+/// The cluster as a tunnel sees it (`GET /cluster`): the SSH host key every node presents, every
+/// node's SSH endpoint, and an API client that falls back on every node's API — so refreshing
+/// the node list, and deleting the socket at the end, work while the nodes named by
+/// `--api-url` are down.
+struct TunnelCluster {
+    api: ApiClient,
+    host_key: String,
+    ssh: Vec<String>,
 }
 
-/// The SSH host key every node of the cluster presents, as the API publishes it.
-async fn cluster_host_key(api: &ApiClient) -> Result<String, Failure> {
-    api.cluster()
-        .await?
+async fn tunnel_cluster(api: &ApiClient) -> Result<TunnelCluster, Failure> {
+    let view = api.cluster().await?;
+    let host_key = view
         .ssh_host_key
-        .ok_or_else(|| fail(1, "the cluster has not published its SSH host key yet (is it bootstrapped?); try again"))
+        .clone()
+        .ok_or_else(|| fail(1, "the cluster has not published its SSH host key yet (is it bootstrapped?); try again"))?;
+    let ssh = view.nodes.iter().filter(|n| !n.ssh_addr.is_empty()).map(|n| n.ssh_addr.clone()).collect();
+    let api = api.clone().with_fallbacks(view.nodes.iter().map(|n| n.api_addr.clone()));
+    Ok(TunnelCluster { api, host_key, ssh })
+}
+
+impl TunnelCluster {
+    /// SSH endpoints to try: the tunnel's own server first, then every node's.
+    fn servers(&self, first: &str) -> Vec<String> {
+        let mut v = vec![first.to_string()];
+        for s in &self.ssh {
+            if !v.contains(s) {
+                v.push(s.clone());
+            }
+        }
+        v
+    }
 }
 
 fn print_urls(s: &mysocket_api::Socket) {
@@ -535,6 +548,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     }
                 }
                 TunnelCmd::Connect { socket_id, tunnel_id, port, host, identity } => {
+                    let cluster = tunnel_cluster(&api).await?;
+                    let api = cluster.api.clone();
                     let sock = api.socket(&socket_id).await?;
                     let t = sock
                         .tunnels
@@ -547,8 +562,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         host,
                         port,
                         identity: tunnel::find_identity(identity)?,
-                        servers: servers(&api, &t.tunnel_server).await,
-                        host_key: cluster_host_key(&api).await?,
+                        servers: cluster.servers(&t.tunnel_server),
+                        host_key: cluster.host_key,
                     };
                     print_urls(&sock);
                     tokio::select! {
@@ -567,9 +582,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Cmd::Connect { port, spec, host, identity } => {
-            let api = authed()?;
             let identity = tunnel::find_identity(identity)?;
-            let host_key = cluster_host_key(&api).await?;
+            let cluster = tunnel_cluster(&authed()?).await?;
+            let api = cluster.api.clone();
             let sock = api.connect(&spec.into()).await?;
             let t = sock.tunnels.first().ok_or_else(|| fail(1, "the server created no tunnel"))?.clone();
             if as_json {
@@ -584,8 +599,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 host,
                 port,
                 identity,
-                servers: servers(&api, &t.tunnel_server).await,
-                host_key,
+                servers: cluster.servers(&t.tunnel_server),
+                host_key: cluster.host_key,
             };
             let outcome = tokio::select! {
                 r = tunnel::run(spec, api.clone()) => r.map_err(Failure::from),

@@ -153,9 +153,11 @@ async fn connect_publishes_a_local_port_survives_its_node_and_cleans_up() {
     let port = origin().await;
 
     let log = ctl.home.path().join("connect.log");
+    // connect is pointed at node 1 alone, as a newcomer's default API URL would: the tunnel is
+    // node 1's, and once node 1 is gone the other nodes (from GET /cluster) still answer it.
     let mut child = Command::new(env!("CARGO_BIN_EXE_mysocketctl"))
         .args(["connect", "--port", &port.to_string(), "--name", "demo"])
-        .env("MYSOCKET_API", &urls)
+        .env("MYSOCKET_API", c.nodes[&1].api_url())
         .env("MYSOCKET_TOKEN_FILE", &ctl.token_file)
         .env("HOME", ctl.home.path())
         .stdout(std::fs::File::create(&log).unwrap())
@@ -189,6 +191,7 @@ async fn connect_publishes_a_local_port_survives_its_node_and_cleans_up() {
     // kill -9 the node holding the tunnel: connect moves to another node and the URL answers again.
     let view = c.api(1).cluster().await.unwrap();
     let holder = view.nodes.iter().find(|n| n.tunnels == 1).expect("a node holds the tunnel").id;
+    assert_eq!(holder, 1, "the tunnel is held by the node whose API created it");
     let t0 = std::time::Instant::now();
     c.kill9(holder);
     let other = c.running()[0];
@@ -200,7 +203,8 @@ async fn connect_publishes_a_local_port_survives_its_node_and_cleans_up() {
     .await;
     eprintln!("mysocketctl connect: URL answering again {:?} after kill -9 of node {holder}", t0.elapsed());
 
-    // Ctrl-C: the socket is deleted, and connect says so.
+    // Ctrl-C: the socket is deleted (through a node connect learned of, its only API URL being
+    // down), and connect says so.
     Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "connect exit {status:?}");
