@@ -10,6 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 use anyhow::Context;
 use mysocket_api::internal::internal_server::InternalServer;
@@ -229,8 +230,9 @@ async fn join(node: NodeRef, urls: Vec<String>, stop: CancellationToken) {
 /// its own addresses registered.
 async fn duties(node: NodeRef, stop: CancellationToken) {
     let mut metrics = node.raft.metrics();
+    let mut leading = None;
     loop {
-        if let Err(e) = duty_pass(&node).await {
+        if let Err(e) = duty_pass(&node, &mut leading).await {
             tracing::debug!(error = %e, "duty pass");
         }
         tokio::select! {
@@ -244,17 +246,29 @@ async fn duties(node: NodeRef, stop: CancellationToken) {
 /// How long the leader waits without an answer from a node before releasing its tunnels.
 const LIVENESS_TIMEOUT: Duration = Duration::from_secs(3);
 
-async fn duty_pass(node: &NodeRef) -> anyhow::Result<()> {
+/// `leading`: the term this node leads and since when (kept between passes by the caller).
+async fn duty_pass(node: &NodeRef, leading: &mut Option<(u64, Instant)>) -> anyhow::Result<()> {
     let m = node.metrics();
+    *leading = match *leading {
+        _ if m.state != ServerState::Leader => None,
+        Some((term, since)) if term == m.current_term => Some((term, since)),
+        _ => Some((m.current_term, Instant::now())),
+    };
     if m.current_leader.is_none() || !node.is_member() {
         return Ok(());
     }
     // Leader-driven release: a node that stopped answering Raft (dead, paused, cut off from
     // the majority) loses its tunnel sessions, so clients reconnecting elsewhere take over.
-    if m.state == ServerState::Leader {
+    // A leader has heard from nobody when it starts: a node it has no answer from yet is
+    // silent only once the leader has led that long (an election, or a leader restarted in
+    // its term, must not release the tunnels of every live node).
+    if let (ServerState::Leader, Some((_, since))) = (m.state, *leading) {
         if let Some(heartbeats) = &m.heartbeat {
             for (id, last) in heartbeats.iter() {
-                let silent = last.as_ref().map(|t| t.elapsed() > LIVENESS_TIMEOUT).unwrap_or(true);
+                let silent = match last {
+                    Some(t) => t.elapsed() > LIVENESS_TIMEOUT,
+                    None => since.elapsed() > LIVENESS_TIMEOUT,
+                };
                 let holds = node.read(|r| r.sessions_on(*id) > 0);
                 if *id != node.id && silent && holds {
                     tracing::warn!(node = id, "node stopped answering; releasing its tunnels");

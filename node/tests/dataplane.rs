@@ -808,6 +808,56 @@ async fn the_session_log_shows_tcp_connections_taken_by_any_node() {
     }
 }
 
+/// A new leader has heard from no follower yet: that is no silence, and it must not release
+/// the tunnels of live nodes (it did, on becoming leader, before the first answers came).
+/// Tunnels on both followers, the leader killed: whichever follower leads next, both tunnels
+/// keep their node and epoch and both clients stay connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_keeps_the_tunnels_of_live_nodes() {
+    let mut c = TestCluster::builder().start().await;
+    let leader = c.agreed_leader(Duration::from_secs(20)).await;
+    let followers: Vec<u64> = c.running().into_iter().filter(|id| *id != leader).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (key, u, api) = ssh_user(&c, dir.path(), followers[0], "nora").await;
+    let origin_port = origin().await;
+    let mut held = Vec::new();
+    for (i, id) in followers.iter().enumerate() {
+        let sock = api.connect(&SocketCreate { name: format!("s{i}"), ..Default::default() }).await.unwrap();
+        let ssh = ssh_forward(&key, &u.user_name, &c.nodes[id].ip, sock.tunnels[0].local_port, origin_port);
+        held.push((*id, sock.socket_id, ssh));
+    }
+    let holders = |api: mysocket_api::ApiClient, ids: Vec<String>| async move {
+        let mut v = Vec::new();
+        for id in &ids {
+            let s = api.socket(id).await.ok()?;
+            v.push(s.tunnels[0].session.as_ref().map(|h| (h.node_id, h.epoch)));
+        }
+        Some(v)
+    };
+    let ids: Vec<String> = held.iter().map(|(_, s, _)| s.clone()).collect();
+    let before = eventually(Duration::from_secs(20), "both tunnels claimed on their followers", || {
+        let (api, ids, want) = (api.clone(), ids.clone(), followers.clone());
+        async move {
+            let v = holders(api, ids).await?;
+            v.iter().zip(&want).all(|(h, id)| h.is_some_and(|(n, _)| n == *id)).then_some(v)
+        }
+    })
+    .await;
+
+    c.kill9(leader);
+    let next = c.agreed_leader(Duration::from_secs(30)).await;
+    // Well past the first duty passes of the new leader, short of its liveness timeout for the
+    // dead node (which held nothing).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let api = c.api(next).with_token(api.token().unwrap());
+    let after = holders(api, ids).await.expect("the sockets through the new leader");
+    assert_eq!(after, before, "a tunnel of a live node was released or moved when node {next} took over");
+    for (id, _, ssh) in &mut held {
+        assert!(ssh.0.try_wait().unwrap().is_none(), "the client of the tunnel on node {id} was disconnected");
+    }
+    assert!(!c.log(next).contains("releasing its tunnels"), "{}", c.log(next));
+}
+
 /// An HTTP/1.1 origin that keeps its connections open, except after a request whose path
 /// starts with `/close`: that answer says `Connection: close` and the origin closes.
 async fn sometimes_closing_origin() -> u16 {
