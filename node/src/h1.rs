@@ -243,6 +243,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 }
             };
             let started = Instant::now();
+            if self.line_due {
+                // The last request's line, if the wait above did not send it: before the
+                // stream is used again or goes back to the pool for another socket.
+                self.line_due = false;
+                if flush(&mut self.up).await.is_err() {
+                    self.up = None;
+                }
+            }
             let Ok(mut reused) = self.acquire(req.socket_id, false).await else {
                 // No tunnel takes it: hyper answers with the page that says why.
                 return true;
