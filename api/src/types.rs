@@ -22,6 +22,13 @@ pub struct ClusterView {
     pub ssh_host_key: Option<String>,
 }
 
+impl ClusterView {
+    /// Every node's SSH endpoint (`host:port`), in the order listed.
+    pub fn ssh_addrs(&self) -> Vec<String> {
+        self.nodes.iter().filter(|n| !n.ssh_addr.is_empty()).map(|n| n.ssh_addr.clone()).collect()
+    }
+}
+
 /// One member of the cluster, as `GET /cluster` shows it.
 #[derive(utoipa::ToSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeView {

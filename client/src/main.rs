@@ -379,11 +379,10 @@ struct TunnelCluster {
 
 async fn tunnel_cluster(api: &ApiClient) -> Result<TunnelCluster, Failure> {
     let view = api.cluster().await?;
-    let host_key = view
-        .ssh_host_key
-        .clone()
-        .ok_or_else(|| fail(1, "the cluster has not published its SSH host key yet (is it bootstrapped?); try again"))?;
-    let ssh = view.nodes.iter().filter(|n| !n.ssh_addr.is_empty()).map(|n| n.ssh_addr.clone()).collect();
+    let host_key = view.ssh_host_key.clone().ok_or_else(|| {
+        fail(1, "the cluster has not published its SSH host key yet (is it bootstrapped?); try again")
+    })?;
+    let ssh = view.ssh_addrs();
     let api = api.clone().with_fallbacks(view.nodes.iter().map(|n| n.api_addr.clone()));
     Ok(TunnelCluster { api, host_key, ssh })
 }

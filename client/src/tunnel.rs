@@ -224,13 +224,13 @@ const STEADY: Duration = Duration::from_secs(30);
 const REFRESH: Duration = Duration::from_secs(2);
 
 /// The wait before the next attempt, given the one that was due and how the last attempt went
-/// (`Ok`: the session was up, and how it ended). A tunnel that was up and lost its connection
+/// (`Some`: the session was up, and how it ended; `None`: it failed). A tunnel that was up and lost its connection
 /// moves to another node at once, however many failures came before (a whole-cluster restart,
 /// say); failures to connect, and a server that ends the session itself (another connection
 /// took the tunnel: two clients for one tunnel must not take it from each other in a tight
 /// loop), wait longer each time.
-fn backoff_after(due: Duration, last: &Result<Ended, ()>, lasted: Duration) -> Duration {
-    if lasted > STEADY || matches!(last, Ok(Ended::Lost)) {
+fn backoff_after(due: Duration, last: Option<&Ended>, lasted: Duration) -> Duration {
+    if lasted > STEADY || last == Some(&Ended::Lost) {
         FIRST_BACKOFF
     } else {
         due
@@ -252,28 +252,19 @@ pub async fn run(mut spec: TunnelSpec, api: ApiClient) -> anyhow::Result<()> {
         }
         let server = spec.servers[i % spec.servers.len()].clone();
         let started = Instant::now();
-        let last = match session_once(&spec, &key, &server).await {
-            Ok(Ended::Lost) => {
-                eprintln!("tunnel via {server} lost; reconnecting");
-                Ok(Ended::Lost)
-            }
-            Ok(Ended::ByServer(why)) => {
-                eprintln!("tunnel via {server} closed by the server ({why}); reconnecting");
-                Ok(Ended::ByServer(why))
-            }
-            Err(e) => {
-                eprintln!("tunnel via {server}: {e:#}");
-                Err(())
-            }
-        };
-        let wait = backoff_after(due, &last, started.elapsed());
+        let last = session_once(&spec, &key, &server).await;
+        match &last {
+            Ok(Ended::Lost) => eprintln!("tunnel via {server} lost; reconnecting"),
+            Ok(Ended::ByServer(why)) => eprintln!("tunnel via {server} closed by the server ({why}); reconnecting"),
+            Err(e) => eprintln!("tunnel via {server}: {e:#}"),
+        }
+        let wait = backoff_after(due, last.as_ref().ok(), started.elapsed());
         // The node list is refreshed while waiting, not before: an API node that went down
         // with the tunnel's node must not hold the reconnect up.
         let refresh = tokio::time::timeout(REFRESH.max(wait), api.cluster());
         let (view, ()) = tokio::join!(refresh, tokio::time::sleep(wait));
         if let Ok(Ok(view)) = view {
-            let mut fresh: Vec<String> =
-                view.nodes.iter().filter(|n| !n.ssh_addr.is_empty()).map(|n| n.ssh_addr.clone()).collect();
+            let mut fresh = view.ssh_addrs();
             if !fresh.is_empty() {
                 fresh.sort();
                 spec.servers = fresh;
@@ -301,24 +292,25 @@ mod tests {
     #[test]
     fn reconnect_waits_follow_how_the_last_session_ended() {
         let moment = Duration::from_secs(1);
-        let superseded = Ok(Ended::ByServer("a newer connection took the tunnel".into()));
+        let superseded = Ended::ByServer("a newer connection took the tunnel".into());
+        let superseded = Some(&superseded);
         // A run of failures (a whole-cluster restart): each wait doubles up to the cap.
         let mut due = FIRST_BACKOFF;
         let mut waits = Vec::new();
         for _ in 0..7 {
-            let wait = backoff_after(due, &Err(()), moment);
+            let wait = backoff_after(due, None, moment);
             waits.push(wait.as_millis());
             due = (wait * 2).min(MAX_BACKOFF);
         }
         assert_eq!(waits, [250, 500, 1000, 2000, 4000, 5000, 5000]);
         // Then a session that came up, and died with its node seconds later: at once.
-        assert_eq!(backoff_after(due, &Ok(Ended::Lost), moment), FIRST_BACKOFF);
+        assert_eq!(backoff_after(due, Some(&Ended::Lost), moment), FIRST_BACKOFF);
         // Taken away by another client: no quicker than the failures before.
-        assert_eq!(backoff_after(due, &superseded, moment), MAX_BACKOFF);
-        assert_eq!(backoff_after(Duration::from_secs(2), &superseded, moment), Duration::from_secs(2));
+        assert_eq!(backoff_after(due, superseded, moment), MAX_BACKOFF);
+        assert_eq!(backoff_after(Duration::from_secs(2), superseded, moment), Duration::from_secs(2));
         // Any end of a long session starts over.
-        assert_eq!(backoff_after(MAX_BACKOFF, &superseded, STEADY * 2), FIRST_BACKOFF);
-        assert_eq!(backoff_after(MAX_BACKOFF, &Err(()), STEADY * 2), FIRST_BACKOFF);
+        assert_eq!(backoff_after(MAX_BACKOFF, superseded, STEADY * 2), FIRST_BACKOFF);
+        assert_eq!(backoff_after(MAX_BACKOFF, None, STEADY * 2), FIRST_BACKOFF);
     }
 
     #[tokio::test]

@@ -136,13 +136,9 @@ where
         timer: Box::pin(tokio::time::sleep(crate::proxy::HEADER_TIMEOUT)),
     };
     let hand_over = c.run().await;
-    if let Some(mut up) = c.up.take() {
-        // Only a stream that finished its last answer cleanly is still here; its last log line
-        // leaves before it waits in the pool.
-        let sent = !c.line_due || matches!(tokio::time::timeout(LINE_FLUSH, up.io.flush()).await, Ok(Ok(())));
-        if sent {
-            c.holdings.streams.keep(up.socket_id, up.io, up.log);
-        }
+    if let Some(up) = c.up.take() {
+        // Only a stream that finished its last answer cleanly is still here.
+        c.pool(up).await;
     }
     if hand_over {
         let io = Prefixed::new(std::mem::take(&mut c.buf), c.client, ());
@@ -243,14 +239,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 }
             };
             let started = Instant::now();
-            if self.line_due {
-                // The last request's line, if the wait above did not send it: before the
-                // stream is used again or goes back to the pool for another socket.
-                self.line_due = false;
-                if flush(&mut self.up).await.is_err() {
-                    self.up = None;
-                }
-            }
             let Ok(mut reused) = self.acquire(req.socket_id, false).await else {
                 // No tunnel takes it: hyper answers with the page that says why.
                 return true;
@@ -315,6 +303,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         }
     }
 
+    /// Puts a stream that can take another request in the pool, its last log line sent first
+    /// (a stream used again sends it with its next write).
+    async fn pool(&mut self, mut up: Upstream) {
+        let due = std::mem::take(&mut self.line_due);
+        if !due || matches!(tokio::time::timeout(LINE_FLUSH, up.io.flush()).await, Ok(Ok(()))) {
+            self.holdings.streams.keep(up.socket_id, up.io, up.log);
+        }
+    }
+
     /// A stream to the socket's service in `self.up`: the one the last request used, an idle
     /// one, or (always, when `fresh`) a new one. Whether it was used before.
     async fn acquire(&mut self, socket_id: Uuid, fresh: bool) -> Result<bool, crate::proxy::NoUpstream> {
@@ -326,7 +323,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     return Ok(true);
                 }
                 if up.socket_id != socket_id {
-                    self.holdings.streams.keep(up.socket_id, up.io, up.log);
+                    self.pool(up).await;
                 }
             }
             if let Some((io, log)) = self.holdings.streams.take(&socket_id, &self.node) {

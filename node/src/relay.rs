@@ -468,7 +468,11 @@ mod tests {
     fn relay_pair() -> (RelayIo, RelayLog, tokio::io::DuplexStream) {
         let (caller, holder) = tokio::io::duplex(4096);
         let out = Arc::new(Mutex::new(Outbox::default()));
-        (RelayIo { io: Box::new(caller), out: out.clone(), lingering: false, ended: false }, RelayLog(Some(out)), holder)
+        (
+            RelayIo { io: Box::new(caller), out: out.clone(), lingering: false, ended: false },
+            RelayLog(Some(out)),
+            holder,
+        )
     }
 
     /// What a caller writes (data in pieces of every size, log lines in between) reaches the
