@@ -36,6 +36,7 @@ use crate::internal::InternalService;
 use crate::peers::Peers;
 use crate::peers::MAX_MESSAGE;
 use crate::raft_net::NetworkFactory;
+use crate::tunnels::Holdings;
 
 /// How long in-flight requests get to finish after SIGTERM.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -64,6 +65,8 @@ fn raft_config(cfg: &Config) -> anyhow::Result<Arc<openraft::Config>> {
 
 /// Runs a node until `shutdown` resolves, then shuts it down gracefully.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // Before the SSH port opens: every claim this process makes is stamped later than this.
+    let started_ms = now_ms();
     let api_listener = bind(cfg.api_addr, "the API").await?;
     let raft_listener = bind(cfg.raft_addr, "Raft").await?;
     let ssh_listener = bind(cfg.ssh_addr, "SSH").await?;
@@ -153,8 +156,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     }
 
     {
-        let (node, stop) = (node.clone(), root.child_token());
-        tasks.spawn(async move { duties(node, stop).await });
+        let (node, h, stop) = (node.clone(), holdings.clone(), root.child_token());
+        tasks.spawn(async move { duties(node, h, started_ms, stop).await });
     }
 
     // Data plane: SSH tunnels, the tunnels held here, public HTTP(S), tcp/tls sockets.
@@ -226,14 +229,17 @@ async fn join(node: NodeRef, urls: Vec<String>, stop: CancellationToken) {
     }
 }
 
-/// Background duties: the first leader generates the cluster secrets, and every member keeps
-/// its own addresses registered.
-async fn duties(node: NodeRef, stop: CancellationToken) {
+/// Background duties: the first leader generates the cluster secrets, every member keeps its
+/// own addresses registered and releases the claims of its previous process.
+async fn duties(node: NodeRef, holdings: Arc<Holdings>, started_ms: u64, stop: CancellationToken) {
     let mut metrics = node.raft.metrics();
     let mut leading = None;
     loop {
         if let Err(e) = duty_pass(&node, &mut leading).await {
             tracing::debug!(error = %e, "duty pass");
+        }
+        if let Err(e) = release_orphans(&node, &holdings, started_ms).await {
+            tracing::debug!(error = %e, "releasing the claims of a previous process");
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -241,6 +247,35 @@ async fn duties(node: NodeRef, stop: CancellationToken) {
             _ = metrics.changed() => {}
         }
     }
+}
+
+/// Releases the tunnels the registry says this node holds that no session of this process
+/// holds: claims of its previous process, which no client can use any more. A node restarted
+/// within the leader's liveness timeout, or a whole cluster restarted, is never taken for
+/// silent, and without this its old claims would stay until their clients came back — for an
+/// `ssh -R` that does not come back, forever, and every node would relay to a session that is
+/// gone (502) instead of answering that the socket has no live tunnel (503). Only claims
+/// stamped before this process started count (claims carry the claiming node's clock), so a
+/// claim of ours whose answer is still on its way is never taken for an orphan; the release
+/// names the epoch, so a newer claim is never undone.
+async fn release_orphans(node: &NodeRef, holdings: &Holdings, started_ms: u64) -> anyhow::Result<()> {
+    if node.metrics().current_leader.is_none() || !node.is_member() {
+        return Ok(());
+    }
+    let orphans: Vec<(uuid::Uuid, u64)> = node.read(|r| {
+        r.sessions()
+            .filter(|s| s.node_id == node.id && s.since_ms < started_ms)
+            .map(|s| (s.tunnel_id, s.epoch))
+            .collect()
+    });
+    for (tunnel_id, epoch) in orphans {
+        if holdings.get(&tunnel_id).is_some_and(|h| h.epoch == epoch) {
+            continue;
+        }
+        node.write(Command::ReleaseTunnel { tunnel_id, node_id: node.id, epoch }).await?;
+        tracing::info!(%tunnel_id, epoch, "released a tunnel claimed by this node's previous process");
+    }
+    Ok(())
 }
 
 /// How long the leader waits without an answer from a node before releasing its tunnels.

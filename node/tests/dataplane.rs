@@ -858,6 +858,48 @@ async fn a_new_leader_keeps_the_tunnels_of_live_nodes() {
     assert!(!c.log(next).contains("releasing its tunnels"), "{}", c.log(next));
 }
 
+/// A whole-cluster restart is silence to no leader (every node answers the new one at once),
+/// so the claims of the processes that died stay in the registry until something releases
+/// them. An `ssh -R` client does not come back by itself: its tunnel must not stay "held" by a
+/// node that has no session for it. The restarted holder releases it, the API shows it
+/// disconnected, and every node answers 503 (no live tunnel), not 502 (a tunnel that refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_releases_the_claims_of_its_previous_process() {
+    let mut c = TestCluster::builder().start().await;
+    c.agreed_leader(Duration::from_secs(20)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, u, api) = ssh_user(&c, dir.path(), 1, "otto").await;
+    let origin_port = origin().await;
+    let sock = api.connect(&SocketCreate { name: "svc".into(), ..Default::default() }).await.unwrap();
+    let n2 = c.nodes[&2].ip.clone();
+    let ssh = ssh_forward(&key, &u.user_name, &n2, sock.tunnels[0].local_port, origin_port);
+    answered(&n2, &sock.dnsname, "the URL through node 2").await;
+    let held = api.socket(&sock.socket_id).await.unwrap().tunnels[0].session;
+    assert_eq!(held.map(|h| h.node_id), Some(2), "the tunnel is held by node 2");
+
+    for id in c.running() {
+        c.kill9(id);
+    }
+    drop(ssh);
+    for id in [1, 2, 3] {
+        c.restart(id);
+    }
+    c.wait_ready().await;
+    c.agreed_leader(Duration::from_secs(30)).await;
+    let a1 = c.api(1).with_token(api.token().unwrap());
+    eventually(Duration::from_secs(20), "the tunnel of node 2's previous process released", || {
+        let (a1, id) = (a1.clone(), sock.socket_id.clone());
+        async move { a1.socket(&id).await.ok()?.tunnels[0].session.is_none().then_some(()) }
+    })
+    .await;
+    for id in [1, 2, 3] {
+        let (status, body) = get(&c.nodes[&id].ip, &sock.dnsname, None).await;
+        assert_eq!(status, 503, "through node {id}: {body}");
+        assert!(body.contains("no live tunnel"), "through node {id}: {body}");
+    }
+    assert!(c.log(2).contains("claimed by this node's previous process"), "{}", c.log(2));
+}
+
 /// An HTTP/1.1 origin that keeps its connections open, except after a request whose path
 /// starts with `/close`: that answer says `Connection: close` and the origin closes.
 async fn sometimes_closing_origin() -> u16 {
