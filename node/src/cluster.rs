@@ -229,6 +229,18 @@ impl Node {
         }
     }
 
+    /// Whether a leader confirms, within `within`, that it still leads a quorum: the first half
+    /// of a ReadIndex, without waiting for this node to apply (a node catching up is in touch).
+    pub async fn leader_confirms(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let Ok((leader, addr)) = self.wait_for_leader(deadline).await else { return false };
+        if leader == self.id {
+            matches!(tokio::time::timeout(within, self.read_index_local()).await, Ok(Ok(_)))
+        } else {
+            self.read_index_remote(&addr, deadline).await.is_ok()
+        }
+    }
+
     /// ReadIndex on the leader: the log index a linearizable read must wait for.
     pub async fn read_index_local(&self) -> Result<u64, String> {
         let (read_log_id, _applied) =

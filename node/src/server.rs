@@ -167,6 +167,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         let (n, h, stop) = (node.clone(), holdings.clone(), root.child_token());
         tasks.spawn(async move { crate::tunnels::watch(n, h, stop).await });
         let (n, h, stop) = (node.clone(), holdings.clone(), root.child_token());
+        tasks.spawn(async move { crate::tunnels::fence(n, h, stop).await });
+        let (n, h, stop) = (node.clone(), holdings.clone(), root.child_token());
         tasks.spawn(async move { crate::proxy::serve_http(n, h, http_listener, stop).await });
         let (https_tls, raw_tls): (crate::tls::Slot, crate::tls::Slot) = Default::default();
         let (n, a, b, stop) = (node.clone(), https_tls.clone(), raw_tls.clone(), root.child_token());

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
 
 use mysocket_raft_store::Response;
 use russh::server::Handle;
@@ -127,6 +129,39 @@ fn close(h: Holding, why: &'static str) {
         }
         let _ = h.handle.disconnect(russh::Disconnect::ByApplication, why.to_string(), String::new()).await;
     });
+}
+
+/// How long a node holding tunnels goes without a leader confirming that it leads a quorum
+/// before it closes them. Longer than an election, so a change of leader never does it.
+pub const CUT_OFF: Duration = Duration::from_secs(5);
+
+/// Closes the tunnels held here once this node has lost touch with the cluster (cut off from
+/// the majority, or left in a minority with a leader that no longer leads). The leader has
+/// released them after its liveness timeout, but a node cut off cannot learn that, and its
+/// clients, which still reach it, would stay on it while every other node answers that the
+/// socket has no live tunnel. Closed, they reconnect to a node that can claim the tunnel.
+pub async fn fence(node: NodeRef, holdings: Arc<Holdings>, stop: CancellationToken) {
+    let mut contact = Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if holdings.is_empty() || node.leader_confirms(Duration::from_secs(2)).await {
+            contact = Instant::now();
+            continue;
+        }
+        if contact.elapsed() > CUT_OFF {
+            let held: Vec<Holding> = holdings.map.lock().expect("holdings").drain().map(|(_, h)| h).collect();
+            tracing::warn!(
+                tunnels = held.len(),
+                "no leader has confirmed this node's contact with the cluster for {CUT_OFF:?}; closing the tunnels held here"
+            );
+            for h in held {
+                close(h, "this node lost contact with the cluster");
+            }
+        }
+    }
 }
 
 /// Follows applied registry changes: closes holdings that a newer claim superseded or that

@@ -900,6 +900,46 @@ async fn a_restarted_node_releases_the_claims_of_its_previous_process() {
     assert!(c.log(2).contains("claimed by this node's previous process"), "{}", c.log(2));
 }
 
+/// A node that loses the majority closes the tunnels it holds, so that their clients, which
+/// still reach it, reconnect to a node that can claim them: the leader has released them, and
+/// a node cut off cannot learn that. Both ways to be cut off: a follower whose leader and
+/// other follower stop answering, and a leader that no follower answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_the_majority_closes_its_tunnels() {
+    let c = TestCluster::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, u, api) = ssh_user(&c, dir.path(), 1, "petra").await;
+    let origin_port = origin().await;
+    for round in ["follower", "leader"] {
+        let leader = c.agreed_leader(Duration::from_secs(30)).await;
+        let holder = if round == "leader" { leader } else { c.running().into_iter().find(|id| *id != leader).unwrap() };
+        let sock = api.connect(&SocketCreate { name: format!("svc-{round}"), ..Default::default() }).await.unwrap();
+        let ip = c.nodes[&holder].ip.clone();
+        let mut ssh = ssh_forward(&key, &u.user_name, &ip, sock.tunnels[0].local_port, origin_port);
+        answered(&ip, &sock.dnsname, &format!("the URL through node {holder}, the {round}")).await;
+
+        let others: Vec<u64> = c.running().into_iter().filter(|id| *id != holder).collect();
+        for id in &others {
+            c.pause(*id);
+        }
+        let t0 = std::time::Instant::now();
+        let closed = eventually(Duration::from_secs(30), &format!("the {round} cut off to close its tunnel"), || {
+            let exited = ssh.0.try_wait().unwrap();
+            async move { exited }
+        })
+        .await;
+        eprintln!("the {round} closed its tunnel {:?} after losing the majority ({closed})", t0.elapsed());
+        for id in &others {
+            c.resume(*id);
+        }
+        // OpenSSH prints the server's reason for disconnecting on stderr.
+        let mut said = String::new();
+        std::io::Read::read_to_string(&mut ssh.0.stderr.take().unwrap(), &mut said).unwrap();
+        assert!(said.contains("lost contact with the cluster"), "the client was not told why: {said}");
+        assert!(c.log(holder).contains("closing the tunnels held here"), "{}", c.log(holder));
+    }
+}
+
 /// An HTTP/1.1 origin that keeps its connections open, except after a request whose path
 /// starts with `/close`: that answer says `Connection: close` and the origin closes.
 async fn sometimes_closing_origin() -> u16 {

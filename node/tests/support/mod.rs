@@ -222,6 +222,21 @@ impl TestCluster {
         }
     }
 
+    /// Freezes node `id` (SIGSTOP): its sockets stay open and nothing answers on them.
+    pub fn pause(&self, id: u64) {
+        self.signal(id, "-STOP");
+    }
+
+    /// Lets a paused node run again (SIGCONT).
+    pub fn resume(&self, id: u64) {
+        self.signal(id, "-CONT");
+    }
+
+    fn signal(&self, id: u64, sig: &str) {
+        let pid = self.nodes[&id].child.as_ref().expect("node running").id();
+        assert!(Command::new("kill").arg(sig).arg(pid.to_string()).status().unwrap().success());
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn sigterm(&mut self, id: u64) -> std::process::ExitStatus {
         self.terminate(id);
@@ -230,8 +245,7 @@ impl TestCluster {
 
     /// Sends SIGTERM (with the `kill` command, not libc) without waiting.
     pub fn terminate(&self, id: u64) {
-        let pid = self.nodes[&id].child.as_ref().expect("node running").id();
-        Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+        self.signal(id, "-TERM");
     }
 
     /// Waits for node `id` to exit.
