@@ -5,7 +5,7 @@
 # in one run on this machine; and the resident memory a node spends per idle tunnel (measured
 # first, while node 1 is fresh).
 #
-#   bench/dataplane.sh          # SECS=5 per measurement, ROUNDS=3, TUNNELS=1000 idle tunnels
+#   bench/dataplane.sh          # SECS=5 per measurement, ROUNDS=5, TUNNELS=1000 idle tunnels
 #   SKIP_BUILD=1 bench/dataplane.sh   # use the binaries already in $CARGO_TARGET_DIR/release
 #   ONLY=mysocket TUNNELS=0 bench/dataplane.sh   # only the rows matching ONLY; no idle tunnels
 #
@@ -33,7 +33,7 @@ cd "$(dirname "$0")/.."
 ROOT="$PWD"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/mysocket-target}"
 SECS="${SECS:-5}"
-ROUNDS="${ROUNDS:-3}"
+ROUNDS="${ROUNDS:-5}"
 TUNNELS="${TUNNELS:-1000}"
 PER_ACCOUNT="${PER_ACCOUNT:-20}"
 VENV="${VENV:-/var/tmp/mysocket-bench-venv}"
