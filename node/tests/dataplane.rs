@@ -900,6 +900,47 @@ async fn a_restarted_node_releases_the_claims_of_its_previous_process() {
     assert!(c.log(2).contains("claimed by this node's previous process"), "{}", c.log(2));
 }
 
+/// A holder that stops answering (paused: alive, its sockets open, but silent) loses its
+/// tunnels to the leader's liveness check within a few seconds, the public URL answers 503
+/// through the others meanwhile, and once it runs again it learns of the release and closes
+/// the client's session, which then reconnects elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_holder_is_released_and_closes_its_tunnel_when_it_wakes() {
+    let c = TestCluster::builder().start().await;
+    let leader = c.agreed_leader(Duration::from_secs(20)).await;
+    let holder = c.running().into_iter().find(|id| *id != leader).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (key, u, api) = ssh_user(&c, dir.path(), leader, "quinn").await;
+    let origin_port = origin().await;
+    let sock = api.connect(&SocketCreate { name: "svc".into(), ..Default::default() }).await.unwrap();
+    let mut ssh = ssh_forward(&key, &u.user_name, &c.nodes[&holder].ip, sock.tunnels[0].local_port, origin_port);
+    let leader_ip = c.nodes[&leader].ip.clone();
+    answered(&leader_ip, &sock.dnsname, "the URL through the leader").await;
+
+    c.pause(holder);
+    let t0 = std::time::Instant::now();
+    eventually(Duration::from_secs(20), "the silent holder's tunnel released", || {
+        let (api, id) = (api.clone(), sock.socket_id.clone());
+        async move { api.socket(&id).await.ok()?.tunnels[0].session.is_none().then_some(()) }
+    })
+    .await;
+    eprintln!("the paused holder's tunnel was released after {:?}", t0.elapsed());
+    let (status, body) = get(&leader_ip, &sock.dnsname, None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(ssh.0.try_wait().unwrap().is_none(), "the paused node cannot have closed the session");
+
+    c.resume(holder);
+    eventually(Duration::from_secs(20), "the woken holder to close the released tunnel's session", || {
+        let exited = ssh.0.try_wait().unwrap();
+        async move { exited }
+    })
+    .await;
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut ssh.0.stderr.take().unwrap(), &mut said).unwrap();
+    // (The release, seen on waking; or, had the pause outlasted the cut-off, its own fence.)
+    assert!(said.contains("released") || said.contains("lost contact"), "the client was not told why: {said}");
+}
+
 /// A node that loses the majority closes the tunnels it holds, so that their clients, which
 /// still reach it, reconnect to a node that can claim them: the leader has released them, and
 /// a node cut off cannot learn that. Both ways to be cut off: a follower whose leader and
