@@ -199,12 +199,7 @@ impl Node {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
             let (leader, addr) = self.wait_for_leader(deadline).await?;
-            let index = if leader == self.id {
-                self.read_index_local().await
-            } else {
-                self.read_index_remote(&addr, deadline).await
-            };
-            match index {
+            match self.read_index(leader, &addr, deadline).await {
                 Ok(index) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     return match self
@@ -234,10 +229,16 @@ impl Node {
     pub async fn leader_confirms(&self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         let Ok((leader, addr)) = self.wait_for_leader(deadline).await else { return false };
+        let left = deadline.saturating_duration_since(Instant::now());
+        matches!(tokio::time::timeout(left, self.read_index(leader, &addr, deadline)).await, Ok(Ok(_)))
+    }
+
+    /// ReadIndex on `leader` (at `addr`), this node or another.
+    async fn read_index(&self, leader: NodeId, addr: &str, deadline: Instant) -> Result<u64, String> {
         if leader == self.id {
-            matches!(tokio::time::timeout(within, self.read_index_local()).await, Ok(Ok(_)))
+            self.read_index_local().await
         } else {
-            self.read_index_remote(&addr, deadline).await.is_ok()
+            self.read_index_remote(addr, deadline).await
         }
     }
 
