@@ -12,14 +12,12 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-/// Accepts on `listener` until `stop`, at most `max` connections at once.
-pub async fn serve<F, Fut>(
-    listener: TcpListener,
-    max: usize,
-    what: &'static str,
-    stop: CancellationToken,
-    mut on_conn: F,
-) where
+use crate::metrics::Listener;
+
+/// Accepts on `listener` until `stop`, at most `max` connections at once, each counted in the
+/// metrics of `what` while it lasts.
+pub async fn serve<F, Fut>(listener: TcpListener, max: usize, what: Listener, stop: CancellationToken, mut on_conn: F)
+where
     F: FnMut(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -31,7 +29,7 @@ pub async fn serve<F, Fut>(
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!(error = %e, what, "accept failed");
+                    tracing::warn!(error = %e, what = what.name(), "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -39,8 +37,9 @@ pub async fn serve<F, Fut>(
         };
         let _ = stream.set_nodelay(true);
         let conn = on_conn(stream, peer);
+        let open = crate::metrics::get().accepted(what);
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permit = (permit, open);
             conn.await;
         });
     }

@@ -274,12 +274,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 if let Some(up) = up {
                     up.log.line(crate::proxy::request_line(&self.peer_ip, &req.method, &req.path, 502, 0, started));
                 }
+                crate::metrics::get().response(self.scheme, 502);
                 if self.client.write_all(&page).await.is_err() || self.client.flush().await.is_err() || close {
                     return false;
                 }
                 continue;
             };
             let keep_client = !req.close && head.keep_alive;
+            crate::metrics::get().response(self.scheme, head.status);
             let answered = self.answer(&head, !keep_client).await;
             let up = self.up.take().expect("acquired above");
             let (bytes, clean) = match answered {

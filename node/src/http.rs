@@ -10,6 +10,7 @@ use axum::extract::FromRequest;
 use axum::extract::Path;
 use axum::extract::Request;
 use axum::extract::State;
+use axum::http::header;
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -48,7 +49,7 @@ const MAX_CONNECTIONS: usize = 10_000;
 pub async fn serve(node: NodeRef, listener: tokio::net::TcpListener, stop: CancellationToken) {
     let app = router(node);
     let open = TaskTracker::new();
-    crate::accept::serve(listener, MAX_CONNECTIONS, "API", stop.clone(), |stream, _peer| {
+    crate::accept::serve(listener, MAX_CONNECTIONS, crate::metrics::Listener::Api, stop.clone(), |stream, _peer| {
         let (app, stop, open) = (app.clone(), stop.clone(), open.token());
         async move {
             let svc = hyper::service::service_fn(move |req| app.clone().oneshot(req));
@@ -142,6 +143,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 
 pub fn router(node: NodeRef) -> Router {
     Router::new()
+        .route("/", get(crate::dashboard::page))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/cluster", get(cluster))
@@ -226,6 +229,11 @@ pub async fn cluster_view(node: &NodeRef) -> ClusterView {
         .and_then(|pem| russh::keys::PrivateKey::from_openssh(&pem).ok())
         .and_then(|k| k.public_key().to_openssh().ok());
     ClusterView { leader: m.current_leader, term: m.current_term, nodes, ssh_host_key }
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "cluster", responses((status = 200, description = "Prometheus metrics (text format 0.0.4)", content_type = "text/plain")))]
+pub(crate) async fn metrics(State(node): State<NodeRef>) -> Response {
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render(&node)).into_response()
 }
 
 #[utoipa::path(get, path = "/cluster", tag = "cluster", responses((status = 200, body = ClusterView)))]

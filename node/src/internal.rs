@@ -197,39 +197,45 @@ pub async fn serve_port(
     planted_stale_holder: bool,
     stop: CancellationToken,
 ) {
-    crate::accept::serve(listener, MAX_CONNECTIONS, "internal", stop, |tcp, peer: SocketAddr| {
-        let (tls, grpc, holdings, secret) = (tls.clone(), grpc.clone(), holdings.clone(), secret.clone());
-        async move {
-            let info = TcpConnectInfo { local_addr: tcp.local_addr().ok(), remote_addr: Some(peer) };
-            crate::relay::keep_alive(&tcp);
-            let start = async {
-                let mut io: Box<dyn Io> = match &tls {
-                    Some(acceptor) => Box::new(acceptor.accept(tcp).await?),
-                    None => Box::new(tcp),
+    crate::accept::serve(
+        listener,
+        MAX_CONNECTIONS,
+        crate::metrics::Listener::Internal,
+        stop,
+        |tcp, peer: SocketAddr| {
+            let (tls, grpc, holdings, secret) = (tls.clone(), grpc.clone(), holdings.clone(), secret.clone());
+            async move {
+                let info = TcpConnectInfo { local_addr: tcp.local_addr().ok(), remote_addr: Some(peer) };
+                crate::relay::keep_alive(&tcp);
+                let start = async {
+                    let mut io: Box<dyn Io> = match &tls {
+                        Some(acceptor) => Box::new(acceptor.accept(tcp).await?),
+                        None => Box::new(tcp),
+                    };
+                    let mut first = vec![0u8; crate::relay::MAGIC.len()];
+                    let n = read_up_to(&mut io, &mut first).await?;
+                    first.truncate(n);
+                    Ok::<_, std::io::Error>((io, first))
                 };
-                let mut first = vec![0u8; crate::relay::MAGIC.len()];
-                let n = read_up_to(&mut io, &mut first).await?;
-                first.truncate(n);
-                Ok::<_, std::io::Error>((io, first))
-            };
-            let (io, first) = match tokio::time::timeout(FIRST_BYTES_TIMEOUT, start).await {
-                Ok(Ok(x)) => x,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "internal connection failed at its start");
-                    return;
+                let (io, first) = match tokio::time::timeout(FIRST_BYTES_TIMEOUT, start).await {
+                    Ok(Ok(x)) => x,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "internal connection failed at its start");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "internal connection sent nothing in time");
+                        return;
+                    }
+                };
+                if first == crate::relay::MAGIC {
+                    crate::relay::serve(io, peer, holdings, secret, planted_stale_holder).await;
+                } else {
+                    // Not a relay: gRPC's to answer (or refuse, for garbage).
+                    let _ = grpc.send(Ok(GrpcConn::new(first, io, info))).await;
                 }
-                Err(_) => {
-                    tracing::debug!(%peer, "internal connection sent nothing in time");
-                    return;
-                }
-            };
-            if first == crate::relay::MAGIC {
-                crate::relay::serve(io, peer, holdings, secret, planted_stale_holder).await;
-            } else {
-                // Not a relay: gRPC's to answer (or refuse, for garbage).
-                let _ = grpc.send(Ok(GrpcConn::new(first, io, info))).await;
             }
-        }
-    })
+        },
+    )
     .await
 }

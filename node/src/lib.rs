@@ -10,7 +10,8 @@
 //! - [`cluster`], [`batch`]: writes batched (group commit) and forwarded to the leader,
 //!   linearizable reads, membership changes.
 //! - [`bootstrap`]: cluster secrets generated once by the first leader.
-//! - [`http`], [`auth`], [`validate`]: the REST API.
+//! - [`http`], [`auth`], [`validate`]: the REST API; [`metrics`], [`dashboard`]: what the
+//!   node did and sees, for Prometheus and for people.
 //! - [`ssh`], [`tunnels`]: the SSH tunnel server and the tunnels this node holds.
 //! - [`h1`], [`proxy`], [`relay`]: public HTTP endpoints routed by Host (plain HTTP/1.1
 //!   requests on a path of their own, the rest through hyper); relaying a connection to the
@@ -24,9 +25,11 @@ pub mod batch;
 pub mod bootstrap;
 pub mod cluster;
 pub mod config;
+pub mod dashboard;
 pub mod h1;
 pub mod http;
 pub mod internal;
+pub mod metrics;
 pub mod openapi;
 pub mod peers;
 pub mod prefixed;

@@ -22,6 +22,8 @@ impl Modify for TokenHeader {
 #[openapi(
     info(title = "mysocket", description = "Accounts, sockets, tunnels and the cluster; compatible with the mysocket.io API."),
     paths(
+        crate::dashboard::page,
+        crate::http::metrics,
         crate::http::healthz,
         crate::http::readyz,
         crate::http::cluster,

@@ -118,7 +118,7 @@ pub async fn serve_http(node: NodeRef, holdings: Arc<Holdings>, listener: TcpLis
             }
         });
     }
-    crate::accept::serve(listener, MAX_CONNECTIONS, "public HTTP", stop, |stream, peer| {
+    crate::accept::serve(listener, MAX_CONNECTIONS, crate::metrics::Listener::Http, stop, |stream, peer| {
         let (node, holdings) = (node.clone(), holdings.clone());
         async move { crate::h1::serve(node, holdings, stream, peer, "http").await }
     })
@@ -134,7 +134,7 @@ pub async fn serve_https(
     listener: TcpListener,
     stop: CancellationToken,
 ) {
-    crate::accept::serve(listener, MAX_CONNECTIONS, "public HTTPS", stop, |stream, peer| {
+    crate::accept::serve(listener, MAX_CONNECTIONS, crate::metrics::Listener::Https, stop, |stream, peer| {
         let (node, holdings) = (node.clone(), holdings.clone());
         // None until the cluster is bootstrapped: the connection is closed, nothing to present.
         let acceptor = tls.read().expect("tls slot").clone();
@@ -172,7 +172,11 @@ pub async fn serve_connection<I>(
     let (pool, ours) = (holdings.clone(), upstream.clone());
     let svc = hyper::service::service_fn(move |req| {
         let (node, holdings, upstream) = (node.clone(), holdings.clone(), upstream.clone());
-        async move { Ok::<_, Infallible>(handle(node, holdings, upstream, peer, scheme, req).await) }
+        async move {
+            let resp = handle(node, holdings, upstream, peer, scheme, req).await;
+            crate::metrics::get().response(scheme, resp.status().as_u16());
+            Ok::<_, Infallible>(resp)
+        }
     });
     let ended = if h2 {
         hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
@@ -417,8 +421,12 @@ pub async fn open_upstream(
         let local = local_tunnels(node, holdings, socket_id);
         for h in &local {
             match open_channel(h, peer).await {
-                Ok(stream) => return Ok((Box::new(stream), LogSink::Local(h.clone()))),
+                Ok(stream) => {
+                    crate::metrics::get().upstream("local");
+                    return Ok((Box::new(stream), LogSink::Local(h.clone())));
+                }
                 Err(e) => {
+                    crate::metrics::get().upstream("local_failed");
                     tracing::debug!(tunnel_id = %h.tunnel_id, error = %e, "tunnel channel refused; trying the next")
                 }
             }
@@ -445,19 +453,25 @@ pub async fn open_upstream(
                 log_connection,
             };
             match crate::relay::connect(&node.peers, addr, open).await {
-                Ok((stream, log)) => return Ok((stream, LogSink::Relay { log, tunnel_id: *tunnel_id, epoch: *epoch })),
+                Ok((stream, log)) => {
+                    crate::metrics::get().upstream("relayed");
+                    return Ok((stream, LogSink::Relay { log, tunnel_id: *tunnel_id, epoch: *epoch }));
+                }
                 Err(e) => {
+                    crate::metrics::get().upstream("relay_failed");
                     tracing::debug!(%tunnel_id, epoch, %addr, error = %e.message(), "relay refused; trying the next")
                 }
             }
         }
         if local.is_empty() && remote.is_empty() && attempt == 1 {
+            crate::metrics::get().unavailable("no_tunnel");
             return Err(NoUpstream::NoTunnel);
         }
         if attempt == 0 && node.linearizable().await.is_err() {
             break;
         }
     }
+    crate::metrics::get().unavailable("refused");
     Err(NoUpstream::Refused)
 }
 

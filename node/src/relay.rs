@@ -407,12 +407,16 @@ pub async fn serve(
         let holding = match holdings.get(&tunnel_id).filter(|h| h.socket_id == socket_id) {
             Some(h) if h.epoch == open.epoch || planted_stale_holder => h,
             Some(h) => {
+                crate::metrics::get().relay_served("stale_epoch");
                 return Err(Status::failed_precondition(format!(
                     "stale epoch {}: this node holds the tunnel under epoch {}",
                     open.epoch, h.epoch
-                )))
+                )));
             }
-            None => return Err(Status::failed_precondition("this node does not hold that tunnel")),
+            None => {
+                crate::metrics::get().relay_served("not_held");
+                return Err(Status::failed_precondition("this node does not hold that tunnel"));
+            }
         };
         let client: SocketAddr = open.client_addr.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let channel = crate::proxy::open_channel(&holding, client)
@@ -427,6 +431,9 @@ pub async fn serve(
     let (holding, client, log_connection, mut channel) = match opened {
         Ok(x) => x,
         Err(status) => {
+            if status.code() != Code::FailedPrecondition {
+                crate::metrics::get().relay_served("refused");
+            }
             tracing::debug!(%peer, code = ?status.code(), message = status.message(), "relay refused");
             let _ = answer(&mut io, status.code(), status.message()).await;
             return;
@@ -435,6 +442,7 @@ pub async fn serve(
     if answer(&mut io, Code::Ok, "").await.is_err() {
         return;
     }
+    crate::metrics::get().relay_served("served");
     let started = Instant::now();
     if log_connection {
         let (to_service, to_client) = crate::proxy::pipe(&mut io, &mut channel, false).await.unwrap_or((0, 0));

@@ -83,7 +83,7 @@ pub async fn serve(node: NodeRef, listener: TcpListener, holdings: Arc<Holdings>
     });
     tracing::info!(addr = ?listener.local_addr().ok(), "SSH server listening");
     let per_account: Arc<Mutex<HashMap<Uuid, u32>>> = Arc::default();
-    crate::accept::serve(listener, MAX_CONNECTIONS, "SSH", stop, |stream, peer| {
+    crate::accept::serve(listener, MAX_CONNECTIONS, crate::metrics::Listener::Ssh, stop, |stream, peer| {
         let (node, holdings, config, per_account) =
             (node.clone(), holdings.clone(), config.clone(), per_account.clone());
         async move {
@@ -136,14 +136,23 @@ pub async fn serve(node: NodeRef, listener: TcpListener, holdings: Arc<Holdings>
     .await
 }
 
-/// Once a session is over: its account's session count goes down and its claims are released.
+/// Once a session is over: its account's session count goes down (or, without a login, it
+/// counts as a refused one) and its claims are released.
 async fn session_ended(
     node: NodeRef,
     holdings: Arc<Holdings>,
     state: Arc<Mutex<SessionState>>,
     per_account: Arc<Mutex<HashMap<Uuid, u32>>>,
 ) {
-    if let Some((user_id, _)) = state.lock().expect("ssh state").user.take() {
+    let (user, tried_login) = {
+        let mut st = state.lock().expect("ssh state");
+        (st.user.take(), st.tried_login)
+    };
+    if user.is_none() && tried_login {
+        // Counted once per connection, however many keys the client offered.
+        crate::metrics::get().ssh_login(false);
+    }
+    if let Some((user_id, _)) = user {
         let mut counts = per_account.lock().expect("ssh sessions");
         if let Some(c) = counts.get_mut(&user_id) {
             *c -= 1;
@@ -168,6 +177,9 @@ async fn session_ended(
 #[derive(Default)]
 struct SessionState {
     user: Option<(Uuid, String)>,
+    /// The client asked to log in (a connection that ends without a login after asking counts
+    /// as a refused login).
+    tried_login: bool,
     /// Tunnels this session claimed: tunnel id -> epoch.
     claims: HashMap<Uuid, u64>,
     /// The session channel that gets the banner and the log lines.
@@ -199,6 +211,7 @@ impl russh::server::Handler for SshSession {
     ) -> Result<Auth, Self::Error> {
         // Only say "go ahead and sign" for the right key; the answer does not tell an unknown
         // user from a wrong key.
+        self.state.lock().expect("ssh state").tried_login = true;
         let ok = self.node.read(|r| r.account_by_user_name(user).map(|a| same_key(&a.sshkey, offer.public_key)));
         Ok(if ok == Some(true) { Auth::Accept } else { Auth::reject() })
     }
@@ -208,6 +221,7 @@ impl russh::server::Handler for SshSession {
         user: &str,
         key: russh::server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
+        self.state.lock().expect("ssh state").tried_login = true;
         let found = self.node.read(|r| {
             r.account_by_user_name(user)
                 .filter(|a| same_key(&a.sshkey, key.public_key))
@@ -225,6 +239,7 @@ impl russh::server::Handler for SshSession {
                     }
                     *open += 1;
                 }
+                crate::metrics::get().ssh_login(true);
                 tracing::info!(peer = %self.peer, user, "SSH login");
                 self.state.lock().expect("ssh state").user = Some(u);
                 Ok(Auth::Accept)
@@ -307,7 +322,9 @@ impl russh::server::Handler for SshSession {
     ) -> Result<bool, Self::Error> {
         // Boxed: russh keeps one future per session sized for its largest handler call, and a
         // claim (a linearizable read, then a Raft write) would make every idle session pay for it.
-        Ok(Box::pin(self.forward(address, *port, session.handle())).await)
+        let claimed = Box::pin(self.forward(address, *port, session.handle())).await;
+        crate::metrics::get().forward(claimed);
+        Ok(claimed)
     }
 
     async fn cancel_tcpip_forward(

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::cluster::NodeRef;
+use crate::metrics::Listener;
 use crate::tunnels::Holdings;
 
 /// Most concurrent connections per tcp socket on one node.
@@ -77,7 +78,8 @@ async fn accept_loop(
     stop: CancellationToken,
 ) {
     let stop2 = stop.clone();
-    crate::accept::serve(listener, MAX_CONNECTIONS_PER_SOCKET, "tcp socket", stop2, move |mut client, peer| {
+    let what = if kind == SocketType::Tls { Listener::TlsSocket } else { Listener::TcpSocket };
+    crate::accept::serve(listener, MAX_CONNECTIONS_PER_SOCKET, what, stop2, move |mut client, peer| {
         let (node, holdings, tls, stop) = (node.clone(), holdings.clone(), tls.clone(), stop.clone());
         async move {
             let started = std::time::Instant::now();

@@ -89,7 +89,7 @@ impl Holdings {
         let old = self.map.lock().expect("holdings").insert(h.tunnel_id, h);
         if let Some(old) = old {
             // Another session on this node re-claimed the tunnel: the older one goes.
-            close(old, "a newer connection took over this tunnel");
+            close(old, "superseded", "a newer connection took over this tunnel");
         }
     }
 
@@ -122,7 +122,10 @@ impl Holdings {
     }
 }
 
-fn close(h: Holding, why: &'static str) {
+/// Closes the SSH session of a holding, telling the client `why`; counted under `reason`
+/// (superseded, released or cut_off).
+fn close(h: Holding, reason: &'static str, why: &'static str) {
+    crate::metrics::get().tunnel_closed(reason);
     tokio::spawn(async move {
         if let Some(log) = &h.log {
             let _ = h.handle.data(log.channel, format!("mysocket: {why}; closing.\r\n").into_bytes()).await;
@@ -158,7 +161,7 @@ pub async fn fence(node: NodeRef, holdings: Arc<Holdings>, stop: CancellationTok
                 "no leader has confirmed this node's contact with the cluster for {CUT_OFF:?}; closing the tunnels held here"
             );
             for h in held {
-                close(h, "this node lost contact with the cluster");
+                close(h, "cut_off", "this node lost contact with the cluster");
             }
         }
     }
@@ -175,25 +178,30 @@ pub async fn watch(node: NodeRef, holdings: Arc<Holdings>, stop: CancellationTok
         };
         match ev {
             Ok(applied) => {
-                let gone: Vec<(Uuid, u64, &'static str)> = match &applied.response {
+                let gone: Vec<(Uuid, u64, &'static str, &'static str)> = match &applied.response {
                     Response::Claimed { session, superseded: Some(old) }
                         if old.node_id == node.id && session.node_id != node.id =>
                     {
-                        vec![(old.tunnel_id, old.epoch, "a newer connection to another node took over this tunnel")]
+                        vec![(
+                            old.tunnel_id,
+                            old.epoch,
+                            "superseded",
+                            "a newer connection to another node took over this tunnel",
+                        )]
                     }
                     Response::Released(list) => list
                         .iter()
                         .filter(|s| s.node_id == node.id)
-                        .map(|s| (s.tunnel_id, s.epoch, "the cluster released this tunnel"))
+                        .map(|s| (s.tunnel_id, s.epoch, "released", "the cluster released this tunnel"))
                         .collect(),
                     _ => Vec::new(),
                 };
                 #[cfg(feature = "planted-bugs")]
                 let gone = if node.planted("stale-holder") { Vec::new() } else { gone };
-                for (tunnel_id, epoch, why) in gone {
+                for (tunnel_id, epoch, reason, why) in gone {
                     if let Some(h) = holdings.remove(&tunnel_id, epoch) {
                         tracing::info!(%tunnel_id, epoch, why, "closing superseded tunnel session");
-                        close(h, why);
+                        close(h, reason, why);
                     }
                 }
             }
@@ -205,7 +213,7 @@ pub async fn watch(node: NodeRef, holdings: Arc<Holdings>, stop: CancellationTok
                     let current = node.read(|r| r.session(&h.tunnel_id).map(|s| (s.node_id, s.epoch)));
                     if current != Some((node.id, h.epoch)) {
                         if let Some(h) = holdings.remove(&h.tunnel_id, h.epoch) {
-                            close(h, "this tunnel was taken over");
+                            close(h, "superseded", "this tunnel was taken over");
                         }
                     }
                 }

@@ -1,0 +1,374 @@
+//! What this node did and sees, for `GET /metrics` (Prometheus text format 0.0.4) and the
+//! dashboard. Counters of events live in one process-wide [`Metrics`]: the accept loops, the
+//! HTTP paths and the SSH server count into it without a handle threaded through each of them,
+//! and each counter on a hot path is a plain atomic (labelled series are resolved once, here,
+//! not looked up per request). Gauges of the cluster's state (Raft, the registry) are read at
+//! scrape time, so they cannot drift from what they describe.
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::cluster::NodeRef;
+
+/// The content type of [`render`]'s text.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+type Labels = [(&'static str, &'static str); 1];
+type Labels2 = [(&'static str, &'static str); 2];
+
+/// A listening port of the node, as its connections are counted and logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Api,
+    Internal,
+    Ssh,
+    Http,
+    Https,
+    TcpSocket,
+    TlsSocket,
+}
+
+impl Listener {
+    pub const ALL: [Listener; 7] = [
+        Listener::Api,
+        Listener::Internal,
+        Listener::Ssh,
+        Listener::Http,
+        Listener::Https,
+        Listener::TcpSocket,
+        Listener::TlsSocket,
+    ];
+
+    /// The `listener` label, and the name in log lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Listener::Api => "api",
+            Listener::Internal => "internal",
+            Listener::Ssh => "ssh",
+            Listener::Http => "http",
+            Listener::Https => "https",
+            Listener::TcpSocket => "tcp",
+            Listener::TlsSocket => "tls",
+        }
+    }
+}
+
+/// Counters per value of a label, resolved once.
+struct ByLabel<const N: usize> {
+    values: [&'static str; N],
+    counters: [Counter; N],
+}
+
+impl<const N: usize> ByLabel<N> {
+    fn register(
+        registry: &mut Registry,
+        name: &str,
+        help: &str,
+        label: &'static str,
+        values: [&'static str; N],
+    ) -> Self {
+        let family = Family::<Labels, Counter>::default();
+        registry.register(name, help, family.clone());
+        let counters = values.map(|v| family.get_or_create(&[(label, v)]).clone());
+        ByLabel { values, counters }
+    }
+
+    fn get(&self, value: &str) -> &Counter {
+        let i = self.values.iter().position(|v| *v == value).expect("a registered label value");
+        &self.counters[i]
+    }
+}
+
+/// Counters of this process, and the gauges set at scrape time.
+pub struct Metrics {
+    registry: Registry,
+    accepted: [Counter; 7],
+    open: [Gauge; 7],
+    /// Per scheme (http, https) and status class (1xx … 5xx).
+    responses: [[Counter; 5]; 2],
+    ssh_logins: ByLabel<2>,
+    forwards: ByLabel<2>,
+    upstreams: ByLabel<4>,
+    unavailable: ByLabel<2>,
+    relays_served: ByLabel<4>,
+    tunnels_closed: ByLabel<3>,
+    orphans_released: Counter,
+    state: StateGauges,
+}
+
+/// Read from Raft and the registry when scraped.
+struct StateGauges {
+    term: Gauge,
+    leader: Gauge,
+    is_leader: Gauge,
+    voters: Gauge,
+    learners: Gauge,
+    last_log_index: Gauge,
+    committed_index: Gauge,
+    applied_index: Gauge,
+    snapshot_index: Gauge,
+    lag: Family<[(&'static str, String); 1], Gauge>,
+    accounts: Gauge,
+    sockets: Gauge,
+    tunnels: Gauge,
+    tunnels_connected: Gauge,
+    tunnels_here: Gauge,
+    snapshots_installed: Gauge,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// This process's metrics.
+pub fn get() -> &'static Metrics {
+    &METRICS
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::default();
+    registry.register(name, help, g.clone());
+    g
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("mysocket");
+        let r = &mut registry;
+        let accepted_f = Family::<Labels, Counter>::default();
+        r.register("connections_accepted", "Connections accepted, per listening port", accepted_f.clone());
+        let open_f = Family::<Labels, Gauge>::default();
+        r.register("connections_open", "Connections open now, per listening port", open_f.clone());
+        let accepted = Listener::ALL.map(|l| accepted_f.get_or_create(&[("listener", l.name())]).clone());
+        let open = Listener::ALL.map(|l| open_f.get_or_create(&[("listener", l.name())]).clone());
+        let responses_f = Family::<Labels2, Counter>::default();
+        r.register(
+            "http_responses",
+            "Answers to public HTTP requests (the service's, or the edge's own pages), per scheme and status class",
+            responses_f.clone(),
+        );
+        let responses = ["http", "https"].map(|s| {
+            ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|c| responses_f.get_or_create(&[("scheme", s), ("code", c)]).clone())
+        });
+        let ssh_logins = ByLabel::register(
+            r,
+            "ssh_logins",
+            "SSH logins: accepted, or connections that asked to log in and ended without",
+            "result",
+            ["accepted", "refused"],
+        );
+        let forwards = ByLabel::register(
+            r,
+            "ssh_forwards",
+            "tcpip-forward requests: tunnels claimed, or requests refused",
+            "result",
+            ["claimed", "refused"],
+        );
+        let upstreams = ByLabel::register(
+            r,
+            "upstreams",
+            "Streams to a service opened for public connections: through a tunnel held here (local) or relayed to its holder, and attempts that failed",
+            "result",
+            ["local", "relayed", "local_failed", "relay_failed"],
+        );
+        let unavailable = ByLabel::register(
+            r,
+            "upstreams_unavailable",
+            "Public connections no tunnel could take: none connected, or none accepted",
+            "reason",
+            ["no_tunnel", "refused"],
+        );
+        let relays_served = ByLabel::register(
+            r,
+            "relays_served",
+            "Relays from other nodes to tunnels held here: served, or refused (stale epoch: fenced)",
+            "result",
+            ["served", "stale_epoch", "not_held", "refused"],
+        );
+        let tunnels_closed = ByLabel::register(
+            r,
+            "tunnels_closed",
+            "Tunnel sessions this node closed: superseded by a newer connection, released by the cluster (this node was silent), or cut off from the majority",
+            "reason",
+            ["superseded", "released", "cut_off"],
+        );
+        let orphans_released = Counter::default();
+        r.register(
+            "orphan_claims_released",
+            "Claims of this node's previous process released at start",
+            orphans_released.clone(),
+        );
+        let lag = Family::<[(&'static str, String); 1], Gauge>::default();
+        let state = StateGauges {
+            term: gauge(r, "raft_term", "Current Raft term"),
+            leader: gauge(r, "raft_leader", "Id of the leader this node knows (0: none)"),
+            is_leader: gauge(r, "raft_is_leader", "1 when this node is the leader"),
+            voters: gauge(r, "raft_voters", "Voters in the membership"),
+            learners: gauge(r, "raft_learners", "Learners in the membership"),
+            last_log_index: gauge(r, "raft_last_log_index", "Index of the last entry in this node's log (-1: none)"),
+            committed_index: gauge(
+                r,
+                "raft_committed_index",
+                "Index of the last entry this node knows committed (-1: none)",
+            ),
+            applied_index: gauge(
+                r,
+                "raft_applied_index",
+                "Index of the last entry applied to this node's registry (-1: none)",
+            ),
+            snapshot_index: gauge(r, "raft_snapshot_index", "Index of this node's last snapshot (-1: none)"),
+            lag: {
+                r.register(
+                    "raft_replication_lag",
+                    "On the leader: entries each follower is behind the leader's log",
+                    lag.clone(),
+                );
+                lag
+            },
+            accounts: gauge(r, "accounts", "Accounts in the registry"),
+            sockets: gauge(r, "sockets", "Sockets in the registry"),
+            tunnels: gauge(r, "tunnels", "Tunnels in the registry"),
+            tunnels_connected: gauge(r, "tunnels_connected", "Tunnels held by a session on some node"),
+            tunnels_here: gauge(r, "tunnels_held_here", "Tunnels held by a session on this node"),
+            snapshots_installed: gauge(r, "raft_snapshots_installed", "Snapshots this node installed from a leader"),
+        };
+        Metrics {
+            registry,
+            accepted,
+            open,
+            responses,
+            ssh_logins,
+            forwards,
+            upstreams,
+            unavailable,
+            relays_served,
+            tunnels_closed,
+            orphans_released,
+            state,
+        }
+    }
+
+    /// A connection accepted on `l`; it counts as open until the guard is dropped.
+    pub fn accepted(&'static self, l: Listener) -> OpenGuard {
+        let i = l as usize;
+        self.accepted[i].inc();
+        self.open[i].inc();
+        OpenGuard(&self.open[i])
+    }
+
+    /// An answer to a public HTTP request.
+    pub fn response(&self, scheme: &str, status: u16) {
+        let s = usize::from(scheme == "https");
+        let c = usize::from(status / 100).clamp(1, 5) - 1;
+        self.responses[s][c].inc();
+    }
+
+    pub fn ssh_login(&self, accepted: bool) {
+        self.ssh_logins.get(if accepted { "accepted" } else { "refused" }).inc();
+    }
+
+    pub fn forward(&self, claimed: bool) {
+        self.forwards.get(if claimed { "claimed" } else { "refused" }).inc();
+    }
+
+    /// `result`: local, relayed, local_failed or relay_failed.
+    pub fn upstream(&self, result: &'static str) {
+        self.upstreams.get(result).inc();
+    }
+
+    /// `reason`: no_tunnel or refused.
+    pub fn unavailable(&self, reason: &'static str) {
+        self.unavailable.get(reason).inc();
+    }
+
+    /// `result`: served, stale_epoch, not_held or refused.
+    pub fn relay_served(&self, result: &'static str) {
+        self.relays_served.get(result).inc();
+    }
+
+    /// `reason`: superseded, released or cut_off.
+    pub fn tunnel_closed(&self, reason: &'static str) {
+        self.tunnels_closed.get(reason).inc();
+    }
+
+    pub fn orphans_released(&self, n: u64) {
+        self.orphans_released.inc_by(n);
+    }
+
+    /// Counter values the dashboard shows: connections open per listener, HTTP answers per
+    /// status class (both schemes).
+    pub fn summary(&self) -> Summary {
+        Summary {
+            open: Listener::ALL.map(|l| (l.name(), self.open[l as usize].get())),
+            accepted: Listener::ALL.map(|l| (l.name(), self.accepted[l as usize].get())),
+            responses: std::array::from_fn(|c| self.responses[0][c].get() + self.responses[1][c].get()),
+            relays_served: self.relays_served.counters[0].get(),
+            relayed_out: self.upstreams.get("relayed").get(),
+        }
+    }
+}
+
+/// A few counters, for the dashboard.
+pub struct Summary {
+    pub open: [(&'static str, i64); 7],
+    pub accepted: [(&'static str, u64); 7],
+    /// 1xx … 5xx.
+    pub responses: [u64; 5],
+    pub relays_served: u64,
+    pub relayed_out: u64,
+}
+
+/// Keeps a connection counted as open.
+pub struct OpenGuard(&'static Gauge);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn index(v: Option<u64>) -> i64 {
+    v.map_or(-1, |i| i64::try_from(i).unwrap_or(i64::MAX))
+}
+
+/// The metrics in the Prometheus text format, the state gauges read now.
+pub fn render(node: &NodeRef) -> String {
+    let m = get();
+    let raft = node.metrics();
+    let s = &m.state;
+    let membership = raft.membership_config.membership();
+    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    s.term.set(index(Some(raft.current_term)));
+    s.leader.set(raft.current_leader.map_or(0, |l| index(Some(l))));
+    s.is_leader.set(i64::from(raft.current_leader == Some(node.id)));
+    s.voters.set(voters.len() as i64);
+    s.learners.set(membership.nodes().filter(|(id, _)| !voters.contains(id)).count() as i64);
+    s.last_log_index.set(index(raft.last_log_index));
+    s.committed_index.set(index(raft.local_committed.map(|l| l.index)));
+    s.applied_index.set(index(raft.last_applied.map(|l| l.index)));
+    s.snapshot_index.set(index(raft.snapshot.map(|l| l.index)));
+    s.lag.clear();
+    if let (Some(replication), Some(last)) = (&raft.replication, raft.last_log_index) {
+        for (id, matched) in replication.iter().filter(|(id, _)| **id != node.id) {
+            let behind = last.saturating_sub(matched.map_or(0, |l| l.index));
+            s.lag.get_or_create(&[("follower", id.to_string())]).set(index(Some(behind)));
+        }
+    }
+    let (accounts, sockets, tunnels, sessions, here) = node.read(|r| {
+        let (a, so, t, se) = r.counts();
+        (a, so, t, se, r.sessions_on(node.id))
+    });
+    s.accounts.set(accounts as i64);
+    s.sockets.set(sockets as i64);
+    s.tunnels.set(tunnels as i64);
+    s.tunnels_connected.set(sessions as i64);
+    s.tunnels_here.set(here as i64);
+    s.snapshots_installed.set(node.state_machine.snapshots_installed() as i64);
+    let mut out = String::with_capacity(8 * 1024);
+    prometheus_text::encode(&mut out, &m.registry).expect("writing to a String");
+    out
+}
