@@ -19,7 +19,9 @@
 # mysocket: the local cluster (deploy/local-cluster.sh; a running one is reused and left up),
 # a tcp socket for iperf3 and an http socket for wrk (`Host: <dnsname>` on port 8080), both
 # tunnelled by `mysocketctl connect` to node 1's SSH server. "same-node" hits 127.0.0.1 (node 1),
-# "relayed" hits 127.0.0.2, which relays to node 1.
+# "relayed" hits 127.0.0.2, which relays to node 1. "tcp socket" (keep-alive and new
+# connections only): nginx behind a tcp socket on node 1, the same plain TCP tunnel bore and
+# rathole give, without the edge's HTTP layer.
 # Idle tunnels: a Python asyncssh client (venv in /var/tmp/mysocket-bench-venv) opens TUNNELS
 # SSH sessions to node 1, one remote forward each, spread over accounts of at most
 # PER_ACCOUNT sessions (the node's default per-account session limit is 20); node 1's VmRSS
@@ -27,7 +29,8 @@
 # node 2's API: their password hashes (argon2, 19 MiB each) would otherwise swell node 1's
 # heap just before the first reading and make the difference meaningless.
 #
-# Prints a table, the RSS per idle tunnel and, last, `mysocket/openssh throughput ratio: X.XX`.
+# Prints a table, the RSS per idle tunnel, keep-alive mysocket/bore (http and tcp socket) and
+# relayed/same-node ratios and, last, `mysocket/openssh throughput ratio: X.XX`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -151,8 +154,10 @@ na_row() { if [[ -z "${ONLY:-}" || "$1" =~ $ONLY ]]; then printf '%s\tn/a n/a n/
 measure() { # name iperf_host iperf_port http_url host_header
   local name=$1 ih=$2 ip=$3 url=$4 host=$5 gbit row
   # The iperf3 server runs one test at a time and may still be closing the previous one:
-  # up to three retries after a pause.
+  # up to three retries after a pause. No iperf3 host ("-"): HTTP only.
+  : >"$WORK/iperf.json"
   for _ in 1 2 3 4; do
+    [[ "$ih" == - ]] && break
     iperf3 -c "$ih" -p "$ip" -t "$SECS" -J >"$WORK/iperf.json" 2>&1 && break
     sleep 2
   done
@@ -185,7 +190,7 @@ out = ["%.0f" % float(rps.group(1)) if rps else "n/a",
 print(" ".join(out), "%.0f" % float(ncr.group(1)) if ncr else "n/a", errors(ka) + errors(nc))
 EOF
 )"
-  if [[ "$gbit" == n/a ]]; then
+  if [[ "$gbit" == n/a && "$ih" != - ]]; then
     echo "$name: iperf3 failed: $(grep -o '"error":.*' "$WORK/iperf.json" | head -n 1 || tail -c 300 "$WORK/iperf.json")" >&2
   fi
   printf '%s\t%s %s\n' "$name" "$gbit" "$row" >>"$ROWS"
@@ -472,23 +477,29 @@ EMAIL="bench-$(date +%s)-$$@example.com"
 "$CTL" login --email "$EMAIL" --password bench-password-1 >"$WORK/login.log" 2>&1
 bg ctl-iperf "$CTL" connect --port $ORIGIN_IPERF --type tcp --name bench-iperf --identity "$WORK/userkey"
 bg ctl-web "$CTL" connect --port $ORIGIN_HTTP --type http --name bench-web --identity "$WORK/userkey"
+# The web origin behind a tcp socket too: the same TCP tunnel bore and rathole give, without
+# the edge's HTTP layer (Host routing, X-Forwarded-*, a log line per request).
+bg ctl-webtcp "$CTL" connect --port $ORIGIN_HTTP --type tcp --name bench-webtcp --identity "$WORK/userkey"
 for _ in $(seq 1 150); do
-  grep -q "tunnel up via" "$WORK/ctl-iperf.log" && grep -q "tunnel up via" "$WORK/ctl-web.log" && break
+  grep -q "tunnel up via" "$WORK/ctl-iperf.log" && grep -q "tunnel up via" "$WORK/ctl-web.log" &&
+    grep -q "tunnel up via" "$WORK/ctl-webtcp.log" && break
   sleep 0.1
 done
-VIA="$(grep -ho 'tunnel up via [^:]*' "$WORK/ctl-iperf.log" "$WORK/ctl-web.log" | sort -u | tr '\n' ' ')"
-read -r IPORT WNAME <<<"$("$CTL" socket ls --output json | python3 -c '
+VIA="$(grep -ho 'tunnel up via [^:]*' "$WORK"/ctl-iperf.log "$WORK"/ctl-web*.log | sort -u | tr '\n' ' ')"
+read -r IPORT WNAME WPORT <<<"$("$CTL" socket ls --output json | python3 -c '
 import json, sys
 s = {x["name"]: x for x in json.load(sys.stdin)}
-print(s["bench-iperf"]["socket_tcp_ports"][0], s["bench-web"]["dnsname"])')"
+print(s["bench-iperf"]["socket_tcp_ports"][0], s["bench-web"]["dnsname"], s["bench-webtcp"]["socket_tcp_ports"][0])')"
 if [[ "$VIA" == "tunnel up via 127.0.0.1 " ]]; then
   system "mysocket same-node" 127.0.0.1 "$IPORT" "http://127.0.0.1:8080/" "$WNAME"
   system "mysocket relayed" 127.0.0.2 "$IPORT" "http://127.0.0.2:8080/" "$WNAME"
+  system "mysocket tcp socket" - - "http://127.0.0.1:$WPORT/" localhost
 else
   echo "mysocketctl tunnels not up on node 1 (${VIA:-none}):" >&2
-  tail -n 5 "$WORK/ctl-iperf.log" "$WORK/ctl-web.log" >&2
+  tail -n 5 "$WORK/ctl-iperf.log" "$WORK"/ctl-web*.log >&2
   na_row "mysocket same-node"
   na_row "mysocket relayed"
+  na_row "mysocket tcp socket"
 fi
 
 # --- the rounds: every system once per round, in the same order ---
@@ -540,13 +551,22 @@ fi
 
 python3 - "$ROWS" <<'EOF'
 import statistics, sys
-gbit = {}
+gbit, rps = {}, {}
 for line in open(sys.argv[1]):
     name, _, rest = line.rstrip("\n").partition("\t")
+    for col, into in ((0, gbit), (1, rps)):
+        try:
+            into.setdefault(name, []).append(float(rest.split()[col]))
+        except ValueError:
+            pass
+def ratio(col, a, b):
     try:
-        gbit.setdefault(name, []).append(float(rest.split()[0]))
-    except ValueError:
-        pass
+        return "%.2f" % (statistics.median(col[a]) / statistics.median(col[b]))
+    except (KeyError, ZeroDivisionError, statistics.StatisticsError):
+        return "n/a"
+print("keep-alive req/s, mysocket/bore: http socket %s, tcp socket %s; relayed/same-node Gbit/s: %s" % (
+    ratio(rps, "mysocket same-node", "bore"), ratio(rps, "mysocket tcp socket", "bore"),
+    ratio(gbit, "mysocket relayed", "mysocket same-node")))
 try:
     ratio = statistics.median(gbit["mysocket same-node"]) / statistics.median(gbit["openssh"])
     print("mysocket/openssh throughput ratio: %.2f" % ratio)
