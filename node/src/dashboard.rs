@@ -98,7 +98,7 @@ pub(crate) async fn page(State(node): State<NodeRef>) -> Response {
         "<h2>This node's traffic</h2><table id=traffic><tr><th>port</th><th>connections open</th>\
          <th>accepted since start</th></tr>",
     );
-    for ((name, open), (_, accepted)) in traffic.open.iter().zip(traffic.accepted.iter()) {
+    for (name, open, accepted) in traffic.ports {
         let _ = write!(h, "<tr><td>{name}</td><td class=n>{open}</td><td class=n>{accepted}</td></tr>");
     }
     h.push_str("</table><table id=responses><tr><th>HTTP answers</th>");

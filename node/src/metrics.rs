@@ -295,18 +295,17 @@ impl Metrics {
         self.tunnels_closed.get(reason).inc();
     }
 
-    pub fn orphans_released(&self, n: u64) {
-        self.orphans_released.inc_by(n);
+    pub fn orphan_released(&self) {
+        self.orphans_released.inc();
     }
 
     /// Counter values the dashboard shows: connections open per listener, HTTP answers per
     /// status class (both schemes).
     pub fn summary(&self) -> Summary {
         Summary {
-            open: Listener::ALL.map(|l| (l.name(), self.open[l as usize].get())),
-            accepted: Listener::ALL.map(|l| (l.name(), self.accepted[l as usize].get())),
+            ports: Listener::ALL.map(|l| (l.name(), self.open[l as usize].get(), self.accepted[l as usize].get())),
             responses: std::array::from_fn(|c| self.responses[0][c].get() + self.responses[1][c].get()),
-            relays_served: self.relays_served.counters[0].get(),
+            relays_served: self.relays_served.get("served").get(),
             relayed_out: self.upstreams.get("relayed").get(),
         }
     }
@@ -314,8 +313,8 @@ impl Metrics {
 
 /// A few counters, for the dashboard.
 pub struct Summary {
-    pub open: [(&'static str, i64); 7],
-    pub accepted: [(&'static str, u64); 7],
+    /// Per listening port: its name, connections open, connections accepted.
+    pub ports: [(&'static str, i64, u64); 7],
     /// 1xx … 5xx.
     pub responses: [u64; 5],
     pub relays_served: u64,

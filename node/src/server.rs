@@ -275,7 +275,7 @@ async fn release_orphans(node: &NodeRef, holdings: &Holdings, started_ms: u64) -
             continue;
         }
         node.write(Command::ReleaseTunnel { tunnel_id, node_id: node.id, epoch }).await?;
-        crate::metrics::get().orphans_released(1);
+        crate::metrics::get().orphan_released();
         tracing::info!(%tunnel_id, epoch, "released a tunnel claimed by this node's previous process");
     }
     Ok(())
