@@ -33,10 +33,11 @@ impl ClusterView {
 #[derive(utoipa::ToSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeView {
     pub id: u64,
+    /// `host:port` of the node's API as clients dial it (`--advertise-host`; never `0.0.0.0`).
     /// Empty until the node has registered its addresses.
     pub api_addr: String,
     pub raft_addr: String,
-    /// SSH tunnel endpoint of the node; empty until it has registered.
+    /// SSH tunnel endpoint of the node as clients dial it; empty until it has registered.
     #[serde(default)]
     pub ssh_addr: String,
     pub voter: bool,
@@ -160,7 +161,7 @@ pub struct Tunnel {
     pub tunnel_id: String,
     /// The relay port to forward with `ssh -R <local_port>:127.0.0.1:<service port>`.
     pub local_port: u16,
-    /// `host:port` of an SSH endpoint of the cluster.
+    /// `host:port` of an SSH endpoint of the cluster (the answering node's), as clients dial it.
     pub tunnel_server: String,
     /// The node holding the tunnel's SSH session and the session's epoch; absent while no
     /// client is connected. Every newer connection gets a higher epoch.

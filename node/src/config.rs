@@ -54,6 +54,11 @@ pub struct Flags {
     /// Address other nodes use to reach this node's raft port, when it differs from raft-addr.
     #[arg(long, env = "MYSOCKET_ADVERTISE_RAFT_ADDR")]
     pub advertise_raft_addr: Option<String>,
+    /// Host name or IP that clients are given for this node's API, SSH, HTTP and HTTPS ports
+    /// (the node list of `GET /cluster`, a tunnel's server). Default: each listener's own
+    /// address, or the host of the advertised raft address for a listener on all interfaces.
+    #[arg(long, env = "MYSOCKET_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
     /// Members of a new cluster, etcd style: `1=127.0.0.1:7071,2=127.0.0.2:7071,...`.
     #[arg(long, env = "MYSOCKET_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
@@ -133,6 +138,7 @@ pub struct FileConfig {
     pub http_addr: Option<SocketAddr>,
     pub https_addr: Option<SocketAddr>,
     pub advertise_raft_addr: Option<String>,
+    pub advertise_host: Option<String>,
     pub initial_cluster: Option<String>,
     pub join: Option<Vec<String>>,
     pub cluster_secret: Option<String>,
@@ -208,6 +214,8 @@ pub struct Config {
     pub http_addr: SocketAddr,
     pub https_addr: SocketAddr,
     pub advertise_raft_addr: String,
+    /// `--advertise-host`, if given; see [`Config::advertised`].
+    pub advertise_host: Option<String>,
     pub membership: Membership,
     pub cluster_secret: Secret,
     pub internal_tls: Option<InternalTls>,
@@ -263,6 +271,20 @@ fn check_host_port(s: &str, what: &str) -> Result<(), ConfigError> {
         return Err(bad(format!("{what}: {s:?} is not HOST:PORT")));
     }
     Ok(())
+}
+
+/// A DNS name (`edge-1.example.com`) or an IP address, without a port.
+fn is_host(h: &str) -> bool {
+    h.parse::<std::net::IpAddr>().is_ok()
+        || (!h.is_empty()
+            && h.len() <= 253
+            && h.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            }))
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), ConfigError> {
@@ -331,6 +353,12 @@ impl Config {
             }
             None => raft_addr.to_string(),
         };
+        let advertise_host = pick!(advertise_host);
+        if let Some(h) = &advertise_host {
+            if !is_host(h) {
+                return Err(bad(format!("--advertise-host {h:?} is not a host name or an IP address (no port)")));
+            }
+        }
         let data_dir = pick!(data_dir).unwrap_or_else(|| PathBuf::from(format!("mysocket-data/node-{id}")));
 
         let has_state = data_dir.join("db").join("CURRENT").exists();
@@ -449,6 +477,7 @@ impl Config {
             http_addr,
             https_addr,
             advertise_raft_addr,
+            advertise_host,
             membership,
             cluster_secret: Secret(secret),
             internal_tls,
@@ -468,6 +497,27 @@ impl Config {
     }
 }
 
+impl Config {
+    /// `host:port` at which clients reach the listener bound to `a`: the advertised host if
+    /// one was given; else the bound address, unless it is all interfaces (`0.0.0.0`, `::`),
+    /// which no client can dial — then the host other nodes reach this one by (the advertised
+    /// raft address).
+    pub fn advertised(&self, a: SocketAddr) -> String {
+        let host = match &self.advertise_host {
+            Some(h) => h.as_str(),
+            None if a.ip().is_unspecified() => {
+                self.advertise_raft_addr.rsplit_once(':').map(|(h, _)| h).unwrap_or("127.0.0.1")
+            }
+            None => return a.to_string(),
+        };
+        if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{}", a.port())
+        } else {
+            format!("{host}:{}", a.port())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -479,6 +529,53 @@ mod tests {
         for bad in ["", "1", "x=127.0.0.1:1", "0=a:1", "1=a:1,1=b:2", "1=nohost", "1=h:0"] {
             assert!(parse_initial_cluster(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    fn config(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["mysocketd", "--id", "1", "--cluster-secret", "0123456789abcdef0123", "--data-dir"];
+        let dir = std::env::temp_dir().join("mysocket-config-test-no-state");
+        argv.push(dir.to_str().unwrap());
+        argv.extend_from_slice(args);
+        Config::load(Flags::try_parse_from(argv).unwrap())
+    }
+
+    #[test]
+    fn clients_are_given_an_address_they_can_dial() {
+        let ic = ["--initial-cluster", "1=10.0.0.5:7071"];
+        let c = config(&[&ic[..], &["--host", "10.0.0.5", "--ssh-addr", "0.0.0.0:2222"]].concat()).unwrap();
+        assert_eq!(c.advertised(c.api_addr), "10.0.0.5:7070", "a listener on one address gives that address");
+        assert_eq!(c.advertised(c.ssh_addr), "10.0.0.5:2222", "all interfaces: the raft host instead");
+        let all = ["--host", "0.0.0.0", "--advertise-raft-addr", "node1.internal:7071"];
+        let c = config(&[&all[..], &["--initial-cluster", "1=node1.internal:7071"]].concat()).unwrap();
+        assert_eq!(c.advertised(c.ssh_addr), "node1.internal:2222");
+        let c = config(
+            &[&all[..], &["--initial-cluster", "1=node1.internal:7071", "--advertise-host", "Edge-1.example.com"]]
+                .concat(),
+        )
+        .unwrap();
+        assert_eq!(c.advertised(c.ssh_addr), "Edge-1.example.com:2222");
+        assert_eq!(c.advertised(c.https_addr), "Edge-1.example.com:8443");
+        let c = config(&[&ic[..], &["--host", "10.0.0.5", "--advertise-host", "2001:db8::7"]].concat()).unwrap();
+        assert_eq!(c.advertised(c.api_addr), "[2001:db8::7]:7070");
+        for h in ["", "edge:2222", "http://edge", "-edge", "a..b", "edge 1", "ex_ample.com"] {
+            let flag = format!("--advertise-host={h}");
+            let e = config(&[&ic[..], &["--host", "10.0.0.5", &flag]].concat()).unwrap_err();
+            assert!(e.0.contains("--advertise-host"), "{h:?}: {e}");
+        }
+    }
+
+    /// Every setting `deploy/mysocketd.example.toml` shows, the commented ones too, is one the
+    /// node reads (the file refuses unknown keys, so a misspelt example would stop a node).
+    #[test]
+    fn the_example_config_names_only_real_settings() {
+        let text = include_str!("../../deploy/mysocketd.example.toml");
+        let setting =
+            |l: &str| l.split_once(" = ").is_some_and(|(k, _)| k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+        let uncommented: Vec<&str> =
+            text.lines().map(|l| l.strip_prefix("# ").filter(|rest| setting(rest)).unwrap_or(l)).collect();
+        let f: FileConfig = toml::from_str(&uncommented.join("\n")).unwrap();
+        assert_eq!(f.advertise_host.as_deref(), Some("edge1.example.net"));
+        assert_eq!((f.max_ssh_sessions, f.tls_key.is_some()), (Some(20), true));
     }
 
     #[test]

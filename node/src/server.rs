@@ -325,10 +325,10 @@ async fn duty_pass(node: &NodeRef, leading: &mut Option<(u64, Instant)>) -> anyh
     let me = NodeRecord {
         node_id: node.id,
         raft_addr: cfg.advertise_raft_addr.clone(),
-        api_addr: cfg.api_addr.to_string(),
-        ssh_addr: cfg.ssh_addr.to_string(),
-        http_addr: cfg.http_addr.to_string(),
-        https_addr: cfg.https_addr.to_string(),
+        api_addr: cfg.advertised(cfg.api_addr),
+        ssh_addr: cfg.advertised(cfg.ssh_addr),
+        http_addr: cfg.advertised(cfg.http_addr),
+        https_addr: cfg.advertised(cfg.https_addr),
         alive: true,
         changed_at_ms: 0,
     };

@@ -68,22 +68,11 @@ fn limits(node: &NodeRef) -> SocketLimits {
     }
 }
 
-/// `host:port` of this node's SSH server, as clients should dial it.
-fn tunnel_server(node: &NodeRef) -> String {
-    let a = node.config.ssh_addr;
-    if a.ip().is_unspecified() {
-        let host = node.config.advertise_raft_addr.rsplit_once(':').map(|(h, _)| h).unwrap_or("127.0.0.1");
-        format!("{host}:{}", a.port())
-    } else {
-        a.to_string()
-    }
-}
-
 fn tunnel_json(node: &NodeRef, reg: &Registry, t: &mysocket_raft_store::Tunnel) -> TunnelJson {
     TunnelJson {
         tunnel_id: t.tunnel_id.to_string(),
         local_port: t.local_port,
-        tunnel_server: tunnel_server(node),
+        tunnel_server: node.config.advertised(node.config.ssh_addr),
         session: reg.session(&t.tunnel_id).map(|s| TunnelHolder { node_id: s.node_id, epoch: s.epoch }),
     }
 }

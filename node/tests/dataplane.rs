@@ -58,7 +58,7 @@ impl Drop for Ssh {
 }
 
 fn ssh_forward(key: &std::path::Path, user: &str, host: &str, relay_port: u16, origin: u16) -> Ssh {
-    ssh_tunnel(key, user, host, relay_port, origin, None)
+    ssh_tunnel(key, user, (host, 2222), relay_port, origin, None)
 }
 
 /// `ssh -R` with a session channel (no `-N`), its output (banner, log lines) to `out`.
@@ -70,13 +70,13 @@ fn ssh_logged(
     origin: u16,
     out: &std::path::Path,
 ) -> Ssh {
-    ssh_tunnel(key, user, host, relay_port, origin, Some(out))
+    ssh_tunnel(key, user, (host, 2222), relay_port, origin, Some(out))
 }
 
 fn ssh_tunnel(
     key: &std::path::Path,
     user: &str,
-    host: &str,
+    (host, port): (&str, u16),
     relay_port: u16,
     origin: u16,
     out: Option<&std::path::Path>,
@@ -98,7 +98,7 @@ fn ssh_tunnel(
         ])
         .args(["-o", "BatchMode=yes", "-o", "ServerAliveInterval=5", "-o", "LogLevel=ERROR", "-i"])
         .arg(key)
-        .args(["-p", "2222", "-l", user, "-R", &format!("{relay_port}:127.0.0.1:{origin}"), host])
+        .args(["-p", &port.to_string(), "-l", user, "-R", &format!("{relay_port}:127.0.0.1:{origin}"), host])
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(Stdio::piped())
@@ -275,6 +275,52 @@ async fn a_socket_is_served_by_the_node_that_created_it_at_once() {
         let (status, body) = get(&c.nodes[&via].ip, &sock.dnsname, None).await;
         assert_eq!(status, 404, "deleted socket {i} through node {via} (leader {leader}): {body}");
     }
+}
+
+/// A node whose SSH server listens on all interfaces gives clients an address they can dial,
+/// not `0.0.0.0`: the host other nodes reach it by, or the operator's `--advertise-host` — in
+/// the node list (`GET /cluster`, which `mysocketctl` falls back on) and as a tunnel's server,
+/// and an OpenSSH tunnel to exactly that address serves the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_all_interfaces_gives_clients_an_address_they_can_dial() {
+    let port = std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
+    let all = format!("0.0.0.0:{port}");
+    let mut c = TestCluster::builder().nodes(1).arg("--ssh-addr").arg(&all).start().await;
+    let ip = c.nodes[&1].ip.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let (key, u, api) = ssh_user(&c, dir.path(), 1, "anywhere").await;
+    let origin = origin().await;
+    let create = SocketCreate { name: "anywhere".into(), socket_type: Some("http".into()), ..Default::default() };
+    let sock = api.connect(&create).await.unwrap();
+    let tunnel = &sock.tunnels[0];
+    let node = |v: mysocket_api::ClusterView| v.nodes.into_iter().find(|n| n.id == 1).unwrap();
+
+    let server = format!("{ip}:{port}");
+    assert_eq!(tunnel.tunnel_server, server, "the host of the raft address, with the SSH port");
+    let n = node(api.cluster().await.unwrap());
+    assert_eq!((n.ssh_addr.as_str(), n.api_addr), (server.as_str(), format!("{ip}:7070")));
+    let (host, p) = tunnel.tunnel_server.rsplit_once(':').unwrap();
+    let _ssh = ssh_tunnel(&key, &u.user_name, (host, p.parse().unwrap()), tunnel.local_port, origin, None);
+    let body = answered(&ip, &sock.dnsname, "the socket through the advertised SSH address").await;
+    assert!(body.contains("origin saw"), "{body}");
+    drop(_ssh);
+
+    // The operator names the host; the node registers it again when it restarts.
+    c.kill9(1);
+    c.spawn(1, vec!["--advertise-host".into(), "localhost".into()]);
+    let api = c.api(1).with_token(api.token().unwrap().to_string());
+    let n = eventually(Duration::from_secs(20), "node 1 registered under its advertised host", || {
+        let api = api.clone();
+        async move { api.cluster().await.ok().map(node).filter(|n| n.ssh_addr.starts_with("localhost:")) }
+    })
+    .await;
+    assert_eq!((n.ssh_addr, n.api_addr), (format!("localhost:{port}"), "localhost:7070".to_string()));
+    let sock = api.socket(&sock.socket_id).await.unwrap();
+    assert_eq!(sock.tunnels[0].tunnel_server, format!("localhost:{port}"));
+    // `localhost` is 127.0.0.1, which a listener on all interfaces takes.
+    let _ssh = ssh_tunnel(&key, &u.user_name, ("localhost", port), tunnel.local_port, origin, None);
+    let body = answered(&ip, &sock.dnsname, "the socket through localhost").await;
+    assert!(body.contains("origin saw"), "{body}");
 }
 
 /// With TLS on the internal port, relays go through it too; a relay without TLS gets nowhere.
