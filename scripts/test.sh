@@ -18,6 +18,8 @@ command -v ssh >/dev/null && command -v ssh-keygen >/dev/null || NEED_PKGS+=(ope
 # The fault-injection suite: network namespaces (ip) and partitions (iptables).
 command -v ip >/dev/null || NEED_PKGS+=(iproute2)
 command -v iptables >/dev/null || NEED_PKGS+=(iptables)
+# The deployment check (deploy/check-deploy.py) reads YAML: Python 3 with PyYAML.
+python3 -c 'import yaml' 2>/dev/null || /usr/bin/python3 -c 'import yaml' 2>/dev/null || NEED_PKGS+=(python3 python3-yaml)
 if ((${#NEED_PKGS[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     echo "installing: ${NEED_PKGS[*]}"
@@ -61,3 +63,10 @@ for seed in 1 2; do
   rm -rf "$RUNS/seed$seed"/node-*
 done
 echo "reports in $RUNS"
+
+echo "== deployment files: deploy/compose.yaml and deploy/kubernetes.yaml, run without an engine"
+PY=python3
+python3 -c 'import yaml' 2>/dev/null || PY=/usr/bin/python3
+for what in compose kubernetes; do
+  "$PY" deploy/check-deploy.py "$what"
+done
