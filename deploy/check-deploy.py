@@ -119,6 +119,11 @@ class Host:
 
     def network(self, names, aliases):
         """A namespace per name on the bridge; every namespace resolves every alias."""
+        # What a run that was killed left behind: its nat rules would send 127.0.0.1's ports
+        # to namespaces that are gone.
+        for rule in sh("iptables", "-w", "-t", "nat", "-S").stdout.splitlines():
+            if rule.startswith("-A ") and f" {SUBNET}." in rule:
+                sh("iptables", "-w", "-t", "nat", "-D", *rule.split()[1:], check=False)
         sh("ip", "link", "del", BRIDGE, check=False)
         self.do(["ip", "link", "add", BRIDGE, "type", "bridge"], ["ip", "link", "del", BRIDGE])
         sh("ip", "addr", "add", f"{HOST_ADDR}/24", "dev", BRIDGE)

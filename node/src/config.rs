@@ -495,9 +495,7 @@ impl Config {
             planted_bug,
         })
     }
-}
 
-impl Config {
     /// `host:port` at which clients reach the listener bound to `a`: the advertised host if
     /// one was given; else the bound address, unless it is all interfaces (`0.0.0.0`, `::`),
     /// which no client can dial — then the host other nodes reach this one by (the advertised
