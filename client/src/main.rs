@@ -352,12 +352,13 @@ fn tunnel_table(tunnels: &[mysocket_api::Tunnel]) {
 
 fn cluster_table(v: &mysocket_api::ClusterView) {
     println!("leader: {}   term: {}", v.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into()), v.term);
-    let mut t = Table::new(["ID", "API", "RAFT", "VOTER", "LAST APPLIED", "TUNNELS"]);
+    let mut t = Table::new(["ID", "API", "SSH", "RAFT", "VOTER", "LAST APPLIED", "TUNNELS"]);
     for n in &v.nodes {
         let applied = n.last_applied.map(|a| a.to_string()).unwrap_or_else(|| "down".into());
         t.row([
             n.id.to_string(),
             n.api_addr.clone(),
+            n.ssh_addr.clone(),
             n.raft_addr.clone(),
             n.voter.to_string(),
             applied,

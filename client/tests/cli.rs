@@ -115,6 +115,15 @@ async fn the_cli_drives_accounts_sockets_and_tunnels() {
 
     let v = ctl.json(&["cluster", "status"]);
     assert_eq!(v["nodes"].as_array().unwrap().len(), 3);
+    // The table gives each node's addresses as clients dial them.
+    let table = ctl.ok(&["cluster", "status"]);
+    for n in v["nodes"].as_array().unwrap() {
+        let row = table.lines().find(|l| l.contains(n["api_addr"].as_str().unwrap())).unwrap_or_default();
+        assert!(
+            row.contains(n["ssh_addr"].as_str().unwrap()) && row.contains(n["raft_addr"].as_str().unwrap()),
+            "{table}"
+        );
+    }
 
     // Every URL down: exit 1 with a clear message.
     let dead = Ctl {
