@@ -198,12 +198,7 @@ async fn session_once(spec: &TunnelSpec, key: &Arc<russh::keys::PrivateKey>, ser
     eprintln!("tunnel up via {server}: relay port {} -> {}:{}", spec.relay_port, spec.host, spec.port);
     while let Some(msg) = ch.wait().await {
         match msg {
-            ChannelMsg::Data { data } => {
-                use std::io::Write;
-                let mut out = std::io::stdout();
-                let _ = out.write_all(&String::from_utf8_lossy(&data).replace("\r\n", "\n").into_bytes());
-                let _ = out.flush();
-            }
+            ChannelMsg::Data { data } => show(&data),
             ChannelMsg::Eof | ChannelMsg::Close => break,
             _ => {}
         }
@@ -213,6 +208,45 @@ async fn session_once(spec: &TunnelSpec, key: &Arc<russh::keys::PrivateKey>, ser
     let _ = tokio::time::timeout(Duration::from_secs(1), h).await;
     let why = farewell.lock().expect("farewell").take();
     Ok(why.map_or(Ended::Lost, Ended::ByServer))
+}
+
+/// Messages of the session log waiting for the terminal at most (the node sends a message per
+/// few milliseconds, lines of a busy tunnel together).
+const SHOWN_QUEUE: usize = 256;
+
+/// Prints what the node sends on the session (banner, log lines) from a thread of its own:
+/// the tunnel never waits for the terminal. When the terminal does not keep up (paused with
+/// Ctrl-S, a pipe nobody reads), lines are dropped and counted, and a line says so once it
+/// takes them again. (Printed on the tunnel's thread, a full pipe would stop the tunnel.)
+fn show(data: &[u8]) {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::Ordering;
+    use std::sync::mpsc::SyncSender;
+    use std::sync::OnceLock;
+    static OUT: OnceLock<SyncSender<String>> = OnceLock::new();
+    static DROPPED: AtomicU64 = AtomicU64::new(0);
+    let out = OUT.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(SHOWN_QUEUE);
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut stdout = std::io::stdout();
+            for text in rx {
+                if stdout.write_all(text.replace("\r\n", "\n").as_bytes()).and_then(|()| stdout.flush()).is_err() {
+                    return;
+                }
+            }
+        });
+        tx
+    });
+    let mut text = String::from_utf8_lossy(data).into_owned();
+    let lines = text.matches('\n').count() as u64;
+    let dropped = DROPPED.swap(0, Ordering::Relaxed);
+    if dropped > 0 {
+        text = format!("({dropped} log lines dropped: the terminal did not keep up)\n{text}");
+    }
+    if out.try_send(text).is_err() {
+        DROPPED.fetch_add(dropped + lines, Ordering::Relaxed);
+    }
 }
 
 /// The first wait before reconnecting, and the longest.

@@ -37,6 +37,47 @@ impl Ctl {
         out
     }
 
+    /// A new user `name` with a fresh key in `~/.ssh/id_ed25519` (the key `account create`
+    /// and `connect` take by default), account created and logged in through `urls`.
+    fn logged_in(urls: String, name: &str) -> Ctl {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(home.path().join(".ssh")).unwrap();
+        let key = home.path().join(".ssh/id_ed25519");
+        let keygen = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status();
+        assert!(keygen.unwrap().success());
+        let ctl = Ctl { urls, token_file: home.path().join("token"), home };
+        let (email, password) = (format!("{name}@example.com"), format!("{name}-password"));
+        ctl.ok(&["account", "create", "--name", name, "--email", &email, "--password", &password]);
+        ctl.ok(&["login", "--email", &email, "--password", &password]);
+        ctl
+    }
+
+    /// Starts `mysocketctl connect --port <port> --name demo` against `api`; returns it once its
+    /// socket exists, with the socket's DNS name.
+    async fn connect(
+        &self,
+        api: &str,
+        port: u16,
+        stdout: std::process::Stdio,
+        stderr: std::process::Stdio,
+    ) -> (std::process::Child, String) {
+        let child = Command::new(env!("CARGO_BIN_EXE_mysocketctl"))
+            .args(["connect", "--port", &port.to_string(), "--name", "demo"])
+            .env("MYSOCKET_API", api)
+            .env("MYSOCKET_TOKEN_FILE", &self.token_file)
+            .env("HOME", self.home.path())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let socks = eventually(std::time::Duration::from_secs(20), "connect to create its socket", || {
+            let v = self.json(&["socket", "ls"]);
+            async move { (!v.as_array().unwrap().is_empty()).then_some(v) }
+        })
+        .await;
+        (child, socks[0]["dnsname"].as_str().unwrap().to_string())
+    }
+
     fn json(&self, args: &[&str]) -> Value {
         let mut a = args.to_vec();
         a.extend(["--output", "json"]);
@@ -146,40 +187,16 @@ async fn http_get(node_ip: &str, host: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_publishes_a_local_port_survives_its_node_and_cleans_up() {
     let mut c = TestCluster::builder().start().await;
-    let home = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(home.path().join(".ssh")).unwrap();
-    let key = home.path().join(".ssh/id_ed25519");
-    assert!(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap()
-        .success());
     let urls = [1u64, 2, 3].iter().map(|id| c.nodes[id].api_url()).collect::<Vec<_>>().join(",");
-    let ctl = Ctl { urls: urls.clone(), token_file: home.path().join("token"), home };
-    ctl.ok(&["account", "create", "--name", "Eve", "--email", "eve@example.com", "--password", "eve-password"]);
-    ctl.ok(&["login", "--email", "eve@example.com", "--password", "eve-password"]);
+    let ctl = Ctl::logged_in(urls.clone(), "eve");
     let port = origin().await;
 
     let log = ctl.home.path().join("connect.log");
     // connect is pointed at node 1 alone, as a newcomer's default API URL would: the tunnel is
     // node 1's, and once node 1 is gone the other nodes (from GET /cluster) still answer it.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mysocketctl"))
-        .args(["connect", "--port", &port.to_string(), "--name", "demo"])
-        .env("MYSOCKET_API", c.nodes[&1].api_url())
-        .env("MYSOCKET_TOKEN_FILE", &ctl.token_file)
-        .env("HOME", ctl.home.path())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(ctl.home.path().join("connect.err")).unwrap())
-        .spawn()
-        .unwrap();
-
-    let socks = eventually(std::time::Duration::from_secs(20), "connect to create its socket", || {
-        let v = ctl.json(&["socket", "ls"]);
-        async move { (!v.as_array().unwrap().is_empty()).then_some(v) }
-    })
-    .await;
-    let dnsname = socks[0]["dnsname"].as_str().unwrap().to_string();
+    let stdout = std::fs::File::create(&log).unwrap().into();
+    let stderr = std::fs::File::create(ctl.home.path().join("connect.err")).unwrap().into();
+    let (mut child, dnsname) = ctl.connect(&c.nodes[&1].api_url(), port, stdout, stderr).await;
     for id in [1u64, 2, 3] {
         let ip = c.nodes[&id].ip.clone();
         eventually(std::time::Duration::from_secs(20), &format!("the URL through node {id}"), || {
@@ -222,4 +239,41 @@ async fn connect_publishes_a_local_port_survives_its_node_and_cleans_up() {
     assert!(ctl.json(&["socket", "ls"]).as_array().unwrap().is_empty());
     let out = std::fs::read_to_string(&log).unwrap();
     assert!(out.contains("Welcome to mysocket"), "banner missing: {out}");
+}
+
+/// `connect` prints the session log without ever holding up the tunnel: with its output a
+/// pipe nobody reads (64 KiB), requests go on being answered through the tunnel, and once
+/// the output is read again a line says how many log lines were dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_keeps_serving_while_its_output_is_not_read() {
+    let c = TestCluster::builder().nodes(1).start().await;
+    let ctl = Ctl::logged_in(c.nodes[&1].api_url(), "pat");
+    let (stdout, stderr) = (std::process::Stdio::piped(), std::process::Stdio::null());
+    let (mut child, dnsname) = ctl.connect(&ctl.urls, origin().await, stdout, stderr).await;
+    let ip = c.nodes[&1].ip.clone();
+    eventually(std::time::Duration::from_secs(20), "the URL", || {
+        let (ip, host) = (ip.clone(), dnsname.clone());
+        async move { (http_get(&ip, &host).await == 200).then_some(()) }
+    })
+    .await;
+    // Lines of about 300 bytes; the pipe takes some 200 of them.
+    let path = format!("/{}", "p".repeat(255));
+    all_answered(&ip, &dnsname, &path, 15_000, "connect's output unread").await;
+
+    let seen = read_in_background(child.stdout.take().unwrap());
+    // The note goes out with the next log message connect takes.
+    let dropped =
+        eventually(std::time::Duration::from_secs(20), "a line saying how many log lines were dropped", || {
+            let (ip, host, seen) = (ip.clone(), dnsname.clone(), seen.clone());
+            async move {
+                http_get(&ip, &host).await;
+                let text = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+                let at = text.find(" log lines dropped: the terminal did not keep up)")?;
+                text[..at].rsplit('(').next()?.parse::<u64>().ok()
+            }
+        })
+        .await;
+    assert!((1..15_000).contains(&dropped), "{dropped} lines dropped");
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -776,8 +776,16 @@ impl Drop for Logged {
 /// The log line of one HTTP request.
 /// "HH:MM:SS <client> <method> <path> <status> <bytes>B <ms>ms", put together by hand: it is
 /// written for every request, and `format!` (an `IpAddr` above all) showed in profiles.
+/// Longest path a log line shows in full; a longer one is cut and ends in `...`, so a line
+/// stays small whatever a visitor asks for, and so does a session's queue of lines.
+const LOGGED_PATH: usize = 256;
+
 pub fn request_line(client: &str, method: &str, path: &str, status: u16, bytes: u64, started: Instant) -> String {
-    let mut line = String::with_capacity(40 + client.len() + method.len() + path.len());
+    let (path, cut) = match path.char_indices().nth(LOGGED_PATH) {
+        Some((at, _)) => (&path[..at], "..."),
+        None => (path, ""),
+    };
+    let mut line = String::with_capacity(43 + client.len() + method.len() + path.len());
     let (h, m, s) = hms();
     for (i, part) in [h, m, s].into_iter().enumerate() {
         if i > 0 {
@@ -788,7 +796,7 @@ pub fn request_line(client: &str, method: &str, path: &str, status: u16, bytes: 
         }
         push_number(&mut line, part);
     }
-    for text in [" ", client, " ", method, " ", path, " "] {
+    for text in [" ", client, " ", method, " ", path, cut, " "] {
         line.push_str(text);
     }
     push_number(&mut line, u64::from(status));
@@ -848,5 +856,12 @@ mod tests {
         assert!(time.len() == 8 && hms.len() == 3 && hms[0] < 24 && hms[1] < 60 && hms[2] < 60, "{time}");
         let line = request_line("::1", "HEAD", "/", 404, 0, Instant::now() - Duration::from_millis(1500));
         assert!(line.ends_with(" ::1 HEAD / 404 0B 1500ms\r\n"), "{line}");
+        // A long path is cut (at a character, not inside one); one of the limit is not.
+        let whole = format!("/{}", "a".repeat(LOGGED_PATH - 1));
+        assert!(request_line("::1", "GET", &whole, 200, 0, Instant::now()).contains(&format!(" {whole} 200 ")));
+        let long = format!("/{}", "é".repeat(40_000));
+        let line = request_line("::1", "GET", &long, 200, 0, Instant::now());
+        let shown = format!(" /{}... 200 ", "é".repeat(LOGGED_PATH - 1));
+        assert!(line.contains(&shown) && line.len() < 700, "{line}");
     }
 }

@@ -182,8 +182,9 @@ struct SessionState {
     tried_login: bool,
     /// Tunnels this session claimed: tunnel id -> epoch.
     claims: HashMap<Uuid, u64>,
-    /// The session channel that gets the banner and the log lines.
-    log_channel: Option<SessionLog>,
+    /// The session channels, the last opened of which gets the log lines (each gets its
+    /// banner).
+    logs: Vec<SessionLog>,
     /// Session channels opened so far.
     session_channels: u32,
 }
@@ -255,7 +256,7 @@ impl russh::server::Handler for SshSession {
         &mut self,
         channel: Channel<Msg>,
         reply: russh::server::ChannelOpenHandle,
-        session: &mut Session,
+        _session: &mut Session,
     ) -> Result<(), Self::Error> {
         let opened: Option<(SessionLog, Vec<(Uuid, u64)>)> = {
             let mut st = self.state.lock().expect("ssh state");
@@ -263,8 +264,8 @@ impl russh::server::Handler for SshSession {
                 None
             } else {
                 st.session_channels += 1;
-                let log = SessionLog::open(session.handle(), channel.id());
-                st.log_channel = Some(log.clone());
+                let log = SessionLog::open(channel);
+                st.logs.push(log.clone());
                 Some((log, st.claims.iter().map(|(t, e)| (*t, *e)).collect()))
             }
         };
@@ -298,7 +299,7 @@ impl russh::server::Handler for SshSession {
 
     async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
         session.channel_success(channel)?;
-        self.banner(channel, session);
+        self.banner(channel);
         Ok(())
     }
 
@@ -310,7 +311,7 @@ impl russh::server::Handler for SshSession {
     ) -> Result<(), Self::Error> {
         // Nothing is ever executed; the channel only carries the banner and the log.
         session.channel_success(channel)?;
-        self.banner(channel, session);
+        self.banner(channel);
         Ok(())
     }
 
@@ -365,7 +366,7 @@ impl SshSession {
                     handle,
                     bind_address: address.to_string(),
                     relay_port: port,
-                    log: self.state.lock().expect("ssh state").log_channel.clone(),
+                    log: self.state.lock().expect("ssh state").logs.last().cloned(),
                 });
                 self.state.lock().expect("ssh state").claims.insert(tunnel.tunnel_id, claim.epoch);
                 tracing::info!(
@@ -399,8 +400,13 @@ impl SshSession {
         true
     }
 
-    fn banner(&self, channel: ChannelId, session: &mut Session) {
-        let user = self.state.lock().expect("ssh state").user.clone();
+    /// The banner, through the channel's log writer (which keeps within the window).
+    fn banner(&self, channel: ChannelId) {
+        let (user, log) = {
+            let st = self.state.lock().expect("ssh state");
+            (st.user.clone(), st.logs.iter().find(|l| l.channel == channel).cloned())
+        };
+        let Some(log) = log else { return };
         let text = match user {
             None => "mysocket: not logged in\r\n".to_string(),
             Some((user_id, _)) => self.node.read(|r| {
@@ -415,6 +421,6 @@ impl SshSession {
                 s
             }),
         };
-        let _ = session.data(channel, text.into_bytes());
+        log.line(text);
     }
 }

@@ -3,6 +3,8 @@
 //! the older session here, and the proxy never uses a holding whose epoch was superseded.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -10,6 +12,8 @@ use std::time::Instant;
 
 use mysocket_raft_store::Response;
 use russh::server::Handle;
+use russh::server::Msg;
+use russh::Channel;
 use russh::ChannelId;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
@@ -39,19 +43,32 @@ const LOG_QUEUE: usize = 4096;
 /// Bytes of log text per SSH message at most.
 const LOG_MESSAGE: usize = 32 * 1024;
 
-/// The session channel of an SSH session, which gets the log lines of its tunnels. The lines of
-/// a busy tunnel go out together, a message per few milliseconds instead of a packet per
-/// request (each of which the client also prints with a write of its own).
+/// The session channel of an SSH session, which gets the banner and the log lines of its
+/// tunnels. The lines of a busy tunnel go out together, a message per few milliseconds instead
+/// of a packet per request (each of which the client also prints with a write of its own).
+///
+/// They go out within the channel's window, through the channel's own writer, which waits for
+/// the client to take them: a client that stops reading its session (a terminal paused with
+/// Ctrl-S, a pipe nobody drains) loses log lines, counted and reported once it reads again,
+/// and its tunnels go on serving. (Written past the window, the lines would wait inside the SSH
+/// session, and while any channel's data waits there, the session sends nothing on any
+/// channel: the tunnels would stop.)
 #[derive(Clone)]
 pub struct SessionLog {
     pub channel: ChannelId,
     lines: tokio::sync::mpsc::Sender<String>,
+    dropped: Arc<AtomicU64>,
 }
 
 impl SessionLog {
     /// Starts the writer; it ends with the session, or once the last holder of the log is gone.
-    pub fn open(handle: Handle, channel: ChannelId) -> SessionLog {
+    /// What the client sends on the channel is not read (nothing is ever executed).
+    pub fn open(channel: Channel<Msg>) -> SessionLog {
+        let id = channel.id();
+        let (_, writer) = channel.split();
         let (lines, mut rx) = tokio::sync::mpsc::channel::<String>(LOG_QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let lost = dropped.clone();
         tokio::spawn(async move {
             while let Some(mut text) = rx.recv().await {
                 tokio::time::sleep(LOG_BATCH).await;
@@ -61,17 +78,23 @@ impl SessionLog {
                         Err(_) => break,
                     }
                 }
-                if handle.data(channel, text.into_bytes()).await.is_err() {
+                let n = lost.swap(0, Ordering::Relaxed);
+                if n > 0 {
+                    text = format!("({n} log lines dropped: the client did not read them in time)\r\n{text}");
+                }
+                if writer.data_bytes(text.into_bytes()).await.is_err() {
                     break;
                 }
             }
         });
-        SessionLog { channel, lines }
+        SessionLog { channel: id, lines, dropped }
     }
 
-    /// Queues a line (ending in CRLF); dropped if the client is that far behind.
+    /// Queues a line (ending in CRLF); dropped, and counted, if the client is that far behind.
     pub fn line(&self, line: String) {
-        let _ = self.lines.try_send(line);
+        if self.lines.try_send(line).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

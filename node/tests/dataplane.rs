@@ -58,7 +58,7 @@ impl Drop for Ssh {
 }
 
 fn ssh_forward(key: &std::path::Path, user: &str, host: &str, relay_port: u16, origin: u16) -> Ssh {
-    ssh_tunnel(key, user, (host, 2222), relay_port, origin, None)
+    ssh_tunnel(key, user, (host, 2222), relay_port, origin, Out::None)
 }
 
 /// `ssh -R` with a session channel (no `-N`), its output (banner, log lines) to `out`.
@@ -70,7 +70,15 @@ fn ssh_logged(
     origin: u16,
     out: &std::path::Path,
 ) -> Ssh {
-    ssh_tunnel(key, user, (host, 2222), relay_port, origin, Some(out))
+    ssh_tunnel(key, user, (host, 2222), relay_port, origin, Out::File(out))
+}
+
+/// Where `ssh`'s output goes: nowhere and no session channel (`-N`), a file, or a pipe the
+/// test reads when it chooses.
+enum Out<'a> {
+    None,
+    File(&'a std::path::Path),
+    Pipe,
 }
 
 fn ssh_tunnel(
@@ -79,14 +87,15 @@ fn ssh_tunnel(
     (host, port): (&str, u16),
     relay_port: u16,
     origin: u16,
-    out: Option<&std::path::Path>,
+    out: Out,
 ) -> Ssh {
-    let stdout = match out {
-        Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
-        None => Stdio::null(),
+    let (stdout, no_session) = match out {
+        Out::None => (Stdio::null(), true),
+        Out::File(p) => (Stdio::from(std::fs::File::create(p).unwrap()), false),
+        Out::Pipe => (Stdio::piped(), false),
     };
     let child = Command::new("ssh")
-        .args(if out.is_some() { &[][..] } else { &["-N"][..] })
+        .args(if no_session { &["-N"][..] } else { &[][..] })
         .args([
             "-T",
             "-o",
@@ -300,7 +309,7 @@ async fn a_node_on_all_interfaces_gives_clients_an_address_they_can_dial() {
     let n = node(api.cluster().await.unwrap());
     assert_eq!((n.ssh_addr.as_str(), n.api_addr), (server.as_str(), format!("{ip}:7070")));
     let (host, p) = tunnel.tunnel_server.rsplit_once(':').unwrap();
-    let _ssh = ssh_tunnel(&key, &u.user_name, (host, p.parse().unwrap()), tunnel.local_port, origin, None);
+    let _ssh = ssh_tunnel(&key, &u.user_name, (host, p.parse().unwrap()), tunnel.local_port, origin, Out::None);
     let body = answered(&ip, &sock.dnsname, "the socket through the advertised SSH address").await;
     assert!(body.contains("origin saw"), "{body}");
     drop(_ssh);
@@ -318,7 +327,7 @@ async fn a_node_on_all_interfaces_gives_clients_an_address_they_can_dial() {
     let sock = api.socket(&sock.socket_id).await.unwrap();
     assert_eq!(sock.tunnels[0].tunnel_server, format!("localhost:{port}"));
     // `localhost` is 127.0.0.1, which a listener on all interfaces takes.
-    let _ssh = ssh_tunnel(&key, &u.user_name, ("localhost", port), tunnel.local_port, origin, None);
+    let _ssh = ssh_tunnel(&key, &u.user_name, ("localhost", port), tunnel.local_port, origin, Out::None);
     let body = answered(&ip, &sock.dnsname, "the socket through localhost").await;
     assert!(body.contains("origin saw"), "{body}");
 }
@@ -1080,6 +1089,40 @@ async fn one_answer(s: &mut tokio::net::TcpStream) -> String {
 /// service closes its connection after the answer, and between two requests of a public
 /// connection kept alive. A relaying node sends the line along the relay after the answer,
 /// so these are the cases where the relay could be gone, or idle, by then.
+/// A client that stops reading its session (a terminal paused with Ctrl-S, a pipe nobody
+/// drains) loses log lines, not its tunnel: with OpenSSH's output unread, its channel window
+/// (2 MiB, some 7,000 lines) and the node's queue fill, and requests go on being answered;
+/// once it reads again, a line says how many log lines were dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_session_keeps_its_tunnel() {
+    let c = TestCluster::builder().nodes(1).start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, u, api) = ssh_user(&c, dir.path(), 1, "paused").await;
+    let create = SocketCreate { name: "paused".into(), socket_type: Some("http".into()), ..Default::default() };
+    let sock = api.connect(&create).await.unwrap();
+    let ip = c.nodes[&1].ip.clone();
+    let mut ssh = ssh_tunnel(&key, &u.user_name, (&ip, 2222), sock.tunnels[0].local_port, origin().await, Out::Pipe);
+    answered(&ip, &sock.dnsname, "the tunnel").await;
+    // A path of 256 characters: a log line of about 300 bytes, the longest a path makes.
+    let path = format!("/{}", "p".repeat(255));
+    all_answered(&ip, &sock.dnsname, &path, 15_000, "the client's output unread").await;
+
+    let seen = read_in_background(ssh.0.stdout.take().unwrap());
+    let dropped = eventually(Duration::from_secs(20), "a line saying how many log lines were dropped", || {
+        let text = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+        async move {
+            let at = text.find(" log lines dropped: the client did not read them in time)")?;
+            let n = text[..at].rsplit('(').next()?.parse::<u64>().ok()?;
+            Some(n)
+        }
+    })
+    .await;
+    assert!((1..15_000).contains(&dropped), "{dropped} lines dropped");
+    let text = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    assert!(text.contains("Welcome to mysocket"), "the banner comes first, through the same window");
+    all_answered(&ip, &sock.dnsname, "/after", 10, "the client reading again").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_session_log_shows_every_http_request_taken_by_any_node() {
     use tokio::io::AsyncReadExt;

@@ -415,3 +415,34 @@ pub fn user(n: usize) -> UserCreate {
         sshkey: SSH_KEY.to_string(),
     }
 }
+
+/// Requests through `ip` for `host` at `path`, one after another on one connection, each
+/// answered 200 within 5 s.
+pub async fn all_answered(ip: &str, host: &str, path: &str, count: usize, what: &str) {
+    let client = reqwest::Client::new();
+    for i in 0..count {
+        let send = client.get(format!("http://{ip}:8080{path}")).header("host", host).send();
+        let status = match tokio::time::timeout(Duration::from_secs(5), send).await {
+            Ok(Ok(r)) => {
+                let status = r.status().as_u16();
+                let _ = r.bytes().await;
+                status
+            }
+            _ => 0,
+        };
+        assert_eq!(status, 200, "request {i} of {count}, {what}");
+    }
+}
+
+/// Reads `from` to its end on a thread of its own; what came so far is in the buffer.
+pub fn read_in_background(mut from: impl std::io::Read + Send + 'static) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buf) {
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    seen
+}
