@@ -145,13 +145,18 @@ impl Holdings {
     }
 }
 
+/// The client is told why on its session (through the log, so within the window), and the
+/// session ends this long after whether or not it has read that.
+const FAREWELL: Duration = Duration::from_millis(100);
+
 /// Closes the SSH session of a holding, telling the client `why`; counted under `reason`
 /// (superseded, released or cut_off).
 fn close(h: Holding, reason: &'static str, why: &'static str) {
     crate::metrics::get().tunnel_closed(reason);
     tokio::spawn(async move {
         if let Some(log) = &h.log {
-            let _ = h.handle.data(log.channel, format!("mysocket: {why}; closing.\r\n").into_bytes()).await;
+            log.line(format!("mysocket: {why}; closing.\r\n"));
+            tokio::time::sleep(FAREWELL).await;
         }
         let _ = h.handle.disconnect(russh::Disconnect::ByApplication, why.to_string(), String::new()).await;
     });

@@ -383,7 +383,8 @@ async fn protected_sockets_and_newest_connection_wins() {
     let n1 = c.nodes[&1].ip.clone();
     let n2 = c.nodes[&2].ip.clone();
 
-    let mut first = ssh_forward(&key, &u.user_name, &n1, relay, origin_port);
+    let first_out = dir.path().join("first.out");
+    let mut first = ssh_logged(&key, &u.user_name, &n1, relay, origin_port, &first_out);
     let body = eventually(Duration::from_secs(20), "the protected URL to answer with credentials", || {
         let (n1, host) = (n1.clone(), sock.dnsname.clone());
         async move {
@@ -407,6 +408,9 @@ async fn protected_sockets_and_newest_connection_wins() {
         async move { done.then_some(()) }
     })
     .await;
+    // It was told why, on its session, before the node closed it.
+    let told = std::fs::read_to_string(&first_out).unwrap();
+    assert!(told.contains("took over this tunnel; closing."), "{told}");
     eventually(Duration::from_secs(20), "the URL to answer through the new holder", || {
         let (n2, host) = (n2.clone(), sock.dnsname.clone());
         async move { (get(&n2, &host, Some(("bob", "open sesame"))).await.0 == 200).then_some(()) }
@@ -1092,7 +1096,8 @@ async fn one_answer(s: &mut tokio::net::TcpStream) -> String {
 /// A client that stops reading its session (a terminal paused with Ctrl-S, a pipe nobody
 /// drains) loses log lines, not its tunnel: with OpenSSH's output unread, its channel window
 /// (2 MiB, some 7,000 lines) and the node's queue fill, and requests go on being answered;
-/// once it reads again, a line says how many log lines were dropped.
+/// a newer connection for the tunnel still closes it; and a client that reads again is told
+/// how many log lines were dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_its_session_keeps_its_tunnel() {
     let c = TestCluster::builder().nodes(1).start().await;
@@ -1101,11 +1106,21 @@ async fn a_client_that_stops_reading_its_session_keeps_its_tunnel() {
     let create = SocketCreate { name: "paused".into(), socket_type: Some("http".into()), ..Default::default() };
     let sock = api.connect(&create).await.unwrap();
     let ip = c.nodes[&1].ip.clone();
-    let mut ssh = ssh_tunnel(&key, &u.user_name, (&ip, 2222), sock.tunnels[0].local_port, origin().await, Out::Pipe);
+    let (relay, origin) = (sock.tunnels[0].local_port, origin().await);
+    let mut first = ssh_tunnel(&key, &u.user_name, (&ip, 2222), relay, origin, Out::Pipe);
     answered(&ip, &sock.dnsname, "the tunnel").await;
     // A path of 256 characters: a log line of about 300 bytes, the longest a path makes.
     let path = format!("/{}", "p".repeat(255));
     all_answered(&ip, &sock.dnsname, &path, 15_000, "the client's output unread").await;
+
+    // Nothing of the unread session waits inside it to hold back its end.
+    let mut ssh = ssh_tunnel(&key, &u.user_name, (&ip, 2222), relay, origin, Out::Pipe);
+    eventually(Duration::from_secs(20), "the unread session to be closed by a newer one", || {
+        let done = first.0.try_wait().unwrap().is_some();
+        async move { done.then_some(()) }
+    })
+    .await;
+    all_answered(&ip, &sock.dnsname, &path, 15_000, "the newer client's output unread").await;
 
     let seen = read_in_background(ssh.0.stdout.take().unwrap());
     let dropped = eventually(Duration::from_secs(20), "a line saying how many log lines were dropped", || {
