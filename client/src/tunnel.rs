@@ -116,19 +116,24 @@ impl client::Handler for Forwarder {
         reply: client::ChannelOpenHandle,
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
-        reply.accept().await;
+        // The local service is dialled first, and the channel accepted only once it answers:
+        // refused, the node gives the visitor its 502 page at once. (Accepted and then dropped,
+        // the channel would stay open at the node's end and the visitor would wait.) On a task
+        // of its own: the session's other channels do not wait for the dial.
         let (host, port) = (self.host.clone(), self.port);
         let from = format!("{originator_address}:{originator_port}");
         tokio::spawn(async move {
             match tokio::net::TcpStream::connect((host.as_str(), port)).await {
                 Ok(mut local) => {
+                    reply.accept().await;
                     let _ = local.set_nodelay(true);
                     let mut remote = channel.into_stream();
                     // Whole SSH packets per channel message, not tokio's default 8 KiB.
                     let _ = tokio::io::copy_bidirectional_with_sizes(&mut remote, &mut local, PACKET, PACKET).await;
                 }
                 Err(e) => {
-                    eprintln!("connection from {from}: the local service at {host}:{port} is down ({e}); the visitor gets 502");
+                    reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                    say(format!("connection from {from}: the local service at {host}:{port} is down ({e}); the visitor gets 502"));
                 }
             }
         });
@@ -195,7 +200,7 @@ async fn session_once(spec: &TunnelSpec, key: &Arc<russh::keys::PrivateKey>, ser
         .map_err(|e| anyhow!("the server refused to forward relay port {}: {e}", spec.relay_port))?;
     let mut ch = h.channel_open_session().await?;
     ch.request_shell(false).await?;
-    eprintln!("tunnel up via {server}: relay port {} -> {}:{}", spec.relay_port, spec.host, spec.port);
+    say(format!("tunnel up via {server}: relay port {} -> {}:{}", spec.relay_port, spec.host, spec.port));
     while let Some(msg) = ch.wait().await {
         match msg {
             ChannelMsg::Data { data } => show(&data),
@@ -210,43 +215,59 @@ async fn session_once(spec: &TunnelSpec, key: &Arc<russh::keys::PrivateKey>, ser
     Ok(why.map_or(Ended::Lost, Ended::ByServer))
 }
 
-/// Messages of the session log waiting for the terminal at most (the node sends a message per
-/// few milliseconds, lines of a busy tunnel together).
+/// Messages waiting for the terminal at most, per stream (the node sends its session log as a
+/// message per few milliseconds, lines of a busy tunnel together).
 const SHOWN_QUEUE: usize = 256;
 
-/// Prints what the node sends on the session (banner, log lines) from a thread of its own:
-/// the tunnel never waits for the terminal. When the terminal does not keep up (paused with
-/// Ctrl-S, a pipe nobody reads), lines are dropped and counted, and a line says so once it
-/// takes them again. (Printed on the tunnel's thread, a full pipe would stop the tunnel.)
-fn show(data: &[u8]) {
-    use std::sync::atomic::AtomicU64;
-    use std::sync::atomic::Ordering;
-    use std::sync::mpsc::SyncSender;
-    use std::sync::OnceLock;
-    static OUT: OnceLock<SyncSender<String>> = OnceLock::new();
-    static DROPPED: AtomicU64 = AtomicU64::new(0);
-    let out = OUT.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(SHOWN_QUEUE);
+/// Output that must never hold up a tunnel: a thread of its own writes it. When the terminal
+/// does not keep up (paused with Ctrl-S, a pipe nobody reads), lines are dropped and counted,
+/// and a line says so once it takes them again. (Written on the tunnel's thread, a full pipe
+/// would stop the tunnel.)
+struct Printer {
+    queue: std::sync::mpsc::SyncSender<String>,
+    dropped: std::sync::atomic::AtomicU64,
+    /// What its lines are, for the line that says some were dropped.
+    what: &'static str,
+}
+
+impl Printer {
+    fn start(what: &'static str, mut to: impl std::io::Write + Send + 'static) -> Printer {
+        let (queue, texts) = std::sync::mpsc::sync_channel::<String>(SHOWN_QUEUE);
         std::thread::spawn(move || {
-            use std::io::Write;
-            let mut stdout = std::io::stdout();
-            for text in rx {
-                if stdout.write_all(text.replace("\r\n", "\n").as_bytes()).and_then(|()| stdout.flush()).is_err() {
+            for text in texts {
+                if to.write_all(text.as_bytes()).and_then(|()| to.flush()).is_err() {
                     return;
                 }
             }
         });
-        tx
-    });
-    let mut text = String::from_utf8_lossy(data).into_owned();
-    let lines = text.matches('\n').count() as u64;
-    let dropped = DROPPED.swap(0, Ordering::Relaxed);
-    if dropped > 0 {
-        text = format!("({dropped} log lines dropped: the terminal did not keep up)\n{text}");
+        Printer { queue, dropped: Default::default(), what }
     }
-    if out.try_send(text).is_err() {
-        DROPPED.fetch_add(dropped + lines, Ordering::Relaxed);
+
+    fn print(&self, mut text: String) {
+        use std::sync::atomic::Ordering;
+        let lines = text.matches('\n').count() as u64;
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            text = format!("({dropped} {} dropped: the terminal did not keep up)\n{text}", self.what);
+        }
+        if self.queue.try_send(text).is_err() {
+            self.dropped.fetch_add(dropped + lines, Ordering::Relaxed);
+        }
     }
+}
+
+/// Prints what the node sends on the session: the banner and the log lines.
+fn show(data: &[u8]) {
+    static OUT: std::sync::OnceLock<Printer> = std::sync::OnceLock::new();
+    let out = OUT.get_or_init(|| Printer::start("log lines", std::io::stdout()));
+    out.print(String::from_utf8_lossy(data).replace("\r\n", "\n"));
+}
+
+/// Prints a line about the tunnel itself (to stderr).
+fn say(line: String) {
+    static ERR: std::sync::OnceLock<Printer> = std::sync::OnceLock::new();
+    let err = ERR.get_or_init(|| Printer::start("messages", std::io::stderr()));
+    err.print(line + "\n");
 }
 
 /// The first wait before reconnecting, and the longest.
@@ -288,9 +309,9 @@ pub async fn run(mut spec: TunnelSpec, api: ApiClient) -> anyhow::Result<()> {
         let started = Instant::now();
         let last = session_once(&spec, &key, &server).await;
         match &last {
-            Ok(Ended::Lost) => eprintln!("tunnel via {server} lost; reconnecting"),
-            Ok(Ended::ByServer(why)) => eprintln!("tunnel via {server} closed by the server ({why}); reconnecting"),
-            Err(e) => eprintln!("tunnel via {server}: {e:#}"),
+            Ok(Ended::Lost) => say(format!("tunnel via {server} lost; reconnecting")),
+            Ok(Ended::ByServer(why)) => say(format!("tunnel via {server} closed by the server ({why}); reconnecting")),
+            Err(e) => say(format!("tunnel via {server}: {e:#}")),
         }
         let wait = backoff_after(due, last.as_ref().ok(), started.elapsed());
         // The node list is refreshed while waiting, not before: an API node that went down

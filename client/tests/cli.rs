@@ -52,17 +52,18 @@ impl Ctl {
         ctl
     }
 
-    /// Starts `mysocketctl connect --port <port> --name demo` against `api`; returns it once its
-    /// socket exists, with the socket's DNS name.
+    /// Starts `mysocketctl connect --port <port> --name <name>` against `api`; returns it once
+    /// its socket exists, with the socket's DNS name.
     async fn connect(
         &self,
         api: &str,
         port: u16,
+        name: &str,
         stdout: std::process::Stdio,
         stderr: std::process::Stdio,
     ) -> (std::process::Child, String) {
         let child = Command::new(env!("CARGO_BIN_EXE_mysocketctl"))
-            .args(["connect", "--port", &port.to_string(), "--name", "demo"])
+            .args(["connect", "--port", &port.to_string(), "--name", name])
             .env("MYSOCKET_API", api)
             .env("MYSOCKET_TOKEN_FILE", &self.token_file)
             .env("HOME", self.home.path())
@@ -70,12 +71,13 @@ impl Ctl {
             .stderr(stderr)
             .spawn()
             .unwrap();
-        let socks = eventually(std::time::Duration::from_secs(20), "connect to create its socket", || {
+        let dnsname = eventually(std::time::Duration::from_secs(20), "connect to create its socket", || {
             let v = self.json(&["socket", "ls"]);
-            async move { (!v.as_array().unwrap().is_empty()).then_some(v) }
+            let mine = v.as_array().unwrap().iter().find(|s| s["name"] == name).map(|s| s["dnsname"].clone());
+            async move { mine.and_then(|d| d.as_str().map(String::from)) }
         })
         .await;
-        (child, socks[0]["dnsname"].as_str().unwrap().to_string())
+        (child, dnsname)
     }
 
     fn json(&self, args: &[&str]) -> Value {
@@ -178,7 +180,8 @@ async fn the_cli_drives_accounts_sockets_and_tunnels() {
 }
 
 async fn http_get(node_ip: &str, host: &str) -> u16 {
-    match reqwest::Client::new().get(format!("http://{node_ip}:8080/")).header("host", host).send().await {
+    let request = reqwest::Client::new().get(format!("http://{node_ip}:8080/")).header("host", host);
+    match request.timeout(std::time::Duration::from_secs(10)).send().await {
         Ok(r) => r.status().as_u16(),
         Err(_) => 0,
     }
@@ -196,7 +199,7 @@ async fn connect_publishes_a_local_port_survives_its_node_and_cleans_up() {
     // node 1's, and once node 1 is gone the other nodes (from GET /cluster) still answer it.
     let stdout = std::fs::File::create(&log).unwrap().into();
     let stderr = std::fs::File::create(ctl.home.path().join("connect.err")).unwrap().into();
-    let (mut child, dnsname) = ctl.connect(&c.nodes[&1].api_url(), port, stdout, stderr).await;
+    let (mut child, dnsname) = ctl.connect(&c.nodes[&1].api_url(), port, "demo", stdout, stderr).await;
     for id in [1u64, 2, 3] {
         let ip = c.nodes[&id].ip.clone();
         eventually(std::time::Duration::from_secs(20), &format!("the URL through node {id}"), || {
@@ -249,7 +252,7 @@ async fn connect_keeps_serving_while_its_output_is_not_read() {
     let c = TestCluster::builder().nodes(1).start().await;
     let ctl = Ctl::logged_in(c.nodes[&1].api_url(), "pat");
     let (stdout, stderr) = (std::process::Stdio::piped(), std::process::Stdio::null());
-    let (mut child, dnsname) = ctl.connect(&ctl.urls, origin().await, stdout, stderr).await;
+    let (mut child, dnsname) = ctl.connect(&ctl.urls, origin().await, "paused", stdout, stderr).await;
     let ip = c.nodes[&1].ip.clone();
     eventually(std::time::Duration::from_secs(20), "the URL", || {
         let (ip, host) = (ip.clone(), dnsname.clone());
@@ -258,7 +261,7 @@ async fn connect_keeps_serving_while_its_output_is_not_read() {
     .await;
     // Lines of about 300 bytes; the pipe takes some 200 of them.
     let path = format!("/{}", "p".repeat(255));
-    all_answered(&ip, &dnsname, &path, 15_000, "connect's output unread").await;
+    all_answered(&ip, &dnsname, &path, 15_000, 200, "connect's output unread").await;
 
     let seen = read_in_background(child.stdout.take().unwrap());
     // The note goes out with the next log message connect takes.
@@ -274,6 +277,32 @@ async fn connect_keeps_serving_while_its_output_is_not_read() {
         })
         .await;
     assert!((1..15_000).contains(&dropped), "{dropped} lines dropped");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // The same for its own messages (stderr): a line per visitor while the service is down.
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (stdout, stderr) = (std::process::Stdio::null(), std::process::Stdio::piped());
+    let (mut child, dnsname) = ctl.connect(&ctl.urls, down, "down", stdout, stderr).await;
+    eventually(std::time::Duration::from_secs(20), "the 502 of a service that is down", || {
+        let (ip, host) = (ip.clone(), dnsname.clone());
+        async move { (http_get(&ip, &host).await == 502).then_some(()) }
+    })
+    .await;
+    all_answered(&ip, &dnsname, "/", 3_000, 502, "connect's messages unread").await;
+    let seen = read_in_background(child.stderr.take().unwrap());
+    eventually(std::time::Duration::from_secs(20), "a line saying how many messages were dropped", || {
+        let (ip, host, seen) = (ip.clone(), dnsname.clone(), seen.clone());
+        async move {
+            http_get(&ip, &host).await;
+            String::from_utf8_lossy(&seen.lock().unwrap())
+                .contains(" messages dropped: the terminal did not keep up)")
+                .then_some(())
+        }
+    })
+    .await;
+    let told = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    assert!(told.contains(&format!("the local service at 127.0.0.1:{down} is down")), "{told}");
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -1111,7 +1111,7 @@ async fn a_client_that_stops_reading_its_session_keeps_its_tunnel() {
     answered(&ip, &sock.dnsname, "the tunnel").await;
     // A path of 256 characters: a log line of about 300 bytes, the longest a path makes.
     let path = format!("/{}", "p".repeat(255));
-    all_answered(&ip, &sock.dnsname, &path, 15_000, "the client's output unread").await;
+    all_answered(&ip, &sock.dnsname, &path, 15_000, 200, "the client's output unread").await;
 
     // Nothing of the unread session waits inside it to hold back its end.
     let mut ssh = ssh_tunnel(&key, &u.user_name, (&ip, 2222), relay, origin, Out::Pipe);
@@ -1120,7 +1120,7 @@ async fn a_client_that_stops_reading_its_session_keeps_its_tunnel() {
         async move { done.then_some(()) }
     })
     .await;
-    all_answered(&ip, &sock.dnsname, &path, 15_000, "the newer client's output unread").await;
+    all_answered(&ip, &sock.dnsname, &path, 15_000, 200, "the newer client's output unread").await;
 
     let seen = read_in_background(ssh.0.stdout.take().unwrap());
     let dropped = eventually(Duration::from_secs(20), "a line saying how many log lines were dropped", || {
@@ -1135,7 +1135,7 @@ async fn a_client_that_stops_reading_its_session_keeps_its_tunnel() {
     assert!((1..15_000).contains(&dropped), "{dropped} lines dropped");
     let text = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
     assert!(text.contains("Welcome to mysocket"), "the banner comes first, through the same window");
-    all_answered(&ip, &sock.dnsname, "/after", 10, "the client reading again").await;
+    all_answered(&ip, &sock.dnsname, "/after", 10, 200, "the client reading again").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

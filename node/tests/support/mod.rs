@@ -417,8 +417,8 @@ pub fn user(n: usize) -> UserCreate {
 }
 
 /// Requests through `ip` for `host` at `path`, one after another on one connection, each
-/// answered 200 within 5 s.
-pub async fn all_answered(ip: &str, host: &str, path: &str, count: usize, what: &str) {
+/// answered `want` within 5 s.
+pub async fn all_answered(ip: &str, host: &str, path: &str, count: usize, want: u16, what: &str) {
     let client = reqwest::Client::new();
     for i in 0..count {
         let send = client.get(format!("http://{ip}:8080{path}")).header("host", host).send();
@@ -430,7 +430,7 @@ pub async fn all_answered(ip: &str, host: &str, path: &str, count: usize, what: 
             }
             _ => 0,
         };
-        assert_eq!(status, 200, "request {i} of {count}, {what}");
+        assert_eq!(status, want, "request {i} of {count}, {what}");
     }
 }
 
