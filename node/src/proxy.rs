@@ -773,13 +773,13 @@ impl Drop for Logged {
     }
 }
 
-/// The log line of one HTTP request.
-/// "HH:MM:SS <client> <method> <path> <status> <bytes>B <ms>ms", put together by hand: it is
-/// written for every request, and `format!` (an `IpAddr` above all) showed in profiles.
 /// Longest path a log line shows in full; a longer one is cut and ends in `...`, so a line
 /// stays small whatever a visitor asks for, and so does a session's queue of lines.
 const LOGGED_PATH: usize = 256;
 
+/// The log line of one HTTP request.
+/// "HH:MM:SS <client> <method> <path> <status> <bytes>B <ms>ms", put together by hand: it is
+/// written for every request, and `format!` (an `IpAddr` above all) showed in profiles.
 pub fn request_line(client: &str, method: &str, path: &str, status: u16, bytes: u64, started: Instant) -> String {
     let (path, cut) = match path.char_indices().nth(LOGGED_PATH) {
         Some((at, _)) => (&path[..at], "..."),

@@ -309,10 +309,10 @@ async fn a_node_on_all_interfaces_gives_clients_an_address_they_can_dial() {
     let n = node(api.cluster().await.unwrap());
     assert_eq!((n.ssh_addr.as_str(), n.api_addr), (server.as_str(), format!("{ip}:7070")));
     let (host, p) = tunnel.tunnel_server.rsplit_once(':').unwrap();
-    let _ssh = ssh_tunnel(&key, &u.user_name, (host, p.parse().unwrap()), tunnel.local_port, origin, Out::None);
+    let ssh = ssh_tunnel(&key, &u.user_name, (host, p.parse().unwrap()), tunnel.local_port, origin, Out::None);
     let body = answered(&ip, &sock.dnsname, "the socket through the advertised SSH address").await;
     assert!(body.contains("origin saw"), "{body}");
-    drop(_ssh);
+    drop(ssh);
 
     // The operator names the host; the node registers it again when it restarts.
     c.kill9(1);
