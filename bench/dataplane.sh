@@ -8,6 +8,7 @@
 #   bench/dataplane.sh          # SECS=5 per measurement, ROUNDS=5, TUNNELS=1000 idle tunnels
 #   SKIP_BUILD=1 bench/dataplane.sh   # use the binaries already in $CARGO_TARGET_DIR/release
 #   ONLY=mysocket TUNNELS=0 bench/dataplane.sh   # only the rows matching ONLY; no idle tunnels
+#   REUSEPORT=1 bench/dataplane.sh   # nginx listens with `reuseport` (see below)
 #
 # Per row: iperf3 -t SECS (sender Gbit/s); wrk -t2 -c50 -dSECS --latency (keep-alive req/s,
 # p50, p99); the same wrk with `Connection: close` (every request on a new connection: the
@@ -116,6 +117,14 @@ wait_port() { # host port
 }
 
 # --- the origin: iperf3 on 127.0.0.1:5201, nginx (own config and prefix) on 127.0.0.1:8081 ---
+# nginx's two workers share one listening socket by default, and which of them accepts a
+# connection depends on when it arrives: a tunnel that opens its connections to the origin in
+# a burst and keeps them (mysocketctl's pooled streams) can leave one worker with three
+# quarters of them for as long as they live, where bore opens one per public connection.
+# REUSEPORT=1 gives each worker a socket of its own and the kernel spreads connections by
+# address instead (not the default: the goals were set without it).
+NGINX_REUSEPORT=""
+[[ -n "${REUSEPORT:-}" ]] && NGINX_REUSEPORT=" reuseport"
 ORIGIN_IPERF=5201 ORIGIN_HTTP=8081
 bg iperf3 iperf3 -s -B 127.0.0.1 -p $ORIGIN_IPERF
 mkdir -p "$WORK/nginx/logs"
@@ -133,7 +142,7 @@ http {
   uwsgi_temp_path $WORK/nginx/uwsgi;
   scgi_temp_path $WORK/nginx/scgi;
   server {
-    listen 127.0.0.1:$ORIGIN_HTTP backlog=4096;
+    listen 127.0.0.1:$ORIGIN_HTTP backlog=4096$NGINX_REUSEPORT;
     location / { default_type text/plain; return 200 "hello from the origin\n"; }
   }
 }
