@@ -117,15 +117,20 @@ wait_port() { # host port
 }
 
 # --- the origin: iperf3 on 127.0.0.1:5201, nginx (own config and prefix) on 127.0.0.1:8081 ---
-# nginx's two workers share one listening socket by default, and which of them accepts a
-# connection depends on when it arrives: a tunnel that opens its connections to the origin in
-# a burst and keeps them (mysocketctl's pooled streams) can leave one worker with three
-# quarters of them for as long as they live, where bore opens one per public connection.
-# REUSEPORT=1 gives each worker a socket of its own and the kernel spreads connections by
-# address instead (not the default: the goals were set without it).
+# REUSEPORT=1: nginx listens with `reuseport`, a socket per worker, so the kernel spreads
+# connections over the workers by address rather than by which worker waits when they arrive
+# (mysocketctl opens its pooled connections to the origin in bursts; see BENCHMARKS.md).
 NGINX_REUSEPORT=""
 [[ -n "${REUSEPORT:-}" ]] && NGINX_REUSEPORT=" reuseport"
 ORIGIN_IPERF=5201 ORIGIN_HTTP=8081
+# An origin left running by someone else would answer in place of this one (and without the
+# options above): its ports must be free.
+for port in $ORIGIN_IPERF $ORIGIN_HTTP; do
+  if [[ -n "$(ss -Hltn "sport = :$port")" ]]; then
+    echo "port $port is taken (another iperf3 or nginx?): $(ss -Hltnp "sport = :$port" | grep -o 'users:.*' | head -n 1)" >&2
+    exit 1
+  fi
+done
 bg iperf3 iperf3 -s -B 127.0.0.1 -p $ORIGIN_IPERF
 mkdir -p "$WORK/nginx/logs"
 cat >"$WORK/nginx.conf" <<EOF
