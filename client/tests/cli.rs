@@ -277,9 +277,7 @@ async fn connect_keeps_serving_while_its_output_is_not_read() {
             let (ip, host, seen) = (ip.clone(), dnsname.clone(), seen.clone());
             async move {
                 http_get(&ip, &host).await;
-                let text = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
-                let at = text.find(" log lines dropped: the terminal did not keep up)")?;
-                text[..at].rsplit('(').next()?.parse::<u64>().ok()
+                dropped_count(&seen, " log lines dropped: the terminal did not keep up)")
             }
         })
         .await;

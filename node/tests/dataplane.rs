@@ -1088,11 +1088,6 @@ async fn one_answer(s: &mut tokio::net::TcpStream) -> String {
     String::from_utf8_lossy(&got).lines().next().unwrap_or_default().to_string()
 }
 
-/// The session log gets a line for every HTTP request, whichever node took it, once its
-/// answer is out: on both HTTP paths (HTTP/1.1 here; HTTP/1.0 goes through hyper), when the
-/// service closes its connection after the answer, and between two requests of a public
-/// connection kept alive. A relaying node sends the line along the relay after the answer,
-/// so these are the cases where the relay could be gone, or idle, by then.
 /// A client that stops reading its session (a terminal paused with Ctrl-S, a pipe nobody
 /// drains) loses log lines, not its tunnel: with OpenSSH's output unread, its channel window
 /// (2 MiB, some 7,000 lines) and the node's queue fill, and requests go on being answered;
@@ -1124,12 +1119,8 @@ async fn a_client_that_stops_reading_its_session_keeps_its_tunnel() {
 
     let seen = read_in_background(ssh.0.stdout.take().unwrap());
     let dropped = eventually(Duration::from_secs(20), "a line saying how many log lines were dropped", || {
-        let text = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
-        async move {
-            let at = text.find(" log lines dropped: the client did not read them in time)")?;
-            let n = text[..at].rsplit('(').next()?.parse::<u64>().ok()?;
-            Some(n)
-        }
+        let n = dropped_count(&seen, " log lines dropped: the client did not read them in time)");
+        async move { n }
     })
     .await;
     assert!((1..15_000).contains(&dropped), "{dropped} lines dropped");
@@ -1138,6 +1129,11 @@ async fn a_client_that_stops_reading_its_session_keeps_its_tunnel() {
     all_answered(&ip, &sock.dnsname, "/after", 10, 200, "the client reading again").await;
 }
 
+/// The session log gets a line for every HTTP request, whichever node took it, once its
+/// answer is out: on both HTTP paths (HTTP/1.1 here; HTTP/1.0 goes through hyper), when the
+/// service closes its connection after the answer, and between two requests of a public
+/// connection kept alive. A relaying node sends the line along the relay after the answer,
+/// so these are the cases where the relay could be gone, or idle, by then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_session_log_shows_every_http_request_taken_by_any_node() {
     use tokio::io::AsyncReadExt;

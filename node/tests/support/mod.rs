@@ -446,3 +446,10 @@ pub fn read_in_background(mut from: impl std::io::Read + Send + 'static) -> std:
     });
     seen
 }
+
+/// The count in a "(N<note>" line among what `read_in_background` has seen so far.
+pub fn dropped_count(seen: &std::sync::Mutex<Vec<u8>>, note: &str) -> Option<u64> {
+    let text = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    let at = text.find(note)?;
+    text[..at].rsplit('(').next()?.parse().ok()
+}
