@@ -133,6 +133,7 @@ where
         peer_ip: peer.ip().to_string(),
         up: None,
         line_due: false,
+        line_timer: Box::pin(tokio::time::sleep(LINE_WAIT)),
         timer: Box::pin(tokio::time::sleep(crate::proxy::HEADER_TIMEOUT)),
     };
     let hand_over = c.run().await;
@@ -167,12 +168,19 @@ struct Conn<S> {
     /// The stream the last request went through, while it can take another.
     up: Option<Upstream>,
     /// The last request's log line waits in `up` (a relay, which sends lines with its writes)
-    /// and goes out unless a write does first.
+    /// and goes out when `line_timer` fires, unless the next request's write took it first.
     line_due: bool,
+    line_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     /// Set for the first head's deadline; each later head's deadline is later, so the timer
     /// is moved only when it fires early (once per header timeout, not once per request).
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
+
+/// How long the last request's log line waits on a relay for the next request to carry it:
+/// on a busy connection the line costs no write of its own (nor a read and a wakeup on the
+/// holder), on an idle one it reaches the session log this much later (where lines wait
+/// 10 ms anyway to go out together).
+const LINE_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// How long a stream going to the pool may take to send its last log line.
 const LINE_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
@@ -183,6 +191,12 @@ async fn flush(up: &mut Option<Upstream>) -> std::io::Result<()> {
         Some(up) => up.io.flush().await,
         None => Ok(()),
     }
+}
+
+/// Flushes the stream, if there is one, once `timer` fires.
+async fn flush_after(timer: std::pin::Pin<&mut tokio::time::Sleep>, up: &mut Option<Upstream>) -> std::io::Result<()> {
+    timer.await;
+    flush(up).await
 }
 
 /// Reads more into `buf`, making room first.
@@ -220,9 +234,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                                 Ok(n) if n > 0 => break,
                                 _ => return false,
                             },
-                            // Between requests: the last one's line goes to the tunnel's log now,
-                            // not with the next request, which may be long in coming.
-                            flushed = flush(&mut self.up), if self.line_due => {
+                            // Between requests: the last one's line goes to the tunnel's log soon,
+                            // not only with the next request, which may be long in coming.
+                            flushed = flush_after(self.line_timer.as_mut(), &mut self.up), if self.line_due => {
                                 self.line_due = false;
                                 if flushed.is_err() {
                                     self.up = None;
@@ -294,6 +308,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 // Nothing more than the answer came: the stream can take the next request.
                 Some(true) if head.keep_alive => {
                     self.line_due = matches!(up.log, LogSink::Relay { .. });
+                    if self.line_due {
+                        self.line_timer.as_mut().reset(tokio::time::Instant::now() + LINE_WAIT);
+                    }
                     self.up = Some(up);
                 }
                 // A dropped relay still sends the lines written to it (`relay::linger`).

@@ -253,28 +253,40 @@ impl AsyncWrite for RelayIo {
         if self.ended {
             return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
         }
-        // At most one frame waits: past that, the holder's pace sets ours.
-        if self.poll_drain(cx)?.is_pending() && self.out.lock().expect("relay outbox").buf.len() >= FRAME {
+        // At most one frame waits: past that, the holder's pace sets ours. Less than that (log
+        // lines, most often the last request's) goes out with this frame, in one write.
+        if self.out.lock().expect("relay outbox").buf.len() >= FRAME
+            && self.poll_drain(cx)?.is_pending()
+            && self.out.lock().expect("relay outbox").buf.len() >= FRAME
+        {
             return Poll::Pending;
         }
         let this = &mut *self;
         let n = buf.len().min(FRAME);
-        let mut head = BytesMut::with_capacity(HEAD);
-        put_head(&mut head, DATA, n);
+        let mut head = [DATA, 0, 0, 0, 0];
+        head[1..].copy_from_slice(&(n as u32).to_be_bytes());
         let mut o = this.out.lock().expect("relay outbox");
-        if o.buf.is_empty() && this.io.is_write_vectored() {
-            // The common case: head and payload straight to the socket, no copy.
-            let parts = [std::io::IoSlice::new(&head), std::io::IoSlice::new(&buf[..n])];
+        if this.io.is_write_vectored() {
+            // The common case: what waits, the head and the payload straight to the socket,
+            // the payload without a copy.
+            let waiting = o.buf.len();
+            let parts = [std::io::IoSlice::new(&o.buf), std::io::IoSlice::new(&head), std::io::IoSlice::new(&buf[..n])];
             let sent = match Pin::new(&mut this.io).poll_write_vectored(cx, &parts) {
                 Poll::Ready(Ok(sent)) => sent,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => 0,
             };
-            if sent < HEAD {
-                o.buf.extend_from_slice(&head[sent..]);
+            if sent <= waiting {
+                o.buf.advance(sent);
+                o.buf.extend_from_slice(&head);
+                o.buf.extend_from_slice(&buf[..n]);
+            } else if sent - waiting < HEAD {
+                o.buf.clear();
+                o.buf.extend_from_slice(&head[sent - waiting..]);
                 o.buf.extend_from_slice(&buf[..n]);
             } else {
-                o.buf.extend_from_slice(&buf[sent - HEAD..n]);
+                o.buf.clear();
+                o.buf.extend_from_slice(&buf[sent - waiting - HEAD..n]);
             }
         } else {
             o.buf.extend_from_slice(&head);
@@ -487,7 +499,32 @@ mod tests {
     /// holder's side intact and in order, through a pipe far smaller than the data.
     #[tokio::test]
     async fn frames_carry_data_and_log_lines_intact() {
-        let (mut relay, log, holder) = relay_pair();
+        let (relay, log, holder) = relay_pair();
+        data_and_lines_arrive_intact(relay, log, holder).await;
+    }
+
+    /// The same over TCP with small socket buffers: the caller writes waiting lines, frame head
+    /// and payload in one vectored write, which the socket often takes only in part.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_written_with_waiting_lines_in_one_write_arrive_intact() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (caller, holder) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (caller, holder) = (caller.unwrap(), holder.unwrap().0);
+        // As the nodes' relay connections are: no Nagle delay.
+        caller.set_nodelay(true).unwrap();
+        socket2::SockRef::from(&caller).set_send_buffer_size(16 * 1024).unwrap();
+        socket2::SockRef::from(&holder).set_recv_buffer_size(16 * 1024).unwrap();
+        assert!(caller.is_write_vectored());
+        let out = Arc::new(Mutex::new(Outbox::default()));
+        let relay = RelayIo { io: Box::new(caller), out: out.clone(), lingering: false, ended: false };
+        data_and_lines_arrive_intact(relay, RelayLog(Some(out)), holder).await;
+    }
+
+    async fn data_and_lines_arrive_intact<H>(mut relay: RelayIo, log: RelayLog, holder: H)
+    where
+        H: AsyncRead + Unpin + Send + 'static,
+    {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
         let (service_end, mut service) = tokio::io::duplex(1 << 16);
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -501,6 +538,7 @@ mod tests {
             got
         });
         let mut sent = 0;
+        let mut logged = 0;
         for (i, size) in [1usize, 5, 100, 70_000, 65_536, 3, 200_000].iter().cycle().enumerate() {
             if sent == data.len() {
                 break;
@@ -510,6 +548,7 @@ mod tests {
             sent = end;
             if i % 3 == 0 {
                 log.line(format!("line {i}\r\n"));
+                logged += 1;
             }
         }
         relay.shutdown().await.unwrap();
@@ -519,9 +558,10 @@ mod tests {
         drop((relay, log));
         assert_eq!(reader.await.unwrap(), data.len() as u64);
         let lines = lines.lock().unwrap();
-        assert!(!lines.is_empty() && lines.iter().all(|l| l.starts_with("line ") && l.ends_with("\r\n")), "{lines:?}");
+        assert!(lines.iter().all(|l| l.starts_with("line ") && l.ends_with("\r\n")), "{lines:?}");
         let numbers: Vec<usize> = lines.iter().map(|l| l[5..l.len() - 2].parse().unwrap()).collect();
         assert!(numbers.windows(2).all(|w| w[0] < w[1]), "lines out of order: {numbers:?}");
+        assert_eq!(lines.len(), logged, "lines lost");
     }
 
     /// Relay connections probe a silent peer after 5 s.
