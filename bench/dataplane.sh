@@ -20,7 +20,9 @@
 # mysocket: the local cluster (deploy/local-cluster.sh; a running one is reused and left up),
 # a tcp socket for iperf3 and an http socket for wrk (`Host: <dnsname>` on port 8080), both
 # tunnelled by `mysocketctl connect` to node 1's SSH server. "same-node" hits 127.0.0.1 (node 1),
-# "relayed" hits 127.0.0.2, which relays to node 1. "tcp socket" (keep-alive and new
+# "relayed" hits 127.0.0.2, which relays to node 1. "haproxy -> same-node": Debian's haproxy
+# (TCP mode, splice, 256 KiB buffers) on 127.0.0.5 in front of node 1's ports, a mature proxy
+# as the extra hop: what any relaying hop costs on this machine. "tcp socket" (keep-alive and new
 # connections only): nginx behind a tcp socket on node 1, the same plain TCP tunnel bore and
 # rathole give, without the edge's HTTP layer.
 # Idle tunnels: a Python asyncssh client (venv in /var/tmp/mysocket-bench-venv) opens TUNNELS
@@ -53,6 +55,7 @@ command -v nginx >/dev/null || need+=(nginx)
 command -v ssh >/dev/null || need+=(openssh-client)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v curl >/dev/null || need+=(curl)
+command -v haproxy >/dev/null || need+=(haproxy)
 command -v ss >/dev/null || need+=(iproute2)
 if ((${#need[@]})); then
   echo "installing ${need[*]} (Debian)..." >&2
@@ -157,7 +160,7 @@ wait_port 127.0.0.1 $ORIGIN_IPERF
 wait_port 127.0.0.1 $ORIGIN_HTTP
 
 # --- one row: iperf3 Gbit/s; wrk keep-alive req/s p50 p99; wrk new-connection req/s ---
-FMT="%-19s %7s %12s %8s %8s %11s %7s\n"
+FMT="%-21s %7s %12s %8s %8s %11s %7s\n"
 SYSTEMS=() # "name|iperf_host|iperf_port|http_url|host_header", measured in this order each round
 ROWS="" # set below: each round's rows, "name<TAB>gbit rps p50 p99 newconn errors"
 system() { # name iperf_host iperf_port http_url host_header: measured in every round
@@ -507,12 +510,41 @@ print(s["bench-iperf"]["socket_tcp_ports"][0], s["bench-web"]["dnsname"], s["ben
 if [[ "$VIA" == "tunnel up via 127.0.0.1 " ]]; then
   system "mysocket same-node" 127.0.0.1 "$IPORT" "http://127.0.0.1:8080/" "$WNAME"
   system "mysocket relayed" 127.0.0.2 "$IPORT" "http://127.0.0.2:8080/" "$WNAME"
+  if command -v haproxy >/dev/null; then
+    cat >"$WORK/haproxy.cfg" <<EOF
+global
+  nbthread 2
+  tune.bufsize 262144
+  tune.pipesize 262144
+defaults
+  mode tcp
+  option splice-auto
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+listen iperf
+  bind 127.0.0.5:$IPORT
+  server node1 127.0.0.1:$IPORT
+listen web
+  bind 127.0.0.5:8080
+  server node1 127.0.0.1:8080
+EOF
+    bg haproxy haproxy -db -f "$WORK/haproxy.cfg"
+    if wait_port 127.0.0.5 8080; then
+      system "haproxy -> same-node" 127.0.0.5 "$IPORT" "http://127.0.0.5:8080/" "$WNAME"
+    else
+      na_row "haproxy -> same-node"
+    fi
+  else
+    na_row "haproxy -> same-node"
+  fi
   system "mysocket tcp socket" - - "http://127.0.0.1:$WPORT/" localhost
 else
   echo "mysocketctl tunnels not up on node 1 (${VIA:-none}):" >&2
   tail -n 5 "$WORK/ctl-iperf.log" "$WORK"/ctl-web*.log >&2
   na_row "mysocket same-node"
   na_row "mysocket relayed"
+  na_row "haproxy -> same-node"
   na_row "mysocket tcp socket"
 fi
 
@@ -578,9 +610,12 @@ def ratio(col, a, b):
         return "%.2f" % (statistics.median(col[a]) / statistics.median(col[b]))
     except (KeyError, ZeroDivisionError, statistics.StatisticsError):
         return "n/a"
-print("keep-alive req/s, mysocket/bore: http socket %s, tcp socket %s; relayed/same-node Gbit/s: %s" % (
-    ratio(rps, "mysocket same-node", "bore"), ratio(rps, "mysocket tcp socket", "bore"),
-    ratio(gbit, "mysocket relayed", "mysocket same-node")))
+print("keep-alive req/s, mysocket/bore: http socket %s, tcp socket %s" % (
+    ratio(rps, "mysocket same-node", "bore"), ratio(rps, "mysocket tcp socket", "bore")))
+print("relayed/same-node: Gbit/s %s, keep-alive req/s %s; haproxy -> same-node/same-node: Gbit/s %s,"
+      " keep-alive req/s %s" % (
+    ratio(gbit, "mysocket relayed", "mysocket same-node"), ratio(rps, "mysocket relayed", "mysocket same-node"),
+    ratio(gbit, "haproxy -> same-node", "mysocket same-node"), ratio(rps, "haproxy -> same-node", "mysocket same-node")))
 try:
     ratio = statistics.median(gbit["mysocket same-node"]) / statistics.median(gbit["openssh"])
     print("mysocket/openssh throughput ratio: %.2f" % ratio)
