@@ -21,7 +21,7 @@
 # a tcp socket for iperf3 and an http socket for wrk (`Host: <dnsname>` on port 8080), both
 # tunnelled by `mysocketctl connect` to node 1's SSH server. "same-node" hits 127.0.0.1 (node 1),
 # "relayed" hits 127.0.0.2, which relays to node 1. "haproxy -> same-node": Debian's haproxy
-# (TCP mode, splice, 256 KiB buffers) on 127.0.0.5 in front of node 1's ports, a mature proxy
+# (TCP mode, splice-auto, 256 KiB buffers) on 127.0.0.5 in front of node 1's ports, a mature proxy
 # as the extra hop: what any relaying hop costs on this machine. "tcp socket" (keep-alive and new
 # connections only): nginx behind a tcp socket on node 1, the same plain TCP tunnel bore and
 # rathole give, without the edge's HTTP layer.

@@ -185,18 +185,14 @@ const LINE_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 /// How long a stream going to the pool may take to send its last log line.
 const LINE_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Flushes the stream, if there is one (a relay sends the log lines it holds).
-async fn flush(up: &mut Option<Upstream>) -> std::io::Result<()> {
+/// Once `timer` fires, flushes the stream, if there is one (a relay sends the log lines it
+/// holds).
+async fn flush_after(timer: std::pin::Pin<&mut tokio::time::Sleep>, up: &mut Option<Upstream>) -> std::io::Result<()> {
+    timer.await;
     match up {
         Some(up) => up.io.flush().await,
         None => Ok(()),
     }
-}
-
-/// Flushes the stream, if there is one, once `timer` fires.
-async fn flush_after(timer: std::pin::Pin<&mut tokio::time::Sleep>, up: &mut Option<Upstream>) -> std::io::Result<()> {
-    timer.await;
-    flush(up).await
 }
 
 /// Reads more into `buf`, making room first.

@@ -27,7 +27,6 @@ use std::time::Duration;
 use std::time::Instant;
 
 use bytes::Buf;
-use bytes::BufMut;
 use bytes::BytesMut;
 use mysocket_api::internal::RelayOpen;
 use prost::Message;
@@ -130,9 +129,13 @@ struct Outbox {
     waker: Option<Waker>,
 }
 
+fn frame_head(kind: u8, len: usize) -> [u8; HEAD] {
+    let [a, b, c, d] = (len as u32).to_be_bytes();
+    [kind, a, b, c, d]
+}
+
 fn put_head(buf: &mut BytesMut, kind: u8, len: usize) {
-    buf.put_u8(kind);
-    buf.put_u32(len as u32);
+    buf.extend_from_slice(&frame_head(kind, len));
 }
 
 /// The caller's end of a relay as a byte stream: reads are the service's bytes, each write goes
@@ -263,8 +266,7 @@ impl AsyncWrite for RelayIo {
         }
         let this = &mut *self;
         let n = buf.len().min(FRAME);
-        let mut head = [DATA, 0, 0, 0, 0];
-        head[1..].copy_from_slice(&(n as u32).to_be_bytes());
+        let head = frame_head(DATA, n);
         let mut o = this.out.lock().expect("relay outbox");
         if this.io.is_write_vectored() {
             // The common case: what waits, the head and the payload straight to the socket,
@@ -276,17 +278,14 @@ impl AsyncWrite for RelayIo {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => 0,
             };
-            if sent <= waiting {
-                o.buf.advance(sent);
-                o.buf.extend_from_slice(&head);
-                o.buf.extend_from_slice(&buf[..n]);
-            } else if sent - waiting < HEAD {
-                o.buf.clear();
-                o.buf.extend_from_slice(&head[sent - waiting..]);
+            // What the socket did not take stays in the outbox, in order.
+            o.buf.advance(sent.min(waiting));
+            let framed = sent.saturating_sub(waiting);
+            if framed < HEAD {
+                o.buf.extend_from_slice(&head[framed..]);
                 o.buf.extend_from_slice(&buf[..n]);
             } else {
-                o.buf.clear();
-                o.buf.extend_from_slice(&buf[sent - waiting - HEAD..n]);
+                o.buf.extend_from_slice(&buf[framed - HEAD..n]);
             }
         } else {
             o.buf.extend_from_slice(&head);
