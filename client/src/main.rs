@@ -27,7 +27,8 @@ use table::Table;
 #[derive(Parser, Debug)]
 #[command(name = "mysocketctl", version, about = "Client for a mysocket cluster: accounts, sockets and tunnels")]
 struct Cli {
-    /// API URL(s) of the cluster, comma separated; the next is tried when one is down.
+    /// API URL(s) of the cluster, comma separated; the next is tried when one is down, then
+    /// the other nodes seen at login or when a tunnel last started.
     #[arg(
         long = "api-url",
         alias = "api_url",
@@ -51,7 +52,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AccountCmd,
     },
-    /// Log in and store the token in ~/.mysocketio_token.
+    /// Log in and store the token in ~/.mysocketio_token (the cluster's nodes beside it, in
+    /// ~/.mysocketio_token.nodes).
     Login {
         #[arg(long, short = 'e')]
         email: Option<String>,
@@ -282,6 +284,42 @@ fn write_token(token: &str) -> Result<PathBuf, Failure> {
     Ok(p)
 }
 
+/// Where the CLI keeps the API addresses of the cluster behind the token (`<token file>.nodes`),
+/// so that every command still finds the cluster when the node its API URL names is down.
+fn nodes_file() -> PathBuf {
+    let mut p = token_file().into_os_string();
+    p.push(".nodes");
+    PathBuf::from(p)
+}
+
+/// The cluster's nodes as last seen through the API URL(s) `given`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KnownNodes {
+    given: Vec<String>,
+    nodes: Vec<String>,
+}
+
+/// The nodes' API addresses from `GET /cluster`, saved at login and whenever a tunnel starts.
+/// Best effort: a file that cannot be written only costs the fall-back.
+fn remember_nodes(given: &[String], view: &mysocket_api::ClusterView) {
+    let nodes = view.nodes.iter().filter(|n| !n.api_addr.is_empty()).map(|n| n.api_addr.clone()).collect();
+    let known = KnownNodes { given: given.to_vec(), nodes };
+    if let Ok(text) = serde_json::to_string(&known) {
+        let _ = std::fs::write(nodes_file(), text);
+    }
+}
+
+/// The remembered nodes, if they were seen through the same API URL(s) as now: another
+/// `--api-url` means another cluster, or a choice the user made, and gets no fall-back.
+fn known_nodes(given: &[String]) -> Vec<String> {
+    std::fs::read(nodes_file())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<KnownNodes>(&b).ok())
+        .filter(|k| k.given == given)
+        .map(|k| k.nodes)
+        .unwrap_or_default()
+}
+
 fn prompt(label: &str, secret: bool) -> Result<String, Failure> {
     if !std::io::stdin().is_terminal() {
         return Err(fail(2, format!("--{} is required when not on a terminal", label.to_lowercase())));
@@ -378,8 +416,9 @@ struct TunnelCluster {
     ssh: Vec<String>,
 }
 
-async fn tunnel_cluster(api: &ApiClient) -> Result<TunnelCluster, Failure> {
+async fn tunnel_cluster(api: &ApiClient, given: &[String]) -> Result<TunnelCluster, Failure> {
     let view = api.cluster().await?;
+    remember_nodes(given, &view);
     let host_key = view.ssh_host_key.clone().ok_or_else(|| {
         fail(1, "the cluster has not published its SSH host key yet (is it bootstrapped?); try again")
     })?;
@@ -431,6 +470,8 @@ async fn main() {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     let anon = ApiClient::new(cli.api_url.clone());
+    let given = anon.urls().to_vec();
+    let anon = anon.with_fallbacks(known_nodes(&given));
     let authed = || -> Result<ApiClient, Failure> { Ok(anon.clone().with_token(read_token()?)) };
     let as_json = cli.output == "json";
     match cli.cmd {
@@ -475,6 +516,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             };
             let t = anon.login(&email, &password).await?;
             let path = write_token(&t.token)?;
+            if let Ok(view) = anon.cluster().await {
+                remember_nodes(&given, &view);
+            }
             if as_json {
                 json(&serde_json::json!({"token_file": path}));
             } else {
@@ -548,7 +592,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     }
                 }
                 TunnelCmd::Connect { socket_id, tunnel_id, port, host, identity } => {
-                    let cluster = tunnel_cluster(&api).await?;
+                    let cluster = tunnel_cluster(&api, &given).await?;
                     let api = cluster.api.clone();
                     let sock = api.socket(&socket_id).await?;
                     let t = sock
@@ -583,7 +627,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Connect { port, spec, host, identity } => {
             let identity = tunnel::find_identity(identity)?;
-            let cluster = tunnel_cluster(&authed()?).await?;
+            let cluster = tunnel_cluster(&authed()?, &given).await?;
             let api = cluster.api.clone();
             let sock = api.connect(&spec.into()).await?;
             let t = sock.tunnels.first().ok_or_else(|| fail(1, "the server created no tunnel"))?.clone();

@@ -17,9 +17,14 @@ struct Ctl {
 
 impl Ctl {
     fn run(&self, args: &[&str]) -> (i32, String, String) {
+        self.run_at(&self.urls, args)
+    }
+
+    /// `run` with another API URL (list).
+    fn run_at(&self, urls: &str, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_mysocketctl"))
             .args(args)
-            .env("MYSOCKET_API", &self.urls)
+            .env("MYSOCKET_API", urls)
             .env("MYSOCKET_TOKEN_FILE", &self.token_file)
             .env("HOME", self.home.path())
             .output()
@@ -242,6 +247,34 @@ async fn connect_publishes_a_local_port_survives_its_node_and_cleans_up() {
     assert!(ctl.json(&["socket", "ls"]).as_array().unwrap().is_empty());
     let out = std::fs::read_to_string(&log).unwrap();
     assert!(out.contains("Welcome to mysocket"), "banner missing: {out}");
+}
+
+/// A newcomer's CLI knows one node (the default API URL); once it has logged in, every command
+/// still reaches the cluster through the other nodes while that one is down — and only for
+/// that URL: a command given another one gets no fall-back onto this cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_fall_back_on_the_nodes_seen_at_login_when_their_node_is_down() {
+    let mut c = TestCluster::builder().start().await;
+    let node1 = c.nodes[&1].api_url();
+    let ctl = Ctl::logged_in(node1.clone(), "kay");
+    ctl.json(&["socket", "create", "--name", "before", "--type", "http"]);
+    c.kill9(1);
+    // A read and a write through node 1's URL, node 1 being gone.
+    ctl.json(&["socket", "create", "--name", "after", "--type", "tcp"]);
+    let mut names: Vec<String> = ctl
+        .json(&["socket", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["after", "before"]);
+    // Another URL, which nothing serves: the remembered nodes are not tried.
+    let elsewhere = format!("http://{}:9", c.nodes[&1].ip);
+    let (code, _, err) = ctl.run_at(&elsewhere, &["socket", "ls"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no node answered") && err.contains(":9"), "{err}");
 }
 
 /// `connect` prints the session log without ever holding up the tunnel: with its output a
