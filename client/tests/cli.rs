@@ -249,6 +249,66 @@ async fn connect_publishes_a_local_port_survives_its_node_and_cleans_up() {
     assert!(out.contains("Welcome to mysocket"), "banner missing: {out}");
 }
 
+/// A visitor of a service that is down gets a 502 page saying so from whichever node takes
+/// the request, on a connection that stays open for the next one, and `connect` says it once
+/// per request: the channel is asked for once, not again by each node's other HTTP path or
+/// after a refresh of the registry (the refusal is the client's own answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_is_down_gets_one_502_and_one_line_per_request() {
+    let c = TestCluster::builder().start().await;
+    let ctl = Ctl::logged_in(c.nodes[&1].api_url(), "lee");
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let err_file = ctl.home.path().join("connect.err");
+    let stderr = std::fs::File::create(&err_file).unwrap().into();
+    let (mut child, dnsname) = ctl.connect(&ctl.urls, down, "down", std::process::Stdio::null(), stderr).await;
+    let said = || std::fs::read_to_string(&err_file).unwrap().matches(" is down (").count();
+    eventually(std::time::Duration::from_secs(20), "the tunnel up", || {
+        let up = std::fs::read_to_string(&err_file).unwrap().contains("tunnel up via");
+        async move { up.then_some(()) }
+    })
+    .await;
+    // Node 1 holds the tunnel; nodes 2 and 3 relay. Three requests on one connection each:
+    // the third closes it, so the answers end where the connection does.
+    let mut expected = 0;
+    for id in [1u64, 2, 3] {
+        let mut tcp = tokio::net::TcpStream::connect((c.nodes[&id].ip.as_str(), 8080)).await.unwrap();
+        for close in [false, false, true] {
+            let request = format!(
+                "GET / HTTP/1.1\r\nHost: {dnsname}\r\n{}\r\n",
+                if close { "Connection: close\r\n" } else { "" }
+            );
+            tokio::io::AsyncWriteExt::write_all(&mut tcp, request.as_bytes()).await.unwrap();
+        }
+        let mut answers = String::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            tokio::io::AsyncReadExt::read_to_string(&mut tcp, &mut answers),
+        )
+        .await
+        .expect("the answers in time")
+        .unwrap();
+        assert_eq!(answers.matches("HTTP/1.1 502 Bad Gateway\r\n").count(), 3, "through node {id}: {answers}");
+        assert_eq!(
+            answers.matches("the service behind it did not take the connection (is it running?)").count(),
+            3,
+            "through node {id}: {answers}"
+        );
+        expected += 3;
+        // connect's line for each request, and for no request twice.
+        eventually(std::time::Duration::from_secs(10), &format!("{expected} lines from connect"), || {
+            let n = said();
+            async move { (n >= expected).then_some(()) }
+        })
+        .await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let told = std::fs::read_to_string(&err_file).unwrap();
+    assert_eq!(said(), expected, "{told}");
+    assert!(told.contains(&format!("the local service at 127.0.0.1:{down} is down")), "{told}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// A newcomer's CLI knows one node (the default API URL); once it has logged in, every command
 /// still reaches the cluster through the other nodes while that one is down — and only for
 /// that URL: a command given another one gets no fall-back onto this cluster.

@@ -249,9 +249,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 }
             };
             let started = Instant::now();
-            let Ok(mut reused) = self.acquire(req.socket_id, false).await else {
-                // No tunnel takes it: hyper answers with the page that says why.
-                return true;
+            let mut reused = match self.acquire(req.socket_id, false).await {
+                Ok(reused) => reused,
+                Err(no) => {
+                    // No tunnel takes it: the page that says why. (Handed to hyper, the
+                    // request would be tried on every tunnel a second time.) A body left
+                    // unread ends the connection.
+                    let close = req.body > 0 || req.close;
+                    let (status, title, why) = no.parts();
+                    let page = crate::proxy::page_bytes(status, title, why, close);
+                    crate::metrics::get().response(self.scheme, status.as_u16());
+                    self.buf.drain(..req.head_len);
+                    if self.client.write_all(&page).await.is_err() || self.client.flush().await.is_err() || close {
+                        return false;
+                    }
+                    continue;
+                }
             };
             // The request head for the service, then what of the body came with it.
             let first = (self.buf.len() - req.head_len).min(usize::try_from(req.body).unwrap_or(usize::MAX));

@@ -94,7 +94,7 @@ pub struct Metrics {
     ssh_logins: ByLabel<2>,
     forwards: ByLabel<2>,
     upstreams: ByLabel<4>,
-    unavailable: ByLabel<2>,
+    unavailable: ByLabel<3>,
     relays_served: ByLabel<4>,
     tunnels_closed: ByLabel<3>,
     orphans_released: Counter,
@@ -178,9 +178,9 @@ impl Metrics {
         let unavailable = ByLabel::register(
             r,
             "upstreams_unavailable",
-            "Public connections no tunnel could take: none connected, or none accepted",
+            "Public connections no tunnel could take: none connected, their services down, or none accepted",
             "reason",
-            ["no_tunnel", "refused"],
+            ["no_tunnel", "service_down", "refused"],
         );
         let relays_served = ByLabel::register(
             r,
@@ -280,7 +280,7 @@ impl Metrics {
         self.upstreams.get(result).inc();
     }
 
-    /// `reason`: no_tunnel or refused.
+    /// `reason`: no_tunnel, service_down or refused.
     pub fn unavailable(&self, reason: &'static str) {
         self.unavailable.get(reason).inc();
     }

@@ -418,6 +418,10 @@ pub async fn open_upstream(
     log_connection: bool,
 ) -> Result<(Box<dyn Io>, LogSink), NoUpstream> {
     for attempt in 0..2 {
+        // Tunnels tried in this pass, and how many of them refused because their client could
+        // not reach its service: that answer is the client's own, and no fresher view of the
+        // registry changes it.
+        let (mut tried, mut service_down) = (0, 0);
         let local = local_tunnels(node, holdings, socket_id);
         for h in &local {
             match open_channel(h, peer).await {
@@ -426,6 +430,10 @@ pub async fn open_upstream(
                     return Ok((Box::new(stream), LogSink::Local(h.clone())));
                 }
                 Err(e) => {
+                    tried += 1;
+                    if matches!(e, russh::Error::ChannelOpenFailure(_)) {
+                        service_down += 1;
+                    }
                     crate::metrics::get().upstream("local_failed");
                     tracing::debug!(tunnel_id = %h.tunnel_id, error = %e, "tunnel channel refused; trying the next")
                 }
@@ -458,10 +466,18 @@ pub async fn open_upstream(
                     return Ok((stream, LogSink::Relay { log, tunnel_id: *tunnel_id, epoch: *epoch }));
                 }
                 Err(e) => {
+                    tried += 1;
+                    if e.code() == crate::relay::SERVICE_DOWN {
+                        service_down += 1;
+                    }
                     crate::metrics::get().upstream("relay_failed");
                     tracing::debug!(%tunnel_id, epoch, %addr, error = %e.message(), "relay refused; trying the next")
                 }
             }
+        }
+        if tried > 0 && service_down == tried {
+            crate::metrics::get().unavailable("service_down");
+            return Err(NoUpstream::ServiceDown);
         }
         if local.is_empty() && remote.is_empty() && attempt == 1 {
             crate::metrics::get().unavailable("no_tunnel");
@@ -501,24 +517,35 @@ fn empty_body() -> Body {
 pub enum NoUpstream {
     /// No tunnel of the socket is connected anywhere.
     NoTunnel,
+    /// Every tunnel tried was refused by its client, which could not reach the service.
+    ServiceDown,
     /// Tunnels exist but none accepted the connection.
     Refused,
 }
 
 impl NoUpstream {
-    fn page(self) -> Response<Body> {
+    /// The status, title and text of the page that says why.
+    pub fn parts(self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            NoUpstream::NoTunnel => page(
+            NoUpstream::NoTunnel => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Service Unavailable",
                 "This socket has no live tunnel: start mysocketctl connect (or ssh -R) for it.",
             ),
-            NoUpstream::Refused => page(
+            NoUpstream::ServiceDown => (
                 StatusCode::BAD_GATEWAY,
                 "Bad Gateway",
-                "The tunnels of this socket did not accept the connection.",
+                "The tunnel is up, but the service behind it did not take the connection (is it running?).",
             ),
+            NoUpstream::Refused => {
+                (StatusCode::BAD_GATEWAY, "Bad Gateway", "The tunnels of this socket did not accept the connection.")
+            }
         }
+    }
+
+    fn page(self) -> Response<Body> {
+        let (status, title, why) = self.parts();
+        page(status, title, why)
     }
 }
 

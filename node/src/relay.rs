@@ -60,6 +60,9 @@ const MAX_LOG: usize = 1024;
 /// The hello's parts are small; anything longer is not a relay.
 const MAX_HELLO_PART: usize = 4096;
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The holder's answer when the tunnel's client refused the channel because it could not reach
+/// its service (an SSH channel-open failure): definite, unlike a tunnel the holder cannot use.
+pub const SERVICE_DOWN: Code = Code::Aborted;
 /// Log frames waiting on one relay at most; more are dropped (the log is best effort).
 const LOG_BACKLOG: usize = 64 * 1024;
 /// How long a relay whose caller is done stays open for the log lines still on their way (the
@@ -430,9 +433,12 @@ pub async fn serve(
             }
         };
         let client: SocketAddr = open.client_addr.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let channel = crate::proxy::open_channel(&holding, client)
-            .await
-            .map_err(|e| Status::unavailable(format!("the tunnel did not accept the connection: {e}")))?;
+        let channel = crate::proxy::open_channel(&holding, client).await.map_err(|e| match e {
+            russh::Error::ChannelOpenFailure(_) => {
+                Status::new(SERVICE_DOWN, format!("the tunnel's client could not reach its service: {e}"))
+            }
+            e => Status::unavailable(format!("the tunnel did not accept the connection: {e}")),
+        })?;
         Ok((holding, client, open.log_connection, channel))
     };
     let opened = match tokio::time::timeout(OPEN_TIMEOUT, opened).await {
