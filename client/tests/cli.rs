@@ -250,17 +250,20 @@ async fn connect_publishes_a_local_port_survives_its_node_and_cleans_up() {
 }
 
 /// A visitor of a service that is down gets a 502 page saying so from whichever node takes
-/// the request, on a connection that stays open for the next one, and `connect` says it once
-/// per request: the channel is asked for once, not again by each node's other HTTP path or
+/// the request, on a connection that stays open for the next one, and `connect` (whose banner
+/// shows its own socket, not the account's others) says it once per request: the channel is asked for once, not again by each node's other HTTP path or
 /// after a refresh of the registry (the refusal is the client's own answer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_that_is_down_gets_one_502_and_one_line_per_request() {
     let c = TestCluster::builder().start().await;
     let ctl = Ctl::logged_in(c.nodes[&1].api_url(), "lee");
+    // Another socket of the account, which this tunnel does not serve: not in its banner.
+    ctl.json(&["socket", "create", "--name", "elsewhere", "--type", "http"]);
     let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let err_file = ctl.home.path().join("connect.err");
+    let (out_file, err_file) = (ctl.home.path().join("connect.out"), ctl.home.path().join("connect.err"));
+    let stdout = std::fs::File::create(&out_file).unwrap().into();
     let stderr = std::fs::File::create(&err_file).unwrap().into();
-    let (mut child, dnsname) = ctl.connect(&ctl.urls, down, "down", std::process::Stdio::null(), stderr).await;
+    let (mut child, dnsname) = ctl.connect(&ctl.urls, down, "down", stdout, stderr).await;
     let said = || std::fs::read_to_string(&err_file).unwrap().matches(" is down (").count();
     eventually(std::time::Duration::from_secs(20), "the tunnel up", || {
         let up = std::fs::read_to_string(&err_file).unwrap().contains("tunnel up via");
@@ -304,6 +307,9 @@ async fn a_service_that_is_down_gets_one_502_and_one_line_per_request() {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let told = std::fs::read_to_string(&err_file).unwrap();
     assert_eq!(said(), expected, "{told}");
+    let banner = std::fs::read_to_string(&out_file).unwrap();
+    assert!(banner.contains(&format!("  down (http): http://{dnsname}:8080/")), "{banner}");
+    assert!(!banner.contains("elsewhere"), "{banner}");
     assert!(told.contains(&format!("the local service at 127.0.0.1:{down} is down")), "{told}");
     let _ = child.kill();
     let _ = child.wait();

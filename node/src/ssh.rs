@@ -400,18 +400,24 @@ impl SshSession {
         true
     }
 
-    /// The banner, through the channel's log writer (which keeps within the window).
+    /// The banner, through the channel's log writer (which keeps within the window): the
+    /// sockets this session forwards, or, before it forwards any, every socket of the account.
     fn banner(&self, channel: ChannelId) {
-        let (user, log) = {
+        let (user, log, claimed) = {
             let st = self.state.lock().expect("ssh state");
-            (st.user.clone(), st.logs.iter().find(|l| l.channel == channel).cloned())
+            let claimed: Vec<Uuid> = st.claims.keys().copied().collect();
+            (st.user.clone(), st.logs.iter().find(|l| l.channel == channel).cloned(), claimed)
         };
         let Some(log) = log else { return };
         let text = match user {
             None => "mysocket: not logged in\r\n".to_string(),
             Some((user_id, _)) => self.node.read(|r| {
                 let mut s = String::from("\r\nWelcome to mysocket.\r\n");
+                let forwarded: Vec<Uuid> = claimed.iter().filter_map(|t| r.tunnel(t).map(|t| t.socket_id)).collect();
                 let mut socks = r.sockets_of(&user_id);
+                if !forwarded.is_empty() {
+                    socks.retain(|s| forwarded.contains(&s.socket_id));
+                }
                 socks.sort_by_key(|s| s.created_at_ms);
                 for sock in socks {
                     let urls = crate::proxy::public_urls(&self.node, sock);
