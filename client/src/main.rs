@@ -112,17 +112,20 @@ enum AccountCmd {
 
 #[derive(clap::Args, Debug)]
 struct SocketSpec {
+    /// The socket's name, shown by `socket ls` and in the tunnel's banner.
     #[arg(long, short = 'n', default_value = "mysocketctl")]
     name: String,
     /// http, https, tcp or tls.
     #[arg(long = "type", short = 't', default_value = "http")]
     socket_type: String,
     /// Require HTTP basic auth (username and password).
-    #[arg(long, short = 'P')]
+    #[arg(long, short = 'P', requires_all = ["username", "password"])]
     protected: bool,
-    #[arg(long, short = 'u')]
+    /// The username visitors give (with --protected).
+    #[arg(long, short = 'u', requires = "protected")]
     username: Option<String>,
-    #[arg(long, short = 'p')]
+    /// The password visitors give (with --protected).
+    #[arg(long, short = 'p', requires = "protected")]
     password: Option<String>,
 }
 

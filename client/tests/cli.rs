@@ -144,6 +144,17 @@ async fn the_cli_drives_accounts_sockets_and_tunnels() {
         "p",
     ]);
     assert_eq!(p["protected_socket"], true);
+    // Half a protected socket is a usage error, and makes nothing: --protected without its
+    // credentials, or credentials without --protected (which would leave the socket open).
+    let before = ctl.json(&["socket", "ls"]).as_array().unwrap().len();
+    for args in [&["--protected", "--username", "u"][..], &["--username", "u", "--password", "p"][..]] {
+        let mut a = vec!["socket", "create", "--name", "half"];
+        a.extend_from_slice(args);
+        let (code, _, err) = ctl.run(&a);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("--password") || err.contains("--protected"), "{args:?}: {err}");
+    }
+    assert_eq!(ctl.json(&["socket", "ls"]).as_array().unwrap().len(), before);
     let (code, _, err) = ctl.run(&["socket", "create", "--name", "bad", "--type", "gopher"]);
     assert_eq!(code, 2, "bad type: {err}");
     assert!(err.contains("socket_type"), "{err}");
