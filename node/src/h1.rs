@@ -257,7 +257,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     // unread ends the connection.
                     let close = req.body > 0 || req.close;
                     let (status, title, why) = no.parts();
-                    let page = crate::proxy::page_bytes(status, title, why, close);
+                    let page = crate::proxy::page_bytes(status, title, why, close, req.head);
                     crate::metrics::get().response(self.scheme, status.as_u16());
                     self.buf.drain(..req.head_len);
                     if self.client.write_all(&page).await.is_err() || self.client.flush().await.is_err() || close {
@@ -293,7 +293,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 let up = self.up.take();
                 let close = body_left > 0 || req.close;
                 let why = "The service behind the tunnel is not answering (is it running?).";
-                let page = crate::proxy::page_bytes(StatusCode::BAD_GATEWAY, "Bad Gateway", why, close);
+                let page = crate::proxy::page_bytes(StatusCode::BAD_GATEWAY, "Bad Gateway", why, close, req.head);
                 if let Some(up) = up {
                     up.log.line(crate::proxy::request_line(&self.peer_ip, &req.method, &req.path, 502, 0, started));
                 }

@@ -88,15 +88,17 @@ fn page(status: StatusCode, title: &str, detail: &str) -> Response<Body> {
     r
 }
 
-/// [`page`] as the bytes of a whole HTTP/1.1 response, which closes the connection or not.
-pub fn page_bytes(status: StatusCode, title: &str, detail: &str, close: bool) -> Vec<u8> {
+/// [`page`] as the bytes of a whole HTTP/1.1 response, which closes the connection or not; to
+/// a HEAD request, the head alone.
+pub fn page_bytes(status: StatusCode, title: &str, detail: &str, close: bool, head_request: bool) -> Vec<u8> {
     let html = page_html(status, title, detail);
     format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\n{}\r\n{html}",
+        "HTTP/1.1 {} {}\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\n{}\r\n{}",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         html.len(),
         if close { "connection: close\r\n" } else { "" },
+        if head_request { "" } else { &html },
     )
     .into_bytes()
 }
