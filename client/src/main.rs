@@ -611,6 +611,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         identity: tunnel::find_identity(identity)?,
                         servers: cluster.servers(&t.tunnel_server),
                         host_key: cluster.host_key,
+                        socket_id: socket_id.clone(),
+                        tunnel_id: tunnel_id.clone(),
                     };
                     print_urls(&sock);
                     tokio::select! {
@@ -648,6 +650,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 identity,
                 servers: cluster.servers(&t.tunnel_server),
                 host_key: cluster.host_key,
+                socket_id: sock.socket_id.clone(),
+                tunnel_id: t.tunnel_id.clone(),
             };
             let outcome = tokio::select! {
                 r = tunnel::run(spec, api.clone()) => r.map_err(Failure::from),
@@ -656,6 +660,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             // Ctrl-C (or a fatal error): the socket goes away with us.
             match api.delete_socket(&sock.socket_id).await {
                 Ok(()) => eprintln!("Socket {} deleted", sock.socket_id),
+                Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => {
+                    eprintln!("Socket {} was deleted already", sock.socket_id)
+                }
                 Err(e) => eprintln!("could not delete socket {}: {e}", sock.socket_id),
             }
             outcome?;

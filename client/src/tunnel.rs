@@ -42,6 +42,9 @@ pub struct TunnelSpec {
     pub servers: Vec<String>,
     /// The cluster's SSH host key (OpenSSH public-key line) from `GET /cluster`.
     pub host_key: String,
+    /// The tunnel, for asking the API whether it still exists once a server has closed it.
+    pub socket_id: String,
+    pub tunnel_id: String,
 }
 
 /// The private key to use: `--identity`, else ~/.ssh/id_ed25519, id_ecdsa, id_rsa.
@@ -308,6 +311,22 @@ pub async fn run(mut spec: TunnelSpec, api: ApiClient) -> anyhow::Result<()> {
         let server = spec.servers[i % spec.servers.len()].clone();
         let started = Instant::now();
         let last = session_once(&spec, &key, &server).await;
+        // Closed or refused by a server (not a lost connection, which moves on at once): the
+        // tunnel may be gone, deleted through the API, and then there is nothing to come back to.
+        if !matches!(last, Ok(Ended::Lost)) {
+            if let Err(e) = api.tunnel(&spec.socket_id, &spec.tunnel_id).await {
+                if e.status().map(|s| s.as_u16()) == Some(404) {
+                    if let Ok(Ended::ByServer(why)) = &last {
+                        say(format!("tunnel via {server} closed by the server ({why})"));
+                    }
+                    bail!(
+                        "tunnel {} of socket {} no longer exists (deleted); stopping",
+                        spec.tunnel_id,
+                        spec.socket_id
+                    );
+                }
+            }
+        }
         match &last {
             Ok(Ended::Lost) => say(format!("tunnel via {server} lost; reconnecting")),
             Ok(Ended::ByServer(why)) => say(format!("tunnel via {server} closed by the server ({why}); reconnecting")),

@@ -328,6 +328,36 @@ async fn a_service_that_is_down_gets_one_502_and_one_line_per_request() {
     let _ = child.wait();
 }
 
+/// Deleting a socket while `connect` serves it (from another terminal, or through the API)
+/// closes its tunnel on the node that held it, and `connect` stops and says why, instead of
+/// reconnecting for ever to a tunnel that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_its_socket_closes_the_tunnel_and_stops_connect() {
+    let c = TestCluster::builder().start().await;
+    let ctl = Ctl::logged_in(c.nodes[&1].api_url(), "max");
+    let err_file = ctl.home.path().join("connect.err");
+    let stderr = std::fs::File::create(&err_file).unwrap().into();
+    let (mut child, _) =
+        ctl.connect(&ctl.urls, origin().await, "short-lived", std::process::Stdio::null(), stderr).await;
+    let connected = || async { c.api(1).cluster().await.unwrap().nodes.iter().map(|n| n.tunnels).sum::<usize>() };
+    eventually(std::time::Duration::from_secs(20), "the tunnel held", || async {
+        (connected().await == 1).then_some(())
+    })
+    .await;
+    let sid = ctl.json(&["socket", "ls"])[0]["socket_id"].as_str().unwrap().to_string();
+    ctl.ok(&["socket", "delete", "--socket_id", &sid]);
+    let status = eventually(std::time::Duration::from_secs(20), "connect to stop", || {
+        let done = child.try_wait().unwrap();
+        async move { done }
+    })
+    .await;
+    assert_eq!(status.code(), Some(1), "connect's exit");
+    let told = std::fs::read_to_string(&err_file).unwrap();
+    assert!(told.contains("this tunnel was deleted") && told.contains("no longer exists"), "{told}");
+    assert!(told.contains("was deleted already"), "{told}");
+    assert_eq!(connected().await, 0, "no node holds the tunnel");
+}
+
 /// A newcomer's CLI knows one node (the default API URL); once it has logged in, every command
 /// still reaches the cluster through the other nodes while that one is down — and only for
 /// that URL: a command given another one gets no fall-back onto this cluster.

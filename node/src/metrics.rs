@@ -96,7 +96,7 @@ pub struct Metrics {
     upstreams: ByLabel<4>,
     unavailable: ByLabel<3>,
     relays_served: ByLabel<4>,
-    tunnels_closed: ByLabel<3>,
+    tunnels_closed: ByLabel<4>,
     orphans_released: Counter,
     state: StateGauges,
 }
@@ -192,9 +192,9 @@ impl Metrics {
         let tunnels_closed = ByLabel::register(
             r,
             "tunnels_closed",
-            "Tunnel sessions this node closed: superseded by a newer connection, released by the cluster (this node was silent), or cut off from the majority",
+            "Tunnel sessions this node closed: superseded by a newer connection, released by the cluster (this node was silent), deleted, or cut off from the majority",
             "reason",
-            ["superseded", "released", "cut_off"],
+            ["superseded", "released", "deleted", "cut_off"],
         );
         let orphans_released = Counter::default();
         r.register(
@@ -290,7 +290,7 @@ impl Metrics {
         self.relays_served.get(result).inc();
     }
 
-    /// `reason`: superseded, released or cut_off.
+    /// `reason`: superseded, released, deleted or cut_off.
     pub fn tunnel_closed(&self, reason: &'static str) {
         self.tunnels_closed.get(reason).inc();
     }

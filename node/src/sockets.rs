@@ -256,7 +256,7 @@ pub(crate) async fn remove(
     let me = authenticate(&node, &headers)?;
     let sid = parse_id(&sid, "socket")?;
     match node.write(Command::DeleteSocket { user_id: me, socket_id: sid }).await? {
-        RegResponse::Done => Ok(StatusCode::NO_CONTENT),
+        RegResponse::Deleted(_) => Ok(StatusCode::NO_CONTENT),
         other => Err(unexpected(other)),
     }
 }
@@ -321,7 +321,7 @@ pub(crate) async fn remove_tunnel(
     let sid = parse_id(&sid, "socket")?;
     let tid = parse_id(&tid, "tunnel")?;
     match node.write(Command::DeleteTunnel { user_id: me, socket_id: sid, tunnel_id: tid }).await? {
-        RegResponse::Done => Ok(StatusCode::NO_CONTENT),
+        RegResponse::Deleted(_) => Ok(StatusCode::NO_CONTENT),
         other => Err(unexpected(other)),
     }
 }

@@ -150,7 +150,7 @@ impl Holdings {
 const FAREWELL: Duration = Duration::from_millis(100);
 
 /// Closes the SSH session of a holding, telling the client `why`; counted under `reason`
-/// (superseded, released or cut_off).
+/// (superseded, released, deleted or cut_off).
 fn close(h: Holding, reason: &'static str, why: &'static str) {
     crate::metrics::get().tunnel_closed(reason);
     tokio::spawn(async move {
@@ -195,8 +195,8 @@ pub async fn fence(node: NodeRef, holdings: Arc<Holdings>, stop: CancellationTok
     }
 }
 
-/// Follows applied registry changes: closes holdings that a newer claim superseded or that
-/// the cluster released.
+/// Follows applied registry changes: closes holdings that a newer claim superseded, that the
+/// cluster released, or whose tunnel (or socket) was deleted.
 pub async fn watch(node: NodeRef, holdings: Arc<Holdings>, stop: CancellationToken) {
     let mut events = node.state_machine.subscribe();
     loop {
@@ -221,6 +221,11 @@ pub async fn watch(node: NodeRef, holdings: Arc<Holdings>, stop: CancellationTok
                         .iter()
                         .filter(|s| s.node_id == node.id)
                         .map(|s| (s.tunnel_id, s.epoch, "released", "the cluster released this tunnel"))
+                        .collect(),
+                    Response::Deleted(list) => list
+                        .iter()
+                        .filter(|s| s.node_id == node.id)
+                        .map(|s| (s.tunnel_id, s.epoch, "deleted", "this tunnel was deleted"))
                         .collect(),
                     _ => Vec::new(),
                 };

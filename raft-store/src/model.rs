@@ -317,6 +317,9 @@ pub enum Response {
     },
     /// Sessions released by this command (a node marked dead or retired releases several).
     Released(Vec<TunnelSession>),
+    /// A socket or tunnel deleted, with the tunnel sessions that ended with it (their nodes
+    /// close them).
+    Deleted(Vec<TunnelSession>),
     Rejected(Rejection),
     /// The answers to a [`Command::Batch`], in its order.
     Batch(Vec<Response>),

@@ -373,8 +373,9 @@ impl Registry {
             }
             Command::DeleteSocket { user_id, socket_id } => {
                 let s = self.owned_socket(user_id, socket_id)?.clone();
+                let mut ended = Vec::new();
                 for t in self.tunnels_of(socket_id) {
-                    self.remove_tunnel(&t, dirty);
+                    ended.extend(self.remove_tunnel(&t, dirty));
                 }
                 self.dnsnames.remove(&s.dnsname.to_ascii_lowercase());
                 if let Some(p) = s.port {
@@ -383,7 +384,7 @@ impl Registry {
                 self.sockets.remove(socket_id);
                 self.user_sockets.remove(&(s.user_id, *socket_id));
                 dirty.insert(RowKey::Socket(*socket_id));
-                Ok(Response::Done)
+                Ok(Response::Deleted(ended))
             }
             Command::CreateTunnel { user_id, socket_id, tunnel, limits } => {
                 self.owned_socket(user_id, socket_id)?;
@@ -403,8 +404,7 @@ impl Registry {
                     Some(t) if &t.socket_id == socket_id => t.clone(),
                     _ => return Err(Rejection::NotFound("tunnel not found".into())),
                 };
-                self.remove_tunnel(&t, dirty);
-                Ok(Response::Done)
+                Ok(Response::Deleted(self.remove_tunnel(&t, dirty).into_iter().collect()))
             }
             Command::ClaimTunnel { user_id, tunnel_id, node_id } => {
                 match self.tunnels.get(tunnel_id) {
@@ -583,17 +583,20 @@ impl Registry {
         Ok(t)
     }
 
-    fn remove_tunnel(&mut self, t: &Tunnel, dirty: &mut Dirty) {
+    /// Removes a tunnel and its session, if it had one: returned, for its node to close.
+    fn remove_tunnel(&mut self, t: &Tunnel, dirty: &mut Dirty) -> Option<TunnelSession> {
         self.relay_ports.remove(&(t.user_id, t.local_port));
         self.tunnels.remove(&t.tunnel_id);
         self.socket_tunnels.remove(&(t.socket_id, t.tunnel_id));
         dirty.insert(RowKey::Tunnel(t.tunnel_id));
-        if self.sessions.remove(&t.tunnel_id).is_some() {
+        let ended = self.sessions.remove(&t.tunnel_id);
+        if ended.is_some() {
             dirty.insert(RowKey::Session(t.tunnel_id));
         }
         if self.epochs.remove(&t.tunnel_id).is_some() {
             dirty.insert(RowKey::Epoch(t.tunnel_id));
         }
+        ended
     }
 
     fn release_node(&mut self, node_id: NodeId, dirty: &mut Dirty) -> Vec<TunnelSession> {
