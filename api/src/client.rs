@@ -29,6 +29,11 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// The server answered that what was asked for does not exist (404).
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(StatusCode::NOT_FOUND)
+    }
 }
 
 /// An API base URL: `http://` when no scheme is given, no trailing slash.

@@ -660,7 +660,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             // Ctrl-C (or a fatal error): the socket goes away with us.
             match api.delete_socket(&sock.socket_id).await {
                 Ok(()) => eprintln!("Socket {} deleted", sock.socket_id),
-                Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => {
+                Err(e) if e.is_not_found() => {
                     eprintln!("Socket {} was deleted already", sock.socket_id)
                 }
                 Err(e) => eprintln!("could not delete socket {}: {e}", sock.socket_id),

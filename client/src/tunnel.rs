@@ -315,7 +315,7 @@ pub async fn run(mut spec: TunnelSpec, api: ApiClient) -> anyhow::Result<()> {
         // tunnel may be gone, deleted through the API, and then there is nothing to come back to.
         if !matches!(last, Ok(Ended::Lost)) {
             if let Err(e) = api.tunnel(&spec.socket_id, &spec.tunnel_id).await {
-                if e.status().map(|s| s.as_u16()) == Some(404) {
+                if e.is_not_found() {
                     if let Ok(Ended::ByServer(why)) = &last {
                         say(format!("tunnel via {server} closed by the server ({why})"));
                     }

@@ -256,11 +256,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     // request would be tried on every tunnel a second time.) A body left
                     // unread ends the connection.
                     let close = req.body > 0 || req.close;
-                    let (status, title, why) = no.parts();
-                    let page = crate::proxy::page_bytes(status, title, why, close, req.head);
-                    crate::metrics::get().response(self.scheme, status.as_u16());
                     self.buf.drain(..req.head_len);
-                    if self.client.write_all(&page).await.is_err() || self.client.flush().await.is_err() || close {
+                    if !self.page(no.parts(), close, req.head).await {
                         return false;
                     }
                     continue;
@@ -293,12 +290,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 let up = self.up.take();
                 let close = body_left > 0 || req.close;
                 let why = "The service behind the tunnel is not answering (is it running?).";
-                let page = crate::proxy::page_bytes(StatusCode::BAD_GATEWAY, "Bad Gateway", why, close, req.head);
                 if let Some(up) = up {
                     up.log.line(crate::proxy::request_line(&self.peer_ip, &req.method, &req.path, 502, 0, started));
                 }
-                crate::metrics::get().response(self.scheme, 502);
-                if self.client.write_all(&page).await.is_err() || self.client.flush().await.is_err() || close {
+                if !self.page((StatusCode::BAD_GATEWAY, "Bad Gateway", why), close, req.head).await {
                     return false;
                 }
                 continue;
@@ -329,6 +324,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 return false;
             }
         }
+    }
+
+    /// Answers with the node's own page (status, title, text), counted; whether the client
+    /// connection can take the next request.
+    async fn page(&mut self, (status, title, why): (StatusCode, &str, &str), close: bool, head_request: bool) -> bool {
+        let page = crate::proxy::page_bytes(status, title, why, close, head_request);
+        crate::metrics::get().response(self.scheme, status.as_u16());
+        self.client.write_all(&page).await.is_ok() && self.client.flush().await.is_ok() && !close
     }
 
     /// Puts a stream that can take another request in the pool, its last log line sent first

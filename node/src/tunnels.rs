@@ -11,6 +11,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use mysocket_raft_store::Response;
+use mysocket_raft_store::TunnelSession;
 use russh::server::Handle;
 use russh::server::Msg;
 use russh::Channel;
@@ -199,6 +200,10 @@ pub async fn fence(node: NodeRef, holdings: Arc<Holdings>, stop: CancellationTok
 /// cluster released, or whose tunnel (or socket) was deleted.
 pub async fn watch(node: NodeRef, holdings: Arc<Holdings>, stop: CancellationToken) {
     let mut events = node.state_machine.subscribe();
+    // This node's sessions among `ended`, each with the reason it is closed for.
+    let mine = |ended: &[TunnelSession], reason, why| -> Vec<(Uuid, u64, &'static str, &'static str)> {
+        ended.iter().filter(|s| s.node_id == node.id).map(|s| (s.tunnel_id, s.epoch, reason, why)).collect()
+    };
     loop {
         let ev = tokio::select! {
             _ = stop.cancelled() => return,
@@ -206,7 +211,7 @@ pub async fn watch(node: NodeRef, holdings: Arc<Holdings>, stop: CancellationTok
         };
         match ev {
             Ok(applied) => {
-                let gone: Vec<(Uuid, u64, &'static str, &'static str)> = match &applied.response {
+                let gone = match &applied.response {
                     Response::Claimed { session, superseded: Some(old) }
                         if old.node_id == node.id && session.node_id != node.id =>
                     {
@@ -217,23 +222,15 @@ pub async fn watch(node: NodeRef, holdings: Arc<Holdings>, stop: CancellationTok
                             "a newer connection to another node took over this tunnel",
                         )]
                     }
-                    Response::Released(list) => list
-                        .iter()
-                        .filter(|s| s.node_id == node.id)
-                        .map(|s| (s.tunnel_id, s.epoch, "released", "the cluster released this tunnel"))
-                        .collect(),
-                    Response::Deleted(list) => list
-                        .iter()
-                        .filter(|s| s.node_id == node.id)
-                        .map(|s| (s.tunnel_id, s.epoch, "deleted", "this tunnel was deleted"))
-                        .collect(),
+                    Response::Released(list) => mine(list, "released", "the cluster released this tunnel"),
+                    Response::Deleted(list) => mine(list, "deleted", "this tunnel was deleted"),
                     _ => Vec::new(),
                 };
                 #[cfg(feature = "planted-bugs")]
                 let gone = if node.planted("stale-holder") { Vec::new() } else { gone };
                 for (tunnel_id, epoch, reason, why) in gone {
                     if let Some(h) = holdings.remove(&tunnel_id, epoch) {
-                        tracing::info!(%tunnel_id, epoch, why, "closing superseded tunnel session");
+                        tracing::info!(%tunnel_id, epoch, why, "closing a tunnel session");
                         close(h, reason, why);
                     }
                 }
