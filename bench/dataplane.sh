@@ -336,7 +336,7 @@ cat >"$WORK/idle_tunnels.py" <<'EOF'
 """Open N idle tunnels to one node (one SSH session each, with one remote forward of a
 tunnel's relay port, as N `mysocketctl connect`s would) and report that node's VmRSS before
 and after, as one JSON line. Accounts, sockets and tunnels come from the REST API."""
-import asyncio, json, sys, time, urllib.error, urllib.request
+import asyncio, json, os, sys, time, urllib.error, urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import asyncssh
@@ -407,7 +407,8 @@ def provision(i, count):
 
 
 def held_on_node():
-    view = call("GET", "/cluster")
+    # Tunnels per node are an operator's to see.
+    view = call("GET", "/cluster", None, os.environ["MYSOCKET_OPERATOR_TOKEN"])
     me = [x for x in view["nodes"] if x["ssh_addr"] == "%s:%d" % (ssh_host, ssh_port)]
     return me[0]["tunnels"] if me else None
 
@@ -466,7 +467,8 @@ IDLE_LINE=""
 if ((TUNNELS == 0)); then
   IDLE_LINE="idle tunnels: not measured (TUNNELS=0)"
 elif "$VENV/bin/python" -c 'import asyncssh' 2>/dev/null; then
-  "$VENV/bin/python" "$WORK/idle_tunnels.py" http://127.0.0.2:7070 127.0.0.1 2222 "$NODE1_PID" \
+  MYSOCKET_OPERATOR_TOKEN="$(cat "$CLUSTER_DIR/operator-token")" \
+    "$VENV/bin/python" "$WORK/idle_tunnels.py" http://127.0.0.2:7070 127.0.0.1 2222 "$NODE1_PID" \
     "$TUNNELS" "$PER_ACCOUNT" "$WORK/userkey" $ORIGIN_HTTP >"$WORK/idle.json" 2>"$WORK/idle.err" &
   PIDS+=($!)
   wait $! || true

@@ -372,9 +372,11 @@ def use(host, nodes, ctl, probe=None):
         assert "hello from the host, /x" in body, body
     print(f"{dns} answers through every node: {', '.join(b for _, b in nodes.values())}")
 
-    holder = eventually("a node holding the tunnel",
-                        lambda: next((n for n in (cluster() or {"nodes": []})["nodes"] if n["tunnels"] > 0), None))
-    name = list(nodes)[holder["id"] - 1]
+    # Which node holds the tunnel, as its user sees it (the per-node counts are an operator's).
+    def holder():
+        t = json.loads(ctl_run("socket", "ls", "-o", "json"))[0]["tunnels"]
+        return next((x["session"]["node_id"] for x in t if x.get("session")), None)
+    name = list(nodes)[eventually("a node holding the tunnel", holder) - 1]
     host.kill(name)
     t0 = time.time()
     live = [b for n, (_, b) in nodes.items() if n != name]

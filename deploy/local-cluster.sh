@@ -34,7 +34,8 @@ start_node() {
   local id="$1" ip; ip="$(ip_of "$id")"
   mkdir -p "$DIR"
   "$BIN" --id "$id" --host "$ip" --data-dir "$DIR/node-$id" \
-    --cluster-secret-file "$DIR/cluster-secret" --initial-cluster "$INITIAL" \
+    --cluster-secret-file "$DIR/cluster-secret" --operator-token-file "$DIR/operator-token" \
+    --initial-cluster "$INITIAL" \
     >>"$DIR/node-$id.log" 2>&1 &
   echo $! > "$(pidfile "$id")"
   echo "started node $id (pid $!) on $ip"
@@ -69,10 +70,14 @@ case "${1:-}" in
     command -v curl >/dev/null || { echo "curl is needed: apt-get install -y curl" >&2; exit 1; }
     build
     mkdir -p "$DIR"
-    if [[ ! -s "$DIR/cluster-secret" ]]; then
-      head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$DIR/cluster-secret"
-      chmod 600 "$DIR/cluster-secret"
-    fi
+    # Two credentials, never the same: the cluster secret (nodes among themselves) and the
+    # operator token (membership, the dashboard's detail, metrics; MYSOCKET_OPERATOR_TOKEN_FILE
+    # for mysocketctl).
+    for f in cluster-secret operator-token; do
+      if [[ ! -s "$DIR/$f" ]]; then
+        (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$DIR/$f")
+      fi
+    done
     for id in "${IDS[@]}"; do
       if running "$id"; then echo "node $id already running"; else start_node "$id"; fi
     done
@@ -85,6 +90,8 @@ The cluster is up. Data and logs: $DIR
 Next:
   $CTL --help                       # the CLI
   curl http://127.0.0.1:7070/cluster    # leader, term, nodes
+  export MYSOCKET_OPERATOR_TOKEN_FILE=$DIR/operator-token   # the operator's credential
+  $CTL cluster status                   # each node's role, applied index, tunnels
   deploy/local-cluster.sh status        # this summary again
   deploy/local-cluster.sh logs          # follow the node logs
   deploy/local-cluster.sh down          # stop the three nodes

@@ -42,6 +42,34 @@ fn base_url(u: String) -> String {
     u.trim_end_matches('/').to_string()
 }
 
+/// An error with what caused it (a refused certificate shows only there).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+fn http_client(extra_roots: &[reqwest::Certificate]) -> reqwest::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(30))
+        // Idle connections are dropped before a node closes them (it gives an idle
+        // connection 30 s for its next request), so none is reused as it closes.
+        .pool_idle_timeout(Duration::from_secs(20));
+    for c in extra_roots {
+        b = b.add_root_certificate(c.clone());
+    }
+    b.build()
+}
+
 /// Client for one cluster, given one or more API base URLs. A call that cannot connect to a
 /// node moves on to the next; an answer from a node (even an error) is final.
 #[derive(Clone, Debug)]
@@ -58,26 +86,33 @@ impl ApiClient {
         S: Into<String>,
     {
         let urls = urls.into_iter().map(|u| base_url(u.into())).collect();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(30))
-            // Idle connections are dropped before a node closes them (it gives an idle
-            // connection 30 s for its next request), so none is reused as it closes.
-            .pool_idle_timeout(Duration::from_secs(20))
-            .build()
-            .expect("http client");
-        ApiClient { http, urls, token: None }
+        ApiClient { http: http_client(&[]).expect("http client"), urls, token: None }
+    }
+
+    /// Trusts the CA certificates in `pem` (e.g. the cluster CA, for an API served over HTTPS
+    /// with a certificate it signed) besides the system's roots.
+    pub fn with_ca_pem(mut self, pem: &[u8]) -> Result<ApiClient, ClientError> {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| ClientError::Decode(format!("the CA file is not PEM certificates: {e}")))?;
+        if certs.is_empty() {
+            return Err(ClientError::Decode("the CA file holds no certificate".into()));
+        }
+        self.http = http_client(&certs).map_err(|e| ClientError::Decode(e.to_string()))?;
+        Ok(self)
     }
 
     /// Adds more nodes' API addresses (`api_addr` from `GET /cluster`) after the URLs already
-    /// known, for calls to fall back on when those cannot be reached.
+    /// known, for calls to fall back on when those cannot be reached; an address without a
+    /// scheme gets the first URL's (a cluster whose API speaks HTTPS does so on every node).
     pub fn with_fallbacks<I, S>(mut self, addrs: I) -> ApiClient
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
+        let https = self.urls.first().is_some_and(|u| u.starts_with("https://"));
         for a in addrs {
-            let u = base_url(a.into());
+            let a: String = a.into();
+            let u = base_url(if https && !a.contains("://") { format!("https://{a}") } else { a });
             if !self.urls.contains(&u) {
                 self.urls.push(u);
             }
@@ -117,10 +152,10 @@ impl ApiClient {
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) if e.is_connect() || e.is_timeout() => {
-                    last_err = format!("{base}: {e}");
+                    last_err = format!("{base}: {}", with_causes(&e));
                     continue;
                 }
-                Err(e) => return Err(ClientError::Unreachable(format!("{base}: {e}"))),
+                Err(e) => return Err(ClientError::Unreachable(format!("{base}: {}", with_causes(&e)))),
             };
             let status = resp.status();
             let bytes = resp.bytes().await.map_err(|e| ClientError::Decode(e.to_string()))?;

@@ -29,22 +29,30 @@ impl ClusterView {
     }
 }
 
-/// One member of the cluster, as `GET /cluster` shows it.
-#[derive(utoipa::ToSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One member of the cluster, as `GET /cluster` shows it. Anyone sees a node's id and the
+/// addresses clients dial; the rest (`raft_addr`, `voter`, `last_applied`, `tunnels`) only an
+/// operator (absent otherwise).
+#[derive(utoipa::ToSchema, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeView {
     pub id: u64,
     /// `host:port` of the node's API as clients dial it (`--advertise-host`; never `0.0.0.0`).
     /// Empty until the node has registered its addresses.
     pub api_addr: String,
-    pub raft_addr: String,
+    /// The node's internal (Raft) address; operators only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_addr: Option<String>,
     /// SSH tunnel endpoint of the node as clients dial it; empty until it has registered.
     #[serde(default)]
     pub ssh_addr: String,
-    pub voter: bool,
-    /// `null` when the node did not answer.
+    /// Operators only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voter: Option<bool>,
+    /// Operators only; absent when the node did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_applied: Option<u64>,
-    /// Tunnel sessions the node holds.
-    pub tunnels: usize,
+    /// Tunnel sessions the node holds; operators only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnels: Option<usize>,
 }
 
 /// `POST /cluster/nodes`: add a node (as a learner, then as a voter once caught up).
@@ -147,6 +155,8 @@ pub struct Socket {
     pub socket_tcp_ports: Vec<u16>,
     pub protected_socket: bool,
     pub protected_username: String,
+    /// Always empty: the cluster keeps only a salted hash of the password and never returns
+    /// it (the original API returned it in clear).
     pub protected_password: String,
     pub cloud_authentication_enabled: bool,
     pub cloud_authentication_email_allowed_addressses: Vec<String>,

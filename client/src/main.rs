@@ -38,6 +38,16 @@ struct Cli {
         global = true
     )]
     api_url: Vec<String>,
+    /// PEM file of the CA that signed the API's certificate (for `https://` API URLs), e.g. the
+    /// cluster CA from a node's DATA_DIR/ca.pem; `login` keeps it for later commands to the
+    /// same URLs. Without it, the system's roots.
+    #[arg(long, env = "MYSOCKET_CACERT", global = true)]
+    cacert: Option<PathBuf>,
+    /// File holding the cluster's operator token, for `cluster add|remove`, the detail of
+    /// `cluster status`, and `account create` on a cluster whose sign-up is closed. The token
+    /// itself may come from MYSOCKET_OPERATOR_TOKEN instead.
+    #[arg(long = "operator-token-file", env = "MYSOCKET_OPERATOR_TOKEN_FILE", global = true)]
+    operator_token_file: Option<PathBuf>,
     /// `table` (default) or `json` for scripts.
     #[arg(long, short = 'o', value_parser = ["table", "json"], default_value = "table", global = true)]
     output: String,
@@ -127,6 +137,16 @@ struct SocketSpec {
     /// The password visitors give (with --protected).
     #[arg(long, short = 'p', requires = "protected")]
     password: Option<String>,
+    /// Visitors log in with an identity provider first (the original client's option); sent
+    /// as asked, so a cluster that cannot enforce it refuses the socket.
+    #[arg(long)]
+    cloudauth: bool,
+    /// Emails allowed through cloud authentication, comma separated.
+    #[arg(long = "allowed_email_addresses", alias = "allowed-email-addresses", value_delimiter = ',')]
+    allowed_email_addresses: Vec<String>,
+    /// Email domains allowed through cloud authentication, comma separated.
+    #[arg(long = "allowed_email_domains", alias = "allowed-email-domains", value_delimiter = ',')]
+    allowed_email_domains: Vec<String>,
 }
 
 impl From<SocketSpec> for SocketCreate {
@@ -137,7 +157,9 @@ impl From<SocketSpec> for SocketCreate {
             protected_socket: s.protected,
             protected_username: s.username,
             protected_password: s.password,
-            ..Default::default()
+            cloud_authentication_enabled: s.cloudauth,
+            cloud_authentication_email_allowed_addressses: s.allowed_email_addresses,
+            cloud_authentication_email_allowed_domains: s.allowed_email_domains,
         }
     }
 }
@@ -300,13 +322,21 @@ fn nodes_file() -> PathBuf {
 struct KnownNodes {
     given: Vec<String>,
     nodes: Vec<String>,
+    /// The CA (PEM) `login` was given for these URLs, trusted by every later command to them.
+    #[serde(default)]
+    ca_pem: Option<String>,
 }
 
 /// The nodes' API addresses from `GET /cluster`, saved at login and whenever a tunnel starts.
 /// Best effort: a file that cannot be written only costs the fall-back.
+/// The CA this run trusts for an HTTPS API (`--cacert`, or the one login kept), kept again
+/// with the nodes.
+static CA_PEM: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
 fn remember_nodes(given: &[String], view: &mysocket_api::ClusterView) {
+    let ca_pem = CA_PEM.get().cloned().flatten();
     let nodes = view.nodes.iter().filter(|n| !n.api_addr.is_empty()).map(|n| n.api_addr.clone()).collect();
-    let known = KnownNodes { given: given.to_vec(), nodes };
+    let known = KnownNodes { given: given.to_vec(), nodes, ca_pem };
     if let Ok(text) = serde_json::to_string(&known) {
         let _ = std::fs::write(nodes_file(), text);
     }
@@ -314,13 +344,11 @@ fn remember_nodes(given: &[String], view: &mysocket_api::ClusterView) {
 
 /// The remembered nodes, if they were seen through the same API URL(s) as now: another
 /// `--api-url` means another cluster, or a choice the user made, and gets no fall-back.
-fn known_nodes(given: &[String]) -> Vec<String> {
+fn known_nodes(given: &[String]) -> Option<KnownNodes> {
     std::fs::read(nodes_file())
         .ok()
         .and_then(|b| serde_json::from_slice::<KnownNodes>(&b).ok())
         .filter(|k| k.given == given)
-        .map(|k| k.nodes)
-        .unwrap_or_default()
 }
 
 fn prompt(label: &str, secret: bool) -> Result<String, Failure> {
@@ -391,8 +419,18 @@ fn tunnel_table(tunnels: &[mysocket_api::Tunnel]) {
     t.print();
 }
 
+/// The cluster as `GET /cluster` shows it: each node's internal address, role, applied index
+/// and tunnels only for an operator (the columns are left out otherwise).
 fn cluster_table(v: &mysocket_api::ClusterView) {
     println!("leader: {}   term: {}", v.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into()), v.term);
+    if v.nodes.iter().all(|n| n.raft_addr.is_none()) {
+        let mut t = Table::new(["ID", "API", "SSH"]);
+        for n in &v.nodes {
+            t.row([n.id.to_string(), n.api_addr.clone(), n.ssh_addr.clone()]);
+        }
+        t.print();
+        return;
+    }
     let mut t = Table::new(["ID", "API", "SSH", "RAFT", "VOTER", "LAST APPLIED", "TUNNELS"]);
     for n in &v.nodes {
         let applied = n.last_applied.map(|a| a.to_string()).unwrap_or_else(|| "down".into());
@@ -400,13 +438,26 @@ fn cluster_table(v: &mysocket_api::ClusterView) {
             n.id.to_string(),
             n.api_addr.clone(),
             n.ssh_addr.clone(),
-            n.raft_addr.clone(),
-            n.voter.to_string(),
+            n.raft_addr.clone().unwrap_or_default(),
+            n.voter.unwrap_or(false).to_string(),
             applied,
-            n.tunnels.to_string(),
+            n.tunnels.unwrap_or(0).to_string(),
         ]);
     }
     t.print();
+}
+
+/// The operator token: MYSOCKET_OPERATOR_TOKEN, else the file `--operator-token-file` names.
+fn operator_token(file: Option<&PathBuf>) -> Result<Option<String>, Failure> {
+    if let Some(t) = std::env::var("MYSOCKET_OPERATOR_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
+        return Ok(Some(t.trim().to_string()));
+    }
+    match file {
+        None => Ok(None),
+        Some(p) => std::fs::read_to_string(p)
+            .map(|t| Some(t.trim().to_string()))
+            .map_err(|e| fail(2, format!("cannot read the operator token file {}: {e}", p.display()))),
+    }
 }
 
 /// The cluster as a tunnel sees it (`GET /cluster`): the SSH host key every node presents, every
@@ -474,8 +525,32 @@ async fn main() {
 async fn run(cli: Cli) -> Result<(), Failure> {
     let anon = ApiClient::new(cli.api_url.clone());
     let given = anon.urls().to_vec();
-    let anon = anon.with_fallbacks(known_nodes(&given));
+    let known = known_nodes(&given);
+    // The CA to trust for an HTTPS API: the one given now, else the one login was given.
+    let ca_pem = match &cli.cacert {
+        Some(p) => Some(
+            std::fs::read_to_string(p).map_err(|e| fail(2, format!("cannot read --cacert {}: {e}", p.display())))?,
+        ),
+        None => known.as_ref().and_then(|k| k.ca_pem.clone()),
+    };
+    let anon = match &ca_pem {
+        Some(pem) => anon.with_ca_pem(pem.as_bytes()).map_err(|e| fail(2, format!("--cacert: {e}")))?,
+        None => anon,
+    };
+    let _ = CA_PEM.set(ca_pem);
+    let anon = anon.with_fallbacks(known.map(|k| k.nodes).unwrap_or_default());
     let authed = || -> Result<ApiClient, Failure> { Ok(anon.clone().with_token(read_token()?)) };
+    let operator_token = operator_token(cli.operator_token_file.as_ref())?;
+    // Calls that an operator may make: with the operator token if there is one.
+    let maybe_operator = match &operator_token {
+        Some(t) => anon.clone().with_token(t.clone()),
+        None => anon.clone(),
+    };
+    let operator = || -> Result<ApiClient, Failure> {
+        Ok(maybe_operator.clone().with_token(operator_token.clone().ok_or_else(|| {
+            fail(3, "this command needs the operator token: --operator-token-file FILE or MYSOCKET_OPERATOR_TOKEN")
+        })?))
+    };
     let as_json = cli.output == "json";
     match cli.cmd {
         Cmd::Account { cmd: AccountCmd::Create { name, email, password, sshkey } } => {
@@ -484,7 +559,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 None => prompt("Password", true)?,
             };
             let sshkey = read_sshkey(sshkey)?;
-            let u = anon.create_user(&UserCreate { name, email, password, sshkey }).await?;
+            let u = maybe_operator.create_user(&UserCreate { name, email, password, sshkey }).await?;
             if as_json {
                 json(&u);
             } else {
@@ -669,7 +744,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Cluster { cmd } => match cmd {
             ClusterCmd::Status => {
-                let v = anon.cluster().await?;
+                let v = maybe_operator.cluster().await?;
                 if as_json {
                     json(&v)
                 } else {
@@ -677,7 +752,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
             ClusterCmd::Add { id, raft_addr } => {
-                let v = anon.add_node(id, &raft_addr).await?;
+                let v = operator()?.add_node(id, &raft_addr).await?;
                 if as_json {
                     json(&v)
                 } else {
@@ -685,7 +760,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
             ClusterCmd::Remove { id } => {
-                anon.remove_node(id).await?;
+                operator()?.remove_node(id).await?;
                 if as_json {
                     json(&serde_json::json!({"removed": id}))
                 } else {

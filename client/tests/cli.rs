@@ -172,10 +172,15 @@ async fn the_cli_drives_accounts_sockets_and_tunnels() {
     assert_eq!(code, 4);
     assert_eq!(ctl.json(&["socket", "ls"]).as_array().unwrap().len(), 1);
 
+    // Anyone sees the nodes' API and SSH addresses; only an operator their internal ones.
     let v = ctl.json(&["cluster", "status"]);
     assert_eq!(v["nodes"].as_array().unwrap().len(), 3);
-    // The table gives each node's addresses as clients dial them.
-    let table = ctl.ok(&["cluster", "status"]);
+    assert!(v["nodes"].as_array().unwrap().iter().all(|n| n.get("raft_addr").is_none()), "{v}");
+    let token = c.dir.path().join("operator-token");
+    let operator = ["--operator-token-file", token.to_str().unwrap()];
+    let v = ctl.json(&[&operator[..], &["cluster", "status"]].concat());
+    // The table gives each node's addresses as clients dial them, and where the nodes meet.
+    let table = ctl.ok(&[&operator[..], &["cluster", "status"]].concat());
     for n in v["nodes"].as_array().unwrap() {
         let row = table.lines().find(|l| l.contains(n["api_addr"].as_str().unwrap())).unwrap_or_default();
         assert!(
@@ -183,6 +188,22 @@ async fn the_cli_drives_accounts_sockets_and_tunnels() {
             "{table}"
         );
     }
+    // Membership changes need the operator token: without it, a usage-free refusal (exit 3).
+    let (code, _, err) = ctl.run(&["cluster", "remove", "--id", "2"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("operator token"), "{err}");
+
+    // Rules the cluster cannot enforce are refused, with the server's reason, and nothing is made.
+    let before = ctl.json(&["socket", "ls"]).as_array().unwrap().len();
+    let (code, _, err) =
+        ctl.run(&["socket", "create", "--name", "c", "--cloudauth", "--allowed_email_addresses", "a@x.org"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("cloud authentication") && err.contains("not enforced"), "{err}");
+    let (code, _, err) =
+        ctl.run(&["socket", "create", "--name", "t", "--type", "tcp", "--protected", "-u", "u", "-p", "secret1"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("http and https sockets only"), "{err}");
+    assert_eq!(ctl.json(&["socket", "ls"]).as_array().unwrap().len(), before, "nothing was created");
 
     // Every URL down: exit 1 with a clear message.
     let dead = Ctl {
@@ -234,8 +255,8 @@ async fn connect_publishes_a_local_port_survives_its_node_and_cleans_up() {
     .await;
 
     // kill -9 the node holding the tunnel: connect moves to another node and the URL answers again.
-    let view = c.api(1).cluster().await.unwrap();
-    let holder = view.nodes.iter().find(|n| n.tunnels == 1).expect("a node holds the tunnel").id;
+    let view = c.operator(1).cluster().await.unwrap();
+    let holder = view.nodes.iter().find(|n| n.tunnels == Some(1)).expect("a node holds the tunnel").id;
     assert_eq!(holder, 1, "the tunnel is held by the node whose API created it");
     let t0 = std::time::Instant::now();
     c.kill9(holder);
@@ -339,7 +360,8 @@ async fn deleting_its_socket_closes_the_tunnel_and_stops_connect() {
     let stderr = std::fs::File::create(&err_file).unwrap().into();
     let (mut child, _) =
         ctl.connect(&ctl.urls, origin().await, "short-lived", std::process::Stdio::null(), stderr).await;
-    let connected = || async { c.api(1).cluster().await.unwrap().nodes.iter().map(|n| n.tunnels).sum::<usize>() };
+    let connected =
+        || async { c.operator(1).cluster().await.unwrap().nodes.iter().filter_map(|n| n.tunnels).sum::<usize>() };
     eventually(std::time::Duration::from_secs(20), "the tunnel held", || async {
         (connected().await == 1).then_some(())
     })
@@ -456,4 +478,52 @@ async fn connect_keeps_serving_while_its_output_is_not_read() {
     assert!(told.contains(&format!("the local service at 127.0.0.1:{down} is down")), "{told}");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysocketctl_speaks_https_to_an_api_signed_by_the_cluster_ca() {
+    let c = TestCluster::builder().nodes(1).arg("--api-tls").start().await;
+    let ip = c.nodes[&1].ip.clone();
+    let url = format!("https://{ip}:7070");
+    let ca = c.data_dir(1).join("ca.pem");
+    assert!(std::fs::read_to_string(&ca).unwrap().contains("BEGIN CERTIFICATE"), "the node wrote the cluster CA");
+    // Plain HTTP on the API port gets nothing.
+    assert!(reqwest::get(format!("http://{ip}:7070/healthz")).await.is_err(), "the API answered plain HTTP");
+
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join(".ssh")).unwrap();
+    let key = home.path().join(".ssh/id_ed25519");
+    assert!(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap()
+        .success());
+    let ctl = Ctl { urls: url.clone(), token_file: home.path().join("token"), home };
+    let create = ["account", "create", "--name", "Tess", "--email", "tess@example.com", "--password", "tess-pass"];
+    // Without the CA the certificate is refused, and nothing is sent.
+    let (code, _, err) = ctl.run(&create);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let cacert = ["--cacert", ca.to_str().unwrap()];
+    ctl.ok(&[&cacert[..], &create[..]].concat());
+    ctl.ok(&[&cacert[..], &["login", "--email", "tess@example.com", "--password", "tess-pass"]].concat());
+    // Login kept the CA: later commands to the same URL trust it without --cacert, and connect
+    // takes the SSH host key it pins from GET /cluster over the verified channel.
+    assert!(ctl.json(&["socket", "ls"]).as_array().unwrap().is_empty());
+    let origin = support::origin().await;
+    let (mut child, dnsname) =
+        ctl.connect(&url, origin, "secure", std::process::Stdio::null(), std::process::Stdio::null()).await;
+    eventually(std::time::Duration::from_secs(20), "the socket to answer", || {
+        let (ip, dnsname) = (ip.clone(), dnsname.clone());
+        async move { (http_get(&ip, &dnsname).await == 200).then_some(()) }
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    // Another CA than the cluster's: refused.
+    let other = c.dir.path().join("other-ca.pem");
+    std::fs::write(&other, support::test_pki(std::slice::from_ref(&ip)).0).unwrap();
+    let (code, _, err) = ctl.run(&["--cacert", other.to_str().unwrap(), "socket", "ls"]);
+    assert_eq!(code, 1, "{err}");
 }

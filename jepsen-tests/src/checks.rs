@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::checker;
 use crate::nemesis::Applied;
 use crate::workload::api;
+use crate::workload::operator;
 use crate::workload::Fixture;
 use crate::workload::Op;
 use crate::workload::Outcome;
@@ -236,7 +237,7 @@ pub async fn check_convergence(nodes: usize) -> (Verdict, Vec<Anomaly>, serde_js
     while Instant::now() < deadline {
         let mut views = Vec::new();
         for i in 1..=nodes {
-            if let Ok(Ok(d)) = tokio::time::timeout(Duration::from_secs(2), api(i, None).digest()).await {
+            if let Ok(Ok(d)) = tokio::time::timeout(Duration::from_secs(2), operator(i).digest()).await {
                 views.push(d);
             }
         }

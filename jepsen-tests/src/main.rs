@@ -166,11 +166,16 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     let net = Arc::new(net::Net::setup(n)?);
     let (key, public) = keygen(&dir)?;
     let secret = format!("{:032x}", rand::random::<u128>());
+    let operator_token = format!("operator-{:032x}", rand::random::<u128>());
+    let operator_token_file = dir.join("operator-token");
+    std::fs::write(&operator_token_file, &operator_token)?;
+    workload::OPERATOR_TOKEN.set(operator_token).map_err(|_| anyhow::anyhow!("the operator token is set once"))?;
     let nodes = Arc::new(Mutex::new(nodes::Nodes::new(nodes::NodeSpec {
         binary,
         dir: dir.clone(),
         nodes: n,
         secret,
+        operator_token_file,
         planted_bug: args.planted_bug.clone(),
         snapshot_threshold: 20,
     })));

@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::net::Net;
 use crate::nodes::Nodes;
 use crate::workload::api;
+use crate::workload::operator;
 use crate::workload::Ctx;
 use crate::workload::Fixture;
 
@@ -290,7 +291,7 @@ impl Nemesis {
                 let slot = random(rng);
                 let old = self.nodes.lock().expect("nodes").id(slot);
                 let via = (slot % n) + 1;
-                tokio::time::timeout(Duration::from_secs(30), api(via, None).remove_node(old))
+                tokio::time::timeout(Duration::from_secs(30), operator(via).remove_node(old))
                     .await
                     .map_err(|_| anyhow::anyhow!("removing node {old} timed out"))??;
                 let new = self.nodes.lock().expect("nodes").replace(slot)?;
@@ -357,7 +358,7 @@ pub async fn observe(ctx: Arc<Ctx>, obs: Arc<Mutex<Observed>>, stop: Arc<std::sy
         if tick.is_multiple_of(4) {
             let digests =
                 futures::future::join_all((1..=n).map(|i| async move {
-                    tokio::time::timeout(Duration::from_millis(700), api(i, None).digest()).await
+                    tokio::time::timeout(Duration::from_millis(700), operator(i).digest()).await
                 }))
                 .await;
             let mut o = obs.lock().expect("observed");

@@ -16,6 +16,8 @@ pub struct NodeSpec {
     pub dir: PathBuf,
     pub nodes: usize,
     pub secret: String,
+    /// Every node's `--operator-token-file`.
+    pub operator_token_file: PathBuf,
     pub planted_bug: Option<String>,
     /// Entries between snapshots: small, so a node that was down catches up from a snapshot.
     pub snapshot_threshold: u64,
@@ -81,9 +83,9 @@ impl Nodes {
             self.spec.dir.join(format!("node-{id}")).display().to_string(),
         ];
         if self.joined[i] {
-            let urls: Vec<String> =
-                (1..=self.spec.nodes).filter(|&j| j != i).map(|j| format!("http://{}:7070", net::ip(j))).collect();
-            a.extend(["--join".to_string(), urls.join(",")]);
+            let peers: Vec<String> =
+                (1..=self.spec.nodes).filter(|&j| j != i).map(|j| format!("{}:7071", net::ip(j))).collect();
+            a.extend(["--join".to_string(), peers.join(",")]);
         } else {
             let initial: Vec<String> = (1..=self.spec.nodes).map(|j| format!("{j}={}:7071", net::ip(j))).collect();
             a.extend(["--initial-cluster".to_string(), initial.join(",")]);
@@ -91,6 +93,10 @@ impl Nodes {
         a.extend([
             "--cluster-secret".into(),
             self.spec.secret.clone(),
+            "--operator-token-file".into(),
+            self.spec.operator_token_file.display().to_string(),
+            "--max-accounts".into(),
+            "1000000".into(),
             "--snapshot-threshold".into(),
             self.spec.snapshot_threshold.to_string(),
             "--max-http-sockets".into(),

@@ -111,6 +111,15 @@ impl Ctx {
     }
 }
 
+/// The cluster's operator credential, set once when the suite starts the cluster.
+pub static OPERATOR_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// A client of slot `node` with the operator credential: membership changes, digests and the
+/// cluster's detail need it.
+pub fn operator(node: usize) -> ApiClient {
+    api(node, OPERATOR_TOKEN.get().map(String::as_str))
+}
+
 pub fn api(node: usize, token: Option<&str>) -> ApiClient {
     let c = ApiClient::new([format!("http://{}:7070", net::ip(node))]);
     match token {

@@ -1,5 +1,7 @@
-//! Passwords (argon2id) and API tokens (HS256 JWTs carrying `user_id` and `exp`, signed with
-//! the cluster's replicated key so any node verifies any node's tokens).
+//! Passwords (argon2id), API tokens (HS256 JWTs carrying `user_id` and `exp`, signed with
+//! the cluster's replicated key so any node verifies any node's tokens), the operator
+//! credential (a random token of which the registry keeps only a SHA-256), and the salted,
+//! keyed hashes of sockets' Basic-auth passwords.
 
 use std::time::Duration;
 
@@ -9,13 +11,18 @@ use argon2::password_hash::PasswordHasher;
 use argon2::password_hash::PasswordVerifier;
 use argon2::password_hash::SaltString;
 use argon2::Argon2;
+use hmac::Mac;
 use jsonwebtoken::Algorithm;
 use jsonwebtoken::DecodingKey;
 use jsonwebtoken::EncodingKey;
 use jsonwebtoken::Header;
 use jsonwebtoken::Validation;
+use rand::RngCore;
 use serde::Deserialize;
 use serde::Serialize;
+use sha2::Digest;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 /// Hashes a password with argon2id and a random salt (PHC string).
 pub fn hash_password(password: &str) -> Result<String, String> {
@@ -59,6 +66,58 @@ pub fn verify_token(hex_key: &str, token: &str) -> Option<Claims> {
     jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(&key_bytes(hex_key)), &v).ok().map(|d| d.claims)
 }
 
+/// A fresh operator token: 32 random bytes, hex, behind a prefix that says what it is.
+pub fn new_operator_token() -> String {
+    let mut b = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut b);
+    format!("mysocket-operator-{}", hex::encode(b))
+}
+
+/// What the registry keeps of the operator token: its SHA-256, hex. The token is 256 random
+/// bits, so a fast hash leaves nothing to guess.
+pub fn operator_token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.trim().as_bytes()))
+}
+
+/// Whether `given` is the operator token whose hash is `hash_hex`, compared in constant time
+/// (digests of equal length, so the comparison tells nothing of the token's length). An empty
+/// hash (a cluster without an operator credential) matches nothing.
+pub fn is_operator_token(hash_hex: &str, given: &str) -> bool {
+    let Ok(want) = hex::decode(hash_hex) else { return false };
+    want.len() == 32 && bool::from(Sha256::digest(given.trim().as_bytes()).as_slice().ct_eq(&want))
+}
+
+type HmacSha256 = hmac::Hmac<Sha256>;
+
+fn keyed_digest(key_hex: &str, salt: &[u8], password: &str) -> [u8; 32] {
+    let mut mac = HmacSha256::new_from_slice(&key_bytes(key_hex)).expect("HMAC takes keys of any length");
+    mac.update(salt);
+    mac.update(password.as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+/// The stored form of a socket's Basic-auth password: `hmac-sha256$<salt>$<digest>` (hex),
+/// keyed with the cluster's token key and salted per socket. A keyed hash rather than argon2:
+/// it is checked on every request to a protected socket, where tens of milliseconds of argon2
+/// would be the price of each request.
+pub fn basic_password_hash(key_hex: &str, password: &str) -> String {
+    let mut salt = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut salt);
+    format!("hmac-sha256${}${}", hex::encode(salt), hex::encode(keyed_digest(key_hex, &salt, password)))
+}
+
+/// Whether `password` matches a stored [`basic_password_hash`], in constant time: the digests
+/// compared are always 32 bytes, whatever the password's length.
+pub fn basic_password_matches(key_hex: &str, stored: &str, password: &str) -> bool {
+    let mut parts = stored.split('$');
+    let (Some("hmac-sha256"), Some(salt), Some(want), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let (Ok(salt), Ok(want)) = (hex::decode(salt), hex::decode(want)) else { return false };
+    want.len() == 32 && bool::from(keyed_digest(key_hex, &salt, password).as_slice().ct_eq(&want))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +134,24 @@ mod tests {
         assert!(verify_password("correct horse", &h));
         assert!(!verify_password("wrong horse", &h));
         assert!(!verify_password("x", "not a hash"));
+    }
+
+    #[test]
+    fn operator_tokens_and_basic_passwords() {
+        let t = new_operator_token();
+        let h = operator_token_hash(&t);
+        assert!(is_operator_token(&h, &t));
+        assert!(!is_operator_token(&h, &new_operator_token()));
+        assert!(!is_operator_token("", &t), "a cluster without an operator hash has no operator");
+        assert!(!h.contains(&t[18..]), "the hash is not the token");
+        let key = "00112233445566778899aabbccddeeff";
+        let stored = basic_password_hash(key, "open sesame");
+        assert!(!stored.contains("open sesame"));
+        assert_ne!(stored, basic_password_hash(key, "open sesame"), "salted");
+        assert!(basic_password_matches(key, &stored, "open sesame"));
+        assert!(!basic_password_matches(key, &stored, "open sesame "));
+        assert!(!basic_password_matches("ffeeddccbbaa99887766554433221100", &stored, "open sesame"), "keyed");
+        assert!(!basic_password_matches(key, "open sesame", "open sesame"), "a clear-text value never matches");
     }
 
     #[test]

@@ -29,7 +29,13 @@ pub fn ca_params(domain: &str) -> Result<CertificateParams, rcgen::Error> {
 }
 
 /// Generates fresh cluster material for `domain`.
-pub fn generate(domain: &str, tcp_ports: (u16, u16), now_ms: u64) -> Result<ClusterConfig, String> {
+/// `operator_token_hash`: see [`ClusterConfig::operator_token_hash`].
+pub fn generate(
+    domain: &str,
+    tcp_ports: (u16, u16),
+    now_ms: u64,
+    operator_token_hash: &str,
+) -> Result<ClusterConfig, String> {
     let mut rng = rand::thread_rng();
 
     let mut seed = [0u8; 32];
@@ -65,6 +71,7 @@ pub fn generate(domain: &str, tcp_ports: (u16, u16), now_ms: u64) -> Result<Clus
         tls_cert: leaf_cert.pem(),
         tls_key: leaf_key.serialize_pem(),
         token_key: hex::encode(token_key),
+        operator_token_hash: operator_token_hash.to_string(),
         created_at_ms: now_ms,
     })
 }
@@ -73,7 +80,7 @@ pub fn generate(domain: &str, tcp_ports: (u16, u16), now_ms: u64) -> Result<Clus
 mod tests {
     #[test]
     fn material_parses() {
-        let c = super::generate("example.test", (20000, 20010), 1).unwrap();
+        let c = super::generate("example.test", (20000, 20010), 1, "").unwrap();
         russh::keys::PrivateKey::from_openssh(&c.ssh_host_key).unwrap();
         assert!(c.tls_cert.contains("BEGIN CERTIFICATE"));
         assert!(c.tls_ca_cert.contains("BEGIN CERTIFICATE"));

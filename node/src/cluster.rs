@@ -71,6 +71,8 @@ pub struct Node {
     pub peers: Arc<Peers>,
     /// Every write of this node leaves through this queue, batched (group commit).
     pub batcher: Batcher,
+    /// The members' applied indexes for `GET /cluster`, reused for a second.
+    pub applied_cache: crate::http::AppliedCache,
 }
 
 pub type NodeRef = Arc<Node>;

@@ -62,7 +62,8 @@ pub struct Flags {
     /// Members of a new cluster, etcd style: `1=127.0.0.1:7071,2=127.0.0.2:7071,...`.
     #[arg(long, env = "MYSOCKET_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
-    /// API URL(s) of a running cluster to join, comma separated.
+    /// Internal (raft) addresses of running members to join through, `HOST:PORT`, comma
+    /// separated. The request travels over the internal port with the cluster credential.
     #[arg(long, env = "MYSOCKET_JOIN", value_delimiter = ',')]
     pub join: Vec<String>,
     /// The cluster credential shared by all nodes (prefer --cluster-secret-file).
@@ -71,6 +72,29 @@ pub struct Flags {
     /// File holding the cluster credential.
     #[arg(long, env = "MYSOCKET_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// File holding the operator credential (membership changes, cluster-wide reads, accounts
+    /// when sign-up is closed). The node that bootstraps a new cluster takes the token in it, or
+    /// writes a fresh one there if it does not exist. Default: DATA_DIR/operator-token.
+    #[arg(long, env = "MYSOCKET_OPERATOR_TOKEN_FILE")]
+    pub operator_token_file: Option<PathBuf>,
+    /// Who may create accounts: `open` (anyone, as mysocket.io did) or `closed` (operators
+    /// only, with the operator credential). Default open.
+    #[arg(long, env = "MYSOCKET_SIGNUP")]
+    pub signup: Option<String>,
+    /// Most accounts the cluster holds (default 10000).
+    #[arg(long, env = "MYSOCKET_MAX_ACCOUNTS")]
+    pub max_accounts: Option<u64>,
+    /// Serve the API over HTTPS with a certificate the cluster CA signs for this node's
+    /// advertised API host (clients: `mysocketctl --cacert`, the CA from DATA_DIR/ca.pem or
+    /// `GET /cluster/ca.pem`).
+    #[arg(long, env = "MYSOCKET_API_TLS", num_args = 0..=1, default_missing_value = "true")]
+    pub api_tls: Option<bool>,
+    /// PEM certificate chain for HTTPS on the API port, instead of one from the cluster CA.
+    #[arg(long, env = "MYSOCKET_API_TLS_CERT")]
+    pub api_tls_cert: Option<PathBuf>,
+    /// PEM private key of --api-tls-cert.
+    #[arg(long, env = "MYSOCKET_API_TLS_KEY")]
+    pub api_tls_key: Option<PathBuf>,
     /// PEM certificate for TLS on the internal port.
     #[arg(long, env = "MYSOCKET_INTERNAL_TLS_CERT")]
     pub internal_tls_cert: Option<PathBuf>,
@@ -143,6 +167,12 @@ pub struct FileConfig {
     pub join: Option<Vec<String>>,
     pub cluster_secret: Option<String>,
     pub cluster_secret_file: Option<PathBuf>,
+    pub operator_token_file: Option<PathBuf>,
+    pub signup: Option<String>,
+    pub max_accounts: Option<u64>,
+    pub api_tls: Option<bool>,
+    pub api_tls_cert: Option<PathBuf>,
+    pub api_tls_key: Option<PathBuf>,
     pub internal_tls_cert: Option<PathBuf>,
     pub internal_tls_key: Option<PathBuf>,
     pub internal_tls_ca: Option<PathBuf>,
@@ -166,7 +196,7 @@ pub struct FileConfig {
 pub enum Membership {
     /// A new cluster of these members (id -> raft address); every member gets the same list.
     Initial(BTreeMap<u64, String>),
-    /// Join a running cluster through one of these API URLs.
+    /// Join a running cluster through one of these members' internal addresses.
     Join(Vec<String>),
     /// Restart of a node that already has state; its membership is in its log.
     Existing,
@@ -200,6 +230,26 @@ impl fmt::Debug for PublicTls {
     }
 }
 
+/// Who may create accounts (`--signup`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signup {
+    /// Anyone who reaches the API, as mysocket.io did.
+    Open,
+    /// Only an operator (`POST /user` with the operator credential).
+    Closed,
+}
+
+/// HTTPS on the API port.
+#[derive(Clone, Debug)]
+pub enum ApiTls {
+    /// Plain HTTP.
+    Off,
+    /// A certificate the cluster CA signs for the node's advertised API host.
+    ClusterCa,
+    /// The operator's certificate and key.
+    Files(PublicTls),
+}
+
 /// The bugs a `planted-bugs` build can plant, for the fault-injection suite to find.
 pub const PLANTED_BUGS: [&str; 3] = ["stale-read", "early-ack", "stale-holder"];
 
@@ -218,6 +268,13 @@ pub struct Config {
     pub advertise_host: Option<String>,
     pub membership: Membership,
     pub cluster_secret: Secret,
+    /// Where the operator token is (or is written, by the node that bootstraps the cluster).
+    pub operator_token_file: PathBuf,
+    /// The operator token in that file, if it existed at start.
+    pub operator_token: Option<Secret>,
+    pub signup: Signup,
+    pub max_accounts: u64,
+    pub api_tls: ApiTls,
     pub internal_tls: Option<InternalTls>,
     /// Operator-provided public certificate; `None`: mint from the cluster CA.
     pub public_tls: Option<PublicTls>,
@@ -364,6 +421,15 @@ impl Config {
         let has_state = data_dir.join("db").join("CURRENT").exists();
         let join: Vec<String> =
             if !flags.join.is_empty() { flags.join.clone() } else { file.join.clone().unwrap_or_default() };
+        for j in &join {
+            if j.contains("://") {
+                return Err(bad(format!(
+                    "--join {j:?}: give the internal (raft) address of a member, HOST:PORT such as 10.0.0.1:7071 \
+                     (a node joins over the internal port with the cluster credential, not through the API)"
+                )));
+            }
+            check_host_port(j, "--join")?;
+        }
         let membership = match (pick!(initial_cluster), join.is_empty()) {
             (Some(_), false) => return Err(bad("give either --initial-cluster or --join, not both")),
             (Some(ic), true) => {
@@ -414,6 +480,38 @@ impl Config {
             return Err(bad("the cluster secret must be at least 16 characters"));
         }
 
+        let operator_token_file = pick!(operator_token_file).unwrap_or_else(|| data_dir.join("operator-token"));
+        let operator_token = match std::fs::read_to_string(&operator_token_file) {
+            Ok(t) => {
+                let t = t.trim().to_string();
+                if t.len() < 16 {
+                    return Err(bad(format!(
+                        "the operator token in {} must be at least 16 characters",
+                        operator_token_file.display()
+                    )));
+                }
+                if t == secret {
+                    return Err(bad(
+                        "the operator token and the cluster secret must differ: they grant different powers",
+                    ));
+                }
+                Some(Secret(t))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(bad(format!("cannot read operator token file {}: {e}", operator_token_file.display())))
+            }
+        };
+        let signup = match pick!(signup).as_deref().map(str::trim) {
+            None | Some("open") => Signup::Open,
+            Some("closed") => Signup::Closed,
+            Some(other) => return Err(bad(format!("--signup {other:?}: one of open, closed"))),
+        };
+        let max_accounts = pick!(max_accounts).unwrap_or(10_000);
+        if max_accounts == 0 {
+            return Err(bad("--max-accounts must be positive"));
+        }
+
         let internal_tls = match (pick!(internal_tls_cert), pick!(internal_tls_key), pick!(internal_tls_ca)) {
             (None, None, None) => None,
             (Some(c), Some(k), Some(ca)) => {
@@ -430,6 +528,27 @@ impl Config {
             _ => {
                 return Err(bad(
                     "internal TLS needs all of --internal-tls-cert, --internal-tls-key and --internal-tls-ca",
+                ))
+            }
+        };
+
+        let api_tls = match (pick!(api_tls), pick!(api_tls_cert), pick!(api_tls_key)) {
+            (Some(false) | None, None, None) => ApiTls::Off,
+            (Some(true), None, None) => ApiTls::ClusterCa,
+            (Some(true) | None, Some(c), Some(k)) => {
+                let read = |p: &PathBuf, what: &str| {
+                    std::fs::read_to_string(p)
+                        .map_err(|e| bad(format!("cannot read API TLS {what} {}: {e}", p.display())))
+                };
+                let t = PublicTls { cert_pem: read(&c, "certificate")?, key_pem: read(&k, "key")? };
+                crate::tls::operator_cert(&t)
+                    .map_err(|e| bad(format!("--api-tls-cert {} / --api-tls-key {}: {e}", c.display(), k.display())))?;
+                ApiTls::Files(t)
+            }
+            (Some(false), _, _) => return Err(bad("--api-tls=false with --api-tls-cert/--api-tls-key: choose one")),
+            _ => {
+                return Err(bad(
+                    "HTTPS on the API with your own certificate needs both --api-tls-cert and --api-tls-key",
                 ))
             }
         };
@@ -480,6 +599,11 @@ impl Config {
             advertise_host,
             membership,
             cluster_secret: Secret(secret),
+            operator_token_file,
+            operator_token,
+            signup,
+            max_accounts,
+            api_tls,
             internal_tls,
             public_tls,
             domain,
@@ -574,6 +698,7 @@ mod tests {
         let f: FileConfig = toml::from_str(&uncommented.join("\n")).unwrap();
         assert_eq!(f.advertise_host.as_deref(), Some("edge1.example.net"));
         assert_eq!((f.max_ssh_sessions, f.tls_key.is_some()), (Some(20), true));
+        assert_eq!((f.signup.as_deref(), f.api_tls, f.max_accounts), (Some("closed"), Some(true), Some(10_000)));
     }
 
     #[test]

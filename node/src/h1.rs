@@ -539,8 +539,8 @@ fn prepare(node: &NodeRef, buf: &[u8], peer_ip: &str, scheme: &str, out: &mut Ve
         }
     }
     let Some(host) = host.and_then(|h| std::str::from_utf8(h).ok()) else { return Prepared::Other };
-    let routed = crate::proxy::with_socket_named(node, host, |s| {
-        (s.socket_id, s.protected, crate::proxy::authorized_by(s, authorization))
+    let routed = crate::proxy::with_socket_named(node, host, |s, key| {
+        (s.socket_id, s.protected, crate::proxy::authorized_by(key, s, authorization))
     });
     let Some((socket_id, protected, true)) = routed else { return Prepared::Other };
 

@@ -1,6 +1,8 @@
 //! The REST API on the API port: cluster administration and health, accounts and login.
 //! Every error is `{"message": ...}`; bad input never yields a 500 and never changes state.
 
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -20,6 +22,7 @@ use axum::routing::get;
 use axum::routing::post;
 use axum::Json;
 use axum::Router;
+use mysocket_api::internal::Empty;
 use mysocket_api::types::*;
 use mysocket_raft_store::Command;
 use mysocket_raft_store::Rejection;
@@ -43,27 +46,27 @@ const MAX_HEAD: usize = 64 * 1024;
 /// Most API connections open at once; more wait in the listen queue.
 const MAX_CONNECTIONS: usize = 10_000;
 
-/// Serves the REST API (HTTP/1.1) until `stop`, then lets the requests in flight finish. A
-/// request head must come whole within the header timeout and fit in [`MAX_HEAD`], so a
-/// client that says nothing, or sends a head without end, does not keep its connection.
-pub async fn serve(node: NodeRef, listener: tokio::net::TcpListener, stop: CancellationToken) {
+/// Serves the REST API (HTTP/1.1, over TLS when `--api-tls` asks for it, with the acceptor
+/// `tls` is filled with) until `stop`, then lets the requests in flight finish. A request head
+/// (and a TLS handshake) must come whole within the header timeout and the head fit in
+/// [`MAX_HEAD`], so a client that says nothing, or sends a head without end, does not keep
+/// its connection.
+pub async fn serve(node: NodeRef, listener: tokio::net::TcpListener, tls: crate::tls::Slot, stop: CancellationToken) {
+    let https = !matches!(node.config.api_tls, crate::config::ApiTls::Off);
     let app = router(node);
     let open = TaskTracker::new();
     crate::accept::serve(listener, MAX_CONNECTIONS, crate::metrics::Listener::Api, stop.clone(), |stream, _peer| {
         let (app, stop, open) = (app.clone(), stop.clone(), open.token());
+        let acceptor = if https { tls.read().expect("tls slot").clone() } else { None };
         async move {
-            let svc = hyper::service::service_fn(move |req| app.clone().oneshot(req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(crate::proxy::HEADER_TIMEOUT)
-                .max_buf_size(MAX_HEAD)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+            match (https, acceptor) {
+                (false, _) => serve_connection(app, stream, stop).await,
+                // Not bootstrapped yet (no certificate from the cluster CA): nothing to offer.
+                (true, None) => {}
+                (true, Some(a)) => {
+                    if let Ok(Ok(s)) = tokio::time::timeout(crate::proxy::HEADER_TIMEOUT, a.accept(stream)).await {
+                        serve_connection(app, s, stop).await;
+                    }
                 }
             }
             drop(open);
@@ -72,6 +75,28 @@ pub async fn serve(node: NodeRef, listener: tokio::net::TcpListener, stop: Cance
     .await;
     open.close();
     open.wait().await;
+}
+
+/// One API connection (HTTP/1.1, plain or after TLS) until it ends, or until `stop`, after
+/// which the request in flight finishes.
+async fn serve_connection<I>(app: Router, io: I, stop: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| app.clone().oneshot(req));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(crate::proxy::HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 /// An error answer: status and `{"message"}`.
@@ -144,6 +169,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 pub fn router(node: NodeRef) -> Router {
     Router::new()
         .route("/", get(crate::dashboard::page))
+        .route("/operator", get(crate::dashboard::operator_page))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -186,41 +212,75 @@ pub(crate) async fn readyz(State(node): State<NodeRef>) -> Response {
     }
 }
 
-/// Builds the `GET /cluster` view: membership and leader from this node's Raft metrics,
-/// addresses from the registry, each node's applied index asked of the node itself.
-pub async fn cluster_view(node: &NodeRef) -> ClusterView {
-    let m = node.metrics();
-    let membership = m.membership_config.membership().clone();
-    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-    let members: Vec<(u64, String)> = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+/// How long the members' applied indexes (one RPC to each) are reused for `GET /cluster`.
+const APPLIED_TTL: Duration = Duration::from_secs(1);
+
+/// Each member's applied index, asked of the member itself, at most once per [`APPLIED_TTL`]
+/// however often it is wanted: callers while an ask is on its way wait for its answer.
+#[derive(Default)]
+pub struct AppliedCache(tokio::sync::Mutex<Option<(std::time::Instant, Applied)>>);
+
+/// Each member's applied index; `None` when it did not answer.
+type Applied = BTreeMap<u64, Option<u64>>;
+
+async fn applied_indexes(node: &NodeRef, members: &[(u64, String)]) -> Applied {
+    let mut cached = node.applied_cache.0.lock().await;
+    if let Some((at, map)) = &*cached {
+        if at.elapsed() < APPLIED_TTL && members.iter().all(|(id, _)| map.contains_key(id)) {
+            return map.clone();
+        }
+    }
     let asks = members.iter().map(|(id, addr)| {
         let node = node.clone();
         let (id, addr) = (*id, addr.clone());
         async move {
             if id == node.id {
-                return node.metrics().last_applied.map(|l| l.index);
+                return (id, node.metrics().last_applied.map(|l| l.index));
             }
-            let mut c = node.peers.client(&addr).ok()?;
-            let r = tokio::time::timeout(Duration::from_millis(500), c.node_status(mysocket_api::internal::Empty {}))
-                .await
-                .ok()?
-                .ok()?;
-            Some(r.get_ref().last_applied)
+            let ask = async {
+                let mut c = node.peers.client(&addr).ok()?;
+                let r = tokio::time::timeout(Duration::from_millis(500), c.node_status(Empty {})).await.ok()?.ok()?;
+                Some(r.get_ref().last_applied)
+            };
+            (id, ask.await)
         }
     });
-    let applied = futures::future::join_all(asks).await;
+    let map: Applied = futures::future::join_all(asks).await.into_iter().collect();
+    *cached = Some((std::time::Instant::now(), map.clone()));
+    map
+}
+
+/// Builds the `GET /cluster` view: membership and leader from this node's Raft metrics,
+/// addresses from the registry. An operator also gets each node's internal address, role,
+/// tunnels and applied index (asked of the node itself, through [`applied_indexes`]); anyone
+/// else only what clients need, which costs no call to another node.
+pub async fn cluster_view(node: &NodeRef, who: Caller) -> ClusterView {
+    let m = node.metrics();
+    let membership = m.membership_config.membership().clone();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let members: Vec<(u64, String)> = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+    let operator = who == Caller::Operator;
+    let applied = if operator { applied_indexes(node, &members).await } else { BTreeMap::new() };
     let nodes = node.read(|reg| {
         members
             .iter()
-            .zip(applied)
-            .map(|((id, addr), last_applied)| NodeView {
-                id: *id,
-                api_addr: reg.node(*id).map(|r| r.api_addr.clone()).unwrap_or_default(),
-                raft_addr: addr.clone(),
-                ssh_addr: reg.node(*id).map(|r| r.ssh_addr.clone()).unwrap_or_default(),
-                voter: voters.contains(id),
-                last_applied,
-                tunnels: reg.sessions_on(*id),
+            .map(|(id, addr)| {
+                let public = NodeView {
+                    id: *id,
+                    api_addr: reg.node(*id).map(|r| r.api_addr.clone()).unwrap_or_default(),
+                    ssh_addr: reg.node(*id).map(|r| r.ssh_addr.clone()).unwrap_or_default(),
+                    ..NodeView::default()
+                };
+                if !operator {
+                    return public;
+                }
+                NodeView {
+                    raft_addr: Some(addr.clone()),
+                    voter: Some(voters.contains(id)),
+                    last_applied: applied.get(id).copied().flatten(),
+                    tunnels: Some(reg.sessions_on(*id)),
+                    ..public
+                }
             })
             .collect()
     });
@@ -231,18 +291,19 @@ pub async fn cluster_view(node: &NodeRef) -> ClusterView {
     ClusterView { leader: m.current_leader, term: m.current_term, nodes, ssh_host_key }
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "cluster", responses((status = 200, description = "Prometheus metrics (text format 0.0.4)", content_type = "text/plain")))]
-pub(crate) async fn metrics(State(node): State<NodeRef>) -> Response {
+#[utoipa::path(get, path = "/metrics", tag = "cluster", responses((status = 200, description = "Prometheus metrics (text format 0.0.4)", content_type = "text/plain"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)), security(("operator" = [])))]
+pub(crate) async fn metrics(_: Operator, State(node): State<NodeRef>) -> Response {
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render(&node)).into_response()
 }
 
 #[utoipa::path(get, path = "/cluster", tag = "cluster", responses((status = 200, body = ClusterView)))]
-pub(crate) async fn cluster(State(node): State<NodeRef>) -> Json<ClusterView> {
-    Json(cluster_view(&node).await)
+pub(crate) async fn cluster(State(node): State<NodeRef>, headers: HeaderMap) -> Json<ClusterView> {
+    let who = caller(&node, &headers).unwrap_or(Caller::Anonymous);
+    Json(cluster_view(&node, who).await)
 }
 
-#[utoipa::path(get, path = "/cluster/digest", tag = "cluster", responses((status = 200, body = DigestView)))]
-pub(crate) async fn digest(State(node): State<NodeRef>) -> Json<DigestView> {
+#[utoipa::path(get, path = "/cluster/digest", tag = "cluster", responses((status = 200, body = DigestView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)), security(("operator" = [])))]
+pub(crate) async fn digest(_: Operator, State(node): State<NodeRef>) -> Json<DigestView> {
     // Metrics and registry are read under one lock so the digest belongs to the index.
     let m = node.metrics();
     let (last_applied, digest, (accounts, sockets, tunnels, sessions)) =
@@ -269,19 +330,27 @@ pub(crate) async fn ca_pem(State(node): State<NodeRef>) -> ApiResult<Response> {
     Ok(([(axum::http::header::CONTENT_TYPE, "application/x-pem-file")], ca).into_response())
 }
 
-#[utoipa::path(post, path = "/cluster/nodes", tag = "cluster", request_body = AddNode, responses((status = 200, body = ClusterView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub(crate) async fn add_node(State(node): State<NodeRef>, Body(req): Body<AddNode>) -> ApiResult<Json<ClusterView>> {
+#[utoipa::path(post, path = "/cluster/nodes", tag = "cluster", request_body = AddNode, responses((status = 200, body = ClusterView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)), security(("operator" = [])))]
+pub(crate) async fn add_node(
+    _: Operator,
+    State(node): State<NodeRef>,
+    Body(req): Body<AddNode>,
+) -> ApiResult<Json<ClusterView>> {
     if req.id == 0 {
         return Err(ApiError::bad("node ids are positive integers"));
     }
     crate::config::parse_initial_cluster(&format!("{}={}", req.id, req.raft_addr))
         .map_err(|e| ApiError::bad(format!("raft_addr: {}", e.0)))?;
     node.change_membership(MembershipChange::Add { id: req.id, raft_addr: req.raft_addr }).await?;
-    Ok(Json(cluster_view(&node).await))
+    Ok(Json(cluster_view(&node, Caller::Operator).await))
 }
 
-#[utoipa::path(delete, path = "/cluster/nodes/{id}", tag = "cluster", params(("id" = u64, Path)), responses((status = 204), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub(crate) async fn remove_node(State(node): State<NodeRef>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+#[utoipa::path(delete, path = "/cluster/nodes/{id}", tag = "cluster", params(("id" = u64, Path)), responses((status = 204), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)), security(("operator" = [])))]
+pub(crate) async fn remove_node(
+    _: Operator,
+    State(node): State<NodeRef>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let id: u64 = id.parse().map_err(|_| ApiError::bad("node id must be a positive integer"))?;
     node.change_membership(MembershipChange::Remove { id }).await?;
     // Retire the id for good and release whatever tunnels the node held.
@@ -299,23 +368,33 @@ fn user_json(a: &mysocket_raft_store::Account) -> User {
     }
 }
 
-#[utoipa::path(post, path = "/user", tag = "account", request_body = UserCreate, responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
-pub(crate) async fn create_user(State(node): State<NodeRef>, Body(req): Body<UserCreate>) -> ApiResult<Json<User>> {
+#[utoipa::path(post, path = "/user", tag = "account", request_body = UserCreate, responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)), security((), ("operator" = [])))]
+pub(crate) async fn create_user(
+    State(node): State<NodeRef>,
+    headers: HeaderMap,
+    Body(req): Body<UserCreate>,
+) -> ApiResult<Json<User>> {
+    if node.config.signup == crate::config::Signup::Closed && caller(&node, &headers).ok() != Some(Caller::Operator) {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "sign-up is closed on this cluster: an operator creates accounts (mysocketctl account create with the \
+             operator credential)"
+                .into(),
+        ));
+    }
     let name = validate::name(&req.name)?;
     let email = validate::email(&req.email)?;
     validate::password(&req.password)?;
     let sshkey = validate::ssh_public_key(&req.sshkey)?;
-    // Checked up front for a quick answer; apply checks again, atomically.
-    node.linearizable().await?;
-    if node.read(|r| r.account_by_email(&email).is_some()) {
-        return Err(ApiError(StatusCode::CONFLICT, format!("an account with email {email} already exists")));
-    }
+    // The password is hashed before the email is looked up, so a taken email is not answered
+    // sooner than a free one.
     let password = req.password.clone();
     let password_hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
         .await
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e))?;
-    let cmd = Command::CreateAccount { user_id: Uuid::new_v4(), name, email, password_hash, sshkey };
+    let max_accounts = Some(node.config.max_accounts);
+    let cmd = Command::CreateAccount { user_id: Uuid::new_v4(), name, email, password_hash, sshkey, max_accounts };
     match node.write(cmd).await? {
         RegResponse::Account(a) => Ok(Json(user_json(&a))),
         RegResponse::Rejected(r) => Err(r.into()),
@@ -332,32 +411,105 @@ fn now_secs() -> u64 {
     crate::cluster::now_ms() / 1000
 }
 
+/// The credential a request carries: `x-access-token`, `Authorization: Bearer`, or the
+/// password of `Authorization: Basic` (how a browser sends the operator token to the
+/// dashboard).
+fn credential(headers: &HeaderMap) -> Option<String> {
+    if let Some(t) = headers.get("x-access-token").and_then(|v| v.to_str().ok()) {
+        return Some(t.trim().to_string());
+    }
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())?;
+    if let Some(t) = auth.strip_prefix("Bearer ") {
+        return Some(t.trim().to_string());
+    }
+    use base64::Engine;
+    let b64 = auth.strip_prefix("Basic ")?;
+    let pair = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let pair = String::from_utf8(pair).ok()?;
+    pair.split_once(':').map(|(_, password)| password.to_string())
+}
+
+/// Who a request comes from, as its credential proves (invariant I8: three credentials, never
+/// interchangeable; the cluster credential is never accepted here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// No credential.
+    Anonymous,
+    /// A valid token of this account.
+    Account(Uuid),
+    /// The operator credential.
+    Operator,
+}
+
+/// The caller a request's credential proves; a credential that proves nothing is 401.
+pub fn caller(node: &NodeRef, headers: &HeaderMap) -> ApiResult<Caller> {
+    let Some(token) = credential(headers) else { return Ok(Caller::Anonymous) };
+    let operator = node.read(|r| r.config().map(|c| auth::is_operator_token(&c.operator_token_hash, &token)));
+    if operator == Some(true) {
+        return Ok(Caller::Operator);
+    }
+    let claims = auth::verify_token(&token_key(node)?, &token).ok_or_else(ApiError::unauthorized)?;
+    claims.user_id.parse::<Uuid>().map(Caller::Account).map_err(|_| ApiError::unauthorized())
+}
+
 /// The account id a request's token proves, from `x-access-token` or `Authorization: Bearer`.
 pub fn authenticate(node: &NodeRef, headers: &HeaderMap) -> ApiResult<Uuid> {
-    let token = headers
-        .get("x-access-token")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| {
-            headers
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-        })
-        .ok_or_else(ApiError::unauthorized)?;
-    let claims = auth::verify_token(&token_key(node)?, token.trim()).ok_or_else(ApiError::unauthorized)?;
-    claims.user_id.parse::<Uuid>().map_err(|_| ApiError::unauthorized())
+    match caller(node, headers)? {
+        Caller::Account(id) => Ok(id),
+        Caller::Anonymous => Err(ApiError::unauthorized()),
+        Caller::Operator => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "this call needs an account's token (log in); the operator credential owns no sockets".into(),
+        )),
+    }
+}
+
+/// Refuses anyone but an operator: 401 without a valid credential, 403 for an account.
+pub fn require_operator(node: &NodeRef, headers: &HeaderMap) -> ApiResult<()> {
+    match caller(node, headers) {
+        Ok(Caller::Operator) => Ok(()),
+        Ok(Caller::Account(_)) => Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "this call needs the operator credential; an account's token cannot make it".into(),
+        )),
+        Ok(Caller::Anonymous) | Err(_) => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "this call needs the operator credential (mysocketctl: --operator-token-file or MYSOCKET_OPERATOR_TOKEN)"
+                .into(),
+        )),
+    }
+}
+
+/// An extractor that lets only an operator through (see [`require_operator`]); it runs before
+/// the body is read, so a stranger's call is refused before any of its input is looked at.
+pub struct Operator;
+
+impl axum::extract::FromRequestParts<NodeRef> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, node: &NodeRef) -> Result<Self, ApiError> {
+        require_operator(node, &parts.headers).map(|()| Operator)
+    }
+}
+
+/// An argon2id hash of a password nobody has, verified against when a login names an email
+/// that has no account, so such a login takes as long as a wrong password.
+fn decoy_hash() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| auth::hash_password(&auth::new_operator_token()).unwrap_or_default())
 }
 
 #[utoipa::path(post, path = "/login", tag = "account", request_body = Login, responses((status = 200, body = TokenReply), (status = 401, body = ErrorBody)))]
 pub(crate) async fn login(State(node): State<NodeRef>, Body(req): Body<Login>) -> ApiResult<Json<TokenReply>> {
     let wrong = || ApiError(StatusCode::UNAUTHORIZED, "wrong email or password".into());
     node.linearizable().await?;
-    let acct = node.read(|r| r.account_by_email(&req.email).cloned()).ok_or_else(wrong)?;
-    let (password, hash) = (req.password.clone(), acct.password_hash.clone());
+    let acct = node.read(|r| r.account_by_email(&req.email).cloned());
+    // An unknown email costs the same argon2 verification as a wrong password, so the answer's
+    // time does not tell whether the email has an account.
+    let (password, hash) =
+        (req.password.clone(), acct.as_ref().map(|a| a.password_hash.clone()).unwrap_or_else(|| decoy_hash().into()));
     let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash)).await.unwrap_or(false);
-    if !ok {
-        return Err(wrong());
-    }
+    let Some(acct) = acct.filter(|_| ok) else { return Err(wrong()) };
     let token = auth::issue_token(&token_key(&node)?, &acct.user_id.to_string(), node.config.token_ttl, now_secs());
     Ok(Json(TokenReply { token }))
 }

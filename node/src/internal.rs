@@ -32,6 +32,7 @@ use tonic::Response;
 use tonic::Status;
 use tonic::Streaming;
 
+use crate::cluster::ClusterError;
 use crate::cluster::MembershipChange;
 use crate::cluster::NodeRef;
 use crate::cluster::Retry;
@@ -143,6 +144,19 @@ impl Internal for InternalService {
     async fn change_membership(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
         let change: MembershipChange = from_blob(req.get_ref())?;
         let r: Result<(), Retry> = self.node.change_membership_local(&change).await;
+        Ok(Response::new(to_blob(&r)))
+    }
+
+    async fn join(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let change: MembershipChange = from_blob(req.get_ref())?;
+        if !matches!(change, MembershipChange::Add { .. }) {
+            return Err(Status::invalid_argument("join carries an Add"));
+        }
+        let r: Result<(), Retry> = match self.node.change_membership(change).await {
+            Ok(()) => Ok(()),
+            Err(ClusterError::Membership(m)) => Err(Retry::Final(m)),
+            Err(e) => Err(Retry::Again(e.to_string())),
+        };
         Ok(Response::new(to_blob(&r)))
     }
 

@@ -15,6 +15,14 @@ impl Modify for TokenHeader {
         let components = openapi.components.get_or_insert_with(Default::default);
         components
             .add_security_scheme("token", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-access-token"))));
+        // The operator credential: `Authorization: Bearer <operator token>` (or the same value
+        // in `x-access-token`, or as a browser's Basic-auth password).
+        components.add_security_scheme(
+            "operator",
+            SecurityScheme::Http(utoipa::openapi::security::Http::new(
+                utoipa::openapi::security::HttpAuthScheme::Bearer,
+            )),
+        );
     }
 }
 
@@ -23,6 +31,7 @@ impl Modify for TokenHeader {
     info(title = "mysocket", description = "Accounts, sockets, tunnels and the cluster; compatible with the mysocket.io API."),
     paths(
         crate::dashboard::page,
+        crate::dashboard::operator_page,
         crate::http::metrics,
         crate::http::healthz,
         crate::http::readyz,

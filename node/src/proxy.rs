@@ -318,24 +318,30 @@ fn one_host(req: &Request<Incoming>) -> Result<(), &'static str> {
 
 /// The http/https socket named by a Host value: case-insensitive, port stripped.
 pub fn socket_named(node: &NodeRef, host: &str) -> Option<Socket> {
-    with_socket_named(node, host, Socket::clone)
+    with_socket_named(node, host, |s, _| s.clone())
 }
 
 /// `f` of the http/https socket named by a Host value, looked at in the local replica.
-pub fn with_socket_named<T>(node: &NodeRef, host: &str, f: impl FnOnce(&Socket) -> T) -> Option<T> {
+/// `f` also gets the cluster's token key, which keys the hashes of Basic-auth passwords.
+pub fn with_socket_named<T>(node: &NodeRef, host: &str, f: impl FnOnce(&Socket, &str) -> T) -> Option<T> {
     // The registry compares names case-insensitively.
     let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host).trim_end_matches('.');
     node.read(|r| {
-        r.socket_by_dnsname(name).filter(|s| matches!(s.socket_type, SocketType::Http | SocketType::Https)).map(f)
+        let key = r.config().map(|c| c.token_key.as_str()).unwrap_or("");
+        r.socket_by_dnsname(name)
+            .filter(|s| matches!(s.socket_type, SocketType::Http | SocketType::Https))
+            .map(|s| f(s, key))
     })
 }
 
-fn authorized(s: &Socket, req: &Request<Incoming>) -> bool {
-    authorized_by(s, req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()))
+fn authorized(node: &NodeRef, s: &Socket, req: &Request<Incoming>) -> bool {
+    let key = node.read(|r| r.config().map(|c| c.token_key.clone())).unwrap_or_default();
+    authorized_by(&key, s, req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()))
 }
 
-/// Whether a request with this Authorization value (if any) may use the socket.
-pub fn authorized_by(s: &Socket, authorization: Option<&[u8]>) -> bool {
+/// Whether a request with this Authorization value (if any) may use the socket. The password
+/// is checked against the socket's keyed hash, in constant time whatever its length.
+pub fn authorized_by(key: &str, s: &Socket, authorization: Option<&[u8]>) -> bool {
     if !s.protected {
         return true;
     }
@@ -346,8 +352,8 @@ pub fn authorized_by(s: &Socket, authorization: Option<&[u8]>) -> bool {
     let Some((u, p)) = pair.split_once(':') else { return false };
     use subtle::ConstantTimeEq;
     let want_u = s.protected_username.as_deref().unwrap_or("");
-    let want_p = s.protected_password.as_deref().unwrap_or("");
-    bool::from(u.as_bytes().ct_eq(want_u.as_bytes())) & bool::from(p.as_bytes().ct_eq(want_p.as_bytes()))
+    let stored = s.protected_password_hash.as_deref().unwrap_or("");
+    bool::from(u.as_bytes().ct_eq(want_u.as_bytes())) & crate::auth::basic_password_matches(key, stored, p)
 }
 
 /// Live tunnels of a socket held on this node, in a rotating order so several tunnels share
@@ -609,7 +615,7 @@ async fn handle(
     let Some(socket) = socket_for(&node, &req) else {
         return page(StatusCode::NOT_FOUND, "Not Found", "There is no socket with this name.");
     };
-    if !authorized(&socket, &req) {
+    if !authorized(&node, &socket, &req) {
         let mut r = page(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
@@ -637,29 +643,14 @@ async fn handle(
         *req.version_mut() = hyper::Version::HTTP_11;
     }
 
-    // X-Forwarded-*: the client as we saw it, appended to what an upstream proxy said.
-    let xff = match req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
-    let host = req.headers().get(header::HOST).cloned();
-    let hs = req.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        hs.insert("x-forwarded-for", v);
-    }
-    hs.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
-    if let Some(h) = host {
-        hs.insert("x-forwarded-host", h);
-    }
-    // Protected sockets: the edge checked the credentials; the service does not see them.
-    if socket.protected {
-        hs.remove(header::AUTHORIZATION);
-    }
-
-    let is_upgrade = req.headers().contains_key(header::UPGRADE);
-    if !is_upgrade {
-        // Hop-by-hop: they concern the public connection, not the one through the tunnel,
-        // which stays open for the next request whatever the client said about its own.
+    // Hop-by-hop fields first: they concern the public connection, not the one through the
+    // tunnel, which stays open for the next request whatever the client said about its own.
+    // A client's `Connection` may name any field, X-Forwarded-* among them: what it names goes
+    // before the edge sets its own fields, which no client can take away. An upgrade keeps
+    // `Connection: upgrade` and its `Upgrade`, and nothing else the client's list named.
+    let upgrade = req.headers().get(header::UPGRADE).cloned();
+    let is_upgrade = upgrade.is_some();
+    {
         let hs = req.headers_mut();
         let values: Vec<HeaderValue> = hs.get_all(header::CONNECTION).iter().cloned().collect();
         let options: Vec<&[u8]> = values.iter().flat_map(|v| tokens(v.as_bytes())).collect();
@@ -668,7 +659,36 @@ async fn handle(
         for n in named {
             hs.remove(n);
         }
+        if let Some(u) = upgrade {
+            hs.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            hs.insert(header::UPGRADE, u);
+        }
     }
+
+    // X-Forwarded-*: the client as we saw it, after what proxies before us said (every
+    // X-Forwarded-For field, in order, as the HTTP/1 path does).
+    let mut xff = String::new();
+    for v in req.headers().get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()) {
+        xff.push_str(v);
+        xff.push_str(", ");
+    }
+    xff.push_str(&peer.ip().to_string());
+    let host = req.headers().get(header::HOST).cloned();
+    let hs = req.headers_mut();
+    match HeaderValue::from_str(&xff) {
+        Ok(v) => hs.insert("x-forwarded-for", v),
+        Err(_) => hs.insert("x-forwarded-for", HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address")),
+    };
+    hs.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+    match host {
+        Some(h) => hs.insert("x-forwarded-host", h),
+        None => hs.remove("x-forwarded-host"),
+    };
+    // Protected sockets: the edge checked the credentials; the service does not see them.
+    if socket.protected {
+        hs.remove(header::AUTHORIZATION);
+    }
+
     let mut guard = upstream.lock().await;
     let reuse = matches!(&*guard, Some((sid, s, log))
         if *sid == socket.socket_id && s.is_ready() && !is_upgrade && log.current(&node));
@@ -826,7 +846,7 @@ pub fn request_line(client: &str, method: &str, path: &str, status: u16, bytes: 
         push_number(&mut line, part);
     }
     for text in [" ", client, " ", method, " ", path, cut, " "] {
-        line.push_str(text);
+        push_printable(&mut line, text);
     }
     push_number(&mut line, u64::from(status));
     line.push(' ');
@@ -835,6 +855,17 @@ pub fn request_line(client: &str, method: &str, path: &str, status: u16, bytes: 
     push_number(&mut line, u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
     line.push_str("ms\r\n");
     line
+}
+
+/// Appends `text` with every control character (C0, DEL and C1: what a terminal would take as
+/// a command) shown as `?`: a log line goes to the tunnel owner's terminal, and a visitor
+/// chooses the path and method in it.
+fn push_printable(line: &mut String, text: &str) {
+    if text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        line.push_str(text);
+    } else {
+        line.extend(text.chars().map(|c| if c.is_control() { '?' } else { c }));
+    }
 }
 
 fn push_number(line: &mut String, mut n: u64) {
@@ -884,6 +915,13 @@ mod tests {
         let hms: Vec<u64> = time.split(':').map(|p| p.parse().unwrap()).collect();
         assert!(time.len() == 8 && hms.len() == 3 && hms[0] < 24 && hms[1] < 60 && hms[2] < 60, "{time}");
         let line = request_line("::1", "HEAD", "/", 404, 0, Instant::now() - Duration::from_millis(1500));
+        // Control characters a visitor put in the path never reach the owner's terminal.
+        let line = {
+            let evil = request_line("::1", "GET", "/a\u{1b}[2J\u{9b}31m\u{7f}\r\nb", 200, 0, Instant::now());
+            assert!(evil.contains(" /a?[2J?31m???b 200 "), "{evil:?}");
+            assert!(!evil.trim_end_matches("\r\n").chars().any(char::is_control), "{evil:?}");
+            line
+        };
         assert!(line.ends_with(" ::1 HEAD / 404 0B 1500ms\r\n"), "{line}");
         // A long path is cut (at a character, not inside one); one of the limit is not.
         let whole = format!("/{}", "a".repeat(LOGGED_PATH - 1));

@@ -14,7 +14,6 @@ use std::time::Instant;
 
 use anyhow::Context;
 use mysocket_api::internal::internal_server::InternalServer;
-use mysocket_api::ApiClient;
 use mysocket_raft_store::Command;
 use mysocket_raft_store::NodeRecord;
 use openraft::async_runtime::watch::WatchReceiver;
@@ -27,14 +26,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cluster::now_ms;
+use crate::cluster::MembershipChange;
 use crate::cluster::Node;
 use crate::cluster::NodeRef;
+use crate::cluster::Retry;
 use crate::config::Config;
 use crate::config::Membership;
 use crate::internal::CheckCredential;
 use crate::internal::InternalService;
 use crate::peers::Peers;
 use crate::peers::MAX_MESSAGE;
+use crate::raft_net::from_blob;
+use crate::raft_net::to_blob;
 use crate::raft_net::NetworkFactory;
 use crate::tunnels::Holdings;
 
@@ -90,6 +93,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         state_machine,
         peers,
         batcher: crate::batch::Batcher::start(me.clone()),
+        applied_cache: Default::default(),
     });
 
     let root = CancellationToken::new();
@@ -148,9 +152,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                 }
             }
         }
-        Membership::Join(urls) => {
-            let (node, urls, stop) = (node.clone(), urls.clone(), root.child_token());
-            tasks.spawn(async move { join(node, urls, stop).await });
+        Membership::Join(peers) => {
+            let (node, peers, stop) = (node.clone(), peers.clone(), root.child_token());
+            tasks.spawn(async move { join(node, peers, stop).await });
         }
         Membership::Existing => tracing::info!("restarting with existing state"),
     }
@@ -181,8 +185,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
 
     // REST API.
     {
+        let api_tls: crate::tls::Slot = Default::default();
+        let (n, t, stop) = (node.clone(), api_tls.clone(), root.child_token());
+        tasks.spawn(async move { crate::tls::load_api(n, t, stop).await });
         let (n, stop) = (node.clone(), root.child_token());
-        tasks.spawn(async move { crate::http::serve(n, api_listener, stop).await });
+        tasks.spawn(async move { crate::http::serve(n, api_listener, api_tls, stop).await });
     }
 
     tracing::info!(id = cfg.id, api = %cfg.api_addr, raft = %cfg.raft_addr, "node started");
@@ -203,25 +210,38 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     Ok(())
 }
 
-/// Asks a running cluster to add this node, until it answers or we are stopped.
-async fn join(node: NodeRef, urls: Vec<String>, stop: CancellationToken) {
-    let client = ApiClient::new(urls.clone());
+/// Asks a running cluster to add this node, over the internal port of one of `peers` (with
+/// the cluster credential; any member forwards it to the leader), until it is a member, the
+/// cluster refuses for good, or we are stopped.
+async fn join(node: NodeRef, peers: Vec<String>, stop: CancellationToken) {
+    let ask = MembershipChange::Add { id: node.id, raft_addr: node.config.advertise_raft_addr.clone() };
     let mut delay = Duration::from_millis(200);
     loop {
         if node.is_member() {
             tracing::info!("joined the cluster");
             return;
         }
-        match client.add_node(node.id, &node.config.advertise_raft_addr).await {
-            Ok(_) => {
-                tracing::info!(?urls, "joined the cluster");
-                return;
+        for addr in &peers {
+            let answer = match node.peers.client(addr) {
+                Ok(mut c) => match tokio::time::timeout(Duration::from_secs(70), c.join(to_blob(&ask))).await {
+                    Ok(Ok(r)) => from_blob::<Result<(), Retry>>(r.get_ref())
+                        .unwrap_or_else(|s| Err(Retry::Again(s.message().to_string()))),
+                    Ok(Err(s)) => Err(Retry::Again(s.message().to_string())),
+                    Err(_) => Err(Retry::Again("no answer within 70 s".into())),
+                },
+                Err(s) => Err(Retry::Again(s.message().to_string())),
+            };
+            match answer {
+                Ok(()) => {
+                    tracing::info!(via = %addr, "joined the cluster");
+                    return;
+                }
+                Err(Retry::Final(m)) => {
+                    tracing::error!(via = %addr, error = %m, "the cluster refused to add this node");
+                    return;
+                }
+                Err(Retry::Again(m)) => tracing::warn!(via = %addr, error = %m, "join failed; retrying"),
             }
-            Err(e) if e.status().map(|s| s.is_client_error()).unwrap_or(false) => {
-                tracing::error!(error = %e, "the cluster refused to add this node");
-                return;
-            }
-            Err(e) => tracing::warn!(error = %e, "join failed; retrying"),
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -236,7 +256,11 @@ async fn join(node: NodeRef, urls: Vec<String>, stop: CancellationToken) {
 async fn duties(node: NodeRef, holdings: Arc<Holdings>, started_ms: u64, stop: CancellationToken) {
     let mut metrics = node.raft.metrics();
     let mut leading = None;
+    let mut token_checked = false;
     loop {
+        if !token_checked {
+            token_checked = check_operator_token(&node);
+        }
         if let Err(e) = duty_pass(&node, &mut leading).await {
             tracing::debug!(error = %e, "duty pass");
         }
@@ -249,6 +273,22 @@ async fn duties(node: NodeRef, holdings: Arc<Holdings>, started_ms: u64, stop: C
             _ = metrics.changed() => {}
         }
     }
+}
+
+/// Warns when this node's operator token file holds a token that is not the cluster's (the
+/// cluster keeps the one it was bootstrapped with). Returns whether the check could be made.
+fn check_operator_token(node: &NodeRef) -> bool {
+    let Some(hash) = node.read(|r| r.config().map(|c| c.operator_token_hash.clone())) else { return false };
+    let file = node.config.operator_token_file.display();
+    match &node.config.operator_token {
+        Some(t) if !crate::auth::is_operator_token(&hash, &t.0) => tracing::warn!(
+            %file,
+            "the operator token in this file is not the cluster's; operator calls need the token the cluster was \
+             bootstrapped with"
+        ),
+        _ => {}
+    }
+    true
 }
 
 /// Releases the tunnels the registry says this node holds that no session of this process
@@ -279,6 +319,63 @@ async fn release_orphans(node: &NodeRef, holdings: &Holdings, started_ms: u64) -
         tracing::info!(%tunnel_id, epoch, "released a tunnel claimed by this node's previous process");
     }
     Ok(())
+}
+
+/// The operator token the leader gives a cluster that has none: the one in the operator token
+/// file if there is one, else a fresh token written there (readable by the node's user only).
+/// Also whether this call wrote the file.
+fn operator_token_to_give(cfg: &Config) -> anyhow::Result<(String, bool)> {
+    let path = &cfg.operator_token_file;
+    match std::fs::read_to_string(path) {
+        Ok(t) if t.trim().len() >= 16 && t.trim() != cfg.cluster_secret.0 => Ok((t.trim().to_string(), false)),
+        Ok(_) => anyhow::bail!("the operator token in {} is too short or equals the cluster secret", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let t = crate::auth::new_operator_token();
+            write_private(path, &t)
+                .with_context(|| format!("cannot write the operator token to {}", path.display()))?;
+            Ok((t, true))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read the operator token file {}", path.display())),
+    }
+}
+
+/// Proposes `cmd`, which carries the hash of the operator token `written` (if this node just
+/// wrote it) holds; the file goes again if the cluster took another token meanwhile.
+async fn give_operator_token(node: &NodeRef, cmd: Command, hash: &str, written: bool) -> anyhow::Result<()> {
+    let path = &node.config.operator_token_file;
+    let answer = node.write(cmd).await;
+    let ours = node.read(|r| r.config().map(|c| c.operator_token_hash == hash));
+    if written && ours != Some(true) {
+        let _ = std::fs::remove_file(path);
+    } else if written {
+        tracing::info!(file = %path.display(), "wrote the cluster's operator token; keep it safe");
+    }
+    answer?;
+    Ok(())
+}
+
+/// The first leader generates the cluster's secrets, the operator credential among them.
+async fn bootstrap(node: &NodeRef) -> anyhow::Result<()> {
+    let cfg = &node.config;
+    let (token, written) = operator_token_to_give(cfg)?;
+    let hash = crate::auth::operator_token_hash(&token);
+    let material =
+        crate::bootstrap::generate(&cfg.domain, cfg.tcp_ports, now_ms(), &hash).map_err(anyhow::Error::msg)?;
+    tracing::info!(domain = %cfg.domain, "bootstrapping cluster secrets");
+    give_operator_token(node, Command::Bootstrap(material), &hash, written).await
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
 }
 
 /// How long the leader waits without an answer from a node before releasing its tunnels.
@@ -315,11 +412,17 @@ async fn duty_pass(node: &NodeRef, leading: &mut Option<(u64, Instant)>) -> anyh
             }
         }
     }
-    if m.state == ServerState::Leader && node.read(|r| r.config().is_none()) {
-        let cfg = &node.config;
-        let material = crate::bootstrap::generate(&cfg.domain, cfg.tcp_ports, now_ms()).map_err(anyhow::Error::msg)?;
-        tracing::info!(domain = %cfg.domain, "bootstrapping cluster secrets");
-        node.write(Command::Bootstrap(material)).await?;
+    if m.state == ServerState::Leader {
+        match node.read(|r| r.config().map(|c| c.operator_token_hash.is_empty())) {
+            None => bootstrap(node).await?,
+            // A cluster bootstrapped before operator tokens existed gets one.
+            Some(true) => {
+                let (token, written) = operator_token_to_give(&node.config)?;
+                let hash = crate::auth::operator_token_hash(&token);
+                give_operator_token(node, Command::SetOperatorToken { hash: hash.clone() }, &hash, written).await?;
+            }
+            Some(false) => {}
+        }
     }
     let cfg = &node.config;
     let me = NodeRecord {

@@ -90,7 +90,7 @@ fn socket_json(node: &NodeRef, reg: &Registry, v: &SocketView) -> SocketJson {
         },
         protected_socket: s.protected,
         protected_username: s.protected_username.clone().unwrap_or_default(),
-        protected_password: s.protected_password.clone().unwrap_or_default(),
+        protected_password: String::new(),
         cloud_authentication_enabled: s.cloud_auth_enabled,
         cloud_authentication_email_allowed_addressses: s.allowed_emails.clone(),
         cloud_authentication_email_allowed_domains: s.allowed_domains.clone(),
@@ -133,6 +133,24 @@ fn new_socket(node: &NodeRef, req: &SocketCreate) -> ApiResult<NewSocket> {
         Some(t) => SocketType::parse(t)
             .ok_or_else(|| ApiError::bad(format!("socket_type {t:?} is not one of http, https, tcp, tls")))?,
     };
+    // A rule a user sets is applied or refused, never stored and ignored (invariant I9): a
+    // socket must never look more restricted than it is.
+    let unenforceable = |msg: &str| ApiError(StatusCode::UNPROCESSABLE_ENTITY, msg.to_string());
+    if req.protected_socket && socket_type.needs_port() {
+        return Err(unenforceable(
+            "protected_socket (a user name and password) works on http and https sockets only: a tcp or tls \
+             socket carries raw bytes, where the edge cannot ask for a password; nothing was created",
+        ));
+    }
+    if req.cloud_authentication_enabled
+        || !req.cloud_authentication_email_allowed_addressses.is_empty()
+        || !req.cloud_authentication_email_allowed_domains.is_empty()
+    {
+        return Err(unenforceable(
+            "cloud authentication (an identity-provider login with allowed emails and domains) is not enforced \
+             by this cluster: the socket would be open to everyone, so it was not created",
+        ));
+    }
     let (mut user, mut pass) = (None, None);
     if req.protected_socket {
         let u = req.protected_username.as_deref().map(str::trim).unwrap_or("");
@@ -145,23 +163,18 @@ fn new_socket(node: &NodeRef, req: &SocketCreate) -> ApiResult<NewSocket> {
                 "protected_username and protected_password: at most 100 printable characters, no ':' in the username",
             ));
         }
-        (user, pass) = (Some(u.to_string()), Some(p.to_string()));
-    }
-    if req.cloud_authentication_email_allowed_addressses.len() > 100
-        || req.cloud_authentication_email_allowed_domains.len() > 100
+        let key = node
+            .read(|r| r.config().map(|c| c.token_key.clone()))
+            .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "cluster not bootstrapped yet".into()))?;
+        (user, pass) = (Some(u.to_string()), Some(crate::auth::basic_password_hash(&key, p)));
+    } else if req.protected_username.as_deref().is_some_and(|u| !u.is_empty())
+        || req.protected_password.as_deref().is_some_and(|p| !p.is_empty())
     {
-        return Err(ApiError::bad("at most 100 allowed addresses and 100 allowed domains"));
+        return Err(unenforceable(
+            "protected_username and protected_password are applied only with protected_socket: true; nothing was \
+             created",
+        ));
     }
-    let emails = req
-        .cloud_authentication_email_allowed_addressses
-        .iter()
-        .map(|e| validate::email(e))
-        .collect::<ApiResult<Vec<_>>>()?;
-    let domains = req
-        .cloud_authentication_email_allowed_domains
-        .iter()
-        .map(|d| validate::domain(d))
-        .collect::<ApiResult<Vec<_>>>()?;
     let (pmin, pmax) = node.config.tcp_ports;
     Ok(NewSocket {
         socket_id: Uuid::new_v4(),
@@ -171,10 +184,10 @@ fn new_socket(node: &NodeRef, req: &SocketCreate) -> ApiResult<NewSocket> {
         port_hint: rand::thread_rng().gen_range(pmin..=pmax),
         protected: req.protected_socket,
         protected_username: user,
-        protected_password: pass,
-        cloud_auth_enabled: req.cloud_authentication_enabled,
-        allowed_emails: emails,
-        allowed_domains: domains,
+        protected_password_hash: pass,
+        cloud_auth_enabled: false,
+        allowed_emails: Vec::new(),
+        allowed_domains: Vec::new(),
     })
 }
 
@@ -217,7 +230,7 @@ async fn create_socket(
     }
 }
 
-#[utoipa::path(post, path = "/socket", tag = "socket", request_body = SocketCreate, responses((status = 200, body = SocketJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)), security(("token" = [])))]
+#[utoipa::path(post, path = "/socket", tag = "socket", request_body = SocketCreate, responses((status = 200, body = SocketJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)), security(("token" = [])))]
 pub(crate) async fn create(
     State(node): State<NodeRef>,
     headers: HeaderMap,
@@ -226,7 +239,7 @@ pub(crate) async fn create(
     create_socket(node, headers, req, false).await
 }
 
-#[utoipa::path(post, path = "/connect", tag = "socket", request_body = SocketCreate, responses((status = 200, body = SocketJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)), security(("token" = [])))]
+#[utoipa::path(post, path = "/connect", tag = "socket", request_body = SocketCreate, responses((status = 200, body = SocketJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)), security(("token" = [])))]
 pub(crate) async fn connect(
     State(node): State<NodeRef>,
     headers: HeaderMap,

@@ -205,15 +205,17 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             "/socket",
             Some(&token),
             Some(br#"{"name":"x","cloud_authentication_email_allowed_addressses":["nope"]}"#.to_vec()),
-            400,
-            "email",
+            422,
+            "not enforced",
         ),
         (Method::GET, "/socket/not-a-uuid", Some(&token), None, 404, "not found"),
         (Method::DELETE, "/socket/00000000-0000-0000-0000-000000000000", Some(&token), None, 404, "not found"),
         (Method::GET, "/socket/00000000-0000-0000-0000-000000000000/tunnel", Some(&token), None, 404, "not found"),
         (Method::GET, "/no/such/path", None, None, 404, "no such endpoint"),
-        (Method::POST, "/cluster/nodes", None, Some(br#"{"id":"x"}"#.to_vec()), 400, "invalid JSON"),
-        (Method::DELETE, "/cluster/nodes/abc", None, None, 400, "node id"),
+        (Method::POST, "/cluster/nodes", Some(&c.operator_token), Some(br#"{"id":"x"}"#.to_vec()), 400, "invalid JSON"),
+        (Method::DELETE, "/cluster/nodes/abc", Some(&c.operator_token), None, 400, "node id"),
+        (Method::POST, "/cluster/nodes", None, Some(br#"{"id":"x"}"#.to_vec()), 401, "operator"),
+        (Method::DELETE, "/cluster/nodes/abc", Some(&token), None, 403, "operator"),
     ];
     for (m, path, tok, body, want, msg) in cases {
         let (status, v) = raw(m.clone(), format!("{base}{path}"), tok, body).await;

@@ -37,9 +37,9 @@ async fn three_nodes_replicate_fail_over_and_catch_up() {
     assert_eq!(d.accounts, 3);
 
     // GET /cluster shows all three, one leader, every address registered.
-    let view = c.api(2).cluster().await.unwrap();
+    let view = c.operator(2).cluster().await.unwrap();
     assert_eq!(view.nodes.len(), 3);
-    assert!(view.nodes.iter().all(|n| n.voter && !n.api_addr.is_empty() && n.last_applied.is_some()));
+    assert!(view.nodes.iter().all(|n| n.voter == Some(true) && !n.api_addr.is_empty() && n.last_applied.is_some()));
     let leader = view.leader.expect("a leader");
 
     // kill -9 the leader: the other two agree on a new one and writes resume.
@@ -106,7 +106,7 @@ async fn node_behind_a_compacted_log_catches_up_by_snapshot() {
     create_users(&api, 0..30).await;
     // The leader has compacted past everything node 3 has, so only a snapshot can help it.
     let leader = c.agreed_leader(Duration::from_secs(10)).await;
-    let la = c.api(leader);
+    let la = c.operator(leader);
     eventually(Duration::from_secs(20), "the leader to compact past node 3's log", || {
         let la = la.clone();
         async move { (la.digest().await.ok()?.purged_index.unwrap_or(0) > had + 1).then_some(()) }
@@ -116,7 +116,7 @@ async fn node_behind_a_compacted_log_catches_up_by_snapshot() {
     c.wait_ready().await;
     let d = c.converged().await;
     assert_eq!(d.accounts, 30);
-    let d3 = c.api(3).digest().await.unwrap();
+    let d3 = c.operator(3).digest().await.unwrap();
     assert!(d3.snapshots_installed >= 1, "node 3 caught up without a snapshot: {d3:?}");
     c.api(3).login(&user(29).email, &user(29).password).await.unwrap();
 }
@@ -144,18 +144,19 @@ async fn a_fourth_node_joins_and_one_is_removed_while_writes_continue() {
         })
     };
 
-    c.spawn(4, vec!["--join".into(), urls.join(",")]);
-    let api = c.api(1);
+    let peers: Vec<String> = [1u64, 2, 3].iter().map(|id| c.node_raft_addr(*id)).collect();
+    c.spawn(4, vec!["--join".into(), peers.join(",")]);
+    let api = c.operator(1);
     eventually(Duration::from_secs(30), "node 4 to become a voter", || {
         let api = api.clone();
         async move {
             let v = api.cluster().await.ok()?;
-            v.nodes.iter().any(|n| n.id == 4 && n.voter).then_some(())
+            v.nodes.iter().any(|n| n.id == 4 && n.voter == Some(true)).then_some(())
         }
     })
     .await;
 
-    c.api(2).remove_node(1).await.unwrap();
+    c.operator(2).remove_node(1).await.unwrap();
     c.kill9(1);
     let written = writer.await.unwrap();
     assert!(written > 0);
@@ -167,11 +168,11 @@ async fn a_fourth_node_joins_and_one_is_removed_while_writes_continue() {
     assert_eq!(d.accounts, written);
 
     // A removed id is never reused; a member id at another address is refused.
-    let err = c.api(2).add_node(1, &c.node_raft_addr(1)).await.unwrap_err();
+    let err = c.operator(2).add_node(1, &c.node_raft_addr(1)).await.unwrap_err();
     assert_eq!(err.status().map(|s| s.as_u16()), Some(409), "{err}");
-    let err = c.api(2).add_node(3, "127.0.0.99:7071").await.unwrap_err();
+    let err = c.operator(2).add_node(3, "127.0.0.99:7071").await.unwrap_err();
     assert_eq!(err.status().map(|s| s.as_u16()), Some(409), "{err}");
-    let err = c.api(2).add_node(0, "x").await.unwrap_err();
+    let err = c.operator(2).add_node(0, "x").await.unwrap_err();
     assert_eq!(err.status().map(|s| s.as_u16()), Some(400), "{err}");
 }
 

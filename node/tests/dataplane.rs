@@ -214,8 +214,8 @@ async fn openssh_reverse_forward_serves_public_http() {
             assert!(!seen.contains("elsewhere") && !seen.contains("user@"), "{what}: {answer}");
         }
     }
-    let view = c.api(2).cluster().await.unwrap();
-    assert_eq!(view.nodes.iter().find(|n| n.id == 1).unwrap().tunnels, 1, "the claim is replicated");
+    let view = c.operator(2).cluster().await.unwrap();
+    assert_eq!(view.nodes.iter().find(|n| n.id == 1).unwrap().tunnels, Some(1), "the claim is replicated");
 
     // Every node serves the socket: nodes 2 and 3 relay to node 1, which holds the tunnel.
     for n in [2u64, 3] {
@@ -416,14 +416,14 @@ async fn protected_sockets_and_newest_connection_wins() {
         async move { (get(&n2, &host, Some(("bob", "open sesame"))).await.0 == 200).then_some(()) }
     })
     .await;
-    let view = c.api(3).cluster().await.unwrap();
-    let held: Vec<(u64, usize)> = view.nodes.iter().map(|n| (n.id, n.tunnels)).collect();
+    let view = c.operator(3).cluster().await.unwrap();
+    let held: Vec<(u64, usize)> = view.nodes.iter().map(|n| (n.id, n.tunnels.unwrap())).collect();
     assert!(held.contains(&(2, 1)) && held.contains(&(1, 0)), "{held:?}");
     let holder =
         c.api(1).with_token(api.token().unwrap()).tunnel(&sock.socket_id, &tid).await.unwrap().session.unwrap();
     assert_eq!(holder.node_id, 2, "the newer connection's node holds the tunnel");
     assert!(holder.epoch > first_epoch, "a newer claim gets a higher epoch: {holder:?} after {first_epoch}");
-    let closed = scrape(n1.clone()).await;
+    let closed = scrape(n1.clone(), &c.operator_token).await;
     assert_eq!(sample(&closed, r#"mysocket_tunnels_closed_total{reason="superseded"}"#), 1.0);
     assert_eq!(sample(&closed, "mysocket_tunnels_held_here"), 0.0);
 }
@@ -447,12 +447,12 @@ async fn killing_the_holding_node_releases_its_tunnels() {
 
     let t0 = std::time::Instant::now();
     c.kill9(3);
-    let a1 = c.api(1);
+    let a1 = c.operator(1);
     eventually(Duration::from_secs(30), "the dead node's tunnel to be released", || {
         let a1 = a1.clone();
         async move {
             let v = a1.cluster().await.ok()?;
-            (v.nodes.iter().find(|n| n.id == 3)?.tunnels == 0).then_some(())
+            (v.nodes.iter().find(|n| n.id == 3)?.tunnels == Some(0)).then_some(())
         }
     })
     .await;
@@ -726,10 +726,10 @@ async fn an_account_holds_at_most_its_ssh_session_limit_on_a_node() {
         relays.push(api.connect(&s).await.unwrap().tunnels[0].local_port);
     }
     let held_on = |id: u64| {
-        let api = c.api(3);
+        let api = c.operator(3);
         async move {
             let view = api.cluster().await.ok()?;
-            view.nodes.iter().find(|n| n.id == id).map(|n| n.tunnels)
+            view.nodes.iter().find(|n| n.id == id).and_then(|n| n.tunnels)
         }
     };
     let n1 = c.nodes[&1].ip.clone();
@@ -960,7 +960,7 @@ async fn a_restarted_node_releases_the_claims_of_its_previous_process() {
         assert!(body.contains("no live tunnel"), "through node {id}: {body}");
     }
     assert!(c.log(2).contains("claimed by this node's previous process"), "{}", c.log(2));
-    let m = scrape(c.nodes[&2].ip.clone()).await;
+    let m = scrape(c.nodes[&2].ip.clone(), &c.operator_token).await;
     assert!(sample(&m, "mysocket_orphan_claims_released_total") >= 1.0);
 }
 
@@ -1042,7 +1042,7 @@ async fn a_node_cut_off_from_the_majority_closes_its_tunnels() {
         std::io::Read::read_to_string(&mut ssh.0.stderr.take().unwrap(), &mut said).unwrap();
         assert!(said.contains("lost contact with the cluster"), "the client was not told why: {said}");
         assert!(c.log(holder).contains("closing the tunnels held here"), "{}", c.log(holder));
-        let m = scrape(ip.clone()).await;
+        let m = scrape(ip.clone(), &c.operator_token).await;
         assert!(sample(&m, r#"mysocket_tunnels_closed_total{reason="cut_off"}"#) >= 1.0);
     }
 }
@@ -1626,9 +1626,11 @@ async fn garbage_and_silence_on_every_port_are_refused_and_change_nothing() {
     }
 }
 
-/// A node's metrics: each sample line `name{labels} value`, by `name{labels}`.
-async fn scrape(ip: String) -> std::collections::HashMap<String, f64> {
-    let resp = reqwest::get(format!("http://{ip}:7070/metrics")).await.unwrap();
+/// A node's metrics (an operator's call): each sample line `name{labels} value`, by
+/// `name{labels}`.
+async fn scrape(ip: String, operator_token: &str) -> std::collections::HashMap<String, f64> {
+    let http = reqwest::Client::new();
+    let resp = http.get(format!("http://{ip}:7070/metrics")).bearer_auth(operator_token).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let kind = resp.headers()["content-type"].to_str().unwrap().to_string();
     assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
@@ -1667,16 +1669,17 @@ async fn metrics_and_the_dashboard_show_what_each_node_did() {
         .unwrap();
     assert!(!stranger.success());
     eventually(Duration::from_secs(10), "node 1 to count the stranger's refused login", || async {
-        (sample(&scrape(ip(1)).await, r#"mysocket_ssh_logins_total{result="refused"}"#) == 1.0).then_some(())
+        (sample(&scrape(ip(1), &c.operator_token).await, r#"mysocket_ssh_logins_total{result="refused"}"#) == 1.0)
+            .then_some(())
     })
     .await;
 
-    let before: Vec<_> = futures::future::join_all([1, 2, 3].map(|n| scrape(ip(n)))).await;
+    let before: Vec<_> = futures::future::join_all([1, 2, 3].map(|n| scrape(ip(n), &c.operator_token))).await;
     for _ in 0..3 {
         assert_eq!(get(&ip(2), &sock.dnsname, None).await.0, 200);
     }
     assert_eq!(get(&ip(3), "nobody.localhost", None).await.0, 404);
-    let after: Vec<_> = futures::future::join_all([1, 2, 3].map(|n| scrape(ip(n)))).await;
+    let after: Vec<_> = futures::future::join_all([1, 2, 3].map(|n| scrape(ip(n), &c.operator_token))).await;
     let delta = |n: usize, k: &str| sample(&after[n - 1], k) - sample(&before[n - 1], k);
 
     // Node 2 answered three requests, each relayed to node 1, which holds the tunnel.
@@ -1708,12 +1711,18 @@ async fn metrics_and_the_dashboard_show_what_each_node_did() {
         assert_eq!(sample(m, "mysocket_accounts"), 1.0);
     }
 
-    // The dashboard: every node, the leader, the totals; no account's or socket's name.
-    let page = |n: u64| async move {
-        let resp = reqwest::get(format!("http://{}:7070/", ip(n))).await.unwrap();
-        assert_eq!(resp.status(), 200);
-        assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
-        resp.text().await.unwrap()
+    // The dashboard, for an operator (a browser sends the token as Basic auth's password):
+    // every node, the leader, the totals; no account's or socket's name.
+    let token = c.operator_token.clone();
+    let page = |n: u64| {
+        let token = token.clone();
+        async move {
+            let http = reqwest::Client::new();
+            let resp = http.get(format!("http://{}:7070/", ip(n))).basic_auth("ops", Some(token)).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+            resp.text().await.unwrap()
+        }
     };
     let html = page(3).await;
     assert!(html.contains(&format!("Leader: node {}", leaders[0])), "{html}");
@@ -1729,4 +1738,103 @@ async fn metrics_and_the_dashboard_show_what_each_node_did() {
         page(3).await.contains("<tr><th>sockets</th><td class=n>0</td></tr>").then_some(())
     })
     .await;
+}
+
+/// The request head the origin saw, from its answer: the request line, then each field as
+/// `name: value` with the name lowercased, sorted, less those that only frame the exchange.
+fn seen_fields(answer: &str) -> (String, Vec<String>) {
+    let head = answer.split("origin saw:\n").nth(1).unwrap_or_else(|| panic!("not the origin's answer: {answer}"));
+    let mut lines = head.split("\r\n").filter(|l| !l.is_empty());
+    let request_line = lines.next().unwrap().to_lowercase();
+    let mut fields: Vec<String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| format!("{}: {}", n.trim().to_lowercase(), v.trim()))
+        .filter(|f| !["connection:", "content-length:", "expect:"].iter().any(|p| f.starts_with(p)))
+        .collect();
+    fields.sort();
+    (request_line, fields)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_http_paths_forward_the_same_fields_and_log_no_control_characters() {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    let c = TestCluster::builder().nodes(1).start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, u, api) = ssh_user(&c, dir.path(), 1, "nina").await;
+    let sock = api.connect(&SocketCreate { name: "web".into(), ..Default::default() }).await.unwrap();
+    let n1 = c.nodes[&1].ip.clone();
+    let out = dir.path().join("session.out");
+    let _ssh = ssh_logged(&key, &u.user_name, &n1, sock.tunnels[0].local_port, origin().await, &out);
+    answered(&n1, &sock.dnsname, "the URL").await;
+    let name = &sock.dnsname;
+
+    // The client tries to take the edge's fields away (naming them in Connection) or forge them.
+    let forged = "X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-For: 198.51.100.1\r\nX-Forwarded-Proto: https\r\n\
+                  X-Forwarded-Host: evil.example\r\nX-Custom: 1\r\nX-Plain: 2\r\n";
+    let strip = "Connection: close, X-Forwarded-For, x-forwarded-proto, X-Forwarded-Host, X-Custom\r\n";
+    // Each path: plain HTTP/1.1 (the hand-written path), HTTP/1.0 and a request with Expect
+    // (hyper's path).
+    let paths = [("HTTP/1.1", ""), ("HTTP/1.0", ""), ("HTTP/1.1", "Expect: 100-continue\r\nContent-Length: 0\r\n")];
+    let mut seen: Vec<(String, Vec<String>)> = Vec::new();
+    for connection in [strip, "Connection: close\r\n"] {
+        let mut per_path = Vec::new();
+        for (version, extra) in paths {
+            let mut s = tokio::net::TcpStream::connect(format!("{n1}:8080")).await.unwrap();
+            let head = format!("GET /same HTTP/{}\r\nHost: {name}\r\n{connection}{forged}{extra}\r\n", &version[5..]);
+            s.write_all(head.as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).await.unwrap();
+            assert!(answer.contains(" 200 OK"), "{version} {extra:?}: {answer}");
+            per_path.push(seen_fields(&answer));
+        }
+        // The same fields on every path (an HTTP/1.0 request stays HTTP/1.0 to the service).
+        for (i, p) in per_path.iter().enumerate().skip(1) {
+            assert!(p.0.starts_with("get /same http/1."), "{p:?}");
+            assert_eq!(p.1, per_path[0].1, "path {i} forwards other fields than the HTTP/1.1 path");
+        }
+        seen.push(per_path.swap_remove(0));
+    }
+    let field = |fields: &[String], name: &str| -> Vec<String> {
+        fields.iter().filter_map(|f| f.strip_prefix(&format!("{name}: "))).map(str::to_string).collect()
+    };
+    // Named in Connection: the client's own X-Forwarded-* and X-Custom are gone; the edge's are
+    // there, once each, and say what the edge saw.
+    let (line, named) = &seen[0];
+    assert_eq!(line, "get /same http/1.1");
+    let xff = field(named, "x-forwarded-for");
+    assert!(xff.len() == 1 && xff[0].parse::<std::net::IpAddr>().is_ok(), "{named:?}");
+    let peer = xff[0].clone();
+    assert_eq!(field(named, "x-forwarded-proto"), ["http"], "{named:?}");
+    assert_eq!(field(named, "x-forwarded-host"), [name.as_str()], "{named:?}");
+    assert!(field(named, "x-custom").is_empty() && field(named, "x-plain") == ["2"], "{named:?}");
+    // Not named: what proxies before said comes first, in order, then the client as the edge
+    // saw it; the forged proto and host are replaced.
+    let (_, kept) = &seen[1];
+    assert_eq!(field(kept, "x-forwarded-for"), [format!("203.0.113.9, 198.51.100.1, {peer}")], "{kept:?}");
+    assert_eq!(field(kept, "x-forwarded-proto"), ["http"], "{kept:?}");
+    assert_eq!(field(kept, "x-forwarded-host"), [name.as_str()], "{kept:?}");
+    assert_eq!(field(kept, "x-custom"), ["1"], "{kept:?}");
+
+    // A path with a terminal escape (CSI, a C1 control, in UTF-8; the parsers refuse C0 bytes
+    // in a target): the session log never shows it as it is.
+    for version in ["1.1", "1.0"] {
+        let mut s = tokio::net::TcpStream::connect(format!("{n1}:8080")).await.unwrap();
+        let mut head = b"GET /esc".to_vec();
+        head.extend_from_slice("\u{9b}31m".as_bytes());
+        head.extend_from_slice(format!(" HTTP/{version}\r\nHost: {name}\r\nConnection: close\r\n\r\n").as_bytes());
+        s.write_all(&head).await.unwrap();
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).await.unwrap();
+    }
+    let text = eventually(Duration::from_secs(10), "the requests' log lines", || {
+        let out = out.clone();
+        async move { std::fs::read_to_string(&out).ok().filter(|t| t.matches(" GET /same 200 ").count() == 6) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = std::fs::read_to_string(&out).unwrap_or(text);
+    let bad: Vec<&str> =
+        text.lines().filter(|l| l.trim_end_matches('\r').chars().any(|ch| ch.is_control() && ch != '\t')).collect();
+    assert!(bad.is_empty(), "log lines with control characters: {bad:?}");
 }

@@ -76,7 +76,7 @@ impl SocketType {
 }
 
 /// A public endpoint owned by one account.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Socket {
     pub socket_id: Uuid,
     pub user_id: Uuid,
@@ -88,7 +88,9 @@ pub struct Socket {
     pub port: Option<u16>,
     pub protected: bool,
     pub protected_username: Option<String>,
-    pub protected_password: Option<String>,
+    /// Salted, keyed hash of the Basic-auth password (see the node's `auth::basic_password`);
+    /// the password itself is never stored.
+    pub protected_password_hash: Option<String>,
     pub cloud_auth_enabled: bool,
     pub allowed_emails: Vec<String>,
     pub allowed_domains: Vec<String>,
@@ -146,6 +148,11 @@ pub struct ClusterConfig {
     pub tls_key: String,
     /// HMAC key for API tokens, hex.
     pub token_key: String,
+    /// SHA-256 (hex) of the operator credential: the token that membership changes and
+    /// cluster-wide reads need. Only its hash is replicated; the token itself is written once,
+    /// to a file on the node that bootstrapped the cluster (or chosen by the operator).
+    #[serde(default)]
+    pub operator_token_hash: String,
     pub created_at_ms: u64,
 }
 
@@ -175,7 +182,7 @@ impl Default for SocketLimits {
 }
 
 /// The socket-creation parameters, already validated by the API layer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewSocket {
     pub socket_id: Uuid,
     pub name: String,
@@ -186,7 +193,7 @@ pub struct NewSocket {
     pub port_hint: u16,
     pub protected: bool,
     pub protected_username: Option<String>,
-    pub protected_password: Option<String>,
+    pub protected_password_hash: Option<String>,
     pub cloud_auth_enabled: bool,
     pub allowed_emails: Vec<String>,
     pub allowed_domains: Vec<String>,
@@ -199,8 +206,10 @@ pub struct NewTunnel {
     pub local_port_hint: u16,
 }
 
-/// A state change, as proposed to Raft.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A state change, as proposed to Raft. Its `Debug` (and so every log line openraft or the
+/// node writes about an entry) names the command's kind and ids only: commands carry password
+/// hashes and the cluster's keys.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Sets the cluster config; only the first one ever applied takes effect.
     Bootstrap(ClusterConfig),
@@ -221,6 +230,9 @@ pub enum Command {
         email: String,
         password_hash: String,
         sshkey: String,
+        /// The cluster-wide cap on accounts, from the proposing node's configuration.
+        #[serde(default)]
+        max_accounts: Option<u64>,
     },
     CreateSocket {
         user_id: Uuid,
@@ -256,10 +268,72 @@ pub enum Command {
         node_id: NodeId,
         epoch: u64,
     },
+    /// Gives a cluster bootstrapped before operator tokens existed its operator credential
+    /// (the SHA-256 of the token); refused once the cluster has one.
+    SetOperatorToken {
+        hash: String,
+    },
     /// Several client requests in one log entry (group commit): applied in order, each with
     /// its own request id and clock, answered by [`Response::Batch`] in the same order. One
     /// entry instead of many saves Raft's per-entry work on every node.
     Batch(Vec<Request>),
+}
+
+impl fmt::Debug for Socket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Socket")
+            .field("socket_id", &self.socket_id)
+            .field("user_id", &self.user_id)
+            .field("socket_type", &self.socket_type)
+            .field("port", &self.port)
+            .field("protected", &self.protected)
+            .field("cloud_auth_enabled", &self.cloud_auth_enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for NewSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewSocket")
+            .field("socket_id", &self.socket_id)
+            .field("socket_type", &self.socket_type)
+            .field("protected", &self.protected)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Bootstrap(c) => write!(f, "Bootstrap({})", c.domain),
+            Command::RegisterNode(n) => write!(f, "RegisterNode({})", n.node_id),
+            Command::SetNodeAlive { node_id, alive } => write!(f, "SetNodeAlive({node_id}, {alive})"),
+            Command::RetireNode { node_id } => write!(f, "RetireNode({node_id})"),
+            Command::CreateAccount { user_id, .. } => write!(f, "CreateAccount({user_id})"),
+            Command::CreateSocket { user_id, socket, first_tunnel, .. } => {
+                write!(f, "CreateSocket({user_id}, {}", socket.socket_id)?;
+                match first_tunnel {
+                    Some(t) => write!(f, ", tunnel {})", t.tunnel_id),
+                    None => write!(f, ")"),
+                }
+            }
+            Command::DeleteSocket { user_id, socket_id } => write!(f, "DeleteSocket({user_id}, {socket_id})"),
+            Command::CreateTunnel { user_id, socket_id, tunnel, .. } => {
+                write!(f, "CreateTunnel({user_id}, {socket_id}, {})", tunnel.tunnel_id)
+            }
+            Command::DeleteTunnel { user_id, socket_id, tunnel_id } => {
+                write!(f, "DeleteTunnel({user_id}, {socket_id}, {tunnel_id})")
+            }
+            Command::ClaimTunnel { user_id, tunnel_id, node_id } => {
+                write!(f, "ClaimTunnel({user_id}, {tunnel_id}, node {node_id})")
+            }
+            Command::ReleaseTunnel { tunnel_id, node_id, epoch } => {
+                write!(f, "ReleaseTunnel({tunnel_id}, node {node_id}, epoch {epoch})")
+            }
+            Command::SetOperatorToken { .. } => write!(f, "SetOperatorToken"),
+            Command::Batch(list) => f.debug_list().entries(list.iter().map(|r| &r.cmd)).finish(),
+        }
+    }
 }
 
 /// A command with what makes it idempotent and deterministic.
@@ -338,5 +412,66 @@ impl Response {
 impl fmt::Display for Response {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{self:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What openraft and the node log of an entry is its kind and ids: never a hash or a key.
+    #[test]
+    fn commands_and_answers_print_no_secret() {
+        let user_id = Uuid::new_v4();
+        let socket = NewSocket {
+            socket_id: Uuid::new_v4(),
+            name: "web".into(),
+            socket_type: SocketType::Http,
+            dnsname_hint: "brave-otter-0001".into(),
+            port_hint: 0,
+            protected: true,
+            protected_username: Some("bob".into()),
+            protected_password_hash: Some("hmac-sha256$00$11".into()),
+            cloud_auth_enabled: false,
+            allowed_emails: vec![],
+            allowed_domains: vec![],
+        };
+        let config = ClusterConfig {
+            domain: "example.test".into(),
+            tcp_port_min: 1,
+            tcp_port_max: 2,
+            ssh_host_key: "-----BEGIN OPENSSH PRIVATE KEY-----".into(),
+            tls_ca_cert: "ca-cert".into(),
+            tls_ca_key: "ca-key-secret".into(),
+            tls_cert: "cert".into(),
+            tls_key: "key-secret".into(),
+            token_key: "token-key-secret".into(),
+            operator_token_hash: "operator-hash-secret".into(),
+            created_at_ms: 0,
+        };
+        let commands = [
+            Command::CreateAccount {
+                user_id,
+                name: "Ada".into(),
+                email: "ada@example.com".into(),
+                password_hash: "$argon2id$secret".into(),
+                sshkey: "ssh-ed25519 AAAA".into(),
+                max_accounts: None,
+            },
+            Command::CreateSocket {
+                user_id,
+                socket: socket.clone(),
+                limits: SocketLimits::default(),
+                first_tunnel: None,
+            },
+            Command::Bootstrap(config),
+        ];
+        let each = commands.iter().map(|cmd| Request { request_id: None, at_ms: 0, cmd: cmd.clone() }).collect();
+        let batch = Request { request_id: None, at_ms: 0, cmd: Command::Batch(each) };
+        let printed = format!("{batch:?} {batch} {:?}", commands[1]);
+        for secret in ["argon2id", "hmac-sha256", "PRIVATE KEY", "secret", "bob"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(printed.contains(&user_id.to_string()) && printed.contains("CreateAccount"), "{printed}");
     }
 }

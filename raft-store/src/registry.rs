@@ -303,6 +303,15 @@ impl Registry {
                 }
                 Ok(Response::Done)
             }
+            Command::SetOperatorToken { hash } => match &mut self.config {
+                Some(cfg) if cfg.operator_token_hash.is_empty() => {
+                    cfg.operator_token_hash = hash.clone();
+                    dirty.insert(RowKey::Config);
+                    Ok(Response::Done)
+                }
+                Some(_) => Err(Rejection::Conflict("the cluster has an operator token already".into())),
+                None => Err(Rejection::Invalid("the cluster has not bootstrapped yet".into())),
+            },
             Command::RegisterNode(rec) => {
                 if self.retired.contains(&rec.node_id) {
                     return Err(Rejection::Conflict(format!(
@@ -344,8 +353,15 @@ impl Registry {
                 }
                 Ok(Response::Released(self.release_node(*node_id, dirty)))
             }
-            Command::CreateAccount { user_id, name, email, password_hash, sshkey } => {
+            Command::CreateAccount { user_id, name, email, password_hash, sshkey, max_accounts } => {
                 let user_name = user_id.simple().to_string();
+                if let Some(max) = max_accounts {
+                    if self.accounts.len() as u64 >= *max {
+                        return Err(Rejection::Limit(format!(
+                            "this cluster holds its maximum of {max} accounts; ask an operator"
+                        )));
+                    }
+                }
                 if self.accounts.contains_key(user_id) || self.user_names.contains_key(&user_name) {
                     return Err(Rejection::Conflict("user id already exists".into()));
                 }
@@ -491,7 +507,7 @@ impl Registry {
             port,
             protected: new.protected,
             protected_username: new.protected_username.clone(),
-            protected_password: new.protected_password.clone(),
+            protected_password_hash: new.protected_password_hash.clone(),
             cloud_auth_enabled: new.cloud_auth_enabled,
             allowed_emails: new.allowed_emails.clone(),
             allowed_domains: new.allowed_domains.clone(),

@@ -36,6 +36,7 @@ fn bootstrap() -> Request {
             tls_cert: String::new(),
             tls_key: String::new(),
             token_key: "00".into(),
+            operator_token_hash: String::new(),
             created_at_ms: 0,
         }),
     }
@@ -56,6 +57,7 @@ fn arb_cmd() -> impl Strategy<Value = Command> {
             email: e.into(),
             password_hash: "h".into(),
             sshkey: "k".into(),
+            max_accounts: None,
         }),
         (0u8..4, 0u8..8, stems, 0u16..3, types, 0u16..8, prop::option::of((0u8..12, 0u16..4))).prop_map(
             |(u, s, stem, d, t, ph, first)| Command::CreateSocket {
@@ -68,7 +70,7 @@ fn arb_cmd() -> impl Strategy<Value = Command> {
                     port_hint: PORT_MIN + ph,
                     protected: false,
                     protected_username: None,
-                    protected_password: None,
+                    protected_password_hash: None,
                     cloud_auth_enabled: false,
                     allowed_emails: vec![],
                     allowed_domains: vec![],
@@ -272,6 +274,7 @@ fn deleting_a_socket_frees_name_port_and_tunnels() {
         email: "a@x.io".into(),
         password_hash: "h".into(),
         sshkey: "k".into(),
+        max_accounts: None,
     };
     r.apply(&Request { request_id: None, at_ms: 1, cmd: acct }, &mut d);
     let mk = |n: u8| Command::CreateSocket {
@@ -284,7 +287,7 @@ fn deleting_a_socket_frees_name_port_and_tunnels() {
             port_hint: PORT_MIN,
             protected: false,
             protected_username: None,
-            protected_password: None,
+            protected_password_hash: None,
             cloud_auth_enabled: false,
             allowed_emails: vec![],
             allowed_domains: vec![],
@@ -330,6 +333,7 @@ fn newest_claim_wins_and_only_the_holder_releases() {
             email: "a@x.io".into(),
             password_hash: "h".into(),
             sshkey: "k".into(),
+            max_accounts: None,
         }),
         &mut d,
     );
@@ -344,7 +348,7 @@ fn newest_claim_wins_and_only_the_holder_releases() {
                 port_hint: 0,
                 protected: false,
                 protected_username: None,
-                protected_password: None,
+                protected_password_hash: None,
                 cloud_auth_enabled: false,
                 allowed_emails: vec![],
                 allowed_domains: vec![],
@@ -390,4 +394,32 @@ fn newest_claim_wins_and_only_the_holder_releases() {
     };
     assert_eq!(v.len(), 1);
     assert!(r.session(&tid(1)).is_none());
+}
+
+#[test]
+fn the_account_cap_holds_and_an_operator_token_is_given_once() {
+    let mut r = Registry::default();
+    let mut d = Dirty::new();
+    let q = |cmd| Request { request_id: None, at_ms: 0, cmd };
+    let token = |hash: &str| q(Command::SetOperatorToken { hash: hash.into() });
+    assert!(matches!(r.apply(&token("h1"), &mut d), Response::Rejected(Rejection::Invalid(_))), "no config yet");
+    r.apply(&bootstrap(), &mut d);
+    assert_eq!(r.apply(&token("h1"), &mut d), Response::Done, "a cluster without a token gets one");
+    assert!(matches!(r.apply(&token("h2"), &mut d), Response::Rejected(Rejection::Conflict(_))));
+    assert_eq!(r.config().unwrap().operator_token_hash, "h1", "and keeps it");
+
+    let acct = |n: u8| {
+        q(Command::CreateAccount {
+            user_id: uid(n),
+            name: "n".into(),
+            email: format!("{n}@x.io"),
+            password_hash: "h".into(),
+            sshkey: "k".into(),
+            max_accounts: Some(2),
+        })
+    };
+    assert!(matches!(r.apply(&acct(1), &mut d), Response::Account(_)));
+    assert!(matches!(r.apply(&acct(2), &mut d), Response::Account(_)));
+    assert!(matches!(r.apply(&acct(3), &mut d), Response::Rejected(Rejection::Limit(_))));
+    assert!(r.account(&uid(3)).is_none());
 }

@@ -47,6 +47,7 @@ fn account(n: u32) -> Command {
         email: format!("u{n}@example.com"),
         password_hash: "$argon2id$fake".into(),
         sshkey: "ssh-ed25519 AAAA".into(),
+        max_accounts: None,
     }
 }
 

@@ -58,13 +58,15 @@ pub fn mysocketd() -> PathBuf {
 pub struct TestNode {
     pub id: u64,
     pub ip: String,
+    /// `https` when the API serves TLS (`--api-tls`).
+    pub scheme: &'static str,
     pub child: Option<Child>,
     pub args: Vec<String>,
 }
 
 impl TestNode {
     pub fn api_url(&self) -> String {
-        format!("http://{}:7070", self.ip)
+        format!("{}://{}:7070", self.scheme, self.ip)
     }
     pub fn raft_addr(&self) -> String {
         format!("{}:7071", self.ip)
@@ -73,6 +75,7 @@ impl TestNode {
 
 pub struct Builder {
     nodes: u64,
+    log: &'static str,
     snapshot_threshold: u64,
     extra: Vec<String>,
     internal_tls: bool,
@@ -81,6 +84,11 @@ pub struct Builder {
 impl Builder {
     pub fn nodes(mut self, n: u64) -> Self {
         self.nodes = n;
+        self
+    }
+    /// The nodes' log filter (default `info`).
+    pub fn log(mut self, filter: &'static str) -> Self {
+        self.log = filter;
         self
     }
     pub fn snapshot_threshold(mut self, n: u64) -> Self {
@@ -107,11 +115,15 @@ impl Builder {
         let dir = tempfile::Builder::new().prefix("mysocket-test-").tempdir().expect("temp dir");
         let secret = format!("test-secret-{pid}-{slot}-0123456789");
         std::fs::write(dir.path().join("secret"), &secret).unwrap();
+        let operator_token = format!("test-operator-{pid}-{slot}-9876543210");
+        std::fs::write(dir.path().join("operator-token"), &operator_token).unwrap();
         let mut c = TestCluster {
             dir,
             base,
             slot,
             secret,
+            operator_token,
+            log: self.log,
             snapshot_threshold: self.snapshot_threshold,
             extra: self.extra,
             nodes: BTreeMap::new(),
@@ -146,6 +158,9 @@ pub struct TestCluster {
     base: String,
     slot: u8,
     pub secret: String,
+    /// The operator credential every node was given (`--operator-token-file`).
+    pub operator_token: String,
+    log: &'static str,
     snapshot_threshold: u64,
     extra: Vec<String>,
     pub nodes: BTreeMap<u64, TestNode>,
@@ -153,7 +168,7 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub fn builder() -> Builder {
-        Builder { nodes: 3, snapshot_threshold: 1000, extra: Vec::new(), internal_tls: false }
+        Builder { nodes: 3, log: "info", snapshot_threshold: 1000, extra: Vec::new(), internal_tls: false }
     }
 
     pub fn node_ip(&self, id: u64) -> String {
@@ -190,6 +205,8 @@ impl TestCluster {
             .arg(self.data_dir(id))
             .arg("--cluster-secret-file")
             .arg(self.dir.path().join("secret"))
+            .arg("--operator-token-file")
+            .arg(self.dir.path().join("operator-token"))
             .arg("--heartbeat-ms")
             .arg("100")
             .arg("--election-timeout-ms")
@@ -197,7 +214,7 @@ impl TestCluster {
             .arg("--snapshot-threshold")
             .arg(self.snapshot_threshold.to_string())
             .arg("--log")
-            .arg("info")
+            .arg(self.log)
             .args(&self.extra)
             .args(&args)
             .env_remove("MYSOCKET_CONFIG")
@@ -205,7 +222,8 @@ impl TestCluster {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         let child = cmd.spawn().expect("start mysocketd");
-        self.nodes.insert(id, TestNode { id, ip, child: Some(child), args });
+        let scheme = if self.extra.iter().any(|a| a == "--api-tls") { "https" } else { "http" };
+        self.nodes.insert(id, TestNode { id, ip, scheme, child: Some(child), args });
     }
 
     /// Restarts a stopped node with the arguments it was first started with.
@@ -258,18 +276,33 @@ impl TestCluster {
         self.nodes.values().filter(|n| n.child.is_some()).map(|n| n.id).collect()
     }
 
+    /// A client of node `id` without a credential (trusting the cluster CA, which the node
+    /// writes to its data folder, when the API serves HTTPS).
     pub fn api(&self, id: u64) -> ApiClient {
-        ApiClient::new([self.nodes[&id].api_url()])
+        let c = ApiClient::new([self.nodes[&id].api_url()]);
+        match self.nodes[&id].scheme {
+            "https" => {
+                c.with_ca_pem(&std::fs::read(self.data_dir(id).join("ca.pem")).expect("the cluster CA")).unwrap()
+            }
+            _ => c,
+        }
+    }
+
+    /// A client of node `id` with the operator credential.
+    pub fn operator(&self, id: u64) -> ApiClient {
+        self.api(id).with_token(self.operator_token.clone())
     }
 
     /// Waits until every running node answers `/readyz` with 200.
     pub async fn wait_ready(&self) {
         for id in self.running() {
             let url = format!("{}/readyz", self.nodes[&id].api_url());
+            // Readiness only: the certificate is checked by the clients the tests use.
+            let http = reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
             eventually(Duration::from_secs(30), &format!("node {id} ready"), || {
-                let url = url.clone();
+                let (url, http) = (url.clone(), http.clone());
                 async move {
-                    let r = reqwest::get(&url).await.ok()?;
+                    let r = http.get(&url).send().await.ok()?;
                     r.status().is_success().then_some(())
                 }
             })
@@ -303,7 +336,7 @@ impl TestCluster {
     pub async fn converged(&self) -> mysocket_api::DigestView {
         let ids = self.running();
         eventually(Duration::from_secs(30), "replicas to converge", || {
-            let clients: Vec<ApiClient> = ids.iter().map(|id| self.api(*id)).collect();
+            let clients: Vec<ApiClient> = ids.iter().map(|id| self.operator(*id)).collect();
             async move {
                 let mut first: Option<mysocket_api::DigestView> = None;
                 for c in &clients {
