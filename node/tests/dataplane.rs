@@ -1815,6 +1815,26 @@ async fn both_http_paths_forward_the_same_fields_and_log_no_control_characters()
     assert_eq!(field(kept, "x-forwarded-proto"), ["http"], "{kept:?}");
     assert_eq!(field(kept, "x-forwarded-host"), [name.as_str()], "{kept:?}");
     assert_eq!(field(kept, "x-custom"), ["1"], "{kept:?}");
+    // Over TLS: HTTP/1.1 (the hand-written path) and HTTP/2 (hyper's), both with curl against
+    // the cluster CA the node wrote: the same fields again, and the forged ones replaced.
+    let ca = c.data_dir(1).join("ca.pem");
+    let mut over_tls = Vec::new();
+    for version in ["--http1.1", "--http2"] {
+        let out = Command::new("curl")
+            .args(["-sS", version, "--cacert"])
+            .arg(&ca)
+            .args(["--resolve", &format!("{name}:8443:{n1}"), &format!("https://{name}:8443/same")])
+            .args(["-H", "X-Forwarded-For: 203.0.113.9", "-H", "X-Forwarded-For: 198.51.100.1"])
+            .args(["-H", "X-Forwarded-Proto: http", "-H", "X-Forwarded-Host: evil.example", "-H", "X-Plain: 2"])
+            .output()
+            .unwrap();
+        over_tls.push(seen_fields(&String::from_utf8_lossy(&out.stdout)).1);
+    }
+    assert_eq!(over_tls[0], over_tls[1], "HTTP/2 forwards other fields than HTTP/1.1");
+    let h2 = &over_tls[1];
+    assert_eq!(field(h2, "x-forwarded-for"), [format!("203.0.113.9, 198.51.100.1, {peer}")], "{h2:?}");
+    assert_eq!(field(h2, "x-forwarded-proto"), ["https"], "{h2:?}");
+    assert_eq!(field(h2, "x-forwarded-host"), [format!("{name}:8443")], "the Host the client gave: {h2:?}");
 
     // A path with a terminal escape (CSI, a C1 control, in UTF-8; the parsers refuse C0 bytes
     // in a target): the session log never shows it as it is.
