@@ -1849,7 +1849,7 @@ async fn both_http_paths_forward_the_same_fields_and_log_no_control_characters()
     }
     let text = eventually(Duration::from_secs(10), "the requests' log lines", || {
         let out = out.clone();
-        async move { std::fs::read_to_string(&out).ok().filter(|t| t.matches(" GET /same 200 ").count() == 6) }
+        async move { std::fs::read_to_string(&out).ok().filter(|t| t.matches(" GET /same 200 ").count() == 8) }
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
