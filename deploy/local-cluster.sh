@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A three-node mysocket cluster on this machine: nodes 1, 2 and 3 on 127.0.0.1, .2 and .3 with
 # the default ports. Data, logs and pid files live in one folder ($MYSOCKET_LOCAL_DIR, default
-# ./.local-cluster). `up` twice is harmless and restarts a node that died; `down` stops only the
+# ./.local-cluster). Its rate limits are raised for development and benchmarks, whose clients
+# all come from this machine. `up` twice is harmless and restarts a node that died; `down` stops only the
 # processes this script started.
 set -euo pipefail
 
@@ -36,6 +37,7 @@ start_node() {
   "$BIN" --id "$id" --host "$ip" --data-dir "$DIR/node-$id" \
     --cluster-secret-file "$DIR/cluster-secret" --operator-token-file "$DIR/operator-token" \
     --initial-cluster "$INITIAL" \
+    --login-rate 100000 --signup-rate 100000 --write-rate 100000 --max-connections-per-source 100000 \
     >>"$DIR/node-$id.log" 2>&1 &
   echo $! > "$(pidfile "$id")"
   echo "started node $id (pid $!) on $ip"

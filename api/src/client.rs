@@ -9,6 +9,10 @@ use serde::Serialize;
 
 use crate::types::*;
 
+/// The header that makes a change safe to send again (to another node): the cluster applies
+/// a change once per key and account, and answers a repeat with the first answer.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -77,6 +81,7 @@ pub struct ApiClient {
     http: reqwest::Client,
     urls: Vec<String>,
     token: Option<String>,
+    timeout: Option<Duration>,
 }
 
 impl ApiClient {
@@ -86,7 +91,7 @@ impl ApiClient {
         S: Into<String>,
     {
         let urls = urls.into_iter().map(|u| base_url(u.into())).collect();
-        ApiClient { http: http_client(&[]).expect("http client"), urls, token: None }
+        ApiClient { http: http_client(&[]).expect("http client"), urls, token: None, timeout: None }
     }
 
     /// Trusts the CA certificates in `pem` (e.g. the cluster CA, for an API served over HTTPS
@@ -120,6 +125,12 @@ impl ApiClient {
         self
     }
 
+    /// How long a call waits for a node's answer before it tries the next (default 30 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> ApiClient {
+        self.timeout = Some(timeout);
+        self
+    }
+
     pub fn with_token(mut self, token: impl Into<String>) -> ApiClient {
         self.token = Some(token.into());
         self
@@ -133,7 +144,11 @@ impl ApiClient {
         &self.urls
     }
 
-    /// Sends a request and decodes the JSON answer (or `()` for an empty body).
+    /// Sends a request and decodes the JSON answer (or `()` for an empty body). A node that
+    /// cannot be reached is skipped for the next; one that took the request and did not
+    /// answer in time is too, which is safe because every change carries one
+    /// `Idempotency-Key` for all its tries: the cluster applies it once, and a retry gets the
+    /// first answer.
     pub async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
@@ -141,10 +156,17 @@ impl ApiClient {
         body: Option<&B>,
     ) -> Result<T, ClientError> {
         let mut last_err = String::from("no API URL given");
+        let key = (method != Method::GET).then(|| uuid::Uuid::new_v4().to_string());
         for base in &self.urls {
             let mut req = self.http.request(method.clone(), format!("{base}{path}"));
+            if let Some(t) = self.timeout {
+                req = req.timeout(t);
+            }
             if let Some(t) = &self.token {
                 req = req.header("x-access-token", t);
+            }
+            if let Some(k) = &key {
+                req = req.header(IDEMPOTENCY_KEY, k);
             }
             if let Some(b) = body {
                 req = req.json(b);

@@ -73,6 +73,8 @@ pub struct Node {
     pub batcher: Batcher,
     /// The members' applied indexes for `GET /cluster`, reused for a second.
     pub applied_cache: crate::http::AppliedCache,
+    /// What the API lets one caller cost: password hashing, rate limits.
+    pub limits: crate::limits::Limits,
 }
 
 pub type NodeRef = Arc<Node>;
@@ -116,8 +118,14 @@ impl Node {
 
     /// Proposes a command with a fresh request id.
     pub async fn write(&self, cmd: Command) -> Result<Response, ClusterError> {
-        let req = Request { request_id: Some(uuid::Uuid::new_v4().to_string()), at_ms: now_ms(), cmd };
-        self.write_request(req).await
+        self.write_as(cmd, None).await
+    }
+
+    /// Proposes a command under `request_id` (a fresh one if none): the registry applies a
+    /// request id once, and answers a repeat with the first answer.
+    pub async fn write_as(&self, cmd: Command, request_id: Option<String>) -> Result<Response, ClusterError> {
+        let request_id = request_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        self.write_request(Request { request_id: Some(request_id), at_ms: now_ms(), cmd }).await
     }
 
     /// Proposes a request and waits for it to be applied, batched with this node's other

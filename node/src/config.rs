@@ -84,6 +84,24 @@ pub struct Flags {
     /// Most accounts the cluster holds (default 10000).
     #[arg(long, env = "MYSOCKET_MAX_ACCOUNTS")]
     pub max_accounts: Option<u64>,
+    /// Logins a minute, per source address and per account (default 30): a token bucket, 429
+    /// with Retry-After beyond it.
+    #[arg(long, env = "MYSOCKET_LOGIN_RATE", overrides_with = "login_rate")]
+    pub login_rate: Option<u32>,
+    /// Sign-ups an hour per source address (default 20).
+    #[arg(long, env = "MYSOCKET_SIGNUP_RATE", overrides_with = "signup_rate")]
+    pub signup_rate: Option<u32>,
+    /// Changes (sockets, tunnels) a second per account (default 20).
+    #[arg(long, env = "MYSOCKET_WRITE_RATE", overrides_with = "write_rate")]
+    pub write_rate: Option<u32>,
+    /// Connections one source address may hold open on each public port (API, SSH, HTTP,
+    /// HTTPS, each tcp/tls socket) (default 256).
+    #[arg(long, env = "MYSOCKET_MAX_CONNECTIONS_PER_SOURCE", overrides_with = "max_connections_per_source")]
+    pub max_connections_per_source: Option<usize>,
+    /// Seconds an HTTP/2 connection on the public HTTPS port may stay without a request in
+    /// flight before the node closes it (default 60).
+    #[arg(long, env = "MYSOCKET_IDLE_TIMEOUT_SECS", overrides_with = "idle_timeout_secs")]
+    pub idle_timeout_secs: Option<u64>,
     /// Serve the API over HTTPS with a certificate the cluster CA signs for this node's
     /// advertised API host (clients: `mysocketctl --cacert`, the CA from DATA_DIR/ca.pem or
     /// `GET /cluster/ca.pem`).
@@ -170,6 +188,11 @@ pub struct FileConfig {
     pub operator_token_file: Option<PathBuf>,
     pub signup: Option<String>,
     pub max_accounts: Option<u64>,
+    pub login_rate: Option<u32>,
+    pub signup_rate: Option<u32>,
+    pub write_rate: Option<u32>,
+    pub max_connections_per_source: Option<usize>,
+    pub idle_timeout_secs: Option<u64>,
     pub api_tls: Option<bool>,
     pub api_tls_cert: Option<PathBuf>,
     pub api_tls_key: Option<PathBuf>,
@@ -239,6 +262,23 @@ pub enum Signup {
     Closed,
 }
 
+/// The token buckets of the API (see `limits.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Per source address and per account.
+    pub login_per_minute: u32,
+    /// Per source address.
+    pub signup_per_hour: u32,
+    /// Per account: socket and tunnel changes.
+    pub writes_per_second: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits { login_per_minute: 30, signup_per_hour: 20, writes_per_second: 20 }
+    }
+}
+
 /// HTTPS on the API port.
 #[derive(Clone, Debug)]
 pub enum ApiTls {
@@ -274,6 +314,11 @@ pub struct Config {
     pub operator_token: Option<Secret>,
     pub signup: Signup,
     pub max_accounts: u64,
+    pub rate_limits: RateLimits,
+    /// How long a public HTTP/2 connection may be idle.
+    pub idle_timeout: Duration,
+    /// Connections one address may hold on each public port.
+    pub max_connections_per_source: usize,
     pub api_tls: ApiTls,
     pub internal_tls: Option<InternalTls>,
     /// Operator-provided public certificate; `None`: mint from the cluster CA.
@@ -532,6 +577,25 @@ impl Config {
             }
         };
 
+        let defaults = RateLimits::default();
+        let rate_limits = RateLimits {
+            login_per_minute: pick!(login_rate).unwrap_or(defaults.login_per_minute),
+            signup_per_hour: pick!(signup_rate).unwrap_or(defaults.signup_per_hour),
+            writes_per_second: pick!(write_rate).unwrap_or(defaults.writes_per_second),
+        };
+        if rate_limits.login_per_minute == 0 || rate_limits.signup_per_hour == 0 || rate_limits.writes_per_second == 0 {
+            return Err(bad("--login-rate, --signup-rate and --write-rate must be positive"));
+        }
+
+        let max_connections_per_source = pick!(max_connections_per_source).unwrap_or(256);
+        if max_connections_per_source == 0 {
+            return Err(bad("--max-connections-per-source must be positive"));
+        }
+        let idle_timeout = Duration::from_secs(pick!(idle_timeout_secs).unwrap_or(60));
+        if idle_timeout.is_zero() {
+            return Err(bad("--idle-timeout-secs must be positive"));
+        }
+
         let api_tls = match (pick!(api_tls), pick!(api_tls_cert), pick!(api_tls_key)) {
             (Some(false) | None, None, None) => ApiTls::Off,
             (Some(true), None, None) => ApiTls::ClusterCa,
@@ -603,6 +667,9 @@ impl Config {
             operator_token,
             signup,
             max_accounts,
+            rate_limits,
+            idle_timeout,
+            max_connections_per_source,
             api_tls,
             internal_tls,
             public_tls,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::ConnectInfo;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::FromRequest;
 use axum::extract::Path;
@@ -41,6 +42,8 @@ use crate::validate;
 
 /// Largest request body accepted (413 beyond it).
 pub const MAX_BODY: usize = 64 * 1024;
+/// Time a request body gets to arrive whole once its head has (408 beyond it).
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head accepted (431 beyond it).
 const MAX_HEAD: usize = 64 * 1024;
 /// Most API connections open at once; more wait in the listen queue.
@@ -53,25 +56,33 @@ const MAX_CONNECTIONS: usize = 10_000;
 /// its connection.
 pub async fn serve(node: NodeRef, listener: tokio::net::TcpListener, tls: crate::tls::Slot, stop: CancellationToken) {
     let https = !matches!(node.config.api_tls, crate::config::ApiTls::Off);
+    let per_source = node.config.max_connections_per_source;
     let app = router(node);
     let open = TaskTracker::new();
-    crate::accept::serve(listener, MAX_CONNECTIONS, crate::metrics::Listener::Api, stop.clone(), |stream, _peer| {
-        let (app, stop, open) = (app.clone(), stop.clone(), open.token());
-        let acceptor = if https { tls.read().expect("tls slot").clone() } else { None };
-        async move {
-            match (https, acceptor) {
-                (false, _) => serve_connection(app, stream, stop).await,
-                // Not bootstrapped yet (no certificate from the cluster CA): nothing to offer.
-                (true, None) => {}
-                (true, Some(a)) => {
-                    if let Ok(Ok(s)) = tokio::time::timeout(crate::proxy::HEADER_TIMEOUT, a.accept(stream)).await {
-                        serve_connection(app, s, stop).await;
+    crate::accept::serve(
+        listener,
+        MAX_CONNECTIONS,
+        per_source,
+        crate::metrics::Listener::Api,
+        stop.clone(),
+        |stream, peer| {
+            let (app, stop, open) = (app.clone(), stop.clone(), open.token());
+            let acceptor = if https { tls.read().expect("tls slot").clone() } else { None };
+            async move {
+                match (https, acceptor) {
+                    (false, _) => serve_connection(app, stream, peer, stop).await,
+                    // Not bootstrapped yet (no certificate from the cluster CA): nothing to offer.
+                    (true, None) => {}
+                    (true, Some(a)) => {
+                        if let Ok(Ok(s)) = tokio::time::timeout(crate::proxy::HEADER_TIMEOUT, a.accept(stream)).await {
+                            serve_connection(app, s, peer, stop).await;
+                        }
                     }
                 }
+                drop(open);
             }
-            drop(open);
-        }
-    })
+        },
+    )
     .await;
     open.close();
     open.wait().await;
@@ -79,11 +90,15 @@ pub async fn serve(node: NodeRef, listener: tokio::net::TcpListener, tls: crate:
 
 /// One API connection (HTTP/1.1, plain or after TLS) until it ends, or until `stop`, after
 /// which the request in flight finishes.
-async fn serve_connection<I>(app: Router, io: I, stop: CancellationToken)
+async fn serve_connection<I>(app: Router, io: I, peer: std::net::SocketAddr, stop: CancellationToken)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |req| app.clone().oneshot(req));
+    // The caller's address, for the rate limits kept per source.
+    let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        app.clone().oneshot(req)
+    });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(crate::proxy::HEADER_TIMEOUT)
@@ -99,33 +114,57 @@ where
     }
 }
 
-/// An error answer: status and `{"message"}`.
+/// An error answer: status and `{"message"}`, with `Retry-After` when the caller should come
+/// back later.
 #[derive(Debug)]
-pub struct ApiError(pub StatusCode, pub String);
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    /// Seconds after which the same call may succeed (429, 503).
+    pub retry_after: Option<u64>,
+}
 
 impl ApiError {
+    pub fn new(status: StatusCode, message: String) -> ApiError {
+        ApiError { status, message, retry_after: None }
+    }
+    /// 429: the caller went past a rate limit; it may try again after `retry_after` seconds.
+    pub fn too_many(message: impl Into<String>, retry_after: u64) -> ApiError {
+        ApiError {
+            retry_after: Some(retry_after.max(1)),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, message.into())
+        }
+    }
+    /// 503: the node is busy; try again shortly.
+    pub fn busy(message: impl Into<String>) -> ApiError {
+        ApiError { retry_after: Some(1), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message.into()) }
+    }
     pub fn bad(msg: impl Into<String>) -> ApiError {
-        ApiError(StatusCode::BAD_REQUEST, msg.into())
+        ApiError::new(StatusCode::BAD_REQUEST, msg.into())
     }
     pub fn not_found(msg: impl Into<String>) -> ApiError {
-        ApiError(StatusCode::NOT_FOUND, msg.into())
+        ApiError::new(StatusCode::NOT_FOUND, msg.into())
     }
     pub fn unauthorized() -> ApiError {
-        ApiError(StatusCode::UNAUTHORIZED, "missing, invalid or expired token; log in again".into())
+        ApiError::new(StatusCode::UNAUTHORIZED, "missing, invalid or expired token; log in again".into())
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(ErrorBody { message: self.1 })).into_response()
+        let mut r = (self.status, Json(ErrorBody { message: self.message })).into_response();
+        if let Some(secs) = self.retry_after {
+            r.headers_mut().insert(header::RETRY_AFTER, secs.into());
+        }
+        r
     }
 }
 
 impl From<ClusterError> for ApiError {
     fn from(e: ClusterError) -> ApiError {
         match e {
-            ClusterError::Membership(m) => ApiError(StatusCode::CONFLICT, m),
-            e => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            ClusterError::Membership(m) => ApiError::new(StatusCode::CONFLICT, m),
+            e => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         }
     }
 }
@@ -139,14 +178,14 @@ impl From<Rejection> for ApiError {
             Rejection::Invalid(_) => StatusCode::BAD_REQUEST,
             Rejection::Stale(_) => StatusCode::CONFLICT,
         };
-        ApiError(status, r.to_string())
+        ApiError::new(status, r.to_string())
     }
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
-/// A JSON body, decoded with clear errors: 413 when too large, 400 when malformed or of the
-/// wrong shape. The content type is not required (the original client is lax about it);
+/// A JSON body, decoded with clear errors: 413 when too large, 408 when it does not arrive
+/// within [`BODY_TIMEOUT`], 400 when malformed or of the wrong shape. The content type is not required (the original client is lax about it);
 /// unknown fields are ignored.
 pub struct Body<T>(pub T);
 
@@ -154,9 +193,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e: BytesRejection| {
+        let read = tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(req, state)).await.map_err(|_| {
+            crate::metrics::get().refused(crate::metrics::Refusal::SlowBody);
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
+            )
+        })?;
+        let bytes = read.map_err(|e: BytesRejection| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {MAX_BODY} bytes"))
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {MAX_BODY} bytes"))
             } else {
                 ApiError::bad(format!("cannot read request body: {e}"))
             }
@@ -326,7 +372,7 @@ pub(crate) async fn digest(_: Operator, State(node): State<NodeRef>) -> Json<Dig
 pub(crate) async fn ca_pem(State(node): State<NodeRef>) -> ApiResult<Response> {
     let ca = node
         .read(|r| r.config().map(|c| c.tls_ca_cert.clone()))
-        .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "cluster not bootstrapped yet".into()))?;
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "cluster not bootstrapped yet".into()))?;
     Ok(([(axum::http::header::CONTENT_TYPE, "application/x-pem-file")], ca).into_response())
 }
 
@@ -368,14 +414,19 @@ fn user_json(a: &mysocket_raft_store::Account) -> User {
     }
 }
 
-#[utoipa::path(post, path = "/user", tag = "account", request_body = UserCreate, responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)), security((), ("operator" = [])))]
+#[utoipa::path(post, path = "/user", tag = "account", request_body = UserCreate, responses((status = 200, body = User), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 408, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)), security((), ("operator" = [])))]
 pub(crate) async fn create_user(
     State(node): State<NodeRef>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Body(req): Body<UserCreate>,
 ) -> ApiResult<Json<User>> {
-    if node.config.signup == crate::config::Signup::Closed && caller(&node, &headers).ok() != Some(Caller::Operator) {
-        return Err(ApiError(
+    let operator = caller(&node, &headers).ok() == Some(Caller::Operator);
+    if !operator {
+        node.limits.signup(peer.ip())?;
+    }
+    if node.config.signup == crate::config::Signup::Closed && !operator {
+        return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "sign-up is closed on this cluster: an operator creates accounts (mysocketctl account create with the \
              operator credential)"
@@ -389,22 +440,24 @@ pub(crate) async fn create_user(
     // The password is hashed before the email is looked up, so a taken email is not answered
     // sooner than a free one.
     let password = req.password.clone();
-    let password_hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
-        .await
-        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
-        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let password_hash = node
+        .limits
+        .hash(move || auth::hash_password(&password))
+        .await?
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
     let max_accounts = Some(node.config.max_accounts);
+    let id = request_id(&headers, &format!("user/{}", email.to_lowercase()))?;
     let cmd = Command::CreateAccount { user_id: Uuid::new_v4(), name, email, password_hash, sshkey, max_accounts };
-    match node.write(cmd).await? {
+    match node.write_as(cmd, id).await? {
         RegResponse::Account(a) => Ok(Json(user_json(&a))),
         RegResponse::Rejected(r) => Err(r.into()),
-        other => Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("unexpected registry answer {other}"))),
+        other => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("unexpected registry answer {other}"))),
     }
 }
 
 fn token_key(node: &NodeRef) -> ApiResult<String> {
     node.read(|r| r.config().map(|c| c.token_key.clone()))
-        .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "cluster not bootstrapped yet".into()))
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "cluster not bootstrapped yet".into()))
 }
 
 fn now_secs() -> u64 {
@@ -457,7 +510,7 @@ pub fn authenticate(node: &NodeRef, headers: &HeaderMap) -> ApiResult<Uuid> {
     match caller(node, headers)? {
         Caller::Account(id) => Ok(id),
         Caller::Anonymous => Err(ApiError::unauthorized()),
-        Caller::Operator => Err(ApiError(
+        Caller::Operator => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "this call needs an account's token (log in); the operator credential owns no sockets".into(),
         )),
@@ -468,15 +521,28 @@ pub fn authenticate(node: &NodeRef, headers: &HeaderMap) -> ApiResult<Uuid> {
 pub fn require_operator(node: &NodeRef, headers: &HeaderMap) -> ApiResult<()> {
     match caller(node, headers) {
         Ok(Caller::Operator) => Ok(()),
-        Ok(Caller::Account(_)) => Err(ApiError(
+        Ok(Caller::Account(_)) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "this call needs the operator credential; an account's token cannot make it".into(),
         )),
-        Ok(Caller::Anonymous) | Err(_) => Err(ApiError(
+        Ok(Caller::Anonymous) | Err(_) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "this call needs the operator credential (mysocketctl: --operator-token-file or MYSOCKET_OPERATOR_TOKEN)"
                 .into(),
         )),
+    }
+}
+
+/// The request id of a change: the client's `Idempotency-Key` (1 to 128 visible characters)
+/// under `scope` (the account, or the email of a sign-up), so a key repeats only the caller's
+/// own change; none without a key. A repeat, through any node, gets the first answer.
+pub fn request_id(headers: &HeaderMap, scope: &str) -> ApiResult<Option<String>> {
+    let Some(v) = headers.get(mysocket_api::client::IDEMPOTENCY_KEY) else { return Ok(None) };
+    match v.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= 128 && k.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(format!("{scope}/{k}")))
+        }
+        _ => Err(ApiError::bad("Idempotency-Key: 1 to 128 visible ASCII characters")),
     }
 }
 
@@ -499,16 +565,21 @@ fn decoy_hash() -> &'static str {
     DECOY.get_or_init(|| auth::hash_password(&auth::new_operator_token()).unwrap_or_default())
 }
 
-#[utoipa::path(post, path = "/login", tag = "account", request_body = Login, responses((status = 200, body = TokenReply), (status = 401, body = ErrorBody)))]
-pub(crate) async fn login(State(node): State<NodeRef>, Body(req): Body<Login>) -> ApiResult<Json<TokenReply>> {
-    let wrong = || ApiError(StatusCode::UNAUTHORIZED, "wrong email or password".into());
+#[utoipa::path(post, path = "/login", tag = "account", request_body = Login, responses((status = 200, body = TokenReply), (status = 401, body = ErrorBody), (status = 408, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(crate) async fn login(
+    State(node): State<NodeRef>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Body(req): Body<Login>,
+) -> ApiResult<Json<TokenReply>> {
+    node.limits.login(peer.ip(), &req.email)?;
+    let wrong = || ApiError::new(StatusCode::UNAUTHORIZED, "wrong email or password".into());
     node.linearizable().await?;
     let acct = node.read(|r| r.account_by_email(&req.email).cloned());
     // An unknown email costs the same argon2 verification as a wrong password, so the answer's
     // time does not tell whether the email has an account.
     let (password, hash) =
         (req.password.clone(), acct.as_ref().map(|a| a.password_hash.clone()).unwrap_or_else(|| decoy_hash().into()));
-    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash)).await.unwrap_or(false);
+    let ok = node.limits.hash(move || auth::verify_password(&password, &hash)).await?;
     let Some(acct) = acct.filter(|_| ok) else { return Err(wrong()) };
     let token = auth::issue_token(&token_key(&node)?, &acct.user_id.to_string(), node.config.token_ttl, now_secs());
     Ok(Json(TokenReply { token }))

@@ -214,6 +214,8 @@ pub async fn serve_port(
     crate::accept::serve(
         listener,
         MAX_CONNECTIONS,
+        // Peers are few, and each opens a connection per relayed public connection.
+        MAX_CONNECTIONS,
         crate::metrics::Listener::Internal,
         stop,
         |tcp, peer: SocketAddr| {

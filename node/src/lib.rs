@@ -10,7 +10,7 @@
 //! - [`cluster`], [`batch`]: writes batched (group commit) and forwarded to the leader,
 //!   linearizable reads, membership changes.
 //! - [`bootstrap`]: cluster secrets generated once by the first leader.
-//! - [`http`], [`auth`], [`validate`]: the REST API; [`metrics`], [`dashboard`]: what the
+//! - [`http`], [`auth`], [`validate`], [`limits`]: the REST API and what it lets a caller cost; [`metrics`], [`dashboard`]: what the
 //!   node did and sees, for Prometheus and for people.
 //! - [`ssh`], [`tunnels`]: the SSH tunnel server and the tunnels this node holds.
 //! - [`h1`], [`proxy`], [`relay`]: public HTTP endpoints routed by Host (plain HTTP/1.1
@@ -29,6 +29,7 @@ pub mod dashboard;
 pub mod h1;
 pub mod http;
 pub mod internal;
+pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod peers;

@@ -58,6 +58,33 @@ impl Listener {
     }
 }
 
+/// Why a caller was refused before any work was done for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Past a token bucket (429).
+    RateLimit,
+    /// The password-hashing queue was full (503).
+    HashingQueue,
+    /// A request body that did not arrive within the API's deadline (408).
+    SlowBody,
+    /// A connection past its source address's share of a port.
+    PerSource,
+    /// An SSH connection past the node's count of connections still logging in.
+    SshStartups,
+}
+
+impl Refusal {
+    fn name(self) -> &'static str {
+        match self {
+            Refusal::RateLimit => "rate_limit",
+            Refusal::HashingQueue => "hashing_queue",
+            Refusal::SlowBody => "slow_body",
+            Refusal::PerSource => "per_source",
+            Refusal::SshStartups => "ssh_startups",
+        }
+    }
+}
+
 /// Counters per value of a label, resolved once.
 struct ByLabel<const N: usize> {
     values: [&'static str; N],
@@ -97,6 +124,7 @@ pub struct Metrics {
     unavailable: ByLabel<3>,
     relays_served: ByLabel<4>,
     tunnels_closed: ByLabel<4>,
+    refused: ByLabel<5>,
     orphans_released: Counter,
     state: StateGauges,
 }
@@ -196,6 +224,13 @@ impl Metrics {
             "reason",
             ["superseded", "released", "deleted", "cut_off"],
         );
+        let refused = ByLabel::register(
+            r,
+            "refused",
+            "Callers refused before any work was done for them: past a rate limit, the password-hashing queue full, a request body too slow, a connection past its address's share of a port, an SSH connection past the count of those still logging in",
+            "reason",
+            ["rate_limit", "hashing_queue", "slow_body", "per_source", "ssh_startups"],
+        );
         let orphans_released = Counter::default();
         r.register(
             "orphan_claims_released",
@@ -247,9 +282,15 @@ impl Metrics {
             unavailable,
             relays_served,
             tunnels_closed,
+            refused,
             orphans_released,
             state,
         }
+    }
+
+    /// A caller refused before any work was done for it.
+    pub fn refused(&self, why: Refusal) {
+        self.refused.get(why.name()).inc();
     }
 
     /// A connection accepted on `l`; it counts as open until the guard is dropped.

@@ -54,6 +54,51 @@ pub fn is_hop_by_hop(name: &str, options: &[&[u8]]) -> bool {
             && !NEVER_DROPPED.iter().any(|n| name.eq_ignore_ascii_case(n)))
 }
 
+/// Streams one public HTTP/2 connection may have open at once.
+const H2_MAX_STREAMS: u32 = 128;
+/// How often an HTTP/2 connection is pinged, and how long the answer may take.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Requests in flight on a connection, and when the last one ended.
+#[derive(Default)]
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Milliseconds after `since` when a request last ended (or the connection began).
+    last_ms: std::sync::atomic::AtomicU64,
+    since: std::sync::OnceLock<Instant>,
+}
+
+/// A request in flight; dropped when it ends.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn start(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Busy(self.clone())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.since.get_or_init(Instant::now).elapsed().as_millis() as u64
+    }
+
+    /// How long no request has been in flight (zero while one is).
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return Duration::ZERO;
+        }
+        let last = self.last_ms.load(std::sync::atomic::Ordering::SeqCst);
+        Duration::from_millis(self.now_ms().saturating_sub(last))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.last_ms.store(self.0.now_ms(), std::sync::atomic::Ordering::SeqCst);
+        self.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Most concurrent public connections per listener.
 const MAX_CONNECTIONS: usize = 20_000;
 /// Time a client gets to send its request head.
@@ -120,10 +165,17 @@ pub async fn serve_http(node: NodeRef, holdings: Arc<Holdings>, listener: TcpLis
             }
         });
     }
-    crate::accept::serve(listener, MAX_CONNECTIONS, crate::metrics::Listener::Http, stop, |stream, peer| {
-        let (node, holdings) = (node.clone(), holdings.clone());
-        async move { crate::h1::serve(node, holdings, stream, peer, "http").await }
-    })
+    crate::accept::serve(
+        listener,
+        MAX_CONNECTIONS,
+        node.config.max_connections_per_source,
+        crate::metrics::Listener::Http,
+        stop,
+        |stream, peer| {
+            let (node, holdings) = (node.clone(), holdings.clone());
+            async move { crate::h1::serve(node, holdings, stream, peer, "http").await }
+        },
+    )
     .await
 }
 
@@ -136,24 +188,31 @@ pub async fn serve_https(
     listener: TcpListener,
     stop: CancellationToken,
 ) {
-    crate::accept::serve(listener, MAX_CONNECTIONS, crate::metrics::Listener::Https, stop, |stream, peer| {
-        let (node, holdings) = (node.clone(), holdings.clone());
-        // None until the cluster is bootstrapped: the connection is closed, nothing to present.
-        let acceptor = tls.read().expect("tls slot").clone();
-        async move {
-            let Some(acceptor) = acceptor else { return };
-            match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => {
-                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        serve_connection(node, holdings, TokioIo::new(tls), peer, "https", true).await
-                    } else {
-                        crate::h1::serve(node, holdings, tls, peer, "https").await
+    crate::accept::serve(
+        listener,
+        MAX_CONNECTIONS,
+        node.config.max_connections_per_source,
+        crate::metrics::Listener::Https,
+        stop,
+        |stream, peer| {
+            let (node, holdings) = (node.clone(), holdings.clone());
+            // None until the cluster is bootstrapped: the connection is closed, nothing to present.
+            let acceptor = tls.read().expect("tls slot").clone();
+            async move {
+                let Some(acceptor) = acceptor else { return };
+                match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            serve_connection(node, holdings, TokioIo::new(tls), peer, "https", true).await
+                        } else {
+                            crate::h1::serve(node, holdings, tls, peer, "https").await
+                        }
                     }
+                    _ => tracing::debug!(%peer, "TLS handshake failed"),
                 }
-                _ => tracing::debug!(%peer, "TLS handshake failed"),
             }
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -172,19 +231,44 @@ pub async fn serve_connection<I>(
 {
     let upstream: Arc<Mutex<Option<Upstream>>> = Arc::default();
     let (pool, ours) = (holdings.clone(), upstream.clone());
+    let idle_timeout = node.config.idle_timeout;
+    let activity = Arc::new(Activity::default());
+    let seen = activity.clone();
     let svc = hyper::service::service_fn(move |req| {
         let (node, holdings, upstream) = (node.clone(), holdings.clone(), upstream.clone());
+        let busy = seen.start();
         async move {
             let resp = handle(node, holdings, upstream, peer, scheme, req).await;
             crate::metrics::get().response(scheme, resp.status().as_u16());
+            drop(busy);
             Ok::<_, Infallible>(resp)
         }
     });
+    activity.now_ms();
     let ended = if h2 {
-        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        // Bounded: streams at once, header size, a ping that must be answered, and an idle
+        // connection (no request in flight for `idle_timeout`) told to go away; HTTP/2 has no
+        // head deadline of its own to end a connection that says nothing.
+        let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
-            .serve_connection(io, svc)
-            .await
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_header_list_size(crate::h1::MAX_HEAD as u32)
+            .keep_alive_interval(Some(H2_PING_INTERVAL))
+            .keep_alive_timeout(H2_PING_TIMEOUT)
+            .serve_connection(io, svc);
+        let mut conn = std::pin::pin!(conn);
+        loop {
+            let check = idle_timeout.min(Duration::from_secs(1));
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                _ = tokio::time::sleep(check) => {
+                    if activity.idle_for() >= idle_timeout {
+                        conn.as_mut().graceful_shutdown();
+                        break conn.await;
+                    }
+                }
+            }
+        }
     } else {
         hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())

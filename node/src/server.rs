@@ -94,6 +94,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         peers,
         batcher: crate::batch::Batcher::start(me.clone()),
         applied_cache: Default::default(),
+        limits: crate::limits::Limits::new(&cfg.rate_limits),
     });
 
     let root = CancellationToken::new();
@@ -162,6 +163,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     {
         let (node, h, stop) = (node.clone(), holdings.clone(), root.child_token());
         tasks.spawn(async move { duties(node, h, started_ms, stop).await });
+    }
+    {
+        // The rate limits forget callers that went quiet.
+        let (n, stop) = (node.clone(), root.child_token());
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => n.limits.prune(),
+                }
+            }
+        });
     }
 
     // Data plane: SSH tunnels, the tunnels held here, public HTTP(S), tcp/tls sockets.

@@ -28,6 +28,7 @@ use uuid::Uuid;
 
 use crate::cluster::NodeRef;
 use crate::http::authenticate;
+use crate::http::request_id;
 use crate::http::ApiError;
 use crate::http::ApiResult;
 use crate::http::Body;
@@ -135,7 +136,7 @@ fn new_socket(node: &NodeRef, req: &SocketCreate) -> ApiResult<NewSocket> {
     };
     // A rule a user sets is applied or refused, never stored and ignored (invariant I9): a
     // socket must never look more restricted than it is.
-    let unenforceable = |msg: &str| ApiError(StatusCode::UNPROCESSABLE_ENTITY, msg.to_string());
+    let unenforceable = |msg: &str| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, msg.to_string());
     if req.protected_socket && socket_type.needs_port() {
         return Err(unenforceable(
             "protected_socket (a user name and password) works on http and https sockets only: a tcp or tls \
@@ -165,7 +166,7 @@ fn new_socket(node: &NodeRef, req: &SocketCreate) -> ApiResult<NewSocket> {
         }
         let key = node
             .read(|r| r.config().map(|c| c.token_key.clone()))
-            .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "cluster not bootstrapped yet".into()))?;
+            .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "cluster not bootstrapped yet".into()))?;
         (user, pass) = (Some(u.to_string()), Some(crate::auth::basic_password_hash(&key, p)));
     } else if req.protected_username.as_deref().is_some_and(|u| !u.is_empty())
         || req.protected_password.as_deref().is_some_and(|p| !p.is_empty())
@@ -194,7 +195,7 @@ fn new_socket(node: &NodeRef, req: &SocketCreate) -> ApiResult<NewSocket> {
 fn unexpected(r: RegResponse) -> ApiError {
     match r {
         RegResponse::Rejected(rej) => rej.into(),
-        other => ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("unexpected registry answer {other}")),
+        other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("unexpected registry answer {other}")),
     }
 }
 
@@ -221,16 +222,17 @@ async fn create_socket(
     with_tunnel: bool,
 ) -> ApiResult<Json<SocketJson>> {
     let me = authenticate(&node, &headers)?;
+    node.limits.write(me)?;
     let socket = new_socket(&node, &req)?;
     let first_tunnel = with_tunnel.then(|| NewTunnel { tunnel_id: Uuid::new_v4(), local_port_hint: relay_port_hint() });
     let cmd = Command::CreateSocket { user_id: me, socket, limits: limits(&node), first_tunnel };
-    match node.write(cmd).await? {
+    match node.write_as(cmd, request_id(&headers, &me.to_string())?).await? {
         RegResponse::Socket(v) => Ok(Json(node.read(|reg| socket_json(&node, reg, &v)))),
         other => Err(unexpected(other)),
     }
 }
 
-#[utoipa::path(post, path = "/socket", tag = "socket", request_body = SocketCreate, responses((status = 200, body = SocketJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)), security(("token" = [])))]
+#[utoipa::path(post, path = "/socket", tag = "socket", request_body = SocketCreate, responses((status = 200, body = SocketJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)), security(("token" = [])))]
 pub(crate) async fn create(
     State(node): State<NodeRef>,
     headers: HeaderMap,
@@ -239,7 +241,7 @@ pub(crate) async fn create(
     create_socket(node, headers, req, false).await
 }
 
-#[utoipa::path(post, path = "/connect", tag = "socket", request_body = SocketCreate, responses((status = 200, body = SocketJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)), security(("token" = [])))]
+#[utoipa::path(post, path = "/connect", tag = "socket", request_body = SocketCreate, responses((status = 200, body = SocketJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)), security(("token" = [])))]
 pub(crate) async fn connect(
     State(node): State<NodeRef>,
     headers: HeaderMap,
@@ -260,15 +262,17 @@ pub(crate) async fn show(
     node.read(|reg| owned_view(reg, &me, &sid).map(|v| Json(socket_json(&node, reg, &v))))
 }
 
-#[utoipa::path(delete, path = "/socket/{socket_id}", tag = "socket", params(("socket_id" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)), security(("token" = [])))]
+#[utoipa::path(delete, path = "/socket/{socket_id}", tag = "socket", params(("socket_id" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)), security(("token" = [])))]
 pub(crate) async fn remove(
     State(node): State<NodeRef>,
     headers: HeaderMap,
     Path(sid): Path<String>,
 ) -> ApiResult<StatusCode> {
     let me = authenticate(&node, &headers)?;
+    node.limits.write(me)?;
     let sid = parse_id(&sid, "socket")?;
-    match node.write(Command::DeleteSocket { user_id: me, socket_id: sid }).await? {
+    let id = request_id(&headers, &me.to_string())?;
+    match node.write_as(Command::DeleteSocket { user_id: me, socket_id: sid }, id).await? {
         RegResponse::Deleted(_) => Ok(StatusCode::NO_CONTENT),
         other => Err(unexpected(other)),
     }
@@ -288,7 +292,7 @@ pub(crate) async fn list_tunnels(
     })
 }
 
-#[utoipa::path(post, path = "/socket/{socket_id}/tunnel", tag = "tunnel", params(("socket_id" = String, Path)), responses((status = 200, body = TunnelJson), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)), security(("token" = [])))]
+#[utoipa::path(post, path = "/socket/{socket_id}/tunnel", tag = "tunnel", params(("socket_id" = String, Path)), responses((status = 200, body = TunnelJson), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)), security(("token" = [])))]
 pub(crate) async fn create_tunnel(
     State(node): State<NodeRef>,
     headers: HeaderMap,
@@ -296,9 +300,11 @@ pub(crate) async fn create_tunnel(
     Body(_req): Body<serde_json::Value>,
 ) -> ApiResult<Json<TunnelJson>> {
     let me = authenticate(&node, &headers)?;
+    node.limits.write(me)?;
     let sid = parse_id(&sid, "socket")?;
     let tunnel = NewTunnel { tunnel_id: Uuid::new_v4(), local_port_hint: relay_port_hint() };
-    match node.write(Command::CreateTunnel { user_id: me, socket_id: sid, tunnel, limits: limits(&node) }).await? {
+    let cmd = Command::CreateTunnel { user_id: me, socket_id: sid, tunnel, limits: limits(&node) };
+    match node.write_as(cmd, request_id(&headers, &me.to_string())?).await? {
         RegResponse::Tunnel(t) => Ok(Json(node.read(|reg| tunnel_json(&node, reg, &t)))),
         other => Err(unexpected(other)),
     }
@@ -324,16 +330,18 @@ pub(crate) async fn show_tunnel(
     })
 }
 
-#[utoipa::path(delete, path = "/socket/{socket_id}/tunnel/{tunnel_id}", tag = "tunnel", params(("socket_id" = String, Path), ("tunnel_id" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)), security(("token" = [])))]
+#[utoipa::path(delete, path = "/socket/{socket_id}/tunnel/{tunnel_id}", tag = "tunnel", params(("socket_id" = String, Path), ("tunnel_id" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)), security(("token" = [])))]
 pub(crate) async fn remove_tunnel(
     State(node): State<NodeRef>,
     headers: HeaderMap,
     Path((sid, tid)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let me = authenticate(&node, &headers)?;
+    node.limits.write(me)?;
     let sid = parse_id(&sid, "socket")?;
     let tid = parse_id(&tid, "tunnel")?;
-    match node.write(Command::DeleteTunnel { user_id: me, socket_id: sid, tunnel_id: tid }).await? {
+    let id = request_id(&headers, &me.to_string())?;
+    match node.write_as(Command::DeleteTunnel { user_id: me, socket_id: sid, tunnel_id: tid }, id).await? {
         RegResponse::Deleted(_) => Ok(StatusCode::NO_CONTENT),
         other => Err(unexpected(other)),
     }

@@ -42,6 +42,21 @@ pub const SSH_PACKET: usize = 64 * 1024;
 /// How long a connection has to log in, from its accept to an accepted key (OpenSSH's
 /// `LoginGraceTime`): one that says nothing, or never finishes, holds no connection longer.
 const LOGIN_GRACE: Duration = Duration::from_secs(30);
+/// Connections that have not logged in yet, at most, on this node (OpenSSH's `MaxStartups`):
+/// past it a new connection is closed at once, so a flood of connections that never log in
+/// cannot keep logins of others waiting behind them. A connection leaves the count when it
+/// logs in or ends.
+const MAX_STARTUPS: usize = 128;
+
+/// A connection counted among those that have not logged in yet.
+struct Startup(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Startup {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Read buffer per SSH connection: room for a few of the small packets of requests and
 /// answers; a 64 KiB data packet is mostly read past it. Idle tunnels keep theirs, so it is
 /// small (4 KiB cost 2 KiB of resident memory per idle tunnel, and no requests/s).
@@ -83,56 +98,75 @@ pub async fn serve(node: NodeRef, listener: TcpListener, holdings: Arc<Holdings>
     });
     tracing::info!(addr = ?listener.local_addr().ok(), "SSH server listening");
     let per_account: Arc<Mutex<HashMap<Uuid, u32>>> = Arc::default();
-    crate::accept::serve(listener, MAX_CONNECTIONS, crate::metrics::Listener::Ssh, stop, |stream, peer| {
-        let (node, holdings, config, per_account) =
-            (node.clone(), holdings.clone(), config.clone(), per_account.clone());
-        async move {
-            let state = Arc::new(Mutex::new(SessionState::default()));
-            let handler = SshSession {
-                node: node.clone(),
-                holdings: holdings.clone(),
-                peer,
-                state: state.clone(),
-                per_account: per_account.clone(),
+    let startups = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    crate::accept::serve(
+        listener,
+        MAX_CONNECTIONS,
+        node.config.max_connections_per_source,
+        crate::metrics::Listener::Ssh,
+        stop,
+        |stream, peer| {
+            let (node, holdings, config, per_account) =
+                (node.clone(), holdings.clone(), config.clone(), per_account.clone());
+            let startup = if startups.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < MAX_STARTUPS {
+                Some(Startup(startups.clone()))
+            } else {
+                startups.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                None
             };
-            // A second handle on the socket, to shut it if the login grace runs out (russh
-            // runs the session in a task of its own, which takes the stream).
-            let grace = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
-            // Reads through a buffer: russh reads each packet's length, then its body, and a
-            // busy tunnel's small packets would cost two system calls each. Writes coalesced.
-            let stream = Coalesced::new(stream);
-            let stream = tokio::io::BufReader::with_capacity(SSH_READ_BUFFER, stream);
-            let session = async {
-                match russh::server::run_stream(config, stream, handler).await {
-                    Ok(running) => {
-                        if let Err(e) = running.await {
-                            tracing::debug!(%peer, error = %e, "SSH session ended with an error");
+            async move {
+                let Some(startup) = startup else {
+                    crate::metrics::get().refused(crate::metrics::Refusal::SshStartups);
+                    tracing::debug!(%peer, "SSH connection closed: {MAX_STARTUPS} connections are already logging in");
+                    return;
+                };
+                let state = Arc::new(Mutex::new(SessionState { startup: Some(startup), ..SessionState::default() }));
+                let handler = SshSession {
+                    node: node.clone(),
+                    holdings: holdings.clone(),
+                    peer,
+                    state: state.clone(),
+                    per_account: per_account.clone(),
+                };
+                // A second handle on the socket, to shut it if the login grace runs out (russh
+                // runs the session in a task of its own, which takes the stream).
+                let grace = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
+                // Reads through a buffer: russh reads each packet's length, then its body, and a
+                // busy tunnel's small packets would cost two system calls each. Writes coalesced.
+                let stream = Coalesced::new(stream);
+                let stream = tokio::io::BufReader::with_capacity(SSH_READ_BUFFER, stream);
+                let session = async {
+                    match russh::server::run_stream(config, stream, handler).await {
+                        Ok(running) => {
+                            if let Err(e) = running.await {
+                                tracing::debug!(%peer, error = %e, "SSH session ended with an error");
+                            }
+                        }
+                        Err(e) => tracing::debug!(%peer, error = %e, "SSH handshake failed"),
+                    }
+                };
+                let mut session = std::pin::pin!(session);
+                let logins = state.clone();
+                let grace_over = async move {
+                    tokio::time::sleep(LOGIN_GRACE).await;
+                    if logins.lock().expect("ssh state").user.is_none() {
+                        tracing::info!(%peer, "SSH connection closed: no login within {LOGIN_GRACE:?}");
+                        if let Some(fd) = &grace {
+                            let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Both);
                         }
                     }
-                    Err(e) => tracing::debug!(%peer, error = %e, "SSH handshake failed"),
+                };
+                tokio::select! {
+                    () = &mut session => {}
+                    // The second handle is closed with the check, or with the session if it ends first.
+                    () = grace_over => session.await,
                 }
-            };
-            let mut session = std::pin::pin!(session);
-            let logins = state.clone();
-            let grace_over = async move {
-                tokio::time::sleep(LOGIN_GRACE).await;
-                if logins.lock().expect("ssh state").user.is_none() {
-                    tracing::info!(%peer, "SSH connection closed: no login within {LOGIN_GRACE:?}");
-                    if let Some(fd) = &grace {
-                        let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Both);
-                    }
-                }
-            };
-            tokio::select! {
-                () = &mut session => {}
-                // The second handle is closed with the check, or with the session if it ends first.
-                () = grace_over => session.await,
+                // Boxed, like the claim: the session's task is sized for its largest step and lives
+                // as long as the session.
+                Box::pin(session_ended(node, holdings, state, per_account)).await;
             }
-            // Boxed, like the claim: the session's task is sized for its largest step and lives
-            // as long as the session.
-            Box::pin(session_ended(node, holdings, state, per_account)).await;
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -177,6 +211,8 @@ async fn session_ended(
 #[derive(Default)]
 struct SessionState {
     user: Option<(Uuid, String)>,
+    /// Held until the connection logs in (see [`MAX_STARTUPS`]).
+    startup: Option<Startup>,
     /// The client asked to log in (a connection that ends without a login after asking counts
     /// as a refused login).
     tried_login: bool,
@@ -242,7 +278,9 @@ impl russh::server::Handler for SshSession {
                 }
                 crate::metrics::get().ssh_login(true);
                 tracing::info!(peer = %self.peer, user, "SSH login");
-                self.state.lock().expect("ssh state").user = Some(u);
+                let mut st = self.state.lock().expect("ssh state");
+                st.user = Some(u);
+                st.startup = None;
                 Ok(Auth::Accept)
             }
             None => {

@@ -79,47 +79,54 @@ async fn accept_loop(
 ) {
     let stop2 = stop.clone();
     let what = if kind == SocketType::Tls { Listener::TlsSocket } else { Listener::TcpSocket };
-    crate::accept::serve(listener, MAX_CONNECTIONS_PER_SOCKET, what, stop2, move |mut client, peer| {
-        let (node, holdings, tls, stop) = (node.clone(), holdings.clone(), tls.clone(), stop.clone());
-        async move {
-            let started = std::time::Instant::now();
-            let (mut upstream, log) = match crate::proxy::open_upstream(&node, &holdings, &socket_id, peer, true).await
-            {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::debug!(%peer, %socket_id, reason = ?e, "no tunnel for tcp connection");
-                    return;
-                }
-            };
-            let relayed = matches!(log, crate::proxy::LogSink::Relay { .. });
-            let piped = async {
-                if kind == SocketType::Tls {
-                    let acceptor = tls.read().expect("tls lock").clone()?;
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(client)).await {
-                        Ok(Ok(mut s)) => crate::proxy::pipe(&mut s, &mut upstream, relayed).await.ok(),
-                        _ => {
-                            tracing::debug!(%peer, "tls handshake failed");
-                            None
+    crate::accept::serve(
+        listener,
+        MAX_CONNECTIONS_PER_SOCKET,
+        node.config.max_connections_per_source,
+        what,
+        stop2,
+        move |mut client, peer| {
+            let (node, holdings, tls, stop) = (node.clone(), holdings.clone(), tls.clone(), stop.clone());
+            async move {
+                let started = std::time::Instant::now();
+                let (mut upstream, log) =
+                    match crate::proxy::open_upstream(&node, &holdings, &socket_id, peer, true).await {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::debug!(%peer, %socket_id, reason = ?e, "no tunnel for tcp connection");
+                            return;
                         }
+                    };
+                let relayed = matches!(log, crate::proxy::LogSink::Relay { .. });
+                let piped = async {
+                    if kind == SocketType::Tls {
+                        let acceptor = tls.read().expect("tls lock").clone()?;
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(client)).await {
+                            Ok(Ok(mut s)) => crate::proxy::pipe(&mut s, &mut upstream, relayed).await.ok(),
+                            _ => {
+                                tracing::debug!(%peer, "tls handshake failed");
+                                None
+                            }
+                        }
+                    } else {
+                        crate::proxy::pipe(&mut client, &mut upstream, relayed).await.ok()
                     }
-                } else {
-                    crate::proxy::pipe(&mut client, &mut upstream, relayed).await.ok()
+                };
+                // Deleting the socket closes its connections too.
+                let moved = tokio::select! {
+                    m = piped => m,
+                    _ = stop.cancelled() => None,
+                };
+                // A relayed connection is logged by the holder, which counts its bytes.
+                if let crate::proxy::LogSink::Local(h) = &log {
+                    let (to_service, to_client) = moved.unwrap_or((0, 0));
+                    crate::proxy::log_line(
+                        h,
+                        crate::proxy::connection_line(peer, to_service, to_client, started.elapsed()),
+                    );
                 }
-            };
-            // Deleting the socket closes its connections too.
-            let moved = tokio::select! {
-                m = piped => m,
-                _ = stop.cancelled() => None,
-            };
-            // A relayed connection is logged by the holder, which counts its bytes.
-            if let crate::proxy::LogSink::Local(h) = &log {
-                let (to_service, to_client) = moved.unwrap_or((0, 0));
-                crate::proxy::log_line(
-                    h,
-                    crate::proxy::connection_line(peer, to_service, to_client, started.elapsed()),
-                );
             }
-        }
-    })
+        },
+    )
     .await
 }

@@ -215,6 +215,10 @@ impl TestCluster {
             .arg(self.snapshot_threshold.to_string())
             .arg("--log")
             .arg(self.log)
+            // Tests make many accounts and changes from one address; a test of the limits
+            // sets its own after these.
+            .args(["--login-rate", "100000", "--signup-rate", "1000000", "--write-rate", "100000"])
+            .args(["--max-connections-per-source", "100000"])
             .args(&self.extra)
             .args(&args)
             .env_remove("MYSOCKET_CONFIG")
@@ -305,6 +309,13 @@ impl TestCluster {
                     let r = http.get(&url).send().await.ok()?;
                     r.status().is_success().then_some(())
                 }
+            })
+            .await;
+            // A ready node writes the cluster CA to its data folder (tests of TLS read it).
+            let ca = self.data_dir(id).join("ca.pem");
+            eventually(Duration::from_secs(10), &format!("node {id}'s ca.pem"), || {
+                let ca = ca.clone();
+                async move { ca.exists().then_some(()) }
             })
             .await;
         }
