@@ -64,6 +64,9 @@ for seed in 1 2; do
 done
 echo "reports in $RUNS"
 
+echo "== API fuzzing: Schemathesis against a live three-node cluster (scripts/fuzz-api.sh)"
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}" scripts/fuzz-api.sh
+
 echo "== deployment files: deploy/compose.yaml and deploy/kubernetes.yaml, run without an engine"
 PY=python3
 python3 -c 'import yaml' 2>/dev/null || PY=/usr/bin/python3

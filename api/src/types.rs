@@ -92,9 +92,16 @@ pub struct Health {
 /// `POST /user`.
 #[derive(utoipa::ToSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserCreate {
+    /// 1 to 100 printable characters.
+    #[schema(min_length = 1, max_length = 100, pattern = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$")]
     pub name: String,
+    #[schema(max_length = 254, pattern = r"^[^@\s]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")]
     pub email: String,
+    /// 6 to 256 characters.
+    #[schema(min_length = 6, max_length = 256)]
     pub password: String,
+    /// An OpenSSH public key line (ed25519, ecdsa, or rsa of 2048 bits or more).
+    #[schema(min_length = 1, max_length = 16384)]
     pub sshkey: String,
 }
 

@@ -12,6 +12,24 @@ struct TokenHeader;
 
 impl Modify for TokenHeader {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        // Every operation may also answer an error the node gives any call — bad input (400),
+        // a refused credential (401, 403), a slow or large body (408, 413), a rate limit (429),
+        // no leader (503) — always as `{"message"}`.
+        let error = utoipa::openapi::ResponseBuilder::new()
+            .description("An error: `{\"message\": ...}` saying what to do")
+            .content(
+                "application/json",
+                utoipa::openapi::ContentBuilder::new()
+                    .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            let ops = [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch];
+            for op in ops.into_iter().flatten() {
+                op.responses.responses.entry("default".into()).or_insert_with(|| error.clone().into());
+            }
+        }
         let components = openapi.components.get_or_insert_with(Default::default);
         components
             .add_security_scheme("token", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-access-token"))));
