@@ -564,7 +564,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 json(&u);
             } else {
                 println!(
-                    "Account created: {} <{}>\nuser id:  {}\nssh user: {}\nNext: mysocketctl login --email {}",
+                    "Account created: {} <{}>\nuser id:  {}\nssh user: {}\nNext: mysocketctl login --email {}\n\
+                     (If this email already had an account, nothing changed: log in with its password.)",
                     u.name, u.email, u.user_id, u.user_name, u.email
                 );
             }

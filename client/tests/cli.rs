@@ -112,8 +112,12 @@ async fn the_cli_drives_accounts_sockets_and_tunnels() {
     let out =
         ctl.ok(&["account", "create", "--name", "Ada", "--email", "ada@example.com", "--password", "s3cret-pass"]);
     assert!(out.contains("Account created"), "{out}");
-    let (code, _, err) =
-        ctl.run(&["account", "create", "--name", "Ada", "--email", "ada@example.com", "--password", "s3cret-pass"]);
+    // A taken email is answered like a free one (sign-up tells no stranger which emails have
+    // accounts) and changes nothing; the operator is told it is taken.
+    let again = ["account", "create", "--name", "Ada", "--email", "ada@example.com", "--password", "other-pass"];
+    assert!(ctl.ok(&again).contains("nothing changed"));
+    let token = c.dir.path().join("operator-token");
+    let (code, _, err) = ctl.run(&[&["--operator-token-file", token.to_str().unwrap()][..], &again[..]].concat());
     assert_eq!(code, 5, "duplicate email: {err}");
 
     let (code, _, err) = ctl.run(&["login", "--email", "ada@example.com", "--password", "wrong-pass"]);

@@ -447,9 +447,22 @@ pub(crate) async fn create_user(
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
     let max_accounts = Some(node.config.max_accounts);
     let id = request_id(&headers, &format!("user/{}", email.to_lowercase()))?;
-    let cmd = Command::CreateAccount { user_id: Uuid::new_v4(), name, email, password_hash, sshkey, max_accounts };
+    let user_id = Uuid::new_v4();
+    // What a new account's answer looks like, given to a stranger whose email is taken (the
+    // registry refused it, after the same hash and the same Raft round trip), so sign-up does
+    // not tell whether an email has an account. Nothing is created; the owner's account stays
+    // as it was. An operator is told the truth (409).
+    let unchanged = User {
+        user_id: user_id.to_string(),
+        name: name.clone(),
+        email: email.clone(),
+        user_name: user_id.simple().to_string(),
+        sshkey: sshkey.clone(),
+    };
+    let cmd = Command::CreateAccount { user_id, name, email, password_hash, sshkey, max_accounts };
     match node.write_as(cmd, id).await? {
         RegResponse::Account(a) => Ok(Json(user_json(&a))),
+        RegResponse::Rejected(Rejection::Conflict(_)) if !operator => Ok(Json(unchanged)),
         RegResponse::Rejected(r) => Err(r.into()),
         other => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("unexpected registry answer {other}"))),
     }

@@ -271,3 +271,30 @@ async fn no_secret_reaches_a_log_line_even_at_trace_level() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_up_and_login_do_not_tell_whether_an_email_has_an_account() {
+    let c = TestCluster::builder().nodes(1).start().await;
+    let base = c.nodes[&1].api_url();
+    c.api(1).create_user(&user(1)).await.unwrap();
+    let before = c.converged().await;
+    // Login: a wrong password and an unknown email get the same answer.
+    let wrong = serde_json::json!({"email": user(1).email, "password": "not-the-password"});
+    let unknown = serde_json::json!({"email": "nobody@example.com", "password": "not-the-password"});
+    let a = call(Method::POST, format!("{base}/login"), None, Some(wrong)).await;
+    let b = call(Method::POST, format!("{base}/login"), None, Some(unknown)).await;
+    assert_eq!(a, b);
+    assert_eq!(a.0, StatusCode::UNAUTHORIZED);
+    // Sign-up: a taken email is answered like a free one, and nothing changes; the account's
+    // owner still logs in with their own password, not the stranger's.
+    let mut taken = user(9);
+    taken.email = user(1).email.to_uppercase();
+    let (s1, v1) = call(Method::POST, format!("{base}/user"), None, Some(serde_json::to_value(&taken).unwrap())).await;
+    let (s2, v2) = call(Method::POST, format!("{base}/user"), None, Some(serde_json::to_value(user(2)).unwrap())).await;
+    assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK));
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&v1), keys(&v2), "{v1} / {v2}");
+    assert_eq!(c.converged().await.accounts, before.accounts + 1, "only the free email made an account");
+    c.api(1).login(&user(1).email, &user(1).password).await.unwrap();
+    assert!(c.api(1).login(&user(1).email, &user(9).password).await.is_err());
+}
