@@ -185,8 +185,8 @@ impl From<Rejection> for ApiError {
 pub type ApiResult<T> = Result<T, ApiError>;
 
 /// A JSON body, decoded with clear errors: 413 when too large, 408 when it does not arrive
-/// within [`BODY_TIMEOUT`], 400 when malformed or of the wrong shape. The content type is not required (the original client is lax about it);
-/// unknown fields are ignored.
+/// within [`BODY_TIMEOUT`], 400 when malformed or of the wrong shape. The content type is not
+/// required (the original client is lax about it); unknown fields are ignored.
 pub struct Body<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
@@ -590,9 +590,14 @@ pub(crate) async fn login(
     let acct = node.read(|r| r.account_by_email(&req.email).cloned());
     // An unknown email costs the same argon2 verification as a wrong password, so the answer's
     // time does not tell whether the email has an account.
-    let (password, hash) =
-        (req.password.clone(), acct.as_ref().map(|a| a.password_hash.clone()).unwrap_or_else(|| decoy_hash().into()));
-    let ok = node.limits.hash(move || auth::verify_password(&password, &hash)).await?;
+    let (password, hash) = (req.password.clone(), acct.as_ref().map(|a| a.password_hash.clone()));
+    let ok = node
+        .limits
+        .hash(move || match &hash {
+            Some(h) => auth::verify_password(&password, h),
+            None => auth::verify_password(&password, decoy_hash()),
+        })
+        .await?;
     let Some(acct) = acct.filter(|_| ok) else { return Err(wrong()) };
     let token = auth::issue_token(&token_key(&node)?, &acct.user_id.to_string(), node.config.token_ttl, now_secs());
     Ok(Json(TokenReply { token }))

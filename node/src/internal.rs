@@ -178,13 +178,20 @@ const MAX_CONNECTIONS: usize = 20_000;
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection for the gRPC server: the bytes read to tell it from a relay, then the rest.
-pub type GrpcConn = Prefixed<Box<dyn Io>, TcpConnectInfo>;
+pub type GrpcConn = Prefixed<Box<dyn Io>, GrpcInfo>;
+
+/// What the gRPC server learns of a connection, and the handle that keeps it counted against
+/// the port's cap: the accept loop's task waits until the server drops the connection.
+pub struct GrpcInfo {
+    tcp: TcpConnectInfo,
+    _open: tokio::sync::oneshot::Sender<()>,
+}
 
 impl Connected for GrpcConn {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {
-        self.info.clone()
+        self.info.tcp.clone()
     }
 }
 
@@ -247,8 +254,13 @@ pub async fn serve_port(
                 if first == crate::relay::MAGIC {
                     crate::relay::serve(io, peer, holdings, secret, planted_stale_holder).await;
                 } else {
-                    // Not a relay: gRPC's to answer (or refuse, for garbage).
-                    let _ = grpc.send(Ok(GrpcConn::new(first, io, info))).await;
+                    // Not a relay: gRPC's to answer (or refuse, for garbage). It holds its place
+                    // in the port's count (and its address's) for as long as the server keeps it.
+                    let (open, closed) = tokio::sync::oneshot::channel::<()>();
+                    let conn = GrpcConn::new(first, io, GrpcInfo { tcp: info, _open: open });
+                    if grpc.send(Ok(conn)).await.is_ok() {
+                        let _ = closed.await;
+                    }
                 }
             }
         },

@@ -419,6 +419,9 @@ pub fn with_socket_named<T>(node: &NodeRef, host: &str, f: impl FnOnce(&Socket, 
 }
 
 fn authorized(node: &NodeRef, s: &Socket, req: &Request<Incoming>) -> bool {
+    if !s.protected {
+        return true;
+    }
     let key = node.read(|r| r.config().map(|c| c.token_key.clone())).unwrap_or_default();
     authorized_by(&key, s, req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()))
 }

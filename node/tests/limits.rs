@@ -333,3 +333,42 @@ async fn ssh_connections_that_never_log_in_are_bounded() {
     })
     .await;
 }
+
+/// The value of one sample of a node's metrics (an operator's call).
+async fn sample(c: &TestCluster, id: u64, key: &str) -> f64 {
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", c.nodes[&id].api_url()))
+        .bearer_auth(&c.operator_token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no {key}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_internal_port_counts_the_grpc_connections_it_keeps() {
+    use tokio::io::AsyncWriteExt;
+    let c = TestCluster::builder().nodes(1).start().await;
+    let open = r#"mysocket_connections_open{listener="internal"}"#;
+    let before = sample(&c, 1, open).await;
+    // Strangers' HTTP/2 connections (the preface and nothing else), handed to the gRPC server.
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let mut s = tokio::net::TcpStream::connect(c.node_raft_addr(1)).await.unwrap();
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        held.push(s);
+    }
+    eventually(Duration::from_secs(10), "the ten connections counted", || async {
+        (sample(&c, 1, open).await >= before + 10.0).then_some(())
+    })
+    .await;
+    drop(held);
+    eventually(Duration::from_secs(10), "the ten connections gone from the count", || async {
+        (sample(&c, 1, open).await <= before).then_some(())
+    })
+    .await;
+}
