@@ -98,6 +98,11 @@ pub struct Flags {
     /// HTTPS, each tcp/tls socket) (default 256).
     #[arg(long, env = "MYSOCKET_MAX_CONNECTIONS_PER_SOURCE", overrides_with = "max_connections_per_source")]
     pub max_connections_per_source: Option<usize>,
+    /// Seconds a public HTTP exchange may go without a byte from the side it waits on — a
+    /// request body from the visitor, an answer from the service — before the node ends it
+    /// (504 when the service never answered) (default 60).
+    #[arg(long, env = "MYSOCKET_STALL_TIMEOUT_SECS", overrides_with = "stall_timeout_secs")]
+    pub stall_timeout_secs: Option<u64>,
     /// Seconds an HTTP/2 connection on the public HTTPS port may stay without a request in
     /// flight before the node closes it (default 60).
     #[arg(long, env = "MYSOCKET_IDLE_TIMEOUT_SECS", overrides_with = "idle_timeout_secs")]
@@ -192,6 +197,7 @@ pub struct FileConfig {
     pub signup_rate: Option<u32>,
     pub write_rate: Option<u32>,
     pub max_connections_per_source: Option<usize>,
+    pub stall_timeout_secs: Option<u64>,
     pub idle_timeout_secs: Option<u64>,
     pub api_tls: Option<bool>,
     pub api_tls_cert: Option<PathBuf>,
@@ -319,6 +325,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Connections one address may hold on each public port.
     pub max_connections_per_source: usize,
+    /// How long a public HTTP exchange may wait on either side without a byte.
+    pub stall_timeout: Duration,
     pub api_tls: ApiTls,
     pub internal_tls: Option<InternalTls>,
     /// Operator-provided public certificate; `None`: mint from the cluster CA.
@@ -591,6 +599,10 @@ impl Config {
         if max_connections_per_source == 0 {
             return Err(bad("--max-connections-per-source must be positive"));
         }
+        let stall_timeout = Duration::from_secs(pick!(stall_timeout_secs).unwrap_or(60));
+        if stall_timeout.is_zero() {
+            return Err(bad("--stall-timeout-secs must be positive"));
+        }
         let idle_timeout = Duration::from_secs(pick!(idle_timeout_secs).unwrap_or(60));
         if idle_timeout.is_zero() {
             return Err(bad("--idle-timeout-secs must be positive"));
@@ -670,6 +682,7 @@ impl Config {
             rate_limits,
             idle_timeout,
             max_connections_per_source,
+            stall_timeout,
             api_tls,
             internal_tls,
             public_tls,

@@ -14,6 +14,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
 
 use hyper::StatusCode;
@@ -111,8 +112,18 @@ enum CopyFailed {
     Write,
 }
 
-/// The client went away while a request was being sent.
+/// The client went away while a request was being sent (or sent nothing of its body for the
+/// stall timeout).
 struct ClientGone;
+
+/// What came of sending a request through a stream.
+enum Sent {
+    Answered(RespHead),
+    /// The stream failed or ended before an answer.
+    Failed,
+    /// The service sent nothing for the stall timeout.
+    Silent,
+}
 
 /// Serves one public connection (plain TCP or TLS with HTTP/1.1) until it ends, or hands it to
 /// hyper.
@@ -268,17 +279,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             self.out.extend_from_slice(&self.buf[req.head_len..req.head_len + first]);
             self.buf.drain(..req.head_len + first);
             let body_left = req.body - first as u64;
-            let head = loop {
+            let sent = loop {
                 match self.send(body_left, req.head).await {
-                    Ok(Some(head)) => break Some(head),
-                    Ok(None) if reused && req.retryable() => {
+                    Ok(Sent::Failed) if reused && req.retryable() => {
                         // A reused stream ended before answering: once more on a fresh one.
                         reused = false;
                         if self.acquire(req.socket_id, true).await.is_err() {
-                            break None;
+                            break Sent::Failed;
                         }
                     }
-                    Ok(None) => break None,
+                    Ok(sent) => break sent,
                     Err(ClientGone) => {
                         // Mid-request: the stream is in no state for another one.
                         self.up = None;
@@ -286,17 +296,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     }
                 }
             };
-            let Some(head) = head else {
-                let up = self.up.take();
-                let close = body_left > 0 || req.close;
-                let why = "The service behind the tunnel is not answering (is it running?).";
-                if let Some(up) = up {
-                    up.log.line(crate::proxy::request_line(&self.peer_ip, &req.method, &req.path, 502, 0, started));
+            let head = match sent {
+                Sent::Answered(head) => head,
+                failed => {
+                    let up = self.up.take();
+                    let (status, title, why) = match failed {
+                        Sent::Silent => (
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "Gateway Timeout",
+                            "The service behind the tunnel took the request and did not answer in time.",
+                        ),
+                        _ => (
+                            StatusCode::BAD_GATEWAY,
+                            "Bad Gateway",
+                            "The service behind the tunnel is not answering (is it running?).",
+                        ),
+                    };
+                    let close = body_left > 0 || req.close || status == StatusCode::GATEWAY_TIMEOUT;
+                    if let Some(up) = up {
+                        let line = crate::proxy::request_line(
+                            &self.peer_ip,
+                            &req.method,
+                            &req.path,
+                            status.as_u16(),
+                            0,
+                            started,
+                        );
+                        up.log.line(line);
+                    }
+                    if !self.page((status, title, why), close, req.head).await {
+                        return false;
+                    }
+                    continue;
                 }
-                if !self.page((StatusCode::BAD_GATEWAY, "Bad Gateway", why), close, req.head).await {
-                    return false;
-                }
-                continue;
             };
             let keep_client = !req.close && head.keep_alive;
             crate::metrics::get().response(self.scheme, head.status);
@@ -368,21 +400,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     }
 
     /// Sends the request (`out`, then `body_left` more bytes from the client) and reads the
-    /// answer's head, passing 1xx heads on. None when the stream failed or ended first.
-    async fn send(&mut self, body_left: u64, head_request: bool) -> Result<Option<RespHead>, ClientGone> {
+    /// answer's head, passing 1xx heads on.
+    async fn send(&mut self, body_left: u64, head_request: bool) -> Result<Sent, ClientGone> {
+        let stall = self.node.config.stall_timeout;
         let up = &mut self.up.as_mut().expect("acquired").io;
         if up.write_all(&self.out).await.is_err() {
-            return Ok(None);
+            return Ok(Sent::Failed);
         }
         if body_left > 0 {
-            match copy_n(&mut self.client, up, body_left, &mut self.scratch).await {
+            match copy_n(&mut self.client, up, body_left, &mut self.scratch, stall).await {
                 Ok(()) => {}
                 Err(CopyFailed::Read) => return Err(ClientGone),
-                Err(CopyFailed::Write) => return Ok(None),
+                Err(CopyFailed::Write) => return Ok(Sent::Failed),
             }
         }
         if up.flush().await.is_err() {
-            return Ok(None);
+            return Ok(Sent::Failed);
         }
         self.rbuf.clear();
         loop {
@@ -396,13 +429,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                     self.rbuf.drain(..head.len);
                 }
                 // A switch of protocols nobody asked for is no answer.
-                Ok(Some(head)) if head.status == 101 => return Ok(None),
-                Ok(Some(head)) => return Ok(Some(head)),
-                Ok(None) if self.rbuf.len() < MAX_HEAD => match read_more(up, &mut self.rbuf).await {
-                    Ok(n) if n > 0 => {}
-                    _ => return Ok(None),
-                },
-                _ => return Ok(None),
+                Ok(Some(head)) if head.status == 101 => return Ok(Sent::Failed),
+                Ok(Some(head)) => return Ok(Sent::Answered(head)),
+                Ok(None) if self.rbuf.len() < MAX_HEAD => {
+                    match tokio::time::timeout(stall, read_more(up, &mut self.rbuf)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        Ok(_) => return Ok(Sent::Failed),
+                        Err(_) => return Ok(Sent::Silent),
+                    }
+                }
+                _ => return Ok(Sent::Failed),
             }
         }
     }
@@ -432,7 +468,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 if self.client.write_all(&self.out).await.is_err() {
                     return Err(0);
                 }
-                match copy_n(up, &mut self.client, n - first as u64, &mut self.scratch).await {
+                match copy_n(up, &mut self.client, n - first as u64, &mut self.scratch, self.node.config.stall_timeout)
+                    .await
+                {
                     Ok(()) => (n, rest.len() == first),
                     Err(_) => return Err(first as u64),
                 }
@@ -452,7 +490,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 if done {
                     (first as u64, clean_first)
                 } else {
-                    match copy_rest(up, &mut self.client, Some(&mut chunks), &mut self.scratch).await {
+                    let stall = self.node.config.stall_timeout;
+                    match copy_rest(up, &mut self.client, Some(&mut chunks), &mut self.scratch, stall).await {
                         Ok((n, clean)) => (first as u64 + n, clean),
                         Err(n) => return Err(first as u64 + n),
                     }
@@ -464,7 +503,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 if self.client.write_all(&self.out).await.is_err() {
                     return Err(0);
                 }
-                match copy_rest(up, &mut self.client, None, &mut self.scratch).await {
+                match copy_rest(up, &mut self.client, None, &mut self.scratch, self.node.config.stall_timeout).await {
                     Ok((n, _)) => (first + n, false),
                     Err(n) => return Err(first + n),
                 }
@@ -658,8 +697,15 @@ fn body_buffer(scratch: &mut Vec<u8>) -> &mut [u8] {
     scratch
 }
 
-/// Copies exactly `n` bytes (the caller flushes).
-async fn copy_n<R, W>(from: &mut R, to: &mut W, mut n: u64, scratch: &mut Vec<u8>) -> Result<(), CopyFailed>
+/// Copies exactly `n` bytes (the caller flushes); a side that sends nothing for `stall` counts
+/// as failed.
+async fn copy_n<R, W>(
+    from: &mut R,
+    to: &mut W,
+    mut n: u64,
+    scratch: &mut Vec<u8>,
+    stall: Duration,
+) -> Result<(), CopyFailed>
 where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
@@ -667,9 +713,9 @@ where
     let buf = body_buffer(scratch);
     while n > 0 {
         let want = (n.min(buf.len() as u64)) as usize;
-        let got = match from.read(&mut buf[..want]).await {
-            Ok(0) | Err(_) => return Err(CopyFailed::Read),
-            Ok(k) => k,
+        let got = match tokio::time::timeout(stall, from.read(&mut buf[..want])).await {
+            Ok(Ok(0) | Err(_)) | Err(_) => return Err(CopyFailed::Read),
+            Ok(Ok(k)) => k,
         };
         to.write_all(&buf[..got]).await.map_err(|_| CopyFailed::Write)?;
         n -= got as u64;
@@ -679,12 +725,14 @@ where
 
 /// Copies the rest of a chunked body (with `chunks`) or, without, everything until `from`
 /// ends: the bytes copied, and whether nothing followed the chunked body's end. Err with the
-/// bytes copied when a side failed (or a chunked body was cut short or malformed).
+/// bytes copied when a side failed, or sent nothing for `stall` (or a chunked body was cut
+/// short or malformed).
 async fn copy_rest<R, W>(
     from: &mut R,
     to: &mut W,
     mut chunks: Option<&mut Chunks>,
     scratch: &mut Vec<u8>,
+    stall: Duration,
 ) -> Result<(u64, bool), u64>
 where
     R: AsyncRead + Unpin + ?Sized,
@@ -693,10 +741,10 @@ where
     let buf = body_buffer(scratch);
     let mut sent = 0u64;
     loop {
-        let got = match from.read(buf).await {
-            Ok(0) if chunks.is_none() => return Ok((sent, false)),
-            Ok(0) | Err(_) => return Err(sent),
-            Ok(k) => k,
+        let got = match tokio::time::timeout(stall, from.read(buf)).await {
+            Ok(Ok(0)) if chunks.is_none() => return Ok((sent, false)),
+            Ok(Ok(0) | Err(_)) | Err(_) => return Err(sent),
+            Ok(Ok(k)) => k,
         };
         let (upto, done) = match chunks.as_mut().map(|c| c.feed(&buf[..got])) {
             None | Some(Ok(None)) => (got, false),

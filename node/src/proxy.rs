@@ -813,7 +813,19 @@ async fn handle(
         r
     });
     let (_, sender, _) = guard.as_mut().expect("set above");
-    let mut resp = sender.send_request(req.map(BodyExt::boxed)).await;
+    // The service's answer (its head) must start within the stall timeout of the request.
+    let stall = node.config.stall_timeout;
+    let mut resp = match tokio::time::timeout(stall, sender.send_request(req.map(BodyExt::boxed))).await {
+        Ok(r) => r,
+        Err(_) => {
+            let log = guard.take().expect("set above").2;
+            log.line(request_line(&peer.ip().to_string(), method.as_str(), &path, 504, 0, started));
+            let why = "The service behind the tunnel took the request and did not answer in time.";
+            let mut r = page(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout", why);
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+    };
     if let (Err(_), Some(again)) = (&resp, again) {
         match new_upstream(&node, &holdings, &socket.socket_id, peer).await {
             Ok((mut sender, log)) => {

@@ -65,6 +65,7 @@ fn bad_flags_are_refused_with_a_clear_message() {
         (with_base(d, s, &["--login-rate", "0"]), "must be positive"),
         (with_base(d, s, &["--max-connections-per-source", "0"]), "--max-connections-per-source"),
         (with_base(d, s, &["--idle-timeout-secs", "0"]), "--idle-timeout-secs"),
+        (with_base(d, s, &["--stall-timeout-secs", "0"]), "--stall-timeout-secs"),
         (with_base(d, s, &["--api-tls-cert", s]), "both --api-tls-cert and --api-tls-key"),
         (with_base(d, s, &["--api-tls-cert", s, "--api-tls-key", s]), "no certificate in the PEM file"),
         (with_base(d, s, &["--host", "nope"]), "not an IP"),

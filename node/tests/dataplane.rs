@@ -1858,3 +1858,56 @@ async fn both_http_paths_forward_the_same_fields_and_log_no_control_characters()
         text.lines().filter(|l| l.trim_end_matches('\r').chars().any(|ch| ch.is_control() && ch != '\t')).collect();
     assert!(bad.is_empty(), "log lines with control characters: {bad:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_never_answers_gets_504_and_a_trickled_body_is_cut() {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    let c = TestCluster::builder().nodes(1).arg("--stall-timeout-secs").arg("2").start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, u, api) = ssh_user(&c, dir.path(), 1, "olga").await;
+    let sock = api.connect(&SocketCreate { name: "mute".into(), ..Default::default() }).await.unwrap();
+    // A service that takes connections and requests and never answers.
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mute_port = mute.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = mute.accept().await {
+            held.push(s);
+        }
+    });
+    let n1 = c.nodes[&1].ip.clone();
+    let out = dir.path().join("session.out");
+    let _ssh = ssh_logged(&key, &u.user_name, &n1, sock.tunnels[0].local_port, mute_port, &out);
+    eventually(Duration::from_secs(20), "the tunnel", || {
+        let id = sock.socket_id.clone();
+        let api = api.clone();
+        async move { api.socket(&id).await.ok().filter(|s| s.tunnels[0].session.is_some()).map(|_| ()) }
+    })
+    .await;
+    let name = &sock.dnsname;
+    // Both paths: plain HTTP/1.1 (the hand-written one) and HTTP/1.0 (hyper's).
+    for version in ["1.1", "1.0"] {
+        let mut s = tokio::net::TcpStream::connect(format!("{n1}:8080")).await.unwrap();
+        s.write_all(format!("GET /wait HTTP/{version}\r\nHost: {name}\r\n\r\n").as_bytes()).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut answer)).await.unwrap().unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.contains(" 504 Gateway Timeout"), "HTTP/{version}: {answer}");
+        assert!(started.elapsed() >= Duration::from_millis(1500), "HTTP/{version}: {:?}", started.elapsed());
+    }
+    // A body that stops coming: the connection is ended, not held.
+    let mut s = tokio::net::TcpStream::connect(format!("{n1}:8080")).await.unwrap();
+    s.write_all(format!("POST /up HTTP/1.1\r\nHost: {name}\r\nContent-Length: 100\r\n\r\n0123456789").as_bytes())
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "a trickled body held its connection");
+    eventually(Duration::from_secs(10), "the 504s in the session log", || {
+        let out = out.clone();
+        async move { std::fs::read_to_string(&out).ok().filter(|t| t.matches(" GET /wait 504 ").count() == 2) }
+    })
+    .await;
+}
