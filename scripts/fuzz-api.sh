@@ -53,8 +53,9 @@ status=0
 run() {
   local what="$1"; shift
   echo "== schemathesis: $what, ${SECS} s"
-  "$VENV/bin/schemathesis" run "$API/openapi.json" --checks "$CHECKS" --max-time "$SECS" --workers 2 \
-    --seed 1 --warnings off "$@" >"$MYSOCKET_LOCAL_DIR/$what.out" 2>&1 || status=1
+  # From the cluster's folder: Schemathesis keeps its example cache in the working directory.
+  (cd "$MYSOCKET_LOCAL_DIR" && "$VENV/bin/schemathesis" run "$API/openapi.json" --checks "$CHECKS" \
+    --max-time "$SECS" --workers 2 --seed 1 --warnings off "$@") >"$MYSOCKET_LOCAL_DIR/$what.out" 2>&1 || status=1
   grep -E "^(API Operations|  Tested|Test cases|  [0-9]+ generated)|passed|failures|ST[0-9]+" "$MYSOCKET_LOCAL_DIR/$what.out" | tail -8
   [[ $status -eq 0 ]] || sed -n '/FAILURES/,/SUMMARY/p' "$MYSOCKET_LOCAL_DIR/$what.out" | head -150
 }
