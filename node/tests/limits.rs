@@ -24,6 +24,21 @@ fn rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// The value of one sample of a node's metrics (an operator's call).
+async fn sample(c: &TestCluster, id: u64, key: &str) -> f64 {
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", c.nodes[&id].api_url()))
+        .bearer_auth(&c.operator_token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = text.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no {key}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
 async fn login(http: &reqwest::Client, base: &str, email: &str, password: &str) -> (StatusCode, Option<String>) {
     let r = http
         .post(format!("{base}/login"))
@@ -95,17 +110,7 @@ async fn logins_and_signups_are_rate_limited_per_address_and_per_account() {
     assert_eq!(api.sockets().await.unwrap().len(), 4 - refused);
 
     // The refusals are counted.
-    let metrics = reqwest::Client::new()
-        .get(format!("{base}/metrics"))
-        .bearer_auth(&c.operator_token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let line = metrics.lines().find(|l| l.starts_with(r#"mysocket_refused_total{reason="rate_limit"}"#)).unwrap();
-    assert!(line.split(' ').nth(1).unwrap().parse::<f64>().unwrap() >= 4.0, "{line}");
+    assert!(sample(&c, 1, r#"mysocket_refused_total{reason="rate_limit"}"#).await >= 4.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,21 +337,6 @@ async fn ssh_connections_that_never_log_in_are_bounded() {
         }
     })
     .await;
-}
-
-/// The value of one sample of a node's metrics (an operator's call).
-async fn sample(c: &TestCluster, id: u64, key: &str) -> f64 {
-    let text = reqwest::Client::new()
-        .get(format!("{}/metrics", c.nodes[&id].api_url()))
-        .bearer_auth(&c.operator_token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let line = text.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no {key}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
