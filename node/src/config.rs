@@ -353,6 +353,24 @@ fn bad(msg: impl Into<String>) -> ConfigError {
     ConfigError(msg.into())
 }
 
+/// The operator token in `path`, if the file exists: at least 16 characters, and never the
+/// cluster secret (the two grant different powers). Read at start and again by the node that
+/// bootstraps the cluster (the file may have been written meanwhile).
+pub fn read_operator_token(path: &std::path::Path, cluster_secret: &str) -> Result<Option<String>, ConfigError> {
+    let t = match std::fs::read_to_string(path) {
+        Ok(t) => t.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(bad(format!("cannot read operator token file {}: {e}", path.display()))),
+    };
+    if t.len() < 16 {
+        return Err(bad(format!("the operator token in {} must be at least 16 characters", path.display())));
+    }
+    if t == cluster_secret {
+        return Err(bad("the operator token and the cluster secret must differ: they grant different powers"));
+    }
+    Ok(Some(t))
+}
+
 /// Parses `1=host:port,2=host:port`.
 pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
     let mut out = BTreeMap::new();
@@ -534,27 +552,7 @@ impl Config {
         }
 
         let operator_token_file = pick!(operator_token_file).unwrap_or_else(|| data_dir.join("operator-token"));
-        let operator_token = match std::fs::read_to_string(&operator_token_file) {
-            Ok(t) => {
-                let t = t.trim().to_string();
-                if t.len() < 16 {
-                    return Err(bad(format!(
-                        "the operator token in {} must be at least 16 characters",
-                        operator_token_file.display()
-                    )));
-                }
-                if t == secret {
-                    return Err(bad(
-                        "the operator token and the cluster secret must differ: they grant different powers",
-                    ));
-                }
-                Some(Secret(t))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => {
-                return Err(bad(format!("cannot read operator token file {}: {e}", operator_token_file.display())))
-            }
-        };
+        let operator_token = read_operator_token(&operator_token_file, &secret)?.map(Secret);
         let signup = match pick!(signup).as_deref().map(str::trim) {
             None | Some("open") => Signup::Open,
             Some("closed") => Signup::Closed,

@@ -232,11 +232,12 @@ pub async fn serve_connection<I>(
     let upstream: Arc<Mutex<Option<Upstream>>> = Arc::default();
     let (pool, ours) = (holdings.clone(), upstream.clone());
     let idle_timeout = node.config.idle_timeout;
-    let activity = Arc::new(Activity::default());
+    // Requests in flight, for the idle timeout of HTTP/2 (HTTP/1 has its head deadline).
+    let activity = h2.then(|| Arc::new(Activity::default()));
     let seen = activity.clone();
     let svc = hyper::service::service_fn(move |req| {
         let (node, holdings, upstream) = (node.clone(), holdings.clone(), upstream.clone());
-        let busy = seen.start();
+        let busy = seen.as_ref().map(|a| a.start());
         async move {
             let resp = handle(node, holdings, upstream, peer, scheme, req).await;
             crate::metrics::get().response(scheme, resp.status().as_u16());
@@ -244,8 +245,8 @@ pub async fn serve_connection<I>(
             Ok::<_, Infallible>(resp)
         }
     });
-    activity.now_ms();
-    let ended = if h2 {
+    let ended = if let Some(activity) = activity {
+        activity.now_ms();
         // Bounded: streams at once, header size, a ping that must be answered, and an idle
         // connection (no request in flight for `idle_timeout`) told to go away; HTTP/2 has no
         // head deadline of its own to end a connection that says nothing.

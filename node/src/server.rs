@@ -339,17 +339,12 @@ async fn release_orphans(node: &NodeRef, holdings: &Holdings, started_ms: u64) -
 /// Also whether this call wrote the file.
 fn operator_token_to_give(cfg: &Config) -> anyhow::Result<(String, bool)> {
     let path = &cfg.operator_token_file;
-    match std::fs::read_to_string(path) {
-        Ok(t) if t.trim().len() >= 16 && t.trim() != cfg.cluster_secret.0 => Ok((t.trim().to_string(), false)),
-        Ok(_) => anyhow::bail!("the operator token in {} is too short or equals the cluster secret", path.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let t = crate::auth::new_operator_token();
-            write_private(path, &t)
-                .with_context(|| format!("cannot write the operator token to {}", path.display()))?;
-            Ok((t, true))
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot read the operator token file {}", path.display())),
+    if let Some(t) = crate::config::read_operator_token(path, &cfg.cluster_secret.0)? {
+        return Ok((t, false));
     }
+    let t = crate::auth::new_operator_token();
+    write_private(path, &t).with_context(|| format!("cannot write the operator token to {}", path.display()))?;
+    Ok((t, true))
 }
 
 /// Proposes `cmd`, which carries the hash of the operator token `written` (if this node just

@@ -236,7 +236,10 @@ async fn no_secret_reaches_a_log_line_even_at_trace_level() {
         })
         .await
         .unwrap();
-    // A visitor with the password, through a node that relays nothing (no tunnel: 503).
+    // A visitor with the password, through a node that relays nothing (no tunnel: 503), once
+    // that node has the socket too.
+    let digest = c.converged().await;
+    assert_eq!(digest.sockets, 1);
     let r = reqwest::Client::new()
         .get(format!("http://{}:8080/", c.nodes[&1].ip))
         .header("host", &s.dnsname)
@@ -245,8 +248,6 @@ async fn no_secret_reaches_a_log_line_even_at_trace_level() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let digest = c.converged().await;
-    assert_eq!(digest.sockets, 1);
     let signature = token.rsplit('.').next().unwrap().to_string();
     let secrets = [
         ("the account's password", u.password.clone()),
