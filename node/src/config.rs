@@ -170,6 +170,10 @@ pub struct Flags {
     /// Planted bug for the fault-injection suite (builds with `--features planted-bugs` only).
     #[arg(long, env = "MYSOCKET_PLANTED_BUG")]
     pub planted_bug: Option<String>,
+    /// Size of a snapshot's chunks, sent and accepted (default 1 MiB): the most of a snapshot a
+    /// node holds in memory. Every node of a cluster must use the same. For tests.
+    #[arg(long, hide = true)]
+    pub snapshot_chunk_bytes: Option<usize>,
 }
 
 /// The TOML file: the same settings as the flags, with underscores.
@@ -342,6 +346,8 @@ pub struct Config {
     pub token_ttl: Duration,
     pub log: String,
     pub planted_bug: Option<String>,
+    /// Size of snapshot chunks sent, and the largest accepted.
+    pub snapshot_chunk: usize,
 }
 
 /// A configuration the node refuses to start with.
@@ -657,6 +663,10 @@ impl Config {
         if snapshot_threshold == 0 {
             return Err(bad("--snapshot-threshold must be positive"));
         }
+        let snapshot_chunk = flags.snapshot_chunk_bytes.unwrap_or(1024 * 1024);
+        if !(1024..=crate::peers::MAX_MESSAGE / 2).contains(&snapshot_chunk) {
+            return Err(bad("--snapshot-chunk-bytes must be between 1 KiB and 32 MiB"));
+        }
         let max_ssh_sessions = pick!(max_ssh_sessions).unwrap_or(20);
         if max_ssh_sessions == 0 {
             return Err(bad("--max-ssh-sessions must be positive"));
@@ -695,6 +705,7 @@ impl Config {
             token_ttl: Duration::from_secs(pick!(token_ttl_secs).unwrap_or(5 * 3600)),
             log: pick!(log).unwrap_or_else(|| "info".to_string()),
             planted_bug,
+            snapshot_chunk,
         })
     }
 

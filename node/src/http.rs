@@ -598,7 +598,10 @@ pub(crate) async fn login(
             None => auth::verify_password(&password, decoy_hash()),
         })
         .await?;
-    let Some(acct) = acct.filter(|_| ok) else { return Err(wrong()) };
+    let Some(acct) = acct.filter(|_| ok) else {
+        node.limits.login_failed(&req.email);
+        return Err(wrong());
+    };
     let token = auth::issue_token(&token_key(&node)?, &acct.user_id.to_string(), node.config.token_ttl, now_secs());
     Ok(Json(TokenReply { token }))
 }

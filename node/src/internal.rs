@@ -1,7 +1,9 @@
 //! The internal port: the gRPC server (Raft RPCs, forwarded writes and reads, membership
 //! changes) and relayed public connections share it. After TLS, when the cluster runs it, a
-//! connection's first bytes tell a relay's hello from HTTP/2's preface. Every call and relay
-//! must carry the cluster credential; a caller without it is refused and logged.
+//! connection's first bytes tell a relay's hello from a control connection's
+//! (`peers::CONTROL_MAGIC`, then gRPC). Both carry the cluster credential, checked before the
+//! connection is kept; anything else is closed at once, and every gRPC call carries the
+//! credential too. A caller without it is refused and logged.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use mysocket_api::internal::ReadIndexReply;
 use mysocket_api::internal::SnapshotChunk;
 use mysocket_api::CLUSTER_CREDENTIAL_HEADER;
 use mysocket_raft_store::Request as RegistryRequest;
+use mysocket_raft_store::SnapshotData;
 use mysocket_raft_store::TypeConfig;
 use openraft::type_config::alias::SnapshotMetaOf;
 use openraft::type_config::alias::SnapshotOf;
@@ -41,9 +44,6 @@ use crate::proxy::Io;
 use crate::raft_net::from_blob;
 use crate::raft_net::to_blob;
 use crate::tunnels::Holdings;
-
-/// Largest snapshot a node accepts (the registry is far smaller).
-const MAX_SNAPSHOT: usize = 1024 * 1024 * 1024;
 
 /// Whether `given` is the cluster credential `secret`, compared in constant time (gRPC calls
 /// and relays alike).
@@ -74,6 +74,11 @@ pub struct InternalService {
 
 fn raft_err<E: std::fmt::Display>(e: E) -> Status {
     Status::unavailable(e.to_string())
+}
+
+fn io_status(e: std::io::Error) -> Status {
+    tracing::error!(error = %e, "writing a received snapshot failed");
+    Status::unavailable(format!("cannot store the snapshot: {e}"))
 }
 
 #[tonic::async_trait]
@@ -108,22 +113,38 @@ impl Internal for InternalService {
         let Some(ChunkPayload::Meta(meta)) = first.payload else {
             return Err(Status::invalid_argument("a snapshot stream starts with its meta"));
         };
-        let (vote, meta): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) = serde_json::from_slice(&meta)
+        let (vote, meta, len): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>, u64) = serde_json::from_slice(&meta)
             .map_err(|e| Status::invalid_argument(format!("undecodable snapshot meta: {e}")))?;
-        let mut data = Vec::new();
+        // Straight to disk as it arrives: a node holds one chunk of a snapshot in memory.
+        let most = self.node.config.snapshot_chunk;
+        let mut incoming = self.node.state_machine.receive_snapshot().map_err(io_status)?;
         while let Some(chunk) = stream.next().await {
             match chunk?.payload {
                 Some(ChunkPayload::Data(d)) => {
-                    if data.len() + d.len() > MAX_SNAPSHOT {
-                        return Err(Status::resource_exhausted("snapshot too large"));
+                    if d.len() > most {
+                        return Err(Status::resource_exhausted(format!(
+                            "a snapshot chunk of {} bytes; this node takes at most {most}",
+                            d.len()
+                        )));
                     }
-                    data.extend_from_slice(&d);
+                    if incoming.len() + d.len() as u64 > len {
+                        return Err(Status::invalid_argument("the snapshot is longer than announced"));
+                    }
+                    let w = tokio::task::block_in_place(|| incoming.write(&d));
+                    w.map_err(io_status)?;
                 }
                 _ => return Err(Status::invalid_argument("only data chunks may follow the meta")),
             }
         }
-        tracing::info!(bytes = data.len(), last = ?meta.last_log_id, "received snapshot");
-        let snapshot = SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: data };
+        if incoming.len() != len {
+            return Err(Status::invalid_argument(format!(
+                "the snapshot stream ended after {} of {len} bytes",
+                incoming.len()
+            )));
+        }
+        let data = tokio::task::block_in_place(|| incoming.finish()).map_err(io_status)?;
+        tracing::info!(bytes = len, last = ?meta.last_log_id, "received snapshot");
+        let snapshot = SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot: data };
         let resp = self.node.raft.install_full_snapshot(vote, snapshot).await.map_err(raft_err)?;
         Ok(Response::new(to_blob(&resp)))
     }
@@ -158,6 +179,12 @@ impl Internal for InternalService {
             Err(e) => Err(Retry::Again(e.to_string())),
         };
         Ok(Response::new(to_blob(&r)))
+    }
+
+    async fn failed_logins(&self, req: Request<Blob>) -> Result<Response<Empty>, Status> {
+        let keys: Vec<String> = from_blob(req.get_ref())?;
+        self.node.limits.failed_elsewhere(&keys);
+        Ok(Response::new(Empty {}))
     }
 
     async fn node_status(&self, _req: Request<Empty>) -> Result<Response<NodeStatusReply>, Status> {
@@ -253,14 +280,26 @@ pub async fn serve_port(
                 };
                 if first == crate::relay::MAGIC {
                     crate::relay::serve(io, peer, holdings, secret, planted_stale_holder).await;
-                } else {
-                    // Not a relay: gRPC's to answer (or refuse, for garbage). It holds its place
-                    // in the port's count (and its address's) for as long as the server keeps it.
-                    let (open, closed) = tokio::sync::oneshot::channel::<()>();
-                    let conn = GrpcConn::new(first, io, GrpcInfo { tcp: info, _open: open });
-                    if grpc.send(Ok(conn)).await.is_ok() {
-                        let _ = closed.await;
-                    }
+                    return;
+                }
+                if first != crate::peers::CONTROL_MAGIC {
+                    crate::metrics::get().refused(crate::metrics::Refusal::Unauthenticated);
+                    tracing::info!(%peer, "closed an internal connection that is neither a relay nor a control connection");
+                    return;
+                }
+                let mut io = io;
+                let given = tokio::time::timeout(FIRST_BYTES_TIMEOUT, crate::relay::read_part(&mut io)).await;
+                if !matches!(&given, Ok(Ok(g)) if is_credential(&secret, g)) {
+                    crate::metrics::get().refused(crate::metrics::Refusal::Unauthenticated);
+                    tracing::warn!(%peer, "refused an internal connection without the cluster credential");
+                    return;
+                }
+                // gRPC's to serve. It holds its place in the port's count (and its address's)
+                // for as long as the server keeps it.
+                let (open, closed) = tokio::sync::oneshot::channel::<()>();
+                let conn = GrpcConn::new(Vec::new(), io, GrpcInfo { tcp: info, _open: open });
+                if grpc.send(Ok(conn)).await.is_ok() {
+                    let _ = closed.await;
                 }
             }
         },

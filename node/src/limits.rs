@@ -3,6 +3,10 @@
 //! and sign-up, per account on logins and writes. A caller past a limit gets 429 with
 //! `Retry-After`, a node whose hashing queue is full 503 with `Retry-After`, at once and
 //! without any work done for them.
+//!
+//! Logins per account are limited cluster-wide: every node tells the others of the failed
+//! logins it saw (a batch every quarter second, see `server`), and each takes a token from the
+//! account's bucket for each, so guesses spread over the nodes draw on one budget.
 
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -62,6 +66,16 @@ pub struct Limits {
     login_per_account: Keyed<String>,
     signup_per_source: Keyed<IpAddr>,
     writes_per_account: Keyed<Uuid>,
+    /// Failed logins seen here and not yet told to the other nodes.
+    failed: std::sync::Mutex<Vec<String>>,
+}
+
+/// Most failed logins kept for the next batch to the other nodes; the per-source limit keeps
+/// real batches far smaller.
+const MAX_FAILED_BATCH: usize = 4096;
+
+fn account_key(email: &str) -> String {
+    email.trim().to_lowercase()
 }
 
 impl Limits {
@@ -75,6 +89,7 @@ impl Limits {
             login_per_account: Keyed::new(r.login_per_minute, Duration::from_secs(60), "logins to this account"),
             signup_per_source: Keyed::new(r.signup_per_hour, Duration::from_secs(3600), "sign-ups from your address"),
             writes_per_account: Keyed::new(r.writes_per_second, Duration::from_secs(1), "changes from this account"),
+            failed: Default::default(),
         }
     }
 
@@ -102,7 +117,27 @@ impl Limits {
 
     pub fn login(&self, source: IpAddr, email: &str) -> Result<(), ApiError> {
         self.counted(self.login_per_source.check(&source))?;
-        self.counted(self.login_per_account.check(&email.trim().to_lowercase()))
+        self.counted(self.login_per_account.check(&account_key(email)))
+    }
+
+    /// A login to `email` failed here: the other nodes will hear of it.
+    pub fn login_failed(&self, email: &str) {
+        let mut f = self.failed.lock().expect("failed logins lock");
+        if f.len() < MAX_FAILED_BATCH {
+            f.push(account_key(email));
+        }
+    }
+
+    /// The failed logins to tell the other nodes of, since the last call.
+    pub fn take_failed_logins(&self) -> Vec<String> {
+        std::mem::take(&mut *self.failed.lock().expect("failed logins lock"))
+    }
+
+    /// Failed logins another node saw: each takes a token from its account's bucket here.
+    pub fn failed_elsewhere(&self, keys: &[String]) {
+        for k in keys.iter().take(MAX_FAILED_BATCH) {
+            let _ = self.login_per_account.limiter.check_key(k);
+        }
     }
 
     pub fn signup(&self, source: IpAddr) -> Result<(), ApiError> {

@@ -71,6 +71,8 @@ pub enum Refusal {
     PerSource,
     /// An SSH connection past the node's count of connections still logging in.
     SshStartups,
+    /// An internal-port connection without the cluster credential.
+    Unauthenticated,
 }
 
 impl Refusal {
@@ -80,6 +82,7 @@ impl Refusal {
             Refusal::HashingQueue => "hashing_queue",
             Refusal::SlowBody => "slow_body",
             Refusal::PerSource => "per_source",
+            Refusal::Unauthenticated => "unauthenticated",
             Refusal::SshStartups => "ssh_startups",
         }
     }
@@ -124,7 +127,7 @@ pub struct Metrics {
     unavailable: ByLabel<3>,
     relays_served: ByLabel<4>,
     tunnels_closed: ByLabel<4>,
-    refused: ByLabel<5>,
+    refused: ByLabel<6>,
     orphans_released: Counter,
     state: StateGauges,
 }
@@ -227,9 +230,9 @@ impl Metrics {
         let refused = ByLabel::register(
             r,
             "refused",
-            "Callers refused before any work was done for them: past a rate limit, the password-hashing queue full, a request body too slow, a connection past its address's share of a port, an SSH connection past the count of those still logging in",
+            "Callers refused before any work was done for them: past a rate limit, the password-hashing queue full, a request body too slow, a connection past its address's share of a port, an SSH connection past the count of those still logging in, an internal-port connection without the cluster credential",
             "reason",
-            ["rate_limit", "hashing_queue", "slow_body", "per_source", "ssh_startups"],
+            ["rate_limit", "hashing_queue", "slow_body", "per_source", "ssh_startups", "unauthenticated"],
         );
         let orphans_released = Counter::default();
         r.register(

@@ -1,6 +1,10 @@
 //! Clients to other nodes' internal port: cached gRPC channels per peer address, the cluster
-//! credential on every call, optional TLS, and raised message-size limits; and plain
-//! connections (TLS when the cluster runs it) for relayed public connections.
+//! credential on every connection and every call, optional TLS, and raised message-size
+//! limits; and plain connections (TLS when the cluster runs it) for relayed public connections.
+//!
+//! Every connection presents the credential before anything else: a gRPC connection opens
+//! with `CONTROL_MAGIC` and the credential (then HTTP/2), a relay with its own hello. The
+//! internal port keeps no connection that does not.
 //!
 //! Raft and the other control calls share one connection per peer; each relayed public
 //! connection has a connection of its own. On one HTTP/2 connection a relay moving gigabits
@@ -14,14 +18,12 @@ use std::time::Duration;
 
 use mysocket_api::internal::internal_client::InternalClient;
 use mysocket_api::CLUSTER_CREDENTIAL_HEADER;
+use tokio::io::AsyncWriteExt;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
-use tonic::transport::Certificate;
 use tonic::transport::Channel;
-use tonic::transport::ClientTlsConfig;
 use tonic::transport::Endpoint;
-use tonic::transport::Identity;
 
 use crate::config::InternalTls;
 use crate::proxy::Io;
@@ -33,6 +35,12 @@ pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Time for TLS and the hello once connected.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The first bytes of a gRPC connection on the internal port, followed by the cluster
+/// credential behind a big-endian `u16` length (a relay starts with `relay::MAGIC`).
+pub const CONTROL_MAGIC: &[u8; 8] = b"MSCTRL01";
 
 /// Adds the cluster credential to every outgoing internal call.
 #[derive(Clone)]
@@ -47,40 +55,70 @@ impl Interceptor for Credential {
 
 pub type PeerClient = InternalClient<InterceptedService<Channel, Credential>>;
 
+/// Opens connections to other nodes' internal port: TCP, then TLS when the cluster runs it.
+#[derive(Clone)]
+struct Dialer {
+    secret: Arc<Vec<u8>>,
+    /// The cluster's TLS, and the name to expect (else the address's host).
+    tls: Option<(tokio_rustls::TlsConnector, Option<String>)>,
+}
+
+impl Dialer {
+    async fn dial(&self, addr: &str) -> std::io::Result<Box<dyn Io>> {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+        tcp.set_nodelay(true)?;
+        crate::relay::keep_alive(&tcp);
+        let Some((connector, domain)) = &self.tls else { return Ok(Box::new(tcp)) };
+        let host = match domain {
+            Some(d) => d.clone(),
+            None => addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr).trim_matches(['[', ']']).to_string(),
+        };
+        let name = rustls::pki_types::ServerName::try_from(host)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        Ok(Box::new(tls))
+    }
+
+    /// A connection for gRPC: dialled, then the control hello.
+    async fn control(&self, addr: String) -> std::io::Result<hyper_util::rt::TokioIo<Box<dyn Io>>> {
+        let mut io = self.dial(&addr).await?;
+        let mut hello = Vec::with_capacity(CONTROL_MAGIC.len() + 2 + self.secret.len());
+        hello.extend_from_slice(CONTROL_MAGIC);
+        crate::relay::put_part(&mut hello, &self.secret);
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            io.write_all(&hello).await?;
+            io.flush().await
+        })
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "control hello timed out"))??;
+        Ok(hyper_util::rt::TokioIo::new(io))
+    }
+}
+
 /// The pool of peer channels, keyed by address. tonic channels reconnect by themselves, so an
 /// entry lives as long as the address is used.
 pub struct Peers {
     channels: Mutex<HashMap<String, Channel>>,
     credential: Credential,
-    secret: Vec<u8>,
-    tls: Option<ClientTlsConfig>,
-    /// The same TLS for relay connections, and the name to expect (else the address's host).
-    relay_tls: Option<(tokio_rustls::TlsConnector, Option<String>)>,
+    dialer: Dialer,
 }
 
 impl Peers {
     pub fn new(secret: &str, tls: Option<&InternalTls>) -> Result<Arc<Peers>, String> {
         let value =
             MetadataValue::try_from(secret).map_err(|_| "the cluster secret must be printable ASCII".to_string())?;
-        let relay_tls = match tls {
+        let tls = match tls {
             Some(t) => Some((crate::tls::internal_connector(t)?, t.domain.clone())),
             None => None,
         };
-        let tls = tls.map(|t| {
-            let mut c = ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&t.ca_pem))
-                .identity(Identity::from_pem(&t.cert_pem, &t.key_pem));
-            if let Some(d) = &t.domain {
-                c = c.domain_name(d.clone());
-            }
-            c
-        });
         Ok(Arc::new(Peers {
             channels: Mutex::new(HashMap::new()),
             credential: Credential(value),
-            secret: secret.as_bytes().to_vec(),
-            tls,
-            relay_tls,
+            dialer: Dialer { secret: Arc::new(secret.as_bytes().to_vec()), tls },
         }))
     }
 
@@ -89,18 +127,19 @@ impl Peers {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        // TLS, when the cluster runs it, is the dialer's: the hello travels inside it.
+        let ep = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| tonic::Status::invalid_argument(format!("bad peer address {addr}: {e}")))?
-            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT + HANDSHAKE_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
-        if let Some(tls) = &self.tls {
-            ep = ep.tls_config(tls.clone()).map_err(|e| tonic::Status::internal(format!("internal TLS: {e}")))?;
-        }
-        let ch = ep.connect_lazy();
+        let (dialer, target) = (self.dialer.clone(), addr.to_string());
+        let ch = ep.connect_with_connector_lazy(tower::service_fn(move |_: tonic::transport::Uri| {
+            let (dialer, target) = (dialer.clone(), target.clone());
+            async move { dialer.control(target).await }
+        }));
         map.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }
@@ -114,25 +153,13 @@ impl Peers {
 
     /// The cluster credential, which relays present in their hello.
     pub fn secret(&self) -> &[u8] {
-        &self.secret
+        &self.dialer.secret
     }
 
     /// A new connection to the internal port at `addr` for one relay, through TLS when the
     /// cluster runs it.
     pub async fn dial(&self, addr: &str) -> std::io::Result<Box<dyn Io>> {
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-        tcp.set_nodelay(true)?;
-        crate::relay::keep_alive(&tcp);
-        let Some((connector, domain)) = &self.relay_tls else { return Ok(Box::new(tcp)) };
-        let host = match domain {
-            Some(d) => d.clone(),
-            None => addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr).trim_matches(['[', ']']).to_string(),
-        };
-        let name = rustls::pki_types::ServerName::try_from(host)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        Ok(Box::new(connector.connect(name, tcp).await?))
+        self.dialer.dial(addr).await
     }
 
     /// Forgets a peer's channel, e.g. after it was removed from the cluster.

@@ -59,6 +59,8 @@ const H2_MAX_STREAMS: u32 = 128;
 /// How often an HTTP/2 connection is pinged, and how long the answer may take.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle HTTP/2 connection told to go away has to close before it is dropped.
+const H2_GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
 /// Requests in flight on a connection, and when the last one ended.
 #[derive(Default)]
@@ -264,8 +266,10 @@ pub async fn serve_connection<I>(
                 r = conn.as_mut() => break r,
                 _ = tokio::time::sleep(check) => {
                     if activity.idle_for() >= idle_timeout {
+                        // GOAWAY, then a bounded wait for the client to close: one that never
+                        // answers (not even the GOAWAY's PING) is dropped.
                         conn.as_mut().graceful_shutdown();
-                        break conn.await;
+                        break tokio::time::timeout(H2_GOAWAY_GRACE, conn.as_mut()).await.unwrap_or(Ok(()));
                     }
                 }
             }

@@ -8,9 +8,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use mysocket_api::internal::snapshot_chunk::Payload as ChunkPayload;
 use mysocket_api::internal::Blob;
 use mysocket_api::internal::SnapshotChunk;
+use mysocket_raft_store::SnapshotData;
 use mysocket_raft_store::TypeConfig;
 use openraft::errors::NetworkError;
 use openraft::errors::RPCError;
@@ -38,18 +40,17 @@ use serde::Serialize;
 use crate::peers::PeerClient;
 use crate::peers::Peers;
 
-/// Snapshot data is streamed in chunks of this size.
-const SNAPSHOT_CHUNK: usize = 1024 * 1024;
-
 pub struct NetworkFactory {
     pub peers: Arc<Peers>,
+    /// Snapshot data is streamed in chunks of this size.
+    pub snapshot_chunk: usize,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConn;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerConn {
-        PeerConn { target, addr: node.addr.clone(), peers: self.peers.clone() }
+        PeerConn { target, addr: node.addr.clone(), peers: self.peers.clone(), snapshot_chunk: self.snapshot_chunk }
     }
 }
 
@@ -58,6 +59,7 @@ pub struct PeerConn {
     target: u64,
     addr: String,
     peers: Arc<Peers>,
+    snapshot_chunk: usize,
 }
 
 /// How a failed internal call is reported to openraft.
@@ -123,7 +125,7 @@ impl PeerConn {
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerConn {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -170,24 +172,51 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
     async fn full_snapshot(
         &mut self,
         vote: VoteOf<TypeConfig>,
-        snapshot: SnapshotOf<TypeConfig, Vec<u8>>,
+        snapshot: SnapshotOf<TypeConfig, SnapshotData>,
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let mut client =
             self.peers.client(&self.addr).map_err(|s| Failure::Network(s.message().to_string()).into_streaming())?;
-        let meta = serde_json::to_vec(&(&vote, &snapshot.meta)).expect("snapshot meta serializes");
         let data = snapshot.snapshot;
-        tracing::info!(target_node = self.target, bytes = data.len(), "sending snapshot");
-        // The chunks are produced lazily so at most a couple are buffered at once.
+        let len = data.len();
+        let meta = serde_json::to_vec(&(&vote, &snapshot.meta, len)).expect("snapshot meta serializes");
+        tracing::info!(target_node = self.target, bytes = len, "sending snapshot");
+        // Read from the file a chunk at a time as the stream is polled, so at most a couple
+        // are in memory. A read error ends the stream early, and the receiver, told the
+        // length up front, refuses what it got.
+        let chunk = self.snapshot_chunk;
+        let target = self.target;
+        let rest = futures::stream::unfold((data, 0u64), move |(data, offset)| async move {
+            if offset >= data.len() {
+                return None;
+            }
+            let (data, read) = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; chunk.min((data.len() - offset) as usize)];
+                let r = data.read_at(&mut buf, offset).map(|n| {
+                    buf.truncate(n);
+                    buf
+                });
+                (data, r)
+            })
+            .await
+            .ok()?;
+            match read {
+                Ok(buf) if !buf.is_empty() => {
+                    let next = offset + buf.len() as u64;
+                    Some((SnapshotChunk { payload: Some(ChunkPayload::Data(buf)) }, (data, next)))
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::error!(target_node = target, error = %e, "reading the snapshot file failed");
+                    None
+                }
+            }
+        });
         let chunks =
-            futures::stream::iter(std::iter::once(SnapshotChunk { payload: Some(ChunkPayload::Meta(meta)) }).chain(
-                (0..data.len().div_ceil(SNAPSHOT_CHUNK)).map(move |i| {
-                    let end = ((i + 1) * SNAPSHOT_CHUNK).min(data.len());
-                    SnapshotChunk { payload: Some(ChunkPayload::Data(data[i * SNAPSHOT_CHUNK..end].to_vec())) }
-                }),
-            ));
-        let ttl = option.hard_ttl().max(Duration::from_secs(10));
+            futures::stream::once(async { SnapshotChunk { payload: Some(ChunkPayload::Meta(meta)) } }).chain(rest);
+        // Long enough for the whole file at 10 MB/s.
+        let ttl = option.hard_ttl().max(Duration::from_secs(10 + len / 10_000_000));
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             r = tokio::time::timeout(ttl, client.snapshot(chunks)) => match r {

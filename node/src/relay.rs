@@ -43,8 +43,8 @@ use crate::peers::Peers;
 use crate::proxy::Io;
 use crate::tunnels::Holdings;
 
-/// The first bytes of a relay on the internal port (a gRPC connection starts with HTTP/2's
-/// preface instead).
+/// The first bytes of a relay on the internal port (a gRPC connection starts with
+/// `peers::CONTROL_MAGIC` instead).
 pub const MAGIC: &[u8; 8] = b"MSRELAY1";
 /// Largest data frame: a full SSH packet.
 const FRAME: usize = crate::ssh::SSH_PACKET;
@@ -100,8 +100,7 @@ pub async fn connect(peers: &Peers, addr: &str, open: RelayOpen) -> Result<(Box<
         let mut hello = Vec::with_capacity(64);
         hello.extend_from_slice(MAGIC);
         for part in [peers.secret(), &open.encode_to_vec()[..]] {
-            hello.extend_from_slice(&(part.len() as u16).to_be_bytes());
-            hello.extend_from_slice(part);
+            put_part(&mut hello, part);
         }
         io.write_all(&hello).await.map_err(io_status("relay hello"))?;
         io.flush().await.map_err(io_status("relay hello"))?;
@@ -378,7 +377,14 @@ where
     total
 }
 
-async fn read_part<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, Status> {
+/// Appends one part of a hello: its length as a big-endian `u16`, then its bytes.
+pub(crate) fn put_part(hello: &mut Vec<u8>, part: &[u8]) {
+    hello.extend_from_slice(&(part.len() as u16).to_be_bytes());
+    hello.extend_from_slice(part);
+}
+
+/// Reads one part of a hello.
+pub(crate) async fn read_part<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, Status> {
     let bad = |e: std::io::Error| Status::invalid_argument(format!("unreadable relay hello: {e}"));
     let len = usize::from(r.read_u16().await.map_err(bad)?);
     if len > MAX_HELLO_PART {

@@ -81,7 +81,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         .with_context(|| format!("cannot open the data in {}", cfg.data_dir.display()))?;
     let registry = state_machine.registry();
     let peers = Peers::new(&cfg.cluster_secret.0, cfg.internal_tls.as_ref()).map_err(anyhow::Error::msg)?;
-    let network = NetworkFactory { peers: peers.clone() };
+    let network = NetworkFactory { peers: peers.clone(), snapshot_chunk: cfg.snapshot_chunk };
     let raft = mysocket_raft_store::Raft::new(cfg.id, raft_config(&cfg)?, network, log_store, state_machine.clone())
         .await
         .context("start raft")?;
@@ -117,6 +117,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             .initial_connection_window_size(crate::peers::CONNECTION_WINDOW)
             .http2_keepalive_interval(Some(Duration::from_secs(5)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            // Peers are few; these bound what one connection can ask of the node.
+            .max_concurrent_streams(1024)
+            .http2_max_header_list_size(16 * 1024)
             .add_service(svc);
         let tls = match &cfg.internal_tls {
             Some(t) => Some(crate::tls::internal_acceptor(t).map_err(anyhow::Error::msg).context("internal TLS")?),
@@ -163,6 +166,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     {
         let (node, h, stop) = (node.clone(), holdings.clone(), root.child_token());
         tasks.spawn(async move { duties(node, h, started_ms, stop).await });
+    }
+    {
+        // Failed logins go to the other members, so the limit per account is the cluster's.
+        let (n, stop) = (node.clone(), root.child_token());
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => tell_failed_logins(&n),
+                }
+            }
+        });
     }
     {
         // The rate limits forget callers that went quiet.
@@ -458,4 +473,31 @@ async fn duty_pass(node: &NodeRef, leading: &mut Option<(u64, Instant)>) -> anyh
         tracing::info!("registered node addresses");
     }
     Ok(())
+}
+
+/// Sends the failed logins seen here since the last call to every other member, best effort:
+/// a member that misses a batch only allows a few more guesses.
+fn tell_failed_logins(node: &NodeRef) {
+    let keys = node.limits.take_failed_logins();
+    if keys.is_empty() {
+        return;
+    }
+    let blob = crate::raft_net::to_blob(&keys);
+    let members: Vec<String> = {
+        let m = node.raft.metrics();
+        let m = m.borrow_watched();
+        m.membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != node.id)
+            .map(|(_, n)| n.addr.clone())
+            .collect()
+    };
+    for addr in members {
+        let Ok(mut client) = node.peers.client(&addr) else { continue };
+        let blob = blob.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(1), client.failed_logins(blob)).await;
+        });
+    }
 }

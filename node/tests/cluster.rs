@@ -97,13 +97,18 @@ async fn kill_all_three_keeps_every_acknowledged_write() {
     }
 }
 
+/// A node behind the leader's compacted log catches up by snapshot, streamed to disk as it
+/// arrives: with chunks of at most 4 KiB (the most of a snapshot a node holds in memory at
+/// once; a snapshot used to be buffered whole, up to a fixed cap) it installs a snapshot many
+/// times that size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_behind_a_compacted_log_catches_up_by_snapshot() {
-    let mut c = TestCluster::builder().snapshot_threshold(10).start().await;
+    const CHUNK: u64 = 4096;
+    let mut c = TestCluster::builder().snapshot_threshold(10).arg("--snapshot-chunk-bytes=4096").start().await;
     let had = c.converged().await.last_applied;
     c.kill9(3);
     let api = ApiClient::new([c.nodes[&1].api_url(), c.nodes[&2].api_url()]);
-    create_users(&api, 0..30).await;
+    create_users(&api, 0..60).await;
     // The leader has compacted past everything node 3 has, so only a snapshot can help it.
     let leader = c.agreed_leader(Duration::from_secs(10)).await;
     let la = c.operator(leader);
@@ -115,10 +120,24 @@ async fn node_behind_a_compacted_log_catches_up_by_snapshot() {
     c.restart(3);
     c.wait_ready().await;
     let d = c.converged().await;
-    assert_eq!(d.accounts, 30);
+    assert_eq!(d.accounts, 60);
     let d3 = c.operator(3).digest().await.unwrap();
     assert!(d3.snapshots_installed >= 1, "node 3 caught up without a snapshot: {d3:?}");
-    c.api(3).login(&user(29).email, &user(29).password).await.unwrap();
+    c.api(3).login(&user(59).email, &user(59).password).await.unwrap();
+    let log = c.log(3);
+    let received: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("received snapshot"))
+        .filter_map(|l| l.split("bytes=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(
+        received.iter().any(|&b| b > 4 * CHUNK),
+        "node 3 received no snapshot larger than four chunks: {received:?}"
+    );
+    // Nothing of it is left behind but the snapshot kept.
+    let dir = c.data_dir(3).join("snapshots");
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("current.snapshot")], "in {dir:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,31 +198,58 @@ async fn a_fourth_node_joins_and_one_is_removed_while_writes_continue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_without_the_cluster_credential_is_refused() {
     let c = TestCluster::builder().start().await;
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.node_raft_addr(1)))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    // No credential.
+    let addr = c.node_raft_addr(1);
+    // A bare gRPC connection, as any HTTP/2 client makes: closed before any call is served.
+    let bare = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    let err = InternalClient::new(bare).node_status(Empty {}).await.unwrap_err();
+    assert_ne!(err.code(), tonic::Code::Ok);
+    // The control hello with a wrong credential: closed too.
+    let err = InternalClient::new(control_channel(&addr, "not-the-secret-at-all")).node_status(Empty {}).await;
+    assert!(err.is_err(), "a wrong credential in the hello was served");
+    // The right hello, but calls without the credential, or with a wrong one, also for Raft.
+    let ch = control_channel(&addr, &c.secret);
     let err = InternalClient::new(ch.clone()).node_status(Empty {}).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
-    // A wrong credential, also for a Raft message.
     let mut wrong = InternalClient::with_interceptor(ch.clone(), |mut r: tonic::Request<()>| {
         r.metadata_mut().insert(mysocket_api::CLUSTER_CREDENTIAL_HEADER, "not-the-secret-at-all".parse().unwrap());
         Ok(r)
     });
     let err = wrong.vote(mysocket_api::internal::Blob { json: b"{}".to_vec() }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
-    // The right one works.
+    // The credential on the connection and on the call works.
     let secret = c.secret.clone();
     let mut right = InternalClient::with_interceptor(ch, move |mut r: tonic::Request<()>| {
         r.metadata_mut().insert(mysocket_api::CLUSTER_CREDENTIAL_HEADER, secret.parse().unwrap());
         Ok(r)
     });
     assert_eq!(right.node_status(Empty {}).await.unwrap().get_ref().node_id, 1);
-    assert!(c.log(1).contains("refused internal call"), "the refusal is logged");
+    let log = c.log(1);
+    assert!(log.contains("neither a relay nor a control connection"), "the bare connection's refusal is logged");
+    assert!(log.contains("refused an internal connection without the cluster credential"), "the hello's is");
+    assert!(log.contains("refused internal call"), "the call's refusal is logged");
+    assert!(!log.contains("not-the-secret-at-all"), "a presented credential is never logged");
     // The cluster is unharmed.
     c.api(1).create_user(&user(1)).await.unwrap();
+}
+
+/// A gRPC channel to the internal port at `addr` whose connections open with the control
+/// hello (`MSCTRL01`, then the credential behind a big-endian u16 length).
+fn control_channel(addr: &str, credential: &str) -> tonic::transport::Channel {
+    let (addr, credential) = (addr.to_string(), credential.as_bytes().to_vec());
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_with_connector_lazy(
+        tower::service_fn(move |_: tonic::transport::Uri| {
+            let (addr, credential) = (addr.clone(), credential.clone());
+            async move {
+                use tokio::io::AsyncWriteExt;
+                let mut s = tokio::net::TcpStream::connect(&addr).await?;
+                let mut hello = b"MSCTRL01".to_vec();
+                hello.extend_from_slice(&(credential.len() as u16).to_be_bytes());
+                hello.extend_from_slice(&credential);
+                s.write_all(&hello).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+            }
+        }),
+    )
 }
 
 /// SIGTERM: the API stops taking connections, a request already on its way is answered (and

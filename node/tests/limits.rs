@@ -113,6 +113,37 @@ async fn logins_and_signups_are_rate_limited_per_address_and_per_account() {
     assert!(sample(&c, 1, r#"mysocket_refused_total{reason="rate_limit"}"#).await >= 4.0);
 }
 
+/// Password guesses spread over the nodes draw on one budget per account: each node tells
+/// the others of its failed logins. (Each node used to allow the whole budget on its own, so
+/// three nodes let three times as many guesses through.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_per_account_are_limited_cluster_wide() {
+    let c = TestCluster::builder().arg("--login-rate").arg("6").start().await;
+    c.api(1).create_user(&user(1)).await.unwrap();
+    let email = user(1).email;
+    // Two wrong guesses through each node, each from an address of its own.
+    for (i, id) in [1u64, 2, 3, 1, 2, 3].into_iter().enumerate() {
+        let from = client_from(&format!("127.0.9.{}", 10 + i));
+        let (status, _) = login(&from, &c.nodes[&id].api_url(), &email, "wrong-guess").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "guess {i} through node {id}");
+    }
+    // Six failures in the cluster: once the nodes told each other (a batch every quarter
+    // second), the account's budget is spent on every node, and even the right password
+    // waits, from an address that never tried. One attempt per node: each attempt takes a
+    // token, so retrying would spend the budget without the other nodes' help.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in [1u64, 2, 3] {
+        let from = client_from(&format!("127.0.9.{}", 20 + id));
+        let (status, retry) = login(&from, &c.nodes[&id].api_url(), &email, &user(1).password).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "node {id} let a login through after six failures");
+        assert!(retry.is_some(), "with Retry-After");
+    }
+    // Another account is not held back.
+    c.api(2).create_user(&user(2)).await.unwrap();
+    let from = client_from("127.0.9.30");
+    assert_eq!(login(&from, &c.nodes[&3].api_url(), &user(2).email, &user(2).password).await.0, StatusCode::OK);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_logins_is_bounded_in_memory_and_refused_at_once() {
     let c = TestCluster::builder().nodes(1).start().await;
@@ -236,7 +267,31 @@ async fn idle_http2_connections_are_closed() {
             started.elapsed()
         }));
     }
-    for conn in conns {
+    // And twenty that send HTTP/2's preface and SETTINGS, then read nothing and answer
+    // nothing (no SETTINGS acknowledgement, no PING answer, no reaction to GOAWAY): a node
+    // that waits for the client to agree to go away used to keep these for ever.
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        use tokio::io::AsyncWriteExt;
+        let tcp = tokio::net::TcpStream::connect(format!("{ip}:8443")).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+        silent.push(tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let started = Instant::now();
+            // Only the end of the connection is waited for; what the node sends is dropped
+            // unread by the client's logic, as a peer that never reacts would.
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = tls.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            started.elapsed()
+        }));
+    }
+    for conn in conns.into_iter().chain(silent) {
         let lasted =
             tokio::time::timeout(Duration::from_secs(20), conn).await.expect("an idle connection stays").unwrap();
         assert!(lasted >= Duration::from_millis(1500) && lasted < Duration::from_secs(10), "closed after {lasted:?}");
@@ -339,26 +394,58 @@ async fn ssh_connections_that_never_log_in_are_bounded() {
     .await;
 }
 
+/// The internal port keeps no connection that does not open with the cluster credential
+/// (strangers' HTTP/2 connections used to be handed to gRPC and kept, uncounted), and counts
+/// the gRPC connections it keeps against its cap for as long as they are open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_internal_port_counts_the_grpc_connections_it_keeps() {
+async fn the_internal_port_keeps_only_credentialed_connections_and_counts_them() {
+    use tokio::io::AsyncReadExt;
     use tokio::io::AsyncWriteExt;
-    let c = TestCluster::builder().nodes(1).start().await;
+    let c = TestCluster::builder().start().await;
+    let addr = c.node_raft_addr(1);
     let open = r#"mysocket_connections_open{listener="internal"}"#;
-    let before = sample(&c, 1, open).await;
-    // Strangers' HTTP/2 connections (the preface and nothing else), handed to the gRPC server.
+    let refused = r#"mysocket_refused_total{reason="unauthenticated"}"#;
+    let (open_before, refused_before) = (sample(&c, 1, open).await, sample(&c, 1, refused).await);
+    // 200 strangers' HTTP/2 connections (the preface and nothing else): each is closed.
+    let mut strangers = Vec::new();
+    for _ in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        strangers.push(s);
+    }
+    for (i, s) in strangers.iter_mut().enumerate() {
+        let mut buf = [0u8; 256];
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "stranger {i} still holds its connection to the internal port");
+    }
+    assert!(sample(&c, 1, refused).await >= refused_before + 200.0, "the refusals are counted");
+    // Ten connections that present the credential are kept, and counted while open.
     let mut held = Vec::new();
     for _ in 0..10 {
-        let mut s = tokio::net::TcpStream::connect(c.node_raft_addr(1)).await.unwrap();
-        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let mut hello = b"MSCTRL01".to_vec();
+        hello.extend_from_slice(&(c.secret.len() as u16).to_be_bytes());
+        hello.extend_from_slice(c.secret.as_bytes());
+        hello.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        s.write_all(&hello).await.unwrap();
         held.push(s);
     }
     eventually(Duration::from_secs(10), "the ten connections counted", || async {
-        (sample(&c, 1, open).await >= before + 10.0).then_some(())
+        (sample(&c, 1, open).await >= open_before + 10.0).then_some(())
     })
     .await;
     drop(held);
     eventually(Duration::from_secs(10), "the ten connections gone from the count", || async {
-        (sample(&c, 1, open).await <= before).then_some(())
+        (sample(&c, 1, open).await <= open_before).then_some(())
     })
     .await;
+    // The peers' own connections were never disturbed.
+    c.api(2).create_user(&user(1)).await.unwrap();
 }

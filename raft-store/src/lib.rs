@@ -29,7 +29,9 @@ use rocksdb::ColumnFamilyDescriptor;
 use rocksdb::Options;
 use rocksdb::DB;
 pub use state_machine::Applied;
+pub use state_machine::IncomingSnapshot;
 pub use state_machine::SharedRegistry;
+pub use state_machine::SnapshotData;
 pub use state_machine::StateMachine;
 
 openraft::declare_raft_types!(

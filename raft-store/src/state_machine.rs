@@ -4,11 +4,16 @@
 //! never sees data without the index it belongs to. The batch shares the write-ahead log with
 //! the Raft log, so it is durable no later than the next synced log write, and always before
 //! any log entry it depends on is purged. Snapshots are a consistent
-//! RocksDB view of those rows, stored in one file and streamed to followers in chunks.
+//! RocksDB view of those rows, written to one file a row per line and streamed to followers
+//! in chunks; a received snapshot goes to disk as it arrives and is installed from there, so
+//! no snapshot is ever held whole in memory.
 
 use std::fs;
 use std::io;
+use std::io::BufRead;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::RwLock;
@@ -59,11 +64,119 @@ pub struct Applied {
     pub response: Response,
 }
 
-/// Snapshot file and wire format: the metadata plus every registry row.
+/// First line of a snapshot file (and of its wire form): the metadata. Each later line is one
+/// registry row, `[key, value]`. (Files written before rows had lines of their own carry every
+/// row in `rows` on this line; they are still read.)
 #[derive(Serialize, Deserialize)]
-struct SnapshotFile {
+struct SnapshotHead {
     meta: SnapshotMetaOf<TypeConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     rows: Vec<(String, String)>,
+}
+
+/// A snapshot's bytes, on disk. The file is open, so a newer snapshot taking the path later
+/// does not change what a reader of this one sees; reads are positional, so copies read
+/// independently. A snapshot being received lives in a temporary file that is removed when
+/// the snapshot is dropped without being installed.
+#[derive(Debug)]
+pub struct SnapshotData {
+    file: Arc<fs::File>,
+    len: u64,
+    temp: Option<PathBuf>,
+}
+
+impl SnapshotData {
+    fn open(path: &Path) -> io::Result<SnapshotData> {
+        let file = fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        Ok(SnapshotData { file: Arc::new(file), len, temp: None })
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Another handle on the same bytes (not owning a temporary file).
+    pub fn share(&self) -> SnapshotData {
+        SnapshotData { file: self.file.clone(), len: self.len, temp: None }
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`; 0 at the end.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.file.read_at(buf, offset)
+    }
+
+    fn reader(&self) -> io::BufReader<Positional<'_>> {
+        io::BufReader::with_capacity(256 * 1024, Positional { data: self, pos: 0 })
+    }
+}
+
+impl Drop for SnapshotData {
+    fn drop(&mut self) {
+        if let Some(p) = self.temp.take() {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+struct Positional<'a> {
+    data: &'a SnapshotData,
+    pos: u64,
+}
+
+impl io::Read for Positional<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.data.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// A snapshot being received: its bytes are appended to a temporary file in the node's
+/// snapshot directory as they arrive.
+pub struct IncomingSnapshot {
+    file: io::BufWriter<fs::File>,
+    path: Option<PathBuf>,
+    len: u64,
+}
+
+impl IncomingSnapshot {
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes received so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The complete snapshot, synced to disk, ready to install.
+    pub fn finish(mut self) -> io::Result<SnapshotData> {
+        self.file.flush()?;
+        self.file.get_ref().sync_all()?;
+        let path = self.path.take().expect("an incoming snapshot finishes once");
+        let file = fs::File::open(&path)?;
+        Ok(SnapshotData { file: Arc::new(file), len: self.len, temp: Some(path) })
+    }
+}
+
+impl Drop for IncomingSnapshot {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            let _ = fs::remove_file(p);
+        }
+    }
 }
 
 /// Shared read access to the applied registry, for the API, the proxy and the SSH server.
@@ -91,16 +204,12 @@ impl std::fmt::Debug for StateMachine {
 impl StateMachine {
     pub(crate) fn open(db: Arc<DB>, snapshot_dir: PathBuf) -> io::Result<StateMachine> {
         fs::create_dir_all(&snapshot_dir)?;
-        let cf = db.cf_handle(CF_SM_DATA).expect("sm_data column family exists");
-        let mut raw = Vec::new();
-        for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
-            let (k, v) = item.map_err(other)?;
-            raw.push((
-                String::from_utf8(k.to_vec()).map_err(invalid)?,
-                String::from_utf8(v.to_vec()).map_err(invalid)?,
-            ));
+        // Snapshots whose receiving a crash interrupted.
+        for e in fs::read_dir(&snapshot_dir)?.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = fs::remove_file(e.path());
+            }
         }
-        let mut registry = Registry::from_rows(raw.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(invalid)?;
         let (events, _) = broadcast::channel(4096);
         let mut sm = StateMachine {
             db,
@@ -110,10 +219,36 @@ impl StateMachine {
             installed: Default::default(),
             snapshot_file: Default::default(),
         };
-        let (last, _) = sm.read_meta(None)?;
-        registry.set_applied_index(last.map(|l| l.index()).unwrap_or(0));
-        sm.registry = Arc::new(RwLock::new(registry));
+        sm.registry = Arc::new(RwLock::new(sm.load_registry()?));
         Ok(sm)
+    }
+
+    /// The registry as the database holds it.
+    fn load_registry(&self) -> io::Result<Registry> {
+        let cf = self.db.cf_handle(CF_SM_DATA).expect("sm_data column family exists");
+        let mut raw = Vec::new();
+        for item in self.db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+            let (k, v) = item.map_err(other)?;
+            raw.push((
+                String::from_utf8(k.to_vec()).map_err(invalid)?,
+                String::from_utf8(v.to_vec()).map_err(invalid)?,
+            ));
+        }
+        let mut registry = Registry::from_rows(raw.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(invalid)?;
+        let (last, _) = self.read_meta(None)?;
+        registry.set_applied_index(last.map(|l| l.index()).unwrap_or(0));
+        Ok(registry)
+    }
+
+    fn temp_path(&self) -> PathBuf {
+        self.snapshot_dir.join(format!("{SNAPSHOT_FILE}.{}.tmp", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// Starts receiving a snapshot from a leader into a temporary file.
+    pub fn receive_snapshot(&self) -> io::Result<IncomingSnapshot> {
+        let path = self.temp_path();
+        let file = fs::File::create(&path)?;
+        Ok(IncomingSnapshot { file: io::BufWriter::with_capacity(256 * 1024, file), path: Some(path), len: 0 })
     }
 
     /// The registry as of the last applied entry.
@@ -152,54 +287,80 @@ impl StateMachine {
         Ok((last_applied, membership))
     }
 
-    fn write_snapshot_file(&self, file: &SnapshotFile) -> io::Result<Vec<u8>> {
-        let bytes = serde_json::to_vec(file).map_err(other)?;
-        let index = file.meta.last_log_id.as_ref().map(|l| l.index());
+    /// Makes the complete, synced file at `tmp` (holding the snapshot up to `index`) the
+    /// current snapshot, unless a newer one already is; in that case `tmp` is removed.
+    fn keep_snapshot_file(&self, tmp: &Path, index: Option<u64>) -> io::Result<()> {
         let mut current = self.snapshot_file.lock().expect("snapshot file lock");
         if let (Some(cur), Some(new)) = (*current, index) {
             if new < cur {
-                return Ok(bytes);
+                let _ = fs::remove_file(tmp);
+                return Ok(());
             }
         }
-        let tmp = self.snapshot_dir.join(format!("{SNAPSHOT_FILE}.{}.tmp", uuid::Uuid::new_v4().simple()));
-        {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, self.snapshot_dir.join(SNAPSHOT_FILE))?;
+        fs::rename(tmp, self.snapshot_dir.join(SNAPSHOT_FILE))?;
         if let Ok(d) = fs::File::open(&self.snapshot_dir) {
             let _ = d.sync_all();
         }
         *current = index.or(*current);
-        Ok(bytes)
+        Ok(())
+    }
+
+    /// Keeps `data` as the current snapshot: a file received into this node's snapshot
+    /// directory is renamed, anything else is copied first.
+    fn keep_snapshot(&self, data: &mut SnapshotData, index: Option<u64>) -> io::Result<()> {
+        let tmp = match data.temp.take() {
+            Some(p) if p.parent() == Some(self.snapshot_dir.as_path()) => p,
+            other => {
+                data.temp = other;
+                let tmp = self.temp_path();
+                let mut out = fs::File::create(&tmp)?;
+                io::copy(&mut data.reader(), &mut out)?;
+                out.sync_all()?;
+                tmp
+            }
+        };
+        self.keep_snapshot_file(&tmp, index)
     }
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    type SnapshotData = Vec<u8>;
+fn encode_line<T: Serialize>(out: &mut impl Write, value: &T) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, value).map_err(other)?;
+    out.write_all(b"\n")
+}
 
-    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, Vec<u8>>, io::Error> {
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             // One RocksDB snapshot for rows and metadata: a consistent point even while
-            // entries keep being applied.
+            // entries keep being applied. Rows go straight from it to the file.
             let snap = this.db.snapshot();
             let (last_applied, membership) = this.read_meta(Some(&snap))?;
-            let cf = this.db.cf_handle(CF_SM_DATA).expect("sm_data column family exists");
-            let mut rows = Vec::new();
-            for item in snap.iterator_cf(cf, rocksdb::IteratorMode::Start) {
-                let (k, v) = item.map_err(other)?;
-                rows.push((
-                    String::from_utf8(k.to_vec()).map_err(invalid)?,
-                    String::from_utf8(v.to_vec()).map_err(invalid)?,
-                ));
-            }
             let meta = SnapshotMetaOf::<TypeConfig> { last_log_id: last_applied, last_membership: membership };
-            let file = SnapshotFile { meta: meta.clone(), rows };
-            let bytes = this.write_snapshot_file(&file)?;
-            tracing::info!(last = ?meta.last_log_id, bytes = bytes.len(), "built snapshot");
-            Ok(SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: bytes })
+            let tmp = this.temp_path();
+            let written = (|| {
+                let mut out = io::BufWriter::with_capacity(256 * 1024, fs::File::create(&tmp)?);
+                encode_line(&mut out, &SnapshotHead { meta: meta.clone(), rows: Vec::new() })?;
+                let cf = this.db.cf_handle(CF_SM_DATA).expect("sm_data column family exists");
+                for item in snap.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+                    let (k, v) = item.map_err(other)?;
+                    let row = (std::str::from_utf8(&k).map_err(invalid)?, std::str::from_utf8(&v).map_err(invalid)?);
+                    encode_line(&mut out, &row)?;
+                }
+                let file = out.into_inner().map_err(|e| e.into_error())?;
+                file.sync_all()?;
+                io::Result::Ok(())
+            })();
+            if let Err(e) = written {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+            let data = SnapshotData::open(&tmp)?;
+            this.keep_snapshot_file(&tmp, meta.last_log_id.as_ref().map(|l| l.index()))?;
+            tracing::info!(last = ?meta.last_log_id, bytes = data.len(), "built snapshot");
+            Ok(SnapshotOf::<TypeConfig, SnapshotData> { meta, snapshot: data })
         })
         .await
         .map_err(other)?
@@ -207,7 +368,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = Vec<u8>;
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = Self;
 
     async fn applied_state(
@@ -289,20 +450,31 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMetaOf<TypeConfig>,
-        snapshot: Vec<u8>,
+        mut snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        let file: SnapshotFile = serde_json::from_slice(&snapshot).map_err(invalid)?;
-        let mut registry =
-            Registry::from_rows(file.rows.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(invalid)?;
-        registry.set_applied_index(meta.last_log_id.as_ref().map(|l| l.index()).unwrap_or(0));
         let cf_data = self.db.cf_handle(CF_SM_DATA).expect("sm_data column family exists");
         let cf_meta = self.db.cf_handle(CF_SM_META).expect("sm_meta column family exists");
+        // One batch replaces every row and the metadata, so a crash leaves the old state or
+        // the new one. The file is read a line at a time.
         let mut batch = WriteBatch::default();
         for item in self.db.iterator_cf(cf_data, rocksdb::IteratorMode::Start) {
             let (k, _) = item.map_err(other)?;
             batch.delete_cf(cf_data, k);
         }
-        for (k, v) in &file.rows {
+        let mut lines = snapshot.reader().lines();
+        let head: SnapshotHead =
+            serde_json::from_str(&lines.next().ok_or_else(|| invalid("empty snapshot"))??).map_err(invalid)?;
+        if head.meta.last_log_id != meta.last_log_id {
+            return Err(invalid(format!(
+                "snapshot file holds {:?}, not the announced {:?}",
+                head.meta.last_log_id, meta.last_log_id
+            )));
+        }
+        for (k, v) in &head.rows {
+            batch.put_cf(cf_data, k, v);
+        }
+        for line in lines {
+            let (k, v): (String, String) = serde_json::from_str(&line?).map_err(invalid)?;
             batch.put_cf(cf_data, k, v);
         }
         batch.put_cf(cf_meta, KEY_LAST_APPLIED, serde_json::to_vec(&meta.last_log_id).map_err(other)?);
@@ -310,21 +482,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut o = WriteOptions::default();
         o.set_sync(true);
         self.db.write_opt(batch, &o).map_err(other)?;
-        self.write_snapshot_file(&SnapshotFile { meta: meta.clone(), rows: file.rows })?;
+        let registry = self.load_registry()?;
+        self.keep_snapshot(&mut snapshot, meta.last_log_id.as_ref().map(|l| l.index()))?;
         *self.registry.write().expect("registry lock") = registry;
         self.installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(last = ?meta.last_log_id, "installed snapshot");
+        tracing::info!(last = ?meta.last_log_id, bytes = snapshot.len(), "installed snapshot");
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, Vec<u8>>>, io::Error> {
-        let path = self.snapshot_dir.join(SNAPSHOT_FILE);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
+        let data = match SnapshotData::open(&self.snapshot_dir.join(SNAPSHOT_FILE)) {
+            Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let file: SnapshotFile = serde_json::from_slice(&bytes).map_err(invalid)?;
-        Ok(Some(SnapshotOf::<TypeConfig, Vec<u8>> { meta: file.meta, snapshot: bytes }))
+        let head: SnapshotHead = match data.reader().lines().next() {
+            Some(line) => serde_json::from_str(&line?).map_err(invalid)?,
+            None => return Err(invalid("empty snapshot file")),
+        };
+        Ok(Some(SnapshotOf::<TypeConfig, SnapshotData> { meta: head.meta, snapshot: data }))
     }
 }

@@ -101,7 +101,7 @@ async fn snapshot_installs_the_same_state_elsewhere() {
     let b = TempDir::new().unwrap();
     let (_, mut sm_b) = open(b.path()).unwrap();
     apply(&mut sm_b, vec![entry(1, account(999))]).await;
-    sm_b.install_snapshot(&snap.meta, snap.snapshot.clone()).await.unwrap();
+    sm_b.install_snapshot(&snap.meta, snap.snapshot.share()).await.unwrap();
     assert_eq!(sm_b.registry().read().unwrap().digest(), sm_a.registry().read().unwrap().digest());
     assert_eq!(sm_b.snapshots_installed(), 1);
     drop(sm_b);
@@ -143,7 +143,7 @@ async fn a_snapshot_build_racing_an_install_fails_neither() {
         let mut builder = sm_b.get_snapshot_builder().await;
         let mut installer = sm_b.clone();
         let (built, installed) =
-            tokio::join!(builder.build_snapshot(), installer.install_snapshot(&snap.meta, snap.snapshot.clone()));
+            tokio::join!(builder.build_snapshot(), installer.install_snapshot(&snap.meta, snap.snapshot.share()));
         built.expect("build");
         installed.expect("install");
     }
