@@ -64,6 +64,10 @@ for seed in 1 2; do
 done
 echo "reports in $RUNS"
 
+echo "== hostile clients: one attacker process per attack against a three-node cluster (mysocket-hostile)"
+"$CARGO_TARGET_DIR/release/mysocket-hostile" --out "$RUNS/hostile"
+rm -rf "$RUNS/hostile"/node-[0-9] "$RUNS/hostile"/home-*
+
 echo "== API fuzzing: Schemathesis against a live three-node cluster (scripts/fuzz-api.sh)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}" scripts/fuzz-api.sh
 

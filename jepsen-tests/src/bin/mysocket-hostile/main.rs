@@ -1,0 +1,360 @@
+//! `mysocket-hostile`: the hostile-client suite. A three-node cluster of real `mysocketd`
+//! processes with the default limits, an honest tenant (a real `mysocketctl connect` serving a
+//! local web service) whose traffic is measured all along, and one attacker process per attack
+//! against node 1. For each attack the report gives the honest tenant's requests/s, p99 and
+//! API writes before, during and after it, the nodes' resident memory and open file
+//! descriptors, what the attacker was answered, the refusals the node counted, and whether
+//! the registry changed; each against the bounds stated in [`Bounds`].
+//!
+//! Exit code: 0 every bound held, 1 one did not, 2 the harness failed.
+
+mod attacks;
+mod cluster;
+mod honest;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use clap::Subcommand;
+use serde::Serialize;
+
+use crate::attacks::Plan;
+use crate::attacks::Seen;
+use crate::cluster::Cluster;
+use crate::honest::Honest;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mysocket-hostile",
+    about = "Attacks a three-node mysocket cluster while an honest tenant measures the service it gets"
+)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Minutes of attack: two minutes each, with the nodes' default idle and stall timeouts
+    /// (the short run, for CI, attacks for 12 s each with both timeouts at 10 s).
+    #[arg(long)]
+    long: bool,
+    /// Only these attacks (comma separated; default all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Report folder (default `hostile-runs/<unix time>`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Folder of `mysocketd` and `mysocketctl` (default: next to this binary).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Runs one attack (the suite starts one process per attack).
+    #[command(hide = true)]
+    Attack {
+        name: String,
+        #[arg(long)]
+        plan: String,
+        #[arg(long)]
+        seconds: u64,
+    },
+}
+
+/// What every attack must leave the cluster and the honest tenant, stated up front.
+#[derive(Clone, Debug, Serialize)]
+struct Bounds {
+    /// Most a node's resident memory may grow over its level before the attack (MiB).
+    rss_growth_mib: u64,
+    /// Most a node's open file descriptors may grow over their level before the attack.
+    fd_growth: u64,
+    /// Least share of its baseline requests/s the honest tenant keeps during the attack
+    /// (the attacker runs on the same two cores as the three nodes).
+    share_during: f64,
+    /// ... and after it.
+    share_after: f64,
+    /// Most of the honest tenant's requests that may fail during and after the attack.
+    honest_errors: f64,
+    /// Least share of the honest tenant's API writes that succeed during the attack.
+    writes_ok_during: f64,
+}
+
+const BOUNDS: Bounds = Bounds {
+    rss_growth_mib: 160,
+    fd_growth: 700,
+    share_during: 0.5,
+    share_after: 0.7,
+    honest_errors: 0.01,
+    writes_ok_during: 0.9,
+};
+
+/// The honest tenant's service in one phase.
+#[derive(Clone, Debug, Default, Serialize)]
+struct Service {
+    requests_per_s: f64,
+    p99_ms: f64,
+    failed: u64,
+    writes_per_s: f64,
+    writes_failed: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct AttackResult {
+    name: String,
+    what: String,
+    before: Service,
+    during: Service,
+    after: Service,
+    share_during: f64,
+    share_after: f64,
+    /// Per node: resident memory (MiB) before, and the most during and after.
+    rss_mib: Vec<(u64, u64)>,
+    /// Per node: open file descriptors before, and the most during and after.
+    fds: Vec<(u64, u64)>,
+    /// What node 1 counted in `mysocket_refused_total`, by reason, during the attack.
+    refused: BTreeMap<String, u64>,
+    attacker: Seen,
+    registry_unchanged: bool,
+    failures: Vec<String>,
+}
+
+impl AttackResult {
+    /// The honest tenant's service, in one line.
+    fn honest(&self) -> String {
+        format!(
+            "{:.0} → {:.0} → {:.0} req/s ({:.2}, {:.2}); p99 {:.1} / {:.1} ms",
+            self.before.requests_per_s,
+            self.during.requests_per_s,
+            self.after.requests_per_s,
+            self.share_during,
+            self.share_after,
+            self.before.p99_ms,
+            self.during.p99_ms
+        )
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    if let Some(Cmd::Attack { name, plan, seconds }) = &args.cmd {
+        let plan: Plan = serde_json::from_str(plan).expect("attack plan");
+        let seen = rt.block_on(attacks::run(name, plan, *seconds));
+        println!("{}", serde_json::to_string(&seen).expect("json"));
+        return;
+    }
+    match rt.block_on(suite(&args)) {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("mysocket-hostile: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn suite(args: &Args) -> anyhow::Result<bool> {
+    let names: Vec<String> = if args.only.is_empty() {
+        attacks::NAMES.iter().map(|s| s.to_string()).collect()
+    } else {
+        for n in &args.only {
+            anyhow::ensure!(
+                attacks::NAMES.contains(&n.as_str()),
+                "unknown attack {n}; one of {}",
+                attacks::NAMES.join(", ")
+            );
+        }
+        args.only.clone()
+    };
+    let (before, attack, after) = if args.long { (10, 120, 20) } else { (5, 12, 6) };
+    let bin_dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?.parent().context("binary folder")?.to_path_buf(),
+    };
+    let out = args.out.clone().unwrap_or_else(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        PathBuf::from(format!("hostile-runs/{t}"))
+    });
+    std::fs::create_dir_all(&out)?;
+    let out = out.canonicalize()?;
+    println!("mysocket-hostile: {} attacks, {attack} s each; report in {}", names.len(), out.display());
+
+    let timeouts = if args.long { None } else { Some(10) };
+    let mut cluster = Cluster::start(&bin_dir, &out, timeouts).await?;
+    let honest = Honest::start(&bin_dir, &out).await?;
+    let plan = honest.plan(&cluster)?;
+    let started = Instant::now();
+    let load = honest.run_load(&cluster, started);
+    let sampler = cluster.sample_processes(started);
+
+    let mut results = Vec::new();
+    for name in &names {
+        println!("== {name}: {}", attacks::describe(name));
+        let counts0 = honest.registry_counts(&cluster).await?;
+        let refused0 = cluster.refused(1).await?;
+        let t0 = started.elapsed();
+        tokio::time::sleep(Duration::from_secs(before)).await;
+        let t1 = started.elapsed();
+        let child = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["attack", name, "--seconds", &attack.to_string(), "--plan", &serde_json::to_string(&plan)?])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let output = tokio::time::timeout(Duration::from_secs(attack + 120), child.wait_with_output())
+            .await
+            .context("the attacker did not stop")??;
+        let seen: Seen = serde_json::from_slice(&output.stdout)
+            .with_context(|| format!("the attacker's report: {}", String::from_utf8_lossy(&output.stdout)))?;
+        let t2 = started.elapsed();
+        let refused1 = cluster.refused(1).await?;
+        tokio::time::sleep(Duration::from_secs(after)).await;
+        let t3 = started.elapsed();
+        let counts1 = honest.registry_counts(&cluster).await?;
+
+        let service = |a, b| load.service(a, b);
+        let (pre, during, post) = (service(t0, t1), service(t1, t2), service(t2, t3));
+        let share = |s: &Service| if pre.requests_per_s > 0.0 { s.requests_per_s / pre.requests_per_s } else { 0.0 };
+        let (share_during, share_after) = (share(&during), share(&post));
+        let (rss_mib, fds) = sampler.levels(t0, t1, t3);
+        let refused: BTreeMap<String, u64> = refused1
+            .iter()
+            .map(|(k, v)| (k.clone(), v.saturating_sub(*refused0.get(k).unwrap_or(&0))))
+            .filter(|(_, v)| *v > 0)
+            .collect();
+        let mut failures = Vec::new();
+        for (i, (b, m)) in rss_mib.iter().enumerate() {
+            if m.saturating_sub(*b) > BOUNDS.rss_growth_mib {
+                failures.push(format!("node {}'s memory grew from {b} to {m} MiB", i + 1));
+            }
+        }
+        for (i, (b, m)) in fds.iter().enumerate() {
+            if m.saturating_sub(*b) > BOUNDS.fd_growth {
+                failures.push(format!("node {}'s open files grew from {b} to {m}", i + 1));
+            }
+        }
+        if share_during < BOUNDS.share_during {
+            failures.push(format!("the honest tenant kept {share_during:.2} of its requests/s during the attack"));
+        }
+        if share_after < BOUNDS.share_after {
+            failures.push(format!("the honest tenant kept {share_after:.2} of its requests/s after the attack"));
+        }
+        for (phase, s) in [("during", &during), ("after", &post)] {
+            let total = s.requests_per_s * (if phase == "during" { t2 - t1 } else { t3 - t2 }).as_secs_f64();
+            if s.failed as f64 > BOUNDS.honest_errors * total.max(1.0) {
+                failures.push(format!("{} of the honest tenant's requests failed {phase} the attack", s.failed));
+            }
+        }
+        let writes = during.writes_per_s * (t2 - t1).as_secs_f64();
+        if writes + (during.writes_failed as f64) > 0.0
+            && writes / (writes + during.writes_failed as f64) < BOUNDS.writes_ok_during
+        {
+            failures
+                .push(format!("{} of the honest tenant's API writes failed during the attack", during.writes_failed));
+        }
+        let registry_unchanged = counts0 == counts1;
+        if !registry_unchanged {
+            failures.push(format!("the registry changed: accounts, sockets, tunnels {counts0:?} then {counts1:?}"));
+        }
+        let r = AttackResult {
+            name: name.clone(),
+            what: attacks::describe(name).to_string(),
+            before: pre,
+            during,
+            after: post,
+            share_during,
+            share_after,
+            rss_mib,
+            fds,
+            refused,
+            attacker: seen,
+            registry_unchanged,
+            failures,
+        };
+        println!(
+            "   honest {}; attacker {:?}; refused {:?}{}",
+            r.honest(),
+            r.attacker.outcomes,
+            r.refused,
+            if r.failures.is_empty() { String::new() } else { format!("\n   FAILED: {}", r.failures.join("; ")) }
+        );
+        results.push(r);
+    }
+    drop(load);
+    honest.stop();
+    cluster.stop();
+    let ok = results.iter().all(|r| r.failures.is_empty());
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(
+            &serde_json::json!({"bounds": BOUNDS, "attack_seconds": attack, "long": args.long, "attacks": results}),
+        )?,
+    )?;
+    std::fs::write(out.join("report.md"), report(&results, attack, args.long))?;
+    println!(
+        "mysocket-hostile: {} ({} of {} attacks within bounds); report {}",
+        if ok { "PASS" } else { "FAIL" },
+        results.iter().filter(|r| r.failures.is_empty()).count(),
+        results.len(),
+        out.join("report.md").display()
+    );
+    Ok(ok)
+}
+
+fn report(results: &[AttackResult], attack: u64, long: bool) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Hostile clients against a three-node cluster\n");
+    let _ = writeln!(
+        s,
+        "Each attack ran {attack} s from its own process against node 1, with the nodes' default limits{}; an honest \
+         tenant (`mysocketctl connect` to node 1, four keep-alive clients through nodes 1 and 2, one API writer \
+         creating and deleting a socket) measured the service before, during and after it.\n",
+        if long { " and timeouts" } else { " (idle and stall timeouts at 10 s, so they show within the run)" }
+    );
+    let b = &BOUNDS;
+    let _ = writeln!(
+        s,
+        "Bounds: per node, memory at most +{} MiB and open files at most +{} over their level before the attack; \
+         the honest tenant keeps at least {:.0}% of its baseline requests/s during the attack and {:.0}% after, \
+         at most {:.0}% of its requests fail, at least {:.0}% of its API writes succeed; the registry's accounts, \
+         sockets and tunnels are unchanged.\n",
+        b.rss_growth_mib,
+        b.fd_growth,
+        b.share_during * 100.0,
+        b.share_after * 100.0,
+        b.honest_errors * 100.0,
+        b.writes_ok_during * 100.0
+    );
+    let _ = writeln!(
+        s,
+        "| attack | honest req/s before → during → after (shares); p99 before / during | API writes/s during (failed) | node 1 memory MiB before → most | node 1 open files before → most | attacker was answered | node 1 refused | verdict |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    for r in results {
+        let outcomes: Vec<String> = r.attacker.outcomes.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let refused: Vec<String> = r.refused.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.1} ({}) | {} → {} | {} → {} | {}{} | {} | {} |",
+            r.name,
+            r.honest(),
+            r.during.writes_per_s,
+            r.during.writes_failed,
+            r.rss_mib[0].0,
+            r.rss_mib[0].1,
+            r.fds[0].0,
+            r.fds[0].1,
+            outcomes.join(", "),
+            r.attacker.median_close_ms.map(|m| format!("; median close after {m} ms")).unwrap_or_default(),
+            if refused.is_empty() { "-".to_string() } else { refused.join(", ") },
+            if r.failures.is_empty() { "held".to_string() } else { format!("**failed**: {}", r.failures.join("; ")) }
+        );
+    }
+    let _ = writeln!(s, "\nWhat each attack does:\n");
+    for r in results {
+        let _ = writeln!(s, "- `{}`: {}", r.name, r.what);
+    }
+    s
+}
