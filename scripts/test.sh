@@ -51,6 +51,10 @@ else
   exit 1
 fi
 
+echo "== clippy (the release profile, so it reuses the build's RocksDB; warnings fail)"
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+cargo clippy --release --workspace --all-targets --locked -- -D warnings
+
 echo "== tests"
 cargo test --release --workspace --locked -- --test-threads 2
 

@@ -25,9 +25,10 @@ use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use crate::cluster::NodeRef;
+use crate::forwarding::is_hop_by_hop;
+use crate::forwarding::tokens;
+use crate::forwarding::Fate;
 use crate::prefixed::Prefixed;
-use crate::proxy::is_hop_by_hop;
-use crate::proxy::tokens;
 use crate::proxy::Io;
 use crate::proxy::LogSink;
 use crate::tunnels::Holdings;
@@ -174,7 +175,7 @@ struct Conn<S> {
     /// Bytes from the service not yet forwarded.
     rbuf: Vec<u8>,
     scratch: Vec<u8>,
-    /// The client's address as `X-Forwarded-For` gives it.
+    /// The client's address as the log shows it.
     peer_ip: String,
     /// The stream the last request went through, while it can take another.
     up: Option<Upstream>,
@@ -225,7 +226,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             let mut scanned = 0;
             let req = loop {
                 let parsed = if worth_parsing(&self.buf, scanned) {
-                    prepare(&self.node, &self.buf, &self.peer_ip, self.scheme, &mut self.out)
+                    prepare(&self.node, &self.buf, self.peer.ip(), self.scheme, &mut self.out)
                 } else {
                     Prepared::Partial
                 };
@@ -516,11 +517,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     }
 }
 
-/// Request fields the service does not get from the client, besides the hop-by-hop ones (they
-/// concern the public connection, not the stream through the tunnel, which stays open whatever
-/// the client said of its own): those the edge sets itself.
-const SET_BY_THE_EDGE: [&str; 2] = ["x-forwarded-proto", "x-forwarded-host"];
-
 /// Whether `buf` is worth parsing (again): nothing of it was looked at yet, or the bytes past
 /// `scanned` complete a line. A head ends with a line, and a bad byte shows when its line
 /// is parsed; so junk is refused as it comes, while a head that comes a few bytes at a time is
@@ -534,9 +530,16 @@ fn is(name: &str, want: &str) -> bool {
     name.eq_ignore_ascii_case(want)
 }
 
+fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Parses a request head in `buf` and, for a request this path forwards, writes the head for
-/// the service into `out`.
-fn prepare(node: &NodeRef, buf: &[u8], peer_ip: &str, scheme: &str, out: &mut Vec<u8>) -> Prepared {
+/// the service into `out`, its fields as [`crate::forwarding`] decides.
+fn prepare(node: &NodeRef, buf: &[u8], peer_ip: std::net::IpAddr, scheme: &str, out: &mut Vec<u8>) -> Prepared {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut r = httparse::Request::new(&mut headers);
     let head_len = match r.parse(buf) {
@@ -549,7 +552,7 @@ fn prepare(node: &NodeRef, buf: &[u8], peer_ip: &str, scheme: &str, out: &mut Ve
         return Prepared::Other;
     }
     let (mut host, mut body, mut close, mut authorization) = (None, None, false, None);
-    let mut connection_options: Vec<&[u8]> = Vec::new();
+    let mut connection: Vec<&[u8]> = Vec::new();
     for h in r.headers.iter() {
         if is(h.name, "host") {
             if host.is_some() {
@@ -571,8 +574,8 @@ fn prepare(node: &NodeRef, buf: &[u8], peer_ip: &str, scheme: &str, out: &mut Ve
                     return Prepared::Other;
                 }
                 close |= t.eq_ignore_ascii_case(b"close");
-                connection_options.push(t);
             }
+            connection.push(h.value);
         } else if is(h.name, "authorization") && authorization.is_none() {
             authorization = Some(h.value);
         }
@@ -588,31 +591,19 @@ fn prepare(node: &NodeRef, buf: &[u8], peer_ip: &str, scheme: &str, out: &mut Ve
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let policy = crate::forwarding::Request::new(connection, protected);
     let mut forwarded_for = Vec::new();
     for h in r.headers.iter() {
-        let dropped = is_hop_by_hop(h.name, &connection_options) || SET_BY_THE_EDGE.iter().any(|n| is(h.name, n));
-        if dropped || (protected && is(h.name, "authorization")) {
-            continue;
+        match policy.fate(h.name) {
+            Fate::Drop => {}
+            Fate::ForwardedFor => forwarded_for.push(h.value),
+            Fate::Forward => put_field(out, h.name.as_bytes(), h.value),
         }
-        if is(h.name, "x-forwarded-for") {
-            // What proxies before us said, then the client as we saw it.
-            forwarded_for.extend_from_slice(h.value);
-            forwarded_for.extend_from_slice(b", ");
-            continue;
-        }
-        out.extend_from_slice(h.name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"x-forwarded-for: ");
-    out.extend_from_slice(&forwarded_for);
-    out.extend_from_slice(peer_ip.as_bytes());
-    out.extend_from_slice(b"\r\nx-forwarded-proto: ");
-    out.extend_from_slice(scheme.as_bytes());
-    out.extend_from_slice(b"\r\nx-forwarded-host: ");
-    out.extend_from_slice(host.as_bytes());
-    out.extend_from_slice(b"\r\n\r\n");
+    for (name, value) in crate::forwarding::edge_fields(forwarded_for, peer_ip, scheme, Some(host.as_bytes())) {
+        put_field(out, name.as_bytes(), &value);
+    }
+    out.extend_from_slice(b"\r\n");
     Prepared::Forward(Req {
         head_len,
         socket_id,

@@ -15,7 +15,8 @@
 //! - [`ssh`], [`tunnels`]: the SSH tunnel server and the tunnels this node holds.
 //! - [`h1`], [`proxy`], [`relay`]: public HTTP endpoints routed by Host (plain HTTP/1.1
 //!   requests on a path of their own, the rest through hyper); relaying a connection to the
-//!   node that holds the tunnel.
+//!   node that holds the tunnel; [`forwarding`], the one policy both HTTP paths apply to a
+//!   request's fields.
 //! - [`tcp`], [`tls`]: listeners for tcp/tls sockets; TLS with the cluster certificate.
 //! - [`server`]: start-up, background duties and graceful shutdown.
 
@@ -26,6 +27,7 @@ pub mod bootstrap;
 pub mod cluster;
 pub mod config;
 pub mod dashboard;
+pub mod forwarding;
 pub mod h1;
 pub mod http;
 pub mod internal;

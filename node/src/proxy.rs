@@ -31,28 +31,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::cluster::NodeRef;
+use crate::forwarding::Fate;
 use crate::tunnels::Holding;
 use crate::tunnels::Holdings;
-
-/// Fields that concern one connection only (a public one, or one through a tunnel) and are
-/// never passed across (with, in a response, the fields its `Connection` names).
-pub const HOP_BY_HOP: [&str; 3] = ["connection", "keep-alive", "proxy-connection"];
-/// Fields that stay even when a `Connection` field names them: the target and the framing of
-/// a message are not one side's to take away (a body framed by a length the other side never
-/// sees would be read as the next request).
-pub const NEVER_DROPPED: [&str; 3] = ["host", "content-length", "transfer-encoding"];
-
-/// The comma-separated tokens of a field value (`Connection`, `Transfer-Encoding`), trimmed.
-pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|b| *b == b',').map(|t| t.trim_ascii())
-}
-
-/// Whether `name` is hop-by-hop in a message whose `Connection` fields hold `options`.
-pub fn is_hop_by_hop(name: &str, options: &[&[u8]]) -> bool {
-    HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
-        || (options.iter().any(|o| o.eq_ignore_ascii_case(name.as_bytes()))
-            && !NEVER_DROPPED.iter().any(|n| name.eq_ignore_ascii_case(n)))
-}
 
 /// Streams one public HTTP/2 connection may have open at once.
 const H2_MAX_STREAMS: u32 = 128;
@@ -735,50 +716,44 @@ async fn handle(
         *req.version_mut() = hyper::Version::HTTP_11;
     }
 
-    // Hop-by-hop fields first: they concern the public connection, not the one through the
-    // tunnel, which stays open for the next request whatever the client said about its own.
-    // A client's `Connection` may name any field, X-Forwarded-* among them: what it names goes
-    // before the edge sets its own fields, which no client can take away. An upgrade keeps
-    // `Connection: upgrade` and its `Upgrade`, and nothing else the client's list named.
+    // The fields as [`crate::forwarding`] decides. An upgrade keeps `Connection: upgrade` and
+    // its `Upgrade`, and nothing else the client's list named.
     let upgrade = req.headers().get(header::UPGRADE).cloned();
     let is_upgrade = upgrade.is_some();
     {
         let hs = req.headers_mut();
         let values: Vec<HeaderValue> = hs.get_all(header::CONNECTION).iter().cloned().collect();
-        let options: Vec<&[u8]> = values.iter().flat_map(|v| tokens(v.as_bytes())).collect();
-        let named: Vec<header::HeaderName> =
-            hs.keys().filter(|n| is_hop_by_hop(n.as_str(), &options)).cloned().collect();
-        for n in named {
+        let policy = crate::forwarding::Request::new(values.iter().map(|v| v.as_bytes()), socket.protected);
+        let mut dropped = Vec::new();
+        let mut forwarded_for = Vec::new();
+        for (name, value) in hs.iter() {
+            match policy.fate(name.as_str()) {
+                Fate::Forward => {}
+                Fate::Drop => dropped.push(name.clone()),
+                Fate::ForwardedFor => forwarded_for.push(value.clone()),
+            }
+        }
+        for n in dropped {
             hs.remove(n);
+        }
+        hs.remove("x-forwarded-for");
+        let host = hs.get(header::HOST).cloned();
+        let edge = crate::forwarding::edge_fields(
+            forwarded_for.iter().map(|v| v.as_bytes()),
+            peer.ip(),
+            scheme,
+            host.as_ref().map(|h| h.as_bytes()),
+        );
+        for (name, value) in edge {
+            // Made of the client's own field values, which were valid, and an address.
+            if let Ok(v) = HeaderValue::from_bytes(&value) {
+                hs.insert(name, v);
+            }
         }
         if let Some(u) = upgrade {
             hs.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             hs.insert(header::UPGRADE, u);
         }
-    }
-
-    // X-Forwarded-*: the client as we saw it, after what proxies before us said (every
-    // X-Forwarded-For field, in order, as the HTTP/1 path does).
-    let mut xff = String::new();
-    for v in req.headers().get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()) {
-        xff.push_str(v);
-        xff.push_str(", ");
-    }
-    xff.push_str(&peer.ip().to_string());
-    let host = req.headers().get(header::HOST).cloned();
-    let hs = req.headers_mut();
-    match HeaderValue::from_str(&xff) {
-        Ok(v) => hs.insert("x-forwarded-for", v),
-        Err(_) => hs.insert("x-forwarded-for", HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address")),
-    };
-    hs.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
-    match host {
-        Some(h) => hs.insert("x-forwarded-host", h),
-        None => hs.remove("x-forwarded-host"),
-    };
-    // Protected sockets: the edge checked the credentials; the service does not see them.
-    if socket.protected {
-        hs.remove(header::AUTHORIZATION);
     }
 
     let mut guard = upstream.lock().await;

@@ -367,17 +367,7 @@ async fn protected_sockets_and_newest_connection_wins() {
     let c = TestCluster::builder().start().await;
     let dir = tempfile::tempdir().unwrap();
     let (key, u, api) = ssh_user(&c, dir.path(), 2, "bob").await;
-    let sock = api
-        .connect(&SocketCreate {
-            name: "private".into(),
-            socket_type: Some("http".into()),
-            protected_socket: true,
-            protected_username: Some("bob".into()),
-            protected_password: Some("open sesame".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let sock = api.connect(&protected_http("private")).await.unwrap();
     let relay = sock.tunnels[0].local_port;
     let origin_port = origin().await;
     let n1 = c.nodes[&1].ip.clone();
@@ -1759,14 +1749,15 @@ fn seen_fields(answer: &str) -> (String, Vec<String>) {
 async fn both_http_paths_forward_the_same_fields_and_log_no_control_characters() {
     use tokio::io::AsyncReadExt;
     use tokio::io::AsyncWriteExt;
-    let c = TestCluster::builder().nodes(1).start().await;
+    let c = TestCluster::builder().start().await;
     let dir = tempfile::tempdir().unwrap();
     let (key, u, api) = ssh_user(&c, dir.path(), 1, "nina").await;
     let sock = api.connect(&SocketCreate { name: "web".into(), ..Default::default() }).await.unwrap();
-    let n1 = c.nodes[&1].ip.clone();
+    let (n1, n2) = (c.nodes[&1].ip.clone(), c.nodes[&2].ip.clone());
     let out = dir.path().join("session.out");
     let _ssh = ssh_logged(&key, &u.user_name, &n1, sock.tunnels[0].local_port, origin().await, &out);
     answered(&n1, &sock.dnsname, "the URL").await;
+    answered(&n2, &sock.dnsname, "the URL through node 2").await;
     let name = &sock.dnsname;
 
     // The client tries to take the edge's fields away (naming them in Connection) or forge them.
@@ -1776,19 +1767,28 @@ async fn both_http_paths_forward_the_same_fields_and_log_no_control_characters()
     // Each path: plain HTTP/1.1 (the hand-written path), HTTP/1.0 and a request with Expect
     // (hyper's path).
     let paths = [("HTTP/1.1", ""), ("HTTP/1.0", ""), ("HTTP/1.1", "Expect: 100-continue\r\nContent-Length: 0\r\n")];
+    // What the service saw of one request through node `via`'s public HTTP port.
+    let through = |via: String, head: String| async move {
+        let mut s = tokio::net::TcpStream::connect(format!("{via}:8080")).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.contains(" 200 OK"), "{head:?} through {via}: {answer}");
+        seen_fields(&answer)
+    };
     let mut seen: Vec<(String, Vec<String>)> = Vec::new();
     for connection in [strip, "Connection: close\r\n"] {
         let mut per_path = Vec::new();
-        for (version, extra) in paths {
-            let mut s = tokio::net::TcpStream::connect(format!("{n1}:8080")).await.unwrap();
-            let head = format!("GET /same HTTP/{}\r\nHost: {name}\r\n{connection}{forged}{extra}\r\n", &version[5..]);
-            s.write_all(head.as_bytes()).await.unwrap();
-            let mut answer = String::new();
-            s.read_to_string(&mut answer).await.unwrap();
-            assert!(answer.contains(" 200 OK"), "{version} {extra:?}: {answer}");
-            per_path.push(seen_fields(&answer));
+        // Node 1 holds the tunnel; node 2 relays to it.
+        for via in [&n1, &n2] {
+            for (version, extra) in paths {
+                let head =
+                    format!("GET /same HTTP/{}\r\nHost: {name}\r\n{connection}{forged}{extra}\r\n", &version[5..]);
+                per_path.push(through(via.clone(), head).await);
+            }
         }
-        // The same fields on every path (an HTTP/1.0 request stays HTTP/1.0 to the service).
+        // The same fields on every path, relayed or not (an HTTP/1.0 request stays HTTP/1.0 to
+        // the service).
         for (i, p) in per_path.iter().enumerate().skip(1) {
             assert!(p.0.starts_with("get /same http/1."), "{p:?}");
             assert_eq!(p.1, per_path[0].1, "path {i} forwards other fields than the HTTP/1.1 path");
@@ -1836,6 +1836,40 @@ async fn both_http_paths_forward_the_same_fields_and_log_no_control_characters()
     assert_eq!(field(h2, "x-forwarded-proto"), ["https"], "{h2:?}");
     assert_eq!(field(h2, "x-forwarded-host"), [format!("{name}:8443")], "the Host the client gave: {h2:?}");
 
+    // A protected socket: the edge checks the credentials and the service never sees them,
+    // on either path, relayed or not; every other field as for an open socket.
+    let private = api.connect(&protected_http("private")).await.unwrap();
+    let _ssh2 = ssh_forward(&key, &u.user_name, &n1, private.tunnels[0].local_port, origin().await);
+    let pname = private.dnsname.clone();
+    let basic = {
+        use base64::Engine;
+        format!("Authorization: Basic {}\r\n", base64::engine::general_purpose::STANDARD.encode(b"bob:open sesame"))
+    };
+    for via in [&n1, &n2] {
+        eventually(Duration::from_secs(20), "the protected socket to answer", || {
+            let (via, pname) = (via.clone(), pname.clone());
+            async move { (get(&via, &pname, Some(("bob", "open sesame"))).await.0 == 200).then_some(()) }
+        })
+        .await;
+    }
+    let mut protected_seen = Vec::new();
+    for via in [&n1, &n2] {
+        for (version, extra) in paths {
+            let head = format!(
+                "GET /same HTTP/{}\r\nHost: {pname}\r\nConnection: close\r\n{basic}{forged}{extra}\r\n",
+                &version[5..]
+            );
+            protected_seen.push(through(via.clone(), head).await.1);
+        }
+    }
+    for (i, p) in protected_seen.iter().enumerate() {
+        assert!(field(p, "authorization").is_empty(), "path {i} passed the credentials on: {p:?}");
+        let host_free = |f: &[String]| -> Vec<String> {
+            f.iter().filter(|l| !l.starts_with("host: ") && !l.starts_with("x-forwarded-host: ")).cloned().collect()
+        };
+        assert_eq!(host_free(p), host_free(kept), "path {i} of the protected socket forwards other fields");
+    }
+
     // A path with a terminal escape (CSI, a C1 control, in UTF-8; the parsers refuse C0 bytes
     // in a target): the session log never shows it as it is.
     for version in ["1.1", "1.0"] {
@@ -1849,7 +1883,7 @@ async fn both_http_paths_forward_the_same_fields_and_log_no_control_characters()
     }
     let text = eventually(Duration::from_secs(10), "the requests' log lines", || {
         let out = out.clone();
-        async move { std::fs::read_to_string(&out).ok().filter(|t| t.matches(" GET /same 200 ").count() == 8) }
+        async move { std::fs::read_to_string(&out).ok().filter(|t| t.matches(" GET /same 200 ").count() == 14) }
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;

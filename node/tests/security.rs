@@ -201,16 +201,7 @@ async fn access_rules_are_applied_or_refused_never_ignored() {
     assert_eq!(c.converged().await.sockets, 0);
 
     // A protected http socket keeps only a hash of its password, and never gives it back.
-    let s = a
-        .create_socket(&SocketCreate {
-            name: "web".into(),
-            protected_socket: true,
-            protected_username: Some("bob".into()),
-            protected_password: Some("open sesame".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let s = a.create_socket(&protected_http("web")).await.unwrap();
     assert_eq!((s.protected_socket, s.protected_password.as_str()), (true, ""));
     let (_, shown) = call(Method::GET, format!("{base}/socket/{}", s.socket_id), a.token(), None).await;
     let (_, listed) = call(Method::GET, format!("{base}/socket"), a.token(), None).await;

@@ -451,6 +451,17 @@ pub fn test_pki(ips: &[String]) -> (String, String, String) {
     (ca_cert.pem(), cert.pem(), key.serialize_pem())
 }
 
+/// An http socket `name` protected with user `bob` and password `open sesame`.
+pub fn protected_http(name: &str) -> mysocket_api::SocketCreate {
+    mysocket_api::SocketCreate {
+        name: name.into(),
+        protected_socket: true,
+        protected_username: Some("bob".into()),
+        protected_password: Some("open sesame".into()),
+        ..Default::default()
+    }
+}
+
 pub fn user(n: usize) -> UserCreate {
     UserCreate {
         name: format!("User {n}"),
