@@ -1,13 +1,11 @@
 //! `mysocketctl` as a user runs it: the real binary against a real three-node cluster.
 
-#[path = "../../node/tests/support/mod.rs"]
-mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use serde_json::Value;
-use support::*;
+use mysocket_testkit::*;
 
 struct Ctl {
     urls: String,
@@ -47,9 +45,7 @@ impl Ctl {
     fn logged_in(urls: String, name: &str) -> Ctl {
         let home = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(home.path().join(".ssh")).unwrap();
-        let key = home.path().join(".ssh/id_ed25519");
-        let keygen = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status();
-        assert!(keygen.unwrap().success());
+        ssh_keygen(&home.path().join(".ssh"), "id_ed25519");
         let ctl = Ctl { urls, token_file: home.path().join("token"), home };
         let (email, password) = (format!("{name}@example.com"), format!("{name}-password"));
         ctl.ok(&["account", "create", "--name", name, "--email", &email, "--password", &password]);
@@ -496,13 +492,7 @@ async fn mysocketctl_speaks_https_to_an_api_signed_by_the_cluster_ca() {
 
     let home = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(home.path().join(".ssh")).unwrap();
-    let key = home.path().join(".ssh/id_ed25519");
-    assert!(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap()
-        .success());
+    ssh_keygen(&home.path().join(".ssh"), "id_ed25519");
     let ctl = Ctl { urls: url.clone(), token_file: home.path().join("token"), home };
     let create = ["account", "create", "--name", "Tess", "--email", "tess@example.com", "--password", "tess-pass"];
     // Without the CA the certificate is refused, and nothing is sent.
@@ -515,7 +505,7 @@ async fn mysocketctl_speaks_https_to_an_api_signed_by_the_cluster_ca() {
     // Login kept the CA: later commands to the same URL trust it without --cacert, and connect
     // takes the SSH host key it pins from GET /cluster over the verified channel.
     assert!(ctl.json(&["socket", "ls"]).as_array().unwrap().is_empty());
-    let origin = support::origin().await;
+    let origin = origin().await;
     let (mut child, dnsname) =
         ctl.connect(&url, origin, "secure", std::process::Stdio::null(), std::process::Stdio::null()).await;
     eventually(std::time::Duration::from_secs(20), "the socket to answer", || {
@@ -527,7 +517,7 @@ async fn mysocketctl_speaks_https_to_an_api_signed_by_the_cluster_ca() {
     let _ = child.wait();
     // Another CA than the cluster's: refused.
     let other = c.dir.path().join("other-ca.pem");
-    std::fs::write(&other, support::test_pki(std::slice::from_ref(&ip)).0).unwrap();
+    std::fs::write(&other, test_pki(std::slice::from_ref(&ip)).0).unwrap();
     let (code, _, err) = ctl.run(&["--cacert", other.to_str().unwrap(), "socket", "ls"]);
     assert_eq!(code, 1, "{err}");
 }

@@ -2,8 +2,6 @@
 //! node, isolation between accounts, bad input (clear error, nothing changed), tokens across a
 //! leader change.
 
-mod support;
-
 use std::time::Duration;
 
 use mysocket_api::ApiClient;
@@ -11,7 +9,7 @@ use mysocket_api::SocketCreate;
 use reqwest::StatusCode;
 use serde_json::json;
 use serde_json::Value;
-use support::*;
+use mysocket_testkit::*;
 
 async fn logged_in(c: &TestCluster, via: u64, n: usize) -> (ApiClient, String) {
     let u = c.api(via).create_user(&user(n)).await.unwrap();

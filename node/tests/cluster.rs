@@ -2,15 +2,13 @@
 //! catch-up after restart and by snapshot, kill -9 of the whole cluster, membership changes,
 //! the cluster credential, and configuration errors.
 
-mod support;
-
 use std::time::Duration;
 use std::time::Instant;
 
 use mysocket_api::internal::internal_client::InternalClient;
 use mysocket_api::internal::Empty;
 use mysocket_api::ApiClient;
-use support::*;
+use mysocket_testkit::*;
 
 async fn create_users(api: &ApiClient, range: std::ops::Range<usize>) {
     for n in range {

@@ -1,11 +1,9 @@
 //! Bad flags and bad config files: a clear message and a non-zero exit, before anything binds.
 
-mod support;
-
 use std::process::Command;
 
 fn run(args: &[&str]) -> (i32, String) {
-    let out = Command::new(support::mysocketd()).args(args).env_remove("MYSOCKET_CONFIG").output().unwrap();
+    let out = Command::new(mysocket_testkit::mysocketd()).args(args).env_remove("MYSOCKET_CONFIG").output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 

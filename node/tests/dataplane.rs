@@ -2,8 +2,6 @@
 //! server, a public HTTP request routed by Host to the service behind the tunnel, protected
 //! sockets, refused strangers and foreign ports, newest connection wins.
 
-mod support;
-
 use std::process::Child;
 use std::process::Command;
 use std::process::Stdio;
@@ -11,19 +9,7 @@ use std::time::Duration;
 
 use mysocket_api::SocketCreate;
 use mysocket_api::UserCreate;
-use support::*;
-
-fn keygen(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, String) {
-    let key = dir.join(name);
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-    (key, public.trim().to_string())
-}
+use mysocket_testkit::*;
 
 /// A user with a fresh SSH key, logged in through node `via`: (key path, user, authorised client).
 async fn ssh_user(
@@ -32,7 +18,7 @@ async fn ssh_user(
     via: u64,
     name: &str,
 ) -> (std::path::PathBuf, mysocket_api::User, mysocket_api::ApiClient) {
-    let (key, public) = keygen(dir, name);
+    let (key, public) = ssh_keygen(dir, name);
     let (email, password) = (format!("{name}@example.com"), format!("{name}-pass"));
     let api = c.api(via);
     let u = api
@@ -141,7 +127,7 @@ async fn openssh_reverse_forward_serves_public_http() {
     let c = TestCluster::builder().start().await;
     let dir = tempfile::tempdir().unwrap();
     let (key, u, api) = ssh_user(&c, dir.path(), 1, "alice").await;
-    let (stranger_key, _) = keygen(dir.path(), "stranger");
+    let (stranger_key, _) = ssh_keygen(dir.path(), "stranger");
     let sock = api
         .connect(&SocketCreate { name: "web".into(), socket_type: Some("http".into()), ..Default::default() })
         .await

@@ -2,15 +2,13 @@
 //! node, answered at once with a refusal that says when to come back, while other callers are
 //! still served.
 
-mod support;
-
 use std::net::IpAddr;
 use std::time::Duration;
 use std::time::Instant;
 
 use mysocket_api::SocketCreate;
 use reqwest::StatusCode;
-use support::*;
+use mysocket_testkit::*;
 
 /// A client whose connections come from `ip` (any 127.0.0.0/8 address is this machine's).
 fn client_from(ip: &str) -> reqwest::Client {

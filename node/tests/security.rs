@@ -2,8 +2,6 @@
 //! try against a real cluster, each answered without changing anything (invariants I8, I9),
 //! and secrets kept out of every log line.
 
-mod support;
-
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,7 +11,7 @@ use mysocket_api::SocketCreate;
 use reqwest::Method;
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::*;
+use mysocket_testkit::*;
 
 /// A call with an optional credential in `Authorization: Bearer`: status and JSON body.
 async fn call(method: Method, url: String, bearer: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {

@@ -1,8 +1,10 @@
-//! `TestCluster`: real `mysocketd` processes on their own loopback addresses, for integration
-//! tests. Each test process gets its own 127.A.B.0/24 block (from its pid) and each cluster in
-//! it a slot of eight addresses, so tests run in parallel without port clashes.
-
-#![allow(dead_code)]
+//! # mysocket-testkit
+//!
+//! The harness the workspace's integration tests share (a dev-dependency only).
+//! `TestCluster`: real `mysocketd` processes on their own loopback addresses. Each test process
+//! gets its own 127.A.B.0/24 block (from its pid) and each cluster in it a slot of eight
+//! addresses, so tests run in parallel without port clashes. Also origins (services behind a
+//! tunnel), SSH keys, test PKI and readers of HTTP answers.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -43,12 +45,10 @@ where
     }
 }
 
-/// The `mysocketd` under test: Cargo's path when the test belongs to the node package, else
-/// the release binary beside the test executable (`target/release/deps/..` -> `target/release`).
+/// The `mysocketd` under test: the release binary beside the test executable
+/// (`target/release/deps/..` -> `target/release`), which `cargo test` builds for the node
+/// package's tests and `cargo build --workspace` for everyone's.
 pub fn mysocketd() -> PathBuf {
-    if let Some(p) = option_env!("CARGO_BIN_EXE_mysocketd") {
-        return PathBuf::from(p);
-    }
     let exe = std::env::current_exe().expect("test executable path");
     let p = exe.parent().and_then(|d| d.parent()).expect("target dir").join("mysocketd");
     assert!(p.exists(), "{} not built; run cargo build --release --workspace first", p.display());
@@ -449,6 +449,20 @@ pub fn test_pki(ips: &[String]) -> (String, String, String) {
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     let cert = leaf.signed_by(&key, &issuer).unwrap();
     (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// A fresh ed25519 key pair at `dir/name` (OpenSSH's `ssh-keygen`, comment `name`): the
+/// private key's path and the public key's line.
+pub fn ssh_keygen(dir: &std::path::Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(name);
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .status()
+        .expect("run ssh-keygen (install openssh-client)");
+    assert!(st.success(), "ssh-keygen failed");
+    let public = std::fs::read_to_string(key.with_extension("pub")).expect("the public key");
+    (key, public.trim().to_string())
 }
 
 /// An http socket `name` protected with user `bob` and password `open sesame`.
