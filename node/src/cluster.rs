@@ -154,17 +154,10 @@ impl Node {
         }
     }
 
-    /// Whether this node runs with the named planted bug (fault-injection builds only).
-    #[cfg(feature = "planted-bugs")]
-    pub fn planted(&self, bug: &str) -> bool {
-        self.config.planted_bug.as_deref() == Some(bug)
-    }
-
     /// Proposes on this node, which must be the leader: the answer, and the log index it was
     /// applied at.
     pub async fn write_local(&self, req: Request) -> Result<(Response, u64), String> {
-        #[cfg(feature = "planted-bugs")]
-        if self.planted("early-ack") {
+        if crate::planted::on(crate::planted::Bug::EarlyAck) {
             // Planted bug: answer from a private copy of the registry at once and let Raft
             // catch up in the background, before any other node has the entry.
             let mut copy = self.registry.read().expect("registry lock").clone();
@@ -202,8 +195,7 @@ impl Node {
     /// began (ReadIndex: the leader confirms it still leads, then we wait to apply its commit
     /// index).
     pub async fn linearizable(&self) -> Result<(), ClusterError> {
-        #[cfg(feature = "planted-bugs")]
-        if self.planted("stale-read") {
+        if crate::planted::on(crate::planted::Bug::StaleRead) {
             return Ok(());
         }
         let deadline = Instant::now() + LEADER_WAIT;

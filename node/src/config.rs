@@ -300,9 +300,6 @@ pub enum ApiTls {
     Files(PublicTls),
 }
 
-/// The bugs a `planted-bugs` build can plant, for the fault-injection suite to find.
-pub const PLANTED_BUGS: [&str; 3] = ["stale-read", "early-ack", "stale-holder"];
-
 /// Validated configuration of one node.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -441,8 +438,9 @@ impl Config {
             if !cfg!(feature = "planted-bugs") {
                 return Err(bad(format!("--planted-bug {b}: this build has no planted bugs")));
             }
-            if !PLANTED_BUGS.contains(&b.as_str()) {
-                return Err(bad(format!("--planted-bug {b}: unknown; one of {}", PLANTED_BUGS.join(", "))));
+            if crate::planted::Bug::named(b).is_none() {
+                let names: Vec<&str> = crate::planted::Bug::ALL.iter().map(|b| b.name()).collect();
+                return Err(bad(format!("--planted-bug {b}: unknown; one of {}", names.join(", "))));
             }
         }
         let file = match &flags.config {

@@ -242,7 +242,6 @@ pub async fn serve_port(
     grpc: tokio::sync::mpsc::Sender<std::io::Result<GrpcConn>>,
     holdings: Arc<Holdings>,
     secret: Arc<Vec<u8>>,
-    planted_stale_holder: bool,
     stop: CancellationToken,
 ) {
     crate::accept::serve(
@@ -279,7 +278,7 @@ pub async fn serve_port(
                     }
                 };
                 if first == crate::relay::MAGIC {
-                    crate::relay::serve(io, peer, holdings, secret, planted_stale_holder).await;
+                    crate::relay::serve(io, peer, holdings, secret).await;
                     return;
                 }
                 if first != crate::peers::CONTROL_MAGIC {

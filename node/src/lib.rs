@@ -19,6 +19,7 @@
 //!   request's fields.
 //! - [`tcp`], [`tls`]: listeners for tcp/tls sockets; TLS with the cluster certificate.
 //! - [`server`]: start-up, background duties and graceful shutdown.
+//! - [`planted`]: the bugs a fault-injection build can plant, each switch asked in one place.
 
 pub mod accept;
 pub mod auth;
@@ -35,6 +36,7 @@ pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod peers;
+pub mod planted;
 pub mod prefixed;
 pub mod proxy;
 pub mod raft_net;

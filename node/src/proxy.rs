@@ -432,8 +432,7 @@ pub fn authorized_by(key: &str, s: &Socket, authorization: Option<&[u8]>) -> boo
 /// Live tunnels of a socket held on this node, in a rotating order so several tunnels share
 /// new connections.
 fn local_tunnels(node: &NodeRef, holdings: &Holdings, socket_id: &Uuid) -> Vec<Holding> {
-    #[cfg(feature = "planted-bugs")]
-    if node.planted("stale-holder") {
+    if crate::planted::on(crate::planted::Bug::StaleHolder) {
         // Planted bug: any session held here serves, superseded or not.
         return node.read(|r| r.tunnels_of(socket_id).iter().filter_map(|t| holdings.get(&t.tunnel_id)).collect());
     }

@@ -412,7 +412,6 @@ pub async fn serve(
     peer: SocketAddr,
     holdings: Arc<Holdings>,
     secret: Arc<Vec<u8>>,
-    #[allow(unused_variables)] planted_stale_holder: bool,
 ) {
     let opened = async {
         let given = read_part(&mut io).await?;
@@ -425,7 +424,7 @@ pub async fn serve(
         let tunnel_id: Uuid = open.tunnel_id.parse().map_err(|_| Status::invalid_argument("bad tunnel id"))?;
         let socket_id: Uuid = open.socket_id.parse().map_err(|_| Status::invalid_argument("bad socket id"))?;
         let holding = match holdings.get(&tunnel_id).filter(|h| h.socket_id == socket_id) {
-            Some(h) if h.epoch == open.epoch || planted_stale_holder => h,
+            Some(h) if h.epoch == open.epoch || crate::planted::on(crate::planted::Bug::StaleHolder) => h,
             Some(h) => {
                 crate::metrics::get().relay_served("stale_epoch");
                 return Err(Status::failed_precondition(format!(

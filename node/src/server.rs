@@ -68,6 +68,7 @@ fn raft_config(cfg: &Config) -> anyhow::Result<Arc<openraft::Config>> {
 
 /// Runs a node until `shutdown` resolves, then shuts it down gracefully.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    crate::planted::plant(cfg.planted_bug.as_deref().and_then(crate::planted::Bug::named));
     // Before the SSH port opens: every claim this process makes is stamped later than this.
     let started_ms = now_ms();
     let api_listener = bind(cfg.api_addr, "the API").await?;
@@ -133,13 +134,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                 tracing::error!(error = %e, "internal server failed");
             }
         });
-        #[cfg(feature = "planted-bugs")]
-        let planted = node.planted("stale-holder");
-        #[cfg(not(feature = "planted-bugs"))]
-        let planted = false;
         let (h, stop) = (holdings.clone(), root.child_token());
         tasks.spawn(
-            async move { crate::internal::serve_port(raft_listener, tls, grpc_tx, h, secret, planted, stop).await },
+            async move { crate::internal::serve_port(raft_listener, tls, grpc_tx, h, secret, stop).await },
         );
     }
 

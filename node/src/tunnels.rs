@@ -226,8 +226,7 @@ pub async fn watch(node: NodeRef, holdings: Arc<Holdings>, stop: CancellationTok
                     Response::Deleted(list) => mine(list, "deleted", "this tunnel was deleted"),
                     _ => Vec::new(),
                 };
-                #[cfg(feature = "planted-bugs")]
-                let gone = if node.planted("stale-holder") { Vec::new() } else { gone };
+                let gone = if crate::planted::on(crate::planted::Bug::StaleHolder) { Vec::new() } else { gone };
                 for (tunnel_id, epoch, reason, why) in gone {
                     if let Some(h) = holdings.remove(&tunnel_id, epoch) {
                         tracing::info!(%tunnel_id, epoch, why, "closing a tunnel session");
