@@ -1,11 +1,10 @@
 //! `mysocketctl` as a user runs it: the real binary against a real three-node cluster.
 
-
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use serde_json::Value;
 use mysocket_testkit::*;
+use serde_json::Value;
 
 struct Ctl {
     urls: String,

@@ -407,12 +407,7 @@ async fn answer<W: AsyncWrite + Unpin>(w: &mut W, code: Code, message: &str) -> 
 
 /// Holder side, once `MAGIC` was read from `io`: checks the credential and the epoch, opens a
 /// channel on the holding SSH session, answers, then relays both ways until both end.
-pub async fn serve(
-    mut io: Box<dyn Io>,
-    peer: SocketAddr,
-    holdings: Arc<Holdings>,
-    secret: Arc<Vec<u8>>,
-) {
+pub async fn serve(mut io: Box<dyn Io>, peer: SocketAddr, holdings: Arc<Holdings>, secret: Arc<Vec<u8>>) {
     let opened = async {
         let given = read_part(&mut io).await?;
         if !crate::internal::is_credential(&secret, &given) {

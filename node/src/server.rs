@@ -135,9 +135,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             }
         });
         let (h, stop) = (holdings.clone(), root.child_token());
-        tasks.spawn(
-            async move { crate::internal::serve_port(raft_listener, tls, grpc_tx, h, secret, stop).await },
-        );
+        tasks.spawn(async move { crate::internal::serve_port(raft_listener, tls, grpc_tx, h, secret, stop).await });
     }
 
     match &cfg.membership {

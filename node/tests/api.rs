@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use mysocket_api::ApiClient;
 use mysocket_api::SocketCreate;
+use mysocket_testkit::*;
 use reqwest::StatusCode;
 use serde_json::json;
 use serde_json::Value;
-use mysocket_testkit::*;
 
 async fn logged_in(c: &TestCluster, via: u64, n: usize) -> (ApiClient, String) {
     let u = c.api(via).create_user(&user(n)).await.unwrap();

@@ -7,8 +7,8 @@ use std::time::Duration;
 use std::time::Instant;
 
 use mysocket_api::SocketCreate;
-use reqwest::StatusCode;
 use mysocket_testkit::*;
+use reqwest::StatusCode;
 
 /// A client whose connections come from `ip` (any 127.0.0.0/8 address is this machine's).
 fn client_from(ip: &str) -> reqwest::Client {

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mysocket_api::SocketCreate;
+use mysocket_testkit::*;
 use reqwest::Method;
 use reqwest::StatusCode;
 use serde_json::Value;
-use mysocket_testkit::*;
 
 /// A call with an optional credential in `Authorization: Bearer`: status and JSON body.
 async fn call(method: Method, url: String, bearer: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
