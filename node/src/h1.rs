@@ -226,7 +226,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             let mut scanned = 0;
             let req = loop {
                 let parsed = if worth_parsing(&self.buf, scanned) {
-                    prepare(&self.node, &self.buf, self.peer.ip(), self.scheme, &mut self.out)
+                    prepare(&self.node, &self.buf, &self.peer_ip, self.scheme, &mut self.out)
                 } else {
                     Prepared::Partial
                 };
@@ -530,16 +530,19 @@ fn is(name: &str, want: &str) -> bool {
     name.eq_ignore_ascii_case(want)
 }
 
-fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Writes a field whose value is `parts`, one after the other.
+fn put_field(out: &mut Vec<u8>, name: &[u8], parts: &[&[u8]]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
+    for p in parts {
+        out.extend_from_slice(p);
+    }
     out.extend_from_slice(b"\r\n");
 }
 
 /// Parses a request head in `buf` and, for a request this path forwards, writes the head for
 /// the service into `out`, its fields as [`crate::forwarding`] decides.
-fn prepare(node: &NodeRef, buf: &[u8], peer_ip: std::net::IpAddr, scheme: &str, out: &mut Vec<u8>) -> Prepared {
+fn prepare(node: &NodeRef, buf: &[u8], peer_ip: &str, scheme: &str, out: &mut Vec<u8>) -> Prepared {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut r = httparse::Request::new(&mut headers);
     let head_len = match r.parse(buf) {
@@ -597,12 +600,12 @@ fn prepare(node: &NodeRef, buf: &[u8], peer_ip: std::net::IpAddr, scheme: &str, 
         match policy.fate(h.name) {
             Fate::Drop => {}
             Fate::ForwardedFor => forwarded_for.push(h.value),
-            Fate::Forward => put_field(out, h.name.as_bytes(), h.value),
+            Fate::Forward => put_field(out, h.name.as_bytes(), &[h.value]),
         }
     }
-    for (name, value) in crate::forwarding::edge_fields(forwarded_for, peer_ip, scheme, Some(host.as_bytes())) {
-        put_field(out, name.as_bytes(), &value);
-    }
+    crate::forwarding::edge_fields(&forwarded_for, peer_ip, scheme, Some(host.as_bytes()), |name, parts| {
+        put_field(out, name.as_bytes(), parts)
+    });
     out.extend_from_slice(b"\r\n");
     Prepared::Forward(Req {
         head_len,

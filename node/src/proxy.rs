@@ -737,11 +737,14 @@ async fn handle(
         }
         hs.remove("x-forwarded-for");
         let host = hs.get(header::HOST).cloned();
-        let edge = crate::forwarding::edge_fields(
-            forwarded_for.iter().map(|v| v.as_bytes()),
-            peer.ip(),
+        let prior: Vec<&[u8]> = forwarded_for.iter().map(|v| v.as_bytes()).collect();
+        let mut edge = Vec::with_capacity(3);
+        crate::forwarding::edge_fields(
+            &prior,
+            &peer.ip().to_string(),
             scheme,
             host.as_ref().map(|h| h.as_bytes()),
+            |name, parts| edge.push((name, parts.concat())),
         );
         for (name, value) in edge {
             // Made of the client's own field values, which were valid, and an address.
