@@ -424,8 +424,20 @@ async fn duty_pass(node: &NodeRef, leading: &mut Option<(u64, Instant)>) -> anyh
                 };
                 let holds = node.read(|r| r.sessions_on(*id) > 0);
                 if *id != node.id && silent && holds {
+                    // Proposed here, never forwarded: a leader that lost its term meanwhile
+                    // (paused, then resumed to find a new leader) must not have the new leader
+                    // release a node that is alive; its proposal fails or never commits.
                     tracing::warn!(node = id, "node stopped answering; releasing its tunnels");
-                    node.write(Command::SetNodeAlive { node_id: *id, alive: false }).await?;
+                    let cmd = Command::SetNodeAlive { node_id: *id, alive: false };
+                    let req = mysocket_raft_store::Request {
+                        request_id: Some(uuid::Uuid::new_v4().to_string()),
+                        at_ms: crate::cluster::now_ms(),
+                        cmd,
+                    };
+                    if let Err(e) = node.write_local(req).await {
+                        tracing::info!(node = id, error = %e, "not released: this node no longer leads");
+                        return Ok(());
+                    }
                 }
             }
         }
