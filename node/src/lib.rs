@@ -1,52 +1,42 @@
 //! # mysocket-node
 //!
 //! `mysocketd`: one edge node. It wires the replicated registry (openraft on RocksDB, from
-//! `mysocket-raft-store`) to its transport (tonic gRPC on the internal port) and serves the
-//! REST API on the API port.
+//! `mysocket-raft-store`) to its transport (tonic gRPC on the internal port), holds SSH
+//! tunnels, serves the public endpoints and the REST API.
 //!
 //! # Layout
-//! - [`config`]: flags, environment and TOML, validated before anything binds.
-//! - [`peers`], [`raft_net`], [`internal`]: node-to-node gRPC, client and server.
-//! - [`cluster`], [`batch`]: writes batched (group commit) and forwarded to the leader,
-//!   linearizable reads, membership changes.
-//! - [`bootstrap`]: cluster secrets generated once by the first leader.
-//! - [`http`], [`auth`], [`validate`], [`limits`]: the REST API and what it lets a caller cost; [`metrics`], [`dashboard`]: what the
-//!   node did and sees, for Prometheus and for people.
-//! - [`ssh`], [`tunnels`]: the SSH tunnel server and the tunnels this node holds.
-//! - [`h1`], [`proxy`], [`relay`]: public HTTP endpoints routed by Host (plain HTTP/1.1
-//!   requests on a path of their own, the rest through hyper); relaying a connection to the
-//!   node that holds the tunnel; [`forwarding`], the one policy both HTTP paths apply to a
-//!   request's fields.
-//! - [`tcp`], [`tls`]: listeners for tcp/tls sockets; TLS with the cluster certificate.
-//! - [`server`]: start-up, background duties and graceful shutdown.
+//! Dependencies point one way: [`config`], [`metrics`], [`planted`] and [`net`] know nothing
+//! above them; [`control`] builds on them; [`tunnels`] on `control`; [`edge`] on `tunnels`;
+//! [`api`] on `control`; [`app`] wires them all.
+//! - [`config`]: one settings struct for flags, environment and TOML, validated per section
+//!   before anything binds.
+//! - [`metrics`]: what the node counts, for Prometheus.
 //! - [`planted`]: the bugs a fault-injection build can plant, each switch asked in one place.
+//! - [`net`]: node-to-node transport — the accept loop every port uses, peers' connections,
+//!   the Raft network, the internal port's protocol detection and credential, the relay's wire
+//!   format. Knows nothing of the registry, tunnels or HTTP.
+//! - [`control`]: the registry handle (writes batched and forwarded to the leader,
+//!   linearizable reads, membership), the cluster's secrets, the internal gRPC service, the
+//!   members' background duties, the API's rate limits and credentials. Knows nothing of SSH,
+//!   HTTP or relays' payloads.
+//! - [`tunnels`]: the SSH server, the tunnels this node holds, their session logs, the watcher
+//!   that closes superseded sessions and the fence that closes them all when the node is cut
+//!   off. Knows nothing of the public edge or the API.
+//! - [`edge`]: the public data plane — listeners, route, access policy, upstream choice and
+//!   pools, the access log, certificates, tcp/tls sockets, HTTP (headers, pages, the
+//!   hand-written HTTP/1 path and hyper's) and the holder's side of relays.
+//! - [`api`]: the REST API, its errors and limits, the dashboard, the OpenAPI document and the
+//!   metrics page.
+//! - [`app`]: start-up, wiring and graceful shutdown.
 
-pub mod accept;
-pub mod auth;
-pub mod batch;
-pub mod bootstrap;
-pub mod cluster;
+pub mod api;
+pub mod app;
 pub mod config;
-pub mod dashboard;
-pub mod forwarding;
-pub mod h1;
-pub mod http;
-pub mod internal;
-pub mod limits;
+pub mod control;
+pub mod edge;
 pub mod metrics;
-pub mod openapi;
-pub mod peers;
+pub mod net;
 pub mod planted;
-pub mod prefixed;
-pub mod proxy;
-pub mod raft_net;
-pub mod relay;
-pub mod server;
-pub mod sockets;
-pub mod ssh;
-pub mod tcp;
-pub mod tls;
 pub mod tunnels;
-pub mod validate;
 
-pub use server::run;
+pub use app::run;

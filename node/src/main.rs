@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use mysocket_node::config::Config;
-use mysocket_node::config::Flags;
+use mysocket_node::config::Settings;
 
 /// sysexits' EX_CONFIG: the configuration is wrong, retrying will not help.
 const EXIT_CONFIG: i32 = 78;
@@ -15,7 +15,7 @@ const EXIT_CONFIG: i32 = 78;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let flags = Flags::parse();
+    let flags = Settings::parse();
     let config = match Config::load(flags) {
         Ok(c) => c,
         Err(e) => {

@@ -13,9 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::cluster::NodeRef;
-
-/// The content type of [`render`]'s text.
+/// The content type of [`Metrics::encode`]'s text.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 type Labels = [(&'static str, &'static str); 1];
@@ -133,23 +131,23 @@ pub struct Metrics {
 }
 
 /// Read from Raft and the registry when scraped.
-struct StateGauges {
-    term: Gauge,
-    leader: Gauge,
-    is_leader: Gauge,
-    voters: Gauge,
-    learners: Gauge,
-    last_log_index: Gauge,
-    committed_index: Gauge,
-    applied_index: Gauge,
-    snapshot_index: Gauge,
-    lag: Family<[(&'static str, String); 1], Gauge>,
-    accounts: Gauge,
-    sockets: Gauge,
-    tunnels: Gauge,
-    tunnels_connected: Gauge,
-    tunnels_here: Gauge,
-    snapshots_installed: Gauge,
+pub struct StateGauges {
+    pub term: Gauge,
+    pub leader: Gauge,
+    pub is_leader: Gauge,
+    pub voters: Gauge,
+    pub learners: Gauge,
+    pub last_log_index: Gauge,
+    pub committed_index: Gauge,
+    pub applied_index: Gauge,
+    pub snapshot_index: Gauge,
+    pub lag: Family<[(&'static str, String); 1], Gauge>,
+    pub accounts: Gauge,
+    pub sockets: Gauge,
+    pub tunnels: Gauge,
+    pub tunnels_connected: Gauge,
+    pub tunnels_here: Gauge,
+    pub snapshots_installed: Gauge,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -374,44 +372,16 @@ impl Drop for OpenGuard {
     }
 }
 
-fn index(v: Option<u64>) -> i64 {
-    v.map_or(-1, |i| i64::try_from(i).unwrap_or(i64::MAX))
-}
-
-/// The metrics in the Prometheus text format, the state gauges read now.
-pub fn render(node: &NodeRef) -> String {
-    let m = get();
-    let raft = node.metrics();
-    let s = &m.state;
-    let membership = raft.membership_config.membership();
-    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-    s.term.set(index(Some(raft.current_term)));
-    s.leader.set(raft.current_leader.map_or(0, |l| index(Some(l))));
-    s.is_leader.set(i64::from(raft.current_leader == Some(node.id)));
-    s.voters.set(voters.len() as i64);
-    s.learners.set(membership.nodes().filter(|(id, _)| !voters.contains(id)).count() as i64);
-    s.last_log_index.set(index(raft.last_log_index));
-    s.committed_index.set(index(raft.local_committed.map(|l| l.index)));
-    s.applied_index.set(index(raft.last_applied.map(|l| l.index)));
-    s.snapshot_index.set(index(raft.snapshot.map(|l| l.index)));
-    s.lag.clear();
-    if let (Some(replication), Some(last)) = (&raft.replication, raft.last_log_index) {
-        for (id, matched) in replication.iter().filter(|(id, _)| **id != node.id) {
-            let behind = last.saturating_sub(matched.map_or(0, |l| l.index));
-            s.lag.get_or_create(&[("follower", id.to_string())]).set(index(Some(behind)));
-        }
+/// Gauges read from Raft and the registry when scraped (by [`crate::api::metrics`]).
+impl Metrics {
+    pub fn state(&self) -> &StateGauges {
+        &self.state
     }
-    let (accounts, sockets, tunnels, sessions, here) = node.read(|r| {
-        let (a, so, t, se) = r.counts();
-        (a, so, t, se, r.sessions_on(node.id))
-    });
-    s.accounts.set(accounts as i64);
-    s.sockets.set(sockets as i64);
-    s.tunnels.set(tunnels as i64);
-    s.tunnels_connected.set(sessions as i64);
-    s.tunnels_here.set(here as i64);
-    s.snapshots_installed.set(node.state_machine.snapshots_installed() as i64);
-    let mut out = String::with_capacity(8 * 1024);
-    prometheus_text::encode(&mut out, &m.registry).expect("writing to a String");
-    out
+
+    /// Everything in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        prometheus_text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
 }

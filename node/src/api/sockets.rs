@@ -1,0 +1,348 @@
+//! Sockets and tunnels over REST, compatible with the original mysocket.io API. Every object
+//! is scoped to the token's account: another account's ids answer 404, exactly like missing
+//! ones.
+
+use axum::extract::Path;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Json;
+use axum::Router;
+use mysocket_api::types::ErrorBody;
+use mysocket_api::types::Socket as SocketJson;
+use mysocket_api::types::SocketCreate;
+use mysocket_api::types::Tunnel as TunnelJson;
+use mysocket_api::types::TunnelHolder;
+use mysocket_raft_store::Command;
+use mysocket_raft_store::NewSocket;
+use mysocket_raft_store::NewTunnel;
+use mysocket_raft_store::Registry;
+use mysocket_raft_store::Response as RegResponse;
+use mysocket_raft_store::SocketLimits;
+use mysocket_raft_store::SocketType;
+use mysocket_raft_store::SocketView;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use uuid::Uuid;
+
+use crate::api::authenticate;
+use crate::api::request_id;
+use crate::api::validate;
+use crate::api::ApiError;
+use crate::api::ApiResult;
+use crate::api::Body;
+use crate::control::NodeRef;
+
+const ADJECTIVES: &[&str] = &[
+    "able", "amber", "ancient", "autumn", "bold", "brave", "bright", "brisk", "calm", "clever", "cosmic", "crimson",
+    "curious", "daring", "dawn", "eager", "early", "electric", "emerald", "fancy", "fast", "fierce", "fluffy",
+    "gentle", "giant", "glad", "golden", "graceful", "green", "happy", "hidden", "humble", "icy", "jolly", "keen",
+    "kind", "lively", "lucky", "lunar", "merry", "mighty", "misty", "noble", "polar", "proud", "quick", "quiet",
+    "rapid", "royal", "rustic", "shiny", "silent", "silver", "smooth", "snowy", "solar", "steady", "sunny", "swift",
+    "tidy", "vivid", "wild", "wise", "young",
+];
+const NOUNS: &[&str] = &[
+    "anchor", "badger", "beacon", "bear", "bison", "breeze", "brook", "canyon", "cedar", "comet", "coral", "crane",
+    "dolphin", "dragon", "eagle", "falcon", "fern", "finch", "forest", "fox", "galaxy", "glacier", "harbor", "hawk",
+    "heron", "island", "jaguar", "koala", "lake", "lantern", "leopard", "lynx", "maple", "meadow", "meteor", "moon",
+    "moose", "nebula", "oak", "ocean", "orca", "otter", "owl", "panda", "panther", "pebble", "pine", "planet",
+    "puffin", "raven", "reef", "river", "rocket", "sparrow", "spruce", "star", "summit", "thunder", "tiger", "valley",
+    "walrus", "willow", "wolf", "zebra",
+];
+
+/// Routes under `/socket` and `/connect`.
+pub fn routes() -> Router<NodeRef> {
+    Router::new()
+        .route("/socket", get(list).post(create))
+        .route("/connect", get(list_connect).post(connect))
+        .route("/socket/{socket_id}", get(show).delete(remove))
+        .route("/socket/{socket_id}/tunnel", get(list_tunnels).post(create_tunnel))
+        .route("/socket/{socket_id}/tunnel/{tunnel_id}", get(show_tunnel).delete(remove_tunnel))
+}
+
+fn limits(node: &NodeRef) -> SocketLimits {
+    SocketLimits {
+        max_http: node.config.max_http_sockets,
+        max_tcp: node.config.max_tcp_sockets,
+        ..SocketLimits::default()
+    }
+}
+
+fn tunnel_json(node: &NodeRef, reg: &Registry, t: &mysocket_raft_store::Tunnel) -> TunnelJson {
+    TunnelJson {
+        tunnel_id: t.tunnel_id.to_string(),
+        local_port: t.local_port,
+        tunnel_server: node.config.advertised(node.config.ssh_addr),
+        session: reg.session(&t.tunnel_id).map(|s| TunnelHolder { node_id: s.node_id, epoch: s.epoch }),
+    }
+}
+
+fn socket_json(node: &NodeRef, reg: &Registry, v: &SocketView) -> SocketJson {
+    let s = &v.socket;
+    SocketJson {
+        socket_id: s.socket_id.to_string(),
+        dnsname: s.dnsname.clone(),
+        name: s.name.clone(),
+        socket_type: s.socket_type.as_str().to_string(),
+        socket_tcp_ports: match s.port {
+            Some(p) => vec![p],
+            None => vec![80, 443],
+        },
+        protected_socket: s.protected,
+        protected_username: s.protected_username.clone().unwrap_or_default(),
+        protected_password: String::new(),
+        cloud_authentication_enabled: s.cloud_auth_enabled,
+        cloud_authentication_email_allowed_addressses: s.allowed_emails.clone(),
+        cloud_authentication_email_allowed_domains: s.allowed_domains.clone(),
+        tunnels: v.tunnels.iter().map(|t| tunnel_json(node, reg, t)).collect(),
+        user_name: reg.account(&s.user_id).map(|a| a.user_name.clone()).unwrap_or_default(),
+    }
+}
+
+/// Parses an id from the path; a malformed id is just another missing object.
+fn parse_id(s: &str, what: &str) -> ApiResult<Uuid> {
+    s.parse().map_err(|_| ApiError::not_found(format!("{what} not found")))
+}
+
+fn owned_view(reg: &Registry, user: &Uuid, socket_id: &Uuid) -> ApiResult<SocketView> {
+    match reg.socket_view(socket_id) {
+        Some(v) if &v.socket.user_id == user => Ok(v),
+        _ => Err(ApiError::not_found("socket not found")),
+    }
+}
+
+fn dnsname_hint() -> String {
+    let mut rng = rand::thread_rng();
+    format!(
+        "{}-{}-{:04}",
+        ADJECTIVES.choose(&mut rng).expect("words"),
+        NOUNS.choose(&mut rng).expect("words"),
+        rng.gen_range(0..10_000)
+    )
+}
+
+fn relay_port_hint() -> u16 {
+    rand::thread_rng()
+        .gen_range(mysocket_raft_store::registry::RELAY_PORT_MIN..=mysocket_raft_store::registry::RELAY_PORT_MAX)
+}
+
+fn new_socket(node: &NodeRef, req: &SocketCreate) -> ApiResult<NewSocket> {
+    let name = validate::name(if req.name.trim().is_empty() { "socket" } else { &req.name })?;
+    let socket_type = match req.socket_type.as_deref().map(str::trim) {
+        None | Some("") => SocketType::Http,
+        Some(t) => SocketType::parse(t)
+            .ok_or_else(|| ApiError::bad(format!("socket_type {t:?} is not one of http, https, tcp, tls")))?,
+    };
+    // A rule a user sets is applied or refused, never stored and ignored (invariant I9): a
+    // socket must never look more restricted than it is.
+    let unenforceable = |msg: &str| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, msg.to_string());
+    if req.protected_socket && socket_type.needs_port() {
+        return Err(unenforceable(
+            "protected_socket (a user name and password) works on http and https sockets only: a tcp or tls \
+             socket carries raw bytes, where the edge cannot ask for a password; nothing was created",
+        ));
+    }
+    if req.cloud_authentication_enabled
+        || !req.cloud_authentication_email_allowed_addressses.is_empty()
+        || !req.cloud_authentication_email_allowed_domains.is_empty()
+    {
+        return Err(unenforceable(
+            "cloud authentication (an identity-provider login with allowed emails and domains) is not enforced \
+             by this cluster: the socket would be open to everyone, so it was not created",
+        ));
+    }
+    let (mut user, mut pass) = (None, None);
+    if req.protected_socket {
+        let u = req.protected_username.as_deref().map(str::trim).unwrap_or("");
+        let p = req.protected_password.as_deref().unwrap_or("");
+        if u.is_empty() || p.is_empty() {
+            return Err(ApiError::bad("a protected socket needs protected_username and protected_password"));
+        }
+        if u.len() > 100 || p.len() > 100 || u.contains(':') || u.chars().chain(p.chars()).any(char::is_control) {
+            return Err(ApiError::bad(
+                "protected_username and protected_password: at most 100 printable characters, no ':' in the username",
+            ));
+        }
+        let key = node
+            .read(|r| r.config().map(|c| c.token_key.clone()))
+            .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "cluster not bootstrapped yet".into()))?;
+        (user, pass) = (Some(u.to_string()), Some(crate::control::auth::basic_password_hash(&key, p)));
+    } else if req.protected_username.as_deref().is_some_and(|u| !u.is_empty())
+        || req.protected_password.as_deref().is_some_and(|p| !p.is_empty())
+    {
+        return Err(unenforceable(
+            "protected_username and protected_password are applied only with protected_socket: true; nothing was \
+             created",
+        ));
+    }
+    let (pmin, pmax) = node.config.tcp_ports;
+    Ok(NewSocket {
+        socket_id: Uuid::new_v4(),
+        name,
+        socket_type,
+        dnsname_hint: dnsname_hint(),
+        port_hint: rand::thread_rng().gen_range(pmin..=pmax),
+        protected: req.protected_socket,
+        protected_username: user,
+        protected_password_hash: pass,
+        cloud_auth_enabled: false,
+        allowed_emails: Vec::new(),
+        allowed_domains: Vec::new(),
+    })
+}
+
+fn unexpected(r: RegResponse) -> ApiError {
+    match r {
+        RegResponse::Rejected(rej) => rej.into(),
+        other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("unexpected registry answer {other}")),
+    }
+}
+
+#[utoipa::path(get, path = "/socket", tag = "socket", responses((status = 200, body = Vec<SocketJson>), (status = 401, body = ErrorBody)), security(("token" = [])))]
+pub(crate) async fn list(State(node): State<NodeRef>, headers: HeaderMap) -> ApiResult<Json<Vec<SocketJson>>> {
+    let me = authenticate(&node, &headers)?;
+    node.linearizable().await?;
+    Ok(Json(node.read(|reg| {
+        let mut socks = reg.sockets_of(&me);
+        socks.sort_by_key(|s| (s.created_at_ms, s.socket_id));
+        socks.iter().filter_map(|s| reg.socket_view(&s.socket_id)).map(|v| socket_json(&node, reg, &v)).collect()
+    })))
+}
+
+#[utoipa::path(get, path = "/connect", tag = "socket", responses((status = 200, body = Vec<SocketJson>), (status = 401, body = ErrorBody)), security(("token" = [])))]
+pub(crate) async fn list_connect(state: State<NodeRef>, headers: HeaderMap) -> ApiResult<Json<Vec<SocketJson>>> {
+    list(state, headers).await
+}
+
+async fn create_socket(
+    node: NodeRef,
+    headers: HeaderMap,
+    req: SocketCreate,
+    with_tunnel: bool,
+) -> ApiResult<Json<SocketJson>> {
+    let me = authenticate(&node, &headers)?;
+    node.limits.write(me)?;
+    let socket = new_socket(&node, &req)?;
+    let first_tunnel = with_tunnel.then(|| NewTunnel { tunnel_id: Uuid::new_v4(), local_port_hint: relay_port_hint() });
+    let cmd = Command::CreateSocket { user_id: me, socket, limits: limits(&node), first_tunnel };
+    match node.write_as(cmd, request_id(&headers, &me.to_string())?).await? {
+        RegResponse::Socket(v) => Ok(Json(node.read(|reg| socket_json(&node, reg, &v)))),
+        other => Err(unexpected(other)),
+    }
+}
+
+#[utoipa::path(post, path = "/socket", tag = "socket", request_body = SocketCreate, responses((status = 200, body = SocketJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)), security(("token" = [])))]
+pub(crate) async fn create(
+    State(node): State<NodeRef>,
+    headers: HeaderMap,
+    Body(req): Body<SocketCreate>,
+) -> ApiResult<Json<SocketJson>> {
+    create_socket(node, headers, req, false).await
+}
+
+#[utoipa::path(post, path = "/connect", tag = "socket", request_body = SocketCreate, responses((status = 200, body = SocketJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)), security(("token" = [])))]
+pub(crate) async fn connect(
+    State(node): State<NodeRef>,
+    headers: HeaderMap,
+    Body(req): Body<SocketCreate>,
+) -> ApiResult<Json<SocketJson>> {
+    create_socket(node, headers, req, true).await
+}
+
+#[utoipa::path(get, path = "/socket/{socket_id}", tag = "socket", params(("socket_id" = String, Path)), responses((status = 200, body = SocketJson), (status = 404, body = ErrorBody)), security(("token" = [])))]
+pub(crate) async fn show(
+    State(node): State<NodeRef>,
+    headers: HeaderMap,
+    Path(sid): Path<String>,
+) -> ApiResult<Json<SocketJson>> {
+    let me = authenticate(&node, &headers)?;
+    let sid = parse_id(&sid, "socket")?;
+    node.linearizable().await?;
+    node.read(|reg| owned_view(reg, &me, &sid).map(|v| Json(socket_json(&node, reg, &v))))
+}
+
+#[utoipa::path(delete, path = "/socket/{socket_id}", tag = "socket", params(("socket_id" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)), security(("token" = [])))]
+pub(crate) async fn remove(
+    State(node): State<NodeRef>,
+    headers: HeaderMap,
+    Path(sid): Path<String>,
+) -> ApiResult<StatusCode> {
+    let me = authenticate(&node, &headers)?;
+    node.limits.write(me)?;
+    let sid = parse_id(&sid, "socket")?;
+    let id = request_id(&headers, &me.to_string())?;
+    match node.write_as(Command::DeleteSocket { user_id: me, socket_id: sid }, id).await? {
+        RegResponse::Deleted(_) => Ok(StatusCode::NO_CONTENT),
+        other => Err(unexpected(other)),
+    }
+}
+
+#[utoipa::path(get, path = "/socket/{socket_id}/tunnel", tag = "tunnel", params(("socket_id" = String, Path)), responses((status = 200, body = Vec<TunnelJson>), (status = 404, body = ErrorBody)), security(("token" = [])))]
+pub(crate) async fn list_tunnels(
+    State(node): State<NodeRef>,
+    headers: HeaderMap,
+    Path(sid): Path<String>,
+) -> ApiResult<Json<Vec<TunnelJson>>> {
+    let me = authenticate(&node, &headers)?;
+    let sid = parse_id(&sid, "socket")?;
+    node.linearizable().await?;
+    node.read(|reg| {
+        owned_view(reg, &me, &sid).map(|v| Json(v.tunnels.iter().map(|t| tunnel_json(&node, reg, t)).collect()))
+    })
+}
+
+#[utoipa::path(post, path = "/socket/{socket_id}/tunnel", tag = "tunnel", params(("socket_id" = String, Path)), responses((status = 200, body = TunnelJson), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)), security(("token" = [])))]
+pub(crate) async fn create_tunnel(
+    State(node): State<NodeRef>,
+    headers: HeaderMap,
+    Path(sid): Path<String>,
+    Body(_req): Body<serde_json::Value>,
+) -> ApiResult<Json<TunnelJson>> {
+    let me = authenticate(&node, &headers)?;
+    node.limits.write(me)?;
+    let sid = parse_id(&sid, "socket")?;
+    let tunnel = NewTunnel { tunnel_id: Uuid::new_v4(), local_port_hint: relay_port_hint() };
+    let cmd = Command::CreateTunnel { user_id: me, socket_id: sid, tunnel, limits: limits(&node) };
+    match node.write_as(cmd, request_id(&headers, &me.to_string())?).await? {
+        RegResponse::Tunnel(t) => Ok(Json(node.read(|reg| tunnel_json(&node, reg, &t)))),
+        other => Err(unexpected(other)),
+    }
+}
+
+#[utoipa::path(get, path = "/socket/{socket_id}/tunnel/{tunnel_id}", tag = "tunnel", params(("socket_id" = String, Path), ("tunnel_id" = String, Path)), responses((status = 200, body = TunnelJson), (status = 404, body = ErrorBody)), security(("token" = [])))]
+pub(crate) async fn show_tunnel(
+    State(node): State<NodeRef>,
+    headers: HeaderMap,
+    Path((sid, tid)): Path<(String, String)>,
+) -> ApiResult<Json<TunnelJson>> {
+    let me = authenticate(&node, &headers)?;
+    let sid = parse_id(&sid, "socket")?;
+    let tid = parse_id(&tid, "tunnel")?;
+    node.linearizable().await?;
+    node.read(|reg| {
+        let v = owned_view(reg, &me, &sid)?;
+        v.tunnels
+            .iter()
+            .find(|t| t.tunnel_id == tid)
+            .map(|t| Json(tunnel_json(&node, reg, t)))
+            .ok_or_else(|| ApiError::not_found("tunnel not found"))
+    })
+}
+
+#[utoipa::path(delete, path = "/socket/{socket_id}/tunnel/{tunnel_id}", tag = "tunnel", params(("socket_id" = String, Path), ("tunnel_id" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)), security(("token" = [])))]
+pub(crate) async fn remove_tunnel(
+    State(node): State<NodeRef>,
+    headers: HeaderMap,
+    Path((sid, tid)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let me = authenticate(&node, &headers)?;
+    node.limits.write(me)?;
+    let sid = parse_id(&sid, "socket")?;
+    let tid = parse_id(&tid, "tunnel")?;
+    let id = request_id(&headers, &me.to_string())?;
+    match node.write_as(Command::DeleteTunnel { user_id: me, socket_id: sid, tunnel_id: tid }, id).await? {
+        RegResponse::Deleted(_) => Ok(StatusCode::NO_CONTENT),
+        other => Err(unexpected(other)),
+    }
+}

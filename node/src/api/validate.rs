@@ -1,0 +1,110 @@
+//! Input validation for the REST API, with messages that say what to fix.
+
+use russh::keys::ssh_key::public::KeyData;
+use russh::keys::PublicKey;
+
+use crate::api::ApiError;
+
+pub const MAX_NAME: usize = 100;
+pub const MAX_EMAIL: usize = 254;
+pub const MIN_PASSWORD: usize = 6;
+pub const MAX_PASSWORD: usize = 256;
+pub const MAX_SSHKEY: usize = 16 * 1024;
+
+pub fn name(s: &str) -> Result<String, ApiError> {
+    let s = s.trim();
+    if s.is_empty() || s.chars().count() > MAX_NAME || s.chars().any(char::is_control) {
+        return Err(ApiError::bad(format!("name must be 1 to {MAX_NAME} printable characters")));
+    }
+    Ok(s.to_string())
+}
+
+pub fn email(s: &str) -> Result<String, ApiError> {
+    let s = s.trim();
+    let err = || ApiError::bad(format!("{s:?} is not a valid email address"));
+    if s.len() > MAX_EMAIL || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(err());
+    }
+    let (local, domain) = s.rsplit_once('@').ok_or_else(err)?;
+    if local.is_empty() || local.contains('@') || domain.len() < 3 || !domain.contains('.') {
+        return Err(err());
+    }
+    if domain.starts_with('.') || domain.ends_with('.') || domain.contains("..") {
+        return Err(err());
+    }
+    if !domain.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '.') {
+        return Err(err());
+    }
+    Ok(s.to_string())
+}
+
+/// A DNS domain such as `example.com`.
+pub fn domain(s: &str) -> Result<String, ApiError> {
+    let s = s.trim().trim_start_matches('@').to_ascii_lowercase();
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.contains('.')
+        && s.split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if !ok {
+        return Err(ApiError::bad(format!("{s:?} is not a domain name")));
+    }
+    Ok(s)
+}
+
+pub fn password(s: &str) -> Result<(), ApiError> {
+    let n = s.chars().count();
+    if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&n) {
+        return Err(ApiError::bad(format!("password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters")));
+    }
+    Ok(())
+}
+
+/// Parses an OpenSSH public key line: ed25519, ecdsa, or rsa of at least 2048 bits. Returns
+/// the normalised line (algorithm, key, comment).
+pub fn ssh_public_key(s: &str) -> Result<String, ApiError> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(ApiError::bad(
+            "sshkey is required: an OpenSSH public key such as the contents of ~/.ssh/id_ed25519.pub",
+        ));
+    }
+    if s.len() > MAX_SSHKEY || s.contains('\n') {
+        return Err(ApiError::bad("sshkey must be one OpenSSH public key line"));
+    }
+    let key =
+        PublicKey::from_openssh(s).map_err(|e| ApiError::bad(format!("sshkey is not an OpenSSH public key: {e}")))?;
+    match key.key_data() {
+        KeyData::Ed25519(_) | KeyData::Ecdsa(_) => {}
+        KeyData::Rsa(rsa) => {
+            let bytes = rsa.n().as_positive_bytes().map(|b| b.len()).unwrap_or(0);
+            if bytes * 8 < 2048 {
+                return Err(ApiError::bad("rsa keys must have at least 2048 bits; ed25519 is recommended"));
+            }
+        }
+        _ => return Err(ApiError::bad("sshkey must be ed25519, ecdsa or rsa")),
+    }
+    Ok(s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails() {
+        assert!(email("a@b.co").is_ok());
+        for bad in ["", "a", "a@", "@b.co", "a@b", "a b@c.de", "a@.b.c", "a@b..c", "a@b.c.", "a@@b.co"] {
+            assert!(email(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ssh_keys() {
+        let ed = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEKB/+HUsFGo5IjxjdpUNkfai/lOgRCdHyy1c7BmPvcN test@mysocket";
+        assert!(ssh_public_key(ed).is_ok());
+        assert!(ssh_public_key("ssh-ed25519 AAAA").is_err());
+        assert!(ssh_public_key("").is_err());
+        assert!(ssh_public_key("hello").is_err());
+    }
+}
