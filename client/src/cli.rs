@@ -1,0 +1,225 @@
+//! The command line: every command and flag of the original mysocket.io client, underscore
+//! spellings such as `--socket_id` too. Doc comments here are the `--help` text.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use clap::Subcommand;
+use mysocket_api::SocketCreate;
+
+#[derive(Parser, Debug)]
+#[command(name = "mysocketctl", version, about = "Client for a mysocket cluster: accounts, sockets and tunnels")]
+pub struct Cli {
+    /// API URL(s) of the cluster, comma separated; the next is tried when one is down, then
+    /// the other nodes seen at login or when a tunnel last started.
+    #[arg(
+        long = "api-url",
+        alias = "api_url",
+        env = "MYSOCKET_API",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    pub api_url: Vec<String>,
+    /// PEM file of the CA that signed the API's certificate (for `https://` API URLs), e.g. the
+    /// cluster CA from a node's DATA_DIR/ca.pem; `login` keeps it for later commands to the
+    /// same URLs. Without it, the system's roots.
+    #[arg(long, env = "MYSOCKET_CACERT", global = true)]
+    pub cacert: Option<PathBuf>,
+    /// File holding the cluster's operator token, for `cluster add|remove`, the detail of
+    /// `cluster status`, and `account create` on a cluster whose sign-up is closed. The token
+    /// itself may come from MYSOCKET_OPERATOR_TOKEN instead.
+    #[arg(long = "operator-token-file", env = "MYSOCKET_OPERATOR_TOKEN_FILE", global = true)]
+    pub operator_token_file: Option<PathBuf>,
+    /// `table` (default) or `json` for scripts.
+    #[arg(long, short = 'o', value_parser = ["table", "json"], default_value = "table", global = true)]
+    pub output: String,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Create or show your account.
+    Account {
+        #[command(subcommand)]
+        cmd: AccountCmd,
+    },
+    /// Log in and store the token in ~/.mysocketio_token (the cluster's nodes beside it, in
+    /// ~/.mysocketio_token.nodes).
+    Login {
+        #[arg(long, short = 'e')]
+        email: Option<String>,
+        #[arg(long, short = 'p')]
+        password: Option<String>,
+    },
+    /// Manage sockets (public endpoints).
+    Socket {
+        #[command(subcommand)]
+        cmd: SocketCmd,
+    },
+    /// Manage a socket's tunnels.
+    Tunnel {
+        #[command(subcommand)]
+        cmd: TunnelCmd,
+    },
+    /// Create a socket with a tunnel and serve a local port through it until Ctrl-C (which
+    /// deletes the socket again).
+    Connect {
+        /// The local port to publish.
+        #[arg(long)]
+        port: u16,
+        #[command(flatten)]
+        spec: SocketSpec,
+        /// Where the local service listens.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// SSH private key; default ~/.ssh/id_ed25519, id_ecdsa or id_rsa.
+        #[arg(long, short = 'i')]
+        identity: Option<PathBuf>,
+    },
+    /// Inspect and change the cluster's membership (operators).
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AccountCmd {
+    /// Create an account.
+    Create {
+        #[arg(long, short = 'n')]
+        name: String,
+        #[arg(long, short = 'e')]
+        email: String,
+        #[arg(long, short = 'p')]
+        password: Option<String>,
+        /// OpenSSH public key, as text or a path; default ~/.ssh/id_ed25519.pub, id_ecdsa.pub or id_rsa.pub.
+        #[arg(long, short = 's')]
+        sshkey: Option<String>,
+    },
+    /// Show the logged-in account.
+    Show,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SocketSpec {
+    /// The socket's name, shown by `socket ls` and in the tunnel's banner.
+    #[arg(long, short = 'n', default_value = "mysocketctl")]
+    pub name: String,
+    /// http, https, tcp or tls.
+    #[arg(long = "type", short = 't', default_value = "http")]
+    pub socket_type: String,
+    /// Require HTTP basic auth (username and password).
+    #[arg(long, short = 'P', requires_all = ["username", "password"])]
+    pub protected: bool,
+    /// The username visitors give (with --protected).
+    #[arg(long, short = 'u', requires = "protected")]
+    pub username: Option<String>,
+    /// The password visitors give (with --protected).
+    #[arg(long, short = 'p', requires = "protected")]
+    pub password: Option<String>,
+    /// Visitors log in with an identity provider first (the original client's option); sent
+    /// as asked, so a cluster that cannot enforce it refuses the socket.
+    #[arg(long)]
+    pub cloudauth: bool,
+    /// Emails allowed through cloud authentication, comma separated.
+    #[arg(long = "allowed_email_addresses", alias = "allowed-email-addresses", value_delimiter = ',')]
+    pub allowed_email_addresses: Vec<String>,
+    /// Email domains allowed through cloud authentication, comma separated.
+    #[arg(long = "allowed_email_domains", alias = "allowed-email-domains", value_delimiter = ',')]
+    pub allowed_email_domains: Vec<String>,
+}
+
+impl From<SocketSpec> for SocketCreate {
+    fn from(s: SocketSpec) -> SocketCreate {
+        SocketCreate {
+            name: s.name,
+            socket_type: Some(s.socket_type),
+            protected_socket: s.protected,
+            protected_username: s.username,
+            protected_password: s.password,
+            cloud_authentication_enabled: s.cloudauth,
+            cloud_authentication_email_allowed_addressses: s.allowed_email_addresses,
+            cloud_authentication_email_allowed_domains: s.allowed_email_domains,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SocketCmd {
+    /// List your sockets.
+    Ls,
+    /// Create a socket.
+    Create(SocketSpec),
+    /// Show one socket with its tunnels.
+    Show {
+        #[arg(long = "socket_id", alias = "socket-id", short = 's')]
+        socket_id: String,
+    },
+    /// Delete a socket and its tunnels.
+    Delete {
+        #[arg(long = "socket_id", alias = "socket-id", short = 's')]
+        socket_id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TunnelCmd {
+    /// List a socket's tunnels.
+    Ls {
+        #[arg(long = "socket_id", alias = "socket-id", short = 's')]
+        socket_id: String,
+    },
+    /// Add a tunnel to a socket.
+    Create {
+        #[arg(long = "socket_id", alias = "socket-id", short = 's')]
+        socket_id: String,
+    },
+    /// Show one tunnel.
+    Show {
+        #[arg(long = "socket_id", alias = "socket-id", short = 's')]
+        socket_id: String,
+        #[arg(long = "tunnel_id", alias = "tunnel-id", short = 't')]
+        tunnel_id: String,
+    },
+    /// Delete a tunnel.
+    Delete {
+        #[arg(long = "socket_id", alias = "socket-id", short = 's')]
+        socket_id: String,
+        #[arg(long = "tunnel_id", alias = "tunnel-id", short = 't')]
+        tunnel_id: String,
+    },
+    /// Serve a local port through an existing tunnel until stopped.
+    Connect {
+        #[arg(long = "socket_id", alias = "socket-id", short = 's')]
+        socket_id: String,
+        #[arg(long = "tunnel_id", alias = "tunnel-id", short = 't')]
+        tunnel_id: String,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, short = 'i')]
+        identity: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Leader, term and nodes.
+    Status,
+    /// Add a node (running with --join, or reachable at its raft address).
+    Add {
+        #[arg(long)]
+        id: u64,
+        #[arg(long = "raft-addr", alias = "raft_addr")]
+        raft_addr: String,
+    },
+    /// Remove a node; its id is never reused.
+    Remove {
+        #[arg(long)]
+        id: u64,
+    },
+}
