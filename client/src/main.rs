@@ -5,7 +5,10 @@
 //! 2 usage error, 3 not logged in or token refused, 4 not found, 5 conflict or limit.
 
 mod cli;
+mod context;
 mod failure;
+mod output;
+mod store;
 mod table;
 mod tunnel;
 
@@ -25,91 +28,11 @@ use cli::ClusterCmd;
 use cli::Cmd;
 use cli::SocketCmd;
 use cli::TunnelCmd;
+use context::Context;
 use failure::fail;
 use failure::Failure;
 use mysocket_api::ApiClient;
 use mysocket_api::UserCreate;
-use table::Table;
-
-fn token_file() -> PathBuf {
-    if let Some(p) = std::env::var_os("MYSOCKET_TOKEN_FILE") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-    home.join(".mysocketio_token")
-}
-
-fn read_token() -> Result<String, Failure> {
-    let p = token_file();
-    let t = std::fs::read_to_string(&p)
-        .map_err(|_| fail(3, format!("not logged in (no token in {}); run: mysocketctl login", p.display())))?;
-    let t = t.trim().to_string();
-    if t.is_empty() {
-        return Err(fail(3, "not logged in; run: mysocketctl login"));
-    }
-    Ok(t)
-}
-
-fn write_token(token: &str) -> Result<PathBuf, Failure> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::os::unix::fs::PermissionsExt;
-    let p = token_file();
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&p)
-        .map_err(|e| fail(1, format!("cannot write {}: {e}", p.display())))?;
-    // An existing file keeps its mode on open: make sure nobody else can read the token.
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| fail(1, format!("cannot protect {}: {e}", p.display())))?;
-    f.write_all(token.as_bytes()).map_err(|e| fail(1, format!("cannot write {}: {e}", p.display())))?;
-    Ok(p)
-}
-
-/// Where the CLI keeps the API addresses of the cluster behind the token (`<token file>.nodes`),
-/// so that every command still finds the cluster when the node its API URL names is down.
-fn nodes_file() -> PathBuf {
-    let mut p = token_file().into_os_string();
-    p.push(".nodes");
-    PathBuf::from(p)
-}
-
-/// The cluster's nodes as last seen through the API URL(s) `given`.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct KnownNodes {
-    given: Vec<String>,
-    nodes: Vec<String>,
-    /// The CA (PEM) `login` was given for these URLs, trusted by every later command to them.
-    #[serde(default)]
-    ca_pem: Option<String>,
-}
-
-/// The nodes' API addresses from `GET /cluster`, saved at login and whenever a tunnel starts.
-/// Best effort: a file that cannot be written only costs the fall-back.
-/// The CA this run trusts for an HTTPS API (`--cacert`, or the one login kept), kept again
-/// with the nodes.
-static CA_PEM: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-
-fn remember_nodes(given: &[String], view: &mysocket_api::ClusterView) {
-    let ca_pem = CA_PEM.get().cloned().flatten();
-    let nodes = view.nodes.iter().filter(|n| !n.api_addr.is_empty()).map(|n| n.api_addr.clone()).collect();
-    let known = KnownNodes { given: given.to_vec(), nodes, ca_pem };
-    if let Ok(text) = serde_json::to_string(&known) {
-        let _ = std::fs::write(nodes_file(), text);
-    }
-}
-
-/// The remembered nodes, if they were seen through the same API URL(s) as now: another
-/// `--api-url` means another cluster, or a choice the user made, and gets no fall-back.
-fn known_nodes(given: &[String]) -> Option<KnownNodes> {
-    std::fs::read(nodes_file())
-        .ok()
-        .and_then(|b| serde_json::from_slice::<KnownNodes>(&b).ok())
-        .filter(|k| k.given == given)
-}
 
 fn prompt(label: &str, secret: bool) -> Result<String, Failure> {
     if !std::io::stdin().is_terminal() {
@@ -150,76 +73,6 @@ fn read_sshkey(arg: Option<String>) -> Result<String, Failure> {
     ))
 }
 
-fn json<T: serde::Serialize>(v: &T) {
-    println!("{}", serde_json::to_string_pretty(v).expect("json"));
-}
-
-fn socket_table(socks: &[mysocket_api::Socket]) {
-    let mut t = Table::new(["SOCKET ID", "DNS NAME", "PORT(S)", "TYPE", "PROTECTED", "TUNNELS", "NAME"]);
-    for s in socks {
-        let ports: Vec<String> = s.socket_tcp_ports.iter().map(u16::to_string).collect();
-        t.row([
-            s.socket_id.clone(),
-            s.dnsname.clone(),
-            ports.join(", "),
-            s.socket_type.clone(),
-            s.protected_socket.to_string(),
-            s.tunnels.len().to_string(),
-            s.name.clone(),
-        ]);
-    }
-    t.print();
-}
-
-fn tunnel_table(tunnels: &[mysocket_api::Tunnel]) {
-    let mut t = Table::new(["TUNNEL ID", "RELAY PORT", "TUNNEL SERVER"]);
-    for x in tunnels {
-        t.row([x.tunnel_id.clone(), x.local_port.to_string(), x.tunnel_server.clone()]);
-    }
-    t.print();
-}
-
-/// The cluster as `GET /cluster` shows it: each node's internal address, role, applied index
-/// and tunnels only for an operator (the columns are left out otherwise).
-fn cluster_table(v: &mysocket_api::ClusterView) {
-    println!("leader: {}   term: {}", v.leader.map(|l| l.to_string()).unwrap_or_else(|| "none".into()), v.term);
-    if v.nodes.iter().all(|n| n.raft_addr.is_none()) {
-        let mut t = Table::new(["ID", "API", "SSH"]);
-        for n in &v.nodes {
-            t.row([n.id.to_string(), n.api_addr.clone(), n.ssh_addr.clone()]);
-        }
-        t.print();
-        return;
-    }
-    let mut t = Table::new(["ID", "API", "SSH", "RAFT", "VOTER", "LAST APPLIED", "TUNNELS"]);
-    for n in &v.nodes {
-        let applied = n.last_applied.map(|a| a.to_string()).unwrap_or_else(|| "down".into());
-        t.row([
-            n.id.to_string(),
-            n.api_addr.clone(),
-            n.ssh_addr.clone(),
-            n.raft_addr.clone().unwrap_or_default(),
-            n.voter.unwrap_or(false).to_string(),
-            applied,
-            n.tunnels.unwrap_or(0).to_string(),
-        ]);
-    }
-    t.print();
-}
-
-/// The operator token: MYSOCKET_OPERATOR_TOKEN, else the file `--operator-token-file` names.
-fn operator_token(file: Option<&PathBuf>) -> Result<Option<String>, Failure> {
-    if let Some(t) = std::env::var("MYSOCKET_OPERATOR_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
-        return Ok(Some(t.trim().to_string()));
-    }
-    match file {
-        None => Ok(None),
-        Some(p) => std::fs::read_to_string(p)
-            .map(|t| Some(t.trim().to_string()))
-            .map_err(|e| fail(2, format!("cannot read the operator token file {}: {e}", p.display()))),
-    }
-}
-
 /// The cluster as a tunnel sees it (`GET /cluster`): the SSH host key every node presents, every
 /// node's SSH endpoint, and an API client that falls back on every node's API — so refreshing
 /// the node list, and deleting the socket at the end, work while the nodes named by
@@ -230,9 +83,9 @@ struct TunnelCluster {
     ssh: Vec<String>,
 }
 
-async fn tunnel_cluster(api: &ApiClient, given: &[String]) -> Result<TunnelCluster, Failure> {
+async fn tunnel_cluster(ctx: &Context, api: &ApiClient) -> Result<TunnelCluster, Failure> {
     let view = api.cluster().await?;
-    remember_nodes(given, &view);
+    ctx.remember_nodes(&view);
     let host_key = view.ssh_host_key.clone().ok_or_else(|| {
         fail(1, "the cluster has not published its SSH host key yet (is it bootstrapped?); try again")
     })?;
@@ -283,35 +136,8 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let anon = ApiClient::new(cli.api_url.clone());
-    let given = anon.urls().to_vec();
-    let known = known_nodes(&given);
-    // The CA to trust for an HTTPS API: the one given now, else the one login was given.
-    let ca_pem = match &cli.cacert {
-        Some(p) => Some(
-            std::fs::read_to_string(p).map_err(|e| fail(2, format!("cannot read --cacert {}: {e}", p.display())))?,
-        ),
-        None => known.as_ref().and_then(|k| k.ca_pem.clone()),
-    };
-    let anon = match &ca_pem {
-        Some(pem) => anon.with_ca_pem(pem.as_bytes()).map_err(|e| fail(2, format!("--cacert: {e}")))?,
-        None => anon,
-    };
-    let _ = CA_PEM.set(ca_pem);
-    let anon = anon.with_fallbacks(known.map(|k| k.nodes).unwrap_or_default());
-    let authed = || -> Result<ApiClient, Failure> { Ok(anon.clone().with_token(read_token()?)) };
-    let operator_token = operator_token(cli.operator_token_file.as_ref())?;
-    // Calls that an operator may make: with the operator token if there is one.
-    let maybe_operator = match &operator_token {
-        Some(t) => anon.clone().with_token(t.clone()),
-        None => anon.clone(),
-    };
-    let operator = || -> Result<ApiClient, Failure> {
-        Ok(maybe_operator.clone().with_token(operator_token.clone().ok_or_else(|| {
-            fail(3, "this command needs the operator token: --operator-token-file FILE or MYSOCKET_OPERATOR_TOKEN")
-        })?))
-    };
-    let as_json = cli.output == "json";
+    let ctx = Context::new(&cli)?;
+    let out = ctx.output;
     match cli.cmd {
         Cmd::Account { cmd: AccountCmd::Create { name, email, password, sshkey } } => {
             let password = match password {
@@ -319,30 +145,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 None => prompt("Password", true)?,
             };
             let sshkey = read_sshkey(sshkey)?;
-            let u = maybe_operator.create_user(&UserCreate { name, email, password, sshkey }).await?;
-            if as_json {
-                json(&u);
-            } else {
-                println!(
-                    "Account created: {} <{}>\nuser id:  {}\nssh user: {}\nNext: mysocketctl login --email {}\n\
-                     (If this email already had an account, nothing changed: log in with its password.)",
-                    u.name, u.email, u.user_id, u.user_name, u.email
-                );
-            }
+            let u = ctx.maybe_operator().create_user(&UserCreate { name, email, password, sshkey }).await?;
+            out.print(&u, output::account_created);
         }
         Cmd::Account { cmd: AccountCmd::Show } => {
-            let token = read_token()?;
+            let token = store::read_token()?;
             let id = mysocket_api::token_user_id(&token)
                 .ok_or_else(|| fail(3, "the stored token is unreadable; log in again"))?;
-            let u = anon.clone().with_token(token).get_user(&id).await?;
-            if as_json {
-                json(&u);
-            } else {
-                let mut t = Table::new(["NAME", "EMAIL", "USER ID", "SSH USER"]);
-                t.row([u.name.clone(), u.email.clone(), u.user_id.clone(), u.user_name.clone()]);
-                t.print();
-                println!("ssh key: {}", u.sshkey);
-            }
+            let u = ctx.anon().clone().with_token(token).get_user(&id).await?;
+            out.print(&u, output::account);
         }
         Cmd::Login { email, password } => {
             let email = match email {
@@ -353,85 +164,37 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Some(p) => p,
                 None => prompt("Password", true)?,
             };
-            let t = anon.login(&email, &password).await?;
-            let path = write_token(&t.token)?;
-            if let Ok(view) = anon.cluster().await {
-                remember_nodes(&given, &view);
+            let t = ctx.anon().login(&email, &password).await?;
+            let path = store::write_token(&t.token)?;
+            if let Ok(view) = ctx.anon().cluster().await {
+                ctx.remember_nodes(&view);
             }
-            if as_json {
-                json(&serde_json::json!({"token_file": path}));
-            } else {
-                println!("Logged in; token saved in {}", path.display());
-            }
+            let text = format!("Logged in; token saved in {}", path.display());
+            out.done("token_file", path, text);
         }
         Cmd::Socket { cmd } => {
-            let api = authed()?;
+            let api = ctx.authed()?;
             match cmd {
-                SocketCmd::Ls => {
-                    let s = api.sockets().await?;
-                    if as_json {
-                        json(&s)
-                    } else {
-                        socket_table(&s)
-                    }
-                }
-                SocketCmd::Create(spec) => {
-                    let s = api.create_socket(&spec.into()).await?;
-                    if as_json {
-                        json(&s)
-                    } else {
-                        socket_table(std::slice::from_ref(&s))
-                    }
-                }
-                SocketCmd::Show { socket_id } => {
-                    let s = api.socket(&socket_id).await?;
-                    if as_json {
-                        json(&s)
-                    } else {
-                        socket_table(std::slice::from_ref(&s));
-                        println!();
-                        tunnel_table(&s.tunnels);
-                    }
-                }
+                SocketCmd::Ls => out.print(api.sockets().await?.as_slice(), output::sockets),
+                SocketCmd::Create(spec) => out.print(&api.create_socket(&spec.into()).await?, output::socket),
+                SocketCmd::Show { socket_id } => out.print(&api.socket(&socket_id).await?, output::socket_and_tunnels),
                 SocketCmd::Delete { socket_id } => {
                     api.delete_socket(&socket_id).await?;
-                    if as_json {
-                        json(&serde_json::json!({"deleted": socket_id}))
-                    } else {
-                        println!("Socket {socket_id} deleted")
-                    }
+                    let text = format!("Socket {socket_id} deleted");
+                    out.done("deleted", socket_id, text);
                 }
             }
         }
         Cmd::Tunnel { cmd } => {
-            let api = authed()?;
+            let api = ctx.authed()?;
             match cmd {
-                TunnelCmd::Ls { socket_id } => {
-                    let t = api.tunnels(&socket_id).await?;
-                    if as_json {
-                        json(&t)
-                    } else {
-                        tunnel_table(&t)
-                    }
-                }
-                TunnelCmd::Create { socket_id } => {
-                    let t = api.create_tunnel(&socket_id).await?;
-                    if as_json {
-                        json(&t)
-                    } else {
-                        tunnel_table(std::slice::from_ref(&t))
-                    }
-                }
+                TunnelCmd::Ls { socket_id } => out.print(api.tunnels(&socket_id).await?.as_slice(), output::tunnels),
+                TunnelCmd::Create { socket_id } => out.print(&api.create_tunnel(&socket_id).await?, output::tunnel),
                 TunnelCmd::Show { socket_id, tunnel_id } => {
-                    let t = api.tunnel(&socket_id, &tunnel_id).await?;
-                    if as_json {
-                        json(&t)
-                    } else {
-                        tunnel_table(std::slice::from_ref(&t))
-                    }
+                    out.print(&api.tunnel(&socket_id, &tunnel_id).await?, output::tunnel)
                 }
                 TunnelCmd::Connect { socket_id, tunnel_id, port, host, identity } => {
-                    let cluster = tunnel_cluster(&api, &given).await?;
+                    let cluster = tunnel_cluster(&ctx, &api).await?;
                     let api = cluster.api.clone();
                     let sock = api.socket(&socket_id).await?;
                     let t = sock
@@ -458,25 +221,18 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
                 TunnelCmd::Delete { socket_id, tunnel_id } => {
                     api.delete_tunnel(&socket_id, &tunnel_id).await?;
-                    if as_json {
-                        json(&serde_json::json!({"deleted": tunnel_id}))
-                    } else {
-                        println!("Tunnel {tunnel_id} deleted")
-                    }
+                    let text = format!("Tunnel {tunnel_id} deleted");
+                    out.done("deleted", tunnel_id, text);
                 }
             }
         }
         Cmd::Connect { port, spec, host, identity } => {
             let identity = tunnel::find_identity(identity)?;
-            let cluster = tunnel_cluster(&authed()?, &given).await?;
+            let cluster = tunnel_cluster(&ctx, &ctx.authed()?).await?;
             let api = cluster.api.clone();
             let sock = api.connect(&spec.into()).await?;
             let t = sock.tunnels.first().ok_or_else(|| fail(1, "the server created no tunnel"))?.clone();
-            if as_json {
-                json(&sock);
-            } else {
-                socket_table(std::slice::from_ref(&sock));
-            }
+            out.print(&sock, output::socket);
             print_urls(&sock);
             let spec = tunnel::TunnelSpec {
                 user: sock.user_name.clone(),
@@ -504,29 +260,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             outcome?;
         }
         Cmd::Cluster { cmd } => match cmd {
-            ClusterCmd::Status => {
-                let v = maybe_operator.cluster().await?;
-                if as_json {
-                    json(&v)
-                } else {
-                    cluster_table(&v)
-                }
-            }
+            ClusterCmd::Status => out.print(&ctx.maybe_operator().cluster().await?, output::cluster),
             ClusterCmd::Add { id, raft_addr } => {
-                let v = operator()?.add_node(id, &raft_addr).await?;
-                if as_json {
-                    json(&v)
-                } else {
-                    cluster_table(&v)
-                }
+                out.print(&ctx.operator()?.add_node(id, &raft_addr).await?, output::cluster)
             }
             ClusterCmd::Remove { id } => {
-                operator()?.remove_node(id).await?;
-                if as_json {
-                    json(&serde_json::json!({"removed": id}))
-                } else {
-                    println!("Node {id} removed")
-                }
+                ctx.operator()?.remove_node(id).await?;
+                out.done("removed", id, format!("Node {id} removed"));
             }
         },
     }

@@ -40,10 +40,6 @@ impl Table {
         out.push_str(&line);
         out
     }
-
-    pub fn print(&self) {
-        print!("{}", self.render());
-    }
 }
 
 #[cfg(test)]
