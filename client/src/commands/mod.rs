@@ -1,0 +1,53 @@
+//! One module per command. Each takes its arguments and the [`Context`], and prints its result
+//! through [`crate::output::Output`]; `serve` is the tunnel that `connect` and `tunnel connect`
+//! share.
+
+mod account;
+mod cluster;
+mod connect;
+mod login;
+mod serve;
+mod socket;
+mod tunnel;
+
+use std::io::IsTerminal;
+
+use crate::cli::Cmd;
+use crate::context::Context;
+use crate::failure::fail;
+use crate::failure::Failure;
+
+pub async fn run(cmd: Cmd, ctx: &Context) -> Result<(), Failure> {
+    match cmd {
+        Cmd::Account { cmd } => account::run(cmd, ctx).await,
+        Cmd::Login { email, password } => login::run(email, password, ctx).await,
+        Cmd::Socket { cmd } => socket::run(cmd, ctx).await,
+        Cmd::Tunnel { cmd } => tunnel::run(cmd, ctx).await,
+        Cmd::Connect { port, spec, host, identity } => connect::run(port, spec, host, identity, ctx).await,
+        Cmd::Cluster { cmd } => cluster::run(cmd, ctx).await,
+    }
+}
+
+/// The flag's value if it was given, else what the user types at the prompt `label` (not
+/// echoed if `secret`).
+fn given_or_prompt(given: Option<String>, label: &str, secret: bool) -> Result<String, Failure> {
+    match given {
+        Some(v) => Ok(v),
+        None => prompt(label, secret),
+    }
+}
+
+fn prompt(label: &str, secret: bool) -> Result<String, Failure> {
+    if !std::io::stdin().is_terminal() {
+        return Err(fail(2, format!("--{} is required when not on a terminal", label.to_lowercase())));
+    }
+    let v = if secret {
+        rpassword::prompt_password(format!("{label}: ")).map_err(|e| fail(1, e.to_string()))?
+    } else {
+        eprint!("{label}: ");
+        let mut s = String::new();
+        std::io::stdin().read_line(&mut s).map_err(|e| fail(1, e.to_string()))?;
+        s
+    };
+    Ok(v.trim_end_matches(['\r', '\n']).to_string())
+}
