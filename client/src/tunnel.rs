@@ -154,20 +154,24 @@ enum Ended {
     ByServer(String),
 }
 
-/// One SSH session: connects, logs in, forwards the tunnel and prints its log until it ends.
-async fn session_once(spec: &TunnelSpec, key: &Arc<russh::keys::PrivateKey>, server: &str) -> anyhow::Result<Ended> {
-    let config = Arc::new(client::Config {
+/// The SSH client's settings. Throughput: AES-GCM (hardware-accelerated) first, bigger packets
+/// and windows than russh's defaults (fewer packets, MACs and wake-ups per byte).
+fn session_config() -> client::Config {
+    client::Config {
         keepalive_interval: Some(Duration::from_secs(5)),
         keepalive_max: 3,
         inactivity_timeout: None,
         nodelay: true,
-        // Throughput: AES-GCM (hardware-accelerated) first, bigger packets and windows than
-        // russh's defaults (fewer packets, MACs and wake-ups per byte).
         preferred: russh::Preferred { cipher: std::borrow::Cow::Borrowed(CIPHERS), ..Default::default() },
         maximum_packet_size: PACKET as u32,
         window_size: 8 * 1024 * 1024,
         ..Default::default()
-    });
+    }
+}
+
+/// One SSH session: connects, logs in, forwards the tunnel and prints its log until it ends.
+async fn session_once(spec: &TunnelSpec, key: &Arc<russh::keys::PrivateKey>, server: &str) -> anyhow::Result<Ended> {
+    let config = Arc::new(session_config());
     let pinned = russh::keys::PublicKey::from_openssh(&spec.host_key)
         .map_err(|e| anyhow!("the cluster's SSH host key from the API does not parse: {e}"))?;
     let mismatch = Arc::new(std::sync::Mutex::new(None));
