@@ -40,14 +40,14 @@ pub struct Operation<I, O> {
     pub ret: Option<u64>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Verdict {
     Ok,
     Illegal,
     Unknown,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyResult {
     pub key: String,
     pub verdict: Verdict,
@@ -56,7 +56,7 @@ pub struct KeyResult {
     pub explanation: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckResult {
     pub verdict: Verdict,
     pub keys: Vec<KeyResult>,

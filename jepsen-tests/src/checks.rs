@@ -7,15 +7,18 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 use std::time::Instant;
 
+use mysocket_api::DigestView;
 use serde::Deserialize;
 use serde::Serialize;
 
 use crate::checker;
-use crate::nemesis::Applied;
+use crate::nemesis::Fault;
 use crate::workload::api;
 use crate::workload::operator;
 use crate::workload::Fixture;
 use crate::workload::Op;
+use crate::workload::OpKind;
+use crate::workload::OpValue;
 use crate::workload::Outcome;
 use crate::workload::TunnelFixture;
 
@@ -27,7 +30,7 @@ const FENCING_GRACE_NS: u64 = 1_000_000_000;
 /// caught up, which the design allows.
 const SETTLE_NS: u64 = 3_000_000_000;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Valid,
@@ -35,7 +38,7 @@ pub enum Verdict {
     Unknown,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Anomaly {
     /// `non-linearizable`, `lost-write`, `duplicate`, `diverged`, `misrouted`, `stale-holder`.
     pub kind: String,
@@ -92,14 +95,19 @@ pub fn ownership_ops(history: &[Op]) -> Vec<checker::Operation<OwnIn, OwnOut>> {
     let mut out = Vec::new();
     for op in history {
         // The claimer's Raft id (a slot's node changes when the membership nemesis replaces it).
-        let node = op.value["node_id"].as_u64().unwrap_or(op.node as u64);
-        let (input, output) = match (op.kind.as_str(), op.outcome) {
-            ("claim", Outcome::Ok) => (OwnIn::Claim { node }, Some(OwnOut::Claimed)),
-            ("claim", Outcome::Info) => (OwnIn::Claim { node }, None),
-            ("read", Outcome::Ok) => {
-                let holder =
-                    op.value.get("holder").and_then(|h| serde_json::from_value::<Option<(u64, u64)>>(h.clone()).ok());
-                (OwnIn::Read, Some(OwnOut::Read(holder.flatten())))
+        let node = match op.value {
+            OpValue::Claim { node_id, .. } => node_id,
+            _ => op.node as u64,
+        };
+        let (input, output) = match (op.kind, op.outcome) {
+            (OpKind::Claim, Outcome::Ok) => (OwnIn::Claim { node }, Some(OwnOut::Claimed)),
+            (OpKind::Claim, Outcome::Info) => (OwnIn::Claim { node }, None),
+            (OpKind::Read, Outcome::Ok) => {
+                let holder = match op.value {
+                    OpValue::Holder { holder } => holder,
+                    _ => None,
+                };
+                (OwnIn::Read, Some(OwnOut::Read(holder)))
             }
             // A failed claim or read did nothing; an unanswered read constrains nothing.
             _ => continue,
@@ -116,7 +124,7 @@ pub fn ownership_ops(history: &[Op]) -> Vec<checker::Operation<OwnIn, OwnOut>> {
     out
 }
 
-pub fn check_ownership(history: &[Op], deadline: Instant) -> (Verdict, Vec<Anomaly>, serde_json::Value) {
+pub fn check_ownership(history: &[Op], deadline: Instant) -> (Verdict, Vec<Anomaly>, checker::CheckResult) {
     let ops = ownership_ops(history);
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let r = checker::check(&Ownership, &ops, deadline, threads);
@@ -136,7 +144,7 @@ pub fn check_ownership(history: &[Op], deadline: Instant) -> (Verdict, Vec<Anoma
             )
         })
         .collect();
-    (verdict, anomalies, serde_json::to_value(&r).unwrap_or_default())
+    (verdict, anomalies, r)
 }
 
 // ----- sockets and accounts -----
@@ -158,7 +166,8 @@ where
 /// Every acknowledged socket is listed by every node; no name or port is held twice.
 pub async fn check_sockets(history: &[Op], fx: &Fixture, nodes: usize) -> (Verdict, Vec<Anomaly>) {
     let mut anomalies = Vec::new();
-    let acked: Vec<&Op> = history.iter().filter(|o| o.kind == "create_socket" && o.outcome == Outcome::Ok).collect();
+    let acked: Vec<&Op> =
+        history.iter().filter(|o| o.kind == OpKind::CreateSocket && o.outcome == Outcome::Ok).collect();
     let mut unknown = false;
     for i in 1..=nodes {
         let client = api(i, Some(&fx.creator_token));
@@ -168,7 +177,7 @@ pub async fn check_sockets(history: &[Op], fx: &Fixture, nodes: usize) -> (Verdi
         };
         let ids: BTreeSet<&str> = listed.iter().map(|s| s.socket_id.as_str()).collect();
         for op in &acked {
-            let id = op.value["socket_id"].as_str().unwrap_or_default();
+            let id = op.value.socket_id().unwrap_or_default();
             if !ids.contains(id) {
                 anomalies.push(anomaly(
                     "lost-write",
@@ -199,7 +208,7 @@ pub async fn check_sockets(history: &[Op], fx: &Fixture, nodes: usize) -> (Verdi
 pub async fn check_accounts(history: &[Op], nodes: usize) -> (Verdict, Vec<Anomaly>) {
     let mut anomalies = Vec::new();
     let mut ok: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
-    for op in history.iter().filter(|o| o.kind == "create_account" && o.outcome == Outcome::Ok) {
+    for op in history.iter().filter(|o| o.kind == OpKind::CreateAccount && o.outcome == Outcome::Ok) {
         ok.entry(op.key.as_str()).or_default().push(op);
     }
     let mut unknown = false;
@@ -231,9 +240,9 @@ fn verdict_of(anomalies: &[Anomaly], unknown: bool) -> Verdict {
 }
 
 /// All nodes reach the same applied index with the same registry digest.
-pub async fn check_convergence(nodes: usize) -> (Verdict, Vec<Anomaly>, serde_json::Value) {
+pub async fn check_convergence(nodes: usize) -> (Verdict, Vec<Anomaly>, Vec<DigestView>) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = serde_json::Value::Null;
+    let mut last = Vec::new();
     while Instant::now() < deadline {
         let mut views = Vec::new();
         for i in 1..=nodes {
@@ -241,22 +250,17 @@ pub async fn check_convergence(nodes: usize) -> (Verdict, Vec<Anomaly>, serde_js
                 views.push(d);
             }
         }
-        last = serde_json::to_value(&views).unwrap_or_default();
         if views.len() == nodes && views.iter().all(|d| d.last_applied == views[0].last_applied) {
             if views.iter().all(|d| d.digest == views[0].digest) {
-                return (Verdict::Valid, Vec::new(), last);
+                return (Verdict::Valid, Vec::new(), views);
             }
             let detail =
                 views.iter().map(|d| format!("node {}: {}", d.node_id, d.digest)).collect::<Vec<_>>().join(", ");
-            return (
-                Verdict::Invalid,
-                vec![anomaly(
-                    "diverged",
-                    format!("same applied index {}, different state: {detail}", views[0].last_applied),
-                )],
-                last,
-            );
+            let diverged =
+                anomaly("diverged", format!("same applied index {}, different state: {detail}", views[0].last_applied));
+            return (Verdict::Invalid, vec![diverged], views);
         }
+        last = views;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     (Verdict::Unknown, Vec::new(), last)
@@ -272,15 +276,15 @@ pub struct ProbeReport {
     pub recovery_ms: Vec<Option<u64>>,
 }
 
-pub fn check_probes(history: &[Op], tunnels: &[TunnelFixture], faults: &[Applied]) -> ProbeReport {
+pub fn check_probes(history: &[Op], tunnels: &[TunnelFixture], faults: &[Fault]) -> ProbeReport {
     let mut anomalies = Vec::new();
     let tunnel_of: BTreeMap<&str, &str> =
         tunnels.iter().map(|t| (t.socket_id.as_str(), t.tunnel_id.as_str())).collect();
     // (mover, seq) -> claim op; tunnel -> acknowledged claims.
     let mut claims: BTreeMap<(u64, u64), &Op> = BTreeMap::new();
     let mut acked: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
-    for op in history.iter().filter(|o| o.kind == "claim") {
-        let seq = op.value["seq"].as_u64().unwrap_or(0);
+    for op in history.iter().filter(|o| o.kind == OpKind::Claim) {
+        let seq = op.value.seq().unwrap_or(0);
         claims.insert((op.client, seq), op);
         if op.outcome == Outcome::Ok {
             acked.entry(op.key.as_str()).or_default().push(op);
@@ -296,10 +300,10 @@ pub fn check_probes(history: &[Op], tunnels: &[TunnelFixture], faults: &[Applied
             touched && t + SETTLE_NS >= f.start && t <= end.saturating_add(SETTLE_NS)
         })
     };
-    let probes: Vec<&Op> = history.iter().filter(|o| o.kind == "probe").collect();
+    let probes: Vec<&Op> = history.iter().filter(|o| o.kind == OpKind::Probe).collect();
     let (mut misrouted, mut stale) = (0, 0);
     for p in probes.iter().filter(|p| p.outcome == Outcome::Ok) {
-        let served = p.value["socket_id"].as_str().unwrap_or_default();
+        let served = p.value.socket_id().unwrap_or_default();
         if served != p.key {
             misrouted += 1;
             if misrouted <= 20 {
@@ -310,7 +314,7 @@ pub fn check_probes(history: &[Op], tunnels: &[TunnelFixture], faults: &[Applied
             }
             continue;
         }
-        let (Some(mover), Some(seq)) = (p.value["mover"].as_u64(), p.value["seq"].as_u64()) else { continue };
+        let OpValue::Served { mover: Some(mover), seq: Some(seq), .. } = p.value else { continue };
         let Some(serving) = claims.get(&(mover, seq)) else { continue };
         let (Some(serving_ret), Some(tunnel)) = (serving.ret, tunnel_of.get(p.key.as_str())) else { continue };
         if unsettled(p.call, serving.node) {
@@ -440,31 +444,37 @@ mod tests {
     fn probe_op(node: usize, call: u64, mover: u64, seq: u64) -> Op {
         Op {
             client: 100,
-            kind: "probe".into(),
+            kind: OpKind::Probe,
             key: "s".into(),
             node,
             call,
             ret: Some(call + 1_000_000),
             outcome: Outcome::Ok,
-            value: serde_json::json!({ "socket_id": "s", "mover": mover, "seq": seq }),
+            value: OpValue::Served {
+                status: 200,
+                socket_id: Some("s".into()),
+                mover: Some(mover),
+                seq: Some(seq),
+                body: format!("s {mover} {seq}"),
+            },
         }
     }
 
     fn claim_op(mover: u64, seq: u64, node: usize, call: u64, ret: u64) -> Op {
         Op {
             client: mover,
-            kind: "claim".into(),
+            kind: OpKind::Claim,
             key: "t".into(),
             node,
             call,
             ret: Some(ret),
             outcome: Outcome::Ok,
-            value: serde_json::json!({ "seq": seq }),
+            value: OpValue::Claim { seq, node_id: node as u64, error: None },
         }
     }
 
-    fn fault(kind: &str, nodes: Vec<usize>, start_s: u64, end_s: u64) -> Applied {
-        Applied {
+    fn fault(kind: &str, nodes: Vec<usize>, start_s: u64, end_s: u64) -> Fault {
+        Fault {
             kind: kind.into(),
             start: start_s * 1_000_000_000,
             end: Some(end_s * 1_000_000_000),
@@ -474,7 +484,7 @@ mod tests {
         }
     }
 
-    fn fencing(history: &[Op], faults: &[Applied]) -> Verdict {
+    fn fencing(history: &[Op], faults: &[Fault]) -> Verdict {
         let tunnels =
             [TunnelFixture { socket_id: "s".into(), tunnel_id: "t".into(), dnsname: "s.test".into(), relay_port: 1 }];
         check_probes(history, &tunnels, faults).fencing

@@ -28,6 +28,7 @@ use serde_json::json;
 
 use crate::checks::Verdict;
 use crate::nemesis::tracing_line as say;
+use crate::workload::OpKind;
 use crate::workload::Outcome;
 
 /// Fault-injection suite for a mysocket cluster (run as root).
@@ -268,7 +269,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     let writes_ok = |from: u64, to: u64| {
         history.iter().any(|o| {
             o.outcome == Outcome::Ok
-                && (o.kind == "claim" || o.kind == "create_socket")
+                && matches!(o.kind, OpKind::Claim | OpKind::CreateSocket)
                 && o.call >= from
                 && o.call <= to
         })
@@ -307,7 +308,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     };
     let mut counts = serde_json::Map::new();
     for o in &history {
-        let e = counts.entry(o.kind.clone()).or_insert_with(|| json!({"ok": 0, "fail": 0, "info": 0}));
+        let e = counts.entry(o.kind.to_string()).or_insert_with(|| json!({"ok": 0, "fail": 0, "info": 0}));
         let k = match o.outcome {
             Outcome::Ok => "ok",
             Outcome::Fail => "fail",

@@ -40,14 +40,19 @@ pub struct Planned {
     pub duration_ms: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Applied {
+/// A fault as the nemesis injected it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fault {
+    /// The planned fault: `kill-leader`, `partition-halves`, … (see [`FAMILIES`]).
     pub kind: String,
     /// Nanoseconds since the run started.
     pub start: u64,
+    /// When it was healed; none when the run stopped before.
     pub end: Option<u64>,
+    /// The slots it struck (for a partition, one side).
     pub nodes: Vec<usize>,
     pub detail: String,
+    /// Why it could not be applied or healed.
     pub error: Option<String>,
 }
 
@@ -147,7 +152,7 @@ pub struct Nemesis {
 }
 
 impl Nemesis {
-    pub async fn run(&self, plan: &[Planned]) -> Vec<Applied> {
+    pub async fn run(&self, plan: &[Planned]) -> Vec<Fault> {
         let mut rng = StdRng::seed_from_u64(self.seed ^ 0x5eed);
         let mut out = Vec::new();
         for p in plan {
@@ -157,14 +162,8 @@ impl Nemesis {
                 break;
             }
             let start = self.ctx.now();
-            let mut applied = Applied {
-                kind: p.kind.clone(),
-                start,
-                end: None,
-                nodes: Vec::new(),
-                detail: String::new(),
-                error: None,
-            };
+            let mut applied =
+                Fault { kind: p.kind.clone(), start, end: None, nodes: Vec::new(), detail: String::new(), error: None };
             match self.apply(&p.kind, &mut rng, &mut applied).await {
                 Ok(undo) => {
                     tracing_line(&format!("fault {} on {:?}: {}", p.kind, applied.nodes, applied.detail));
@@ -184,7 +183,7 @@ impl Nemesis {
         out
     }
 
-    async fn apply(&self, kind: &str, rng: &mut StdRng, a: &mut Applied) -> anyhow::Result<Undo> {
+    async fn apply(&self, kind: &str, rng: &mut StdRng, a: &mut Fault) -> anyhow::Result<Undo> {
         let n = self.ctx.nodes;
         let all: Vec<usize> = (1..=n).collect();
         let random = |rng: &mut StdRng| rng.gen_range(1..=n);

@@ -4,8 +4,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::nemesis::Applied;
+use crate::nemesis::Fault;
 use crate::workload::Op;
+use crate::workload::OpKind;
 use crate::workload::Outcome;
 
 pub fn write_history(dir: &Path, ops: &[Op]) -> anyhow::Result<()> {
@@ -20,11 +21,11 @@ pub fn write_history(dir: &Path, ops: &[Op]) -> anyhow::Result<()> {
 
 /// One lane per client, one bar per operation (green ok, red fail, amber unknown, running to
 /// the end of the run when it never returned), faults as shaded bands, leader changes as lines.
-pub fn timeline(ops: &[Op], faults: &[Applied], leaders: &[(u64, u64, u64)], total_ns: u64) -> String {
+pub fn timeline(ops: &[Op], faults: &[Fault], leaders: &[(u64, u64, u64)], total_ns: u64) -> String {
     let width = 1600.0;
     let lane = 14.0;
     let left = 110.0;
-    let mut clients: Vec<(u64, String)> = ops.iter().map(|o| (o.client, o.kind.clone())).collect();
+    let mut clients: Vec<(u64, OpKind)> = ops.iter().map(|o| (o.client, o.kind)).collect();
     clients.sort();
     clients.dedup_by_key(|c| c.0);
     let height = 40.0 + lane * clients.len() as f64;
@@ -71,7 +72,7 @@ pub fn timeline(ops: &[Op], faults: &[Applied], leaders: &[(u64, u64, u64)], tot
                 o.kind,
                 o.key,
                 o.node,
-                html_escape(&o.value.to_string())
+                html_escape(&json(&o.value))
             );
         }
     }
@@ -85,4 +86,9 @@ pub fn timeline(ops: &[Op], faults: &[Applied], leaders: &[(u64, u64, u64)], tot
 
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Compact JSON, as the timeline shows values.
+fn json(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_default()
 }

@@ -30,7 +30,6 @@ use russh::keys::PrivateKey;
 use russh::keys::PrivateKeyWithHashAlg;
 use serde::Deserialize;
 use serde::Serialize;
-use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 
@@ -49,18 +48,120 @@ pub enum Outcome {
     Info,
 }
 
+/// What the clients do. Declared in alphabetical order, which is the order of the counts in
+/// `results.json` and `summary.md`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    /// A mover claims its tunnel over SSH (`tcpip-forward`).
+    Claim,
+    /// The same new account through two nodes at once.
+    CreateAccount,
+    CreateSocket,
+    /// A public HTTP request for a tunnel's socket.
+    Probe,
+    /// A read of a tunnel's holder.
+    Read,
+}
+
+impl OpKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Claim => "claim",
+            OpKind::CreateAccount => "create_account",
+            OpKind::CreateSocket => "create_socket",
+            OpKind::Probe => "probe",
+            OpKind::Read => "read",
+        }
+    }
+}
+
+impl std::fmt::Display for OpKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an operation saw, written without a tag: the operation's kind tells them apart. The
+/// variants that need fewer fields come later, so that reading `history.jsonl` back picks the
+/// right one (an object with none of `Holder`'s fields would read as `Holder { holder: None }`).
+/// Fields are in alphabetical order, the order `history.jsonl` has always had.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OpValue {
+    /// A claim: the mover's claim number and the Raft id of the node it went through.
+    Claim {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        node_id: u64,
+        seq: u64,
+    },
+    /// A probe answered 200: the body names the socket, mover and claim that served it.
+    Served {
+        body: String,
+        mover: Option<u64>,
+        seq: Option<u64>,
+        socket_id: Option<String>,
+        status: u16,
+    },
+    /// A created socket; `port` only for tcp sockets.
+    Socket {
+        dnsname: String,
+        port: Option<u16>,
+        socket_id: String,
+    },
+    Account {
+        user_id: String,
+    },
+    /// A probe answered with another status.
+    Status {
+        status: u16,
+    },
+    Error {
+        error: String,
+    },
+    /// A read: the tunnel's holder `(node, epoch)`, or nobody.
+    Holder {
+        holder: Option<(u64, u64)>,
+    },
+}
+
+impl OpValue {
+    fn error(e: impl ToString) -> OpValue {
+        OpValue::Error { error: e.to_string() }
+    }
+
+    /// The socket a create made or a probe reached.
+    pub fn socket_id(&self) -> Option<&str> {
+        match self {
+            OpValue::Socket { socket_id, .. } => Some(socket_id),
+            OpValue::Served { socket_id, .. } => socket_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The claim number of a claim, or of the claim that served a probe.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            OpValue::Claim { seq, .. } => Some(*seq),
+            OpValue::Served { seq, .. } => *seq,
+            _ => None,
+        }
+    }
+}
+
 /// One operation of the history. Times are nanoseconds since the run started; `ret` is absent
 /// for indeterminate operations.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Op {
     pub client: u64,
-    pub kind: String,
+    pub kind: OpKind,
     pub key: String,
     pub node: usize,
     pub call: u64,
     pub ret: Option<u64>,
     pub outcome: Outcome,
-    pub value: serde_json::Value,
+    pub value: OpValue,
 }
 
 pub struct Ctx {
@@ -85,18 +186,9 @@ impl Ctx {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn record(
-        &self,
-        client: u64,
-        kind: &str,
-        key: &str,
-        node: usize,
-        call: u64,
-        outcome: Outcome,
-        value: serde_json::Value,
-    ) {
+    fn record(&self, client: u64, kind: OpKind, key: &str, node: usize, call: u64, outcome: Outcome, value: OpValue) {
         let ret = (outcome != Outcome::Info).then(|| self.now());
-        let op = Op { client, kind: kind.into(), key: key.into(), node, call, ret, outcome, value };
+        let op = Op { client, kind, key: key.into(), node, call, ret, outcome, value };
         self.ops.lock().expect("history").push(op);
     }
 
@@ -139,12 +231,12 @@ fn outcome_of(e: &ClientError) -> Outcome {
 /// The outcome and recorded value of an API call made under [`OP_TIMEOUT`].
 fn judged<T>(
     r: Result<Result<T, ClientError>, tokio::time::error::Elapsed>,
-    ok: impl FnOnce(T) -> serde_json::Value,
-) -> (Outcome, serde_json::Value) {
+    ok: impl FnOnce(T) -> OpValue,
+) -> (Outcome, OpValue) {
     match r {
         Ok(Ok(v)) => (Outcome::Ok, ok(v)),
-        Ok(Err(e)) => (outcome_of(&e), json!({ "error": e.to_string() })),
-        Err(_) => (Outcome::Info, json!({ "error": "timeout" })),
+        Ok(Err(e)) => (outcome_of(&e), OpValue::error(e)),
+        Err(_) => (Outcome::Info, OpValue::error("timeout")),
     }
 }
 
@@ -324,24 +416,21 @@ pub async fn mover(ctx: Arc<Ctx>, fx: Arc<Fixture>, tunnel: usize, client: u64) 
             claim(node, &fx.user_name, fx.key.clone(), t.relay_port, ident.clone()),
         )
         .await;
-        let (outcome, value) = match attempt {
+        let (outcome, error) = match attempt {
             Ok(Ok(h)) => {
                 if let Some(old) = current.replace(h) {
                     tokio::spawn(async move {
                         let _ = old.disconnect(russh::Disconnect::ByApplication, "moving", "").await;
                     });
                 }
-                (Outcome::Ok, json!({ "seq": seq, "node_id": node_id }))
+                (Outcome::Ok, None)
             }
-            Ok(Err(ClaimError::NotSent(e))) => {
-                (Outcome::Fail, json!({ "seq": seq, "node_id": node_id, "error": e.to_string() }))
-            }
-            Ok(Err(ClaimError::Unknown(e))) => {
-                (Outcome::Info, json!({ "seq": seq, "node_id": node_id, "error": e.to_string() }))
-            }
-            Err(_) => (Outcome::Info, json!({ "seq": seq, "node_id": node_id, "error": "timeout" })),
+            Ok(Err(ClaimError::NotSent(e))) => (Outcome::Fail, Some(e.to_string())),
+            Ok(Err(ClaimError::Unknown(e))) => (Outcome::Info, Some(e.to_string())),
+            Err(_) => (Outcome::Info, Some("timeout".into())),
         };
-        ctx.record(client, "claim", &t.tunnel_id, node, call, outcome, value);
+        let value = OpValue::Claim { seq, node_id, error };
+        ctx.record(client, OpKind::Claim, &t.tunnel_id, node, call, outcome, value);
         // Hold the tunnel for a while: long enough that the other mover supersedes it.
         let hold = rng.gen_range(800..3000);
         tokio::time::sleep(Duration::from_millis(hold)).await;
@@ -361,8 +450,8 @@ pub async fn reader(ctx: Arc<Ctx>, fx: Arc<Fixture>, client: u64) {
         let node = rng.gen_range(1..=ctx.nodes);
         let call = ctx.now();
         let r = tokio::time::timeout(OP_TIMEOUT, clients[node - 1].tunnel(&t.socket_id, &t.tunnel_id)).await;
-        let (outcome, value) = judged(r, |tn| json!({ "holder": tn.session.map(|s| json!([s.node_id, s.epoch])) }));
-        ctx.record(client, "read", &t.tunnel_id, node, call, outcome, value);
+        let (outcome, value) = judged(r, |tn| OpValue::Holder { holder: tn.session.map(|s| (s.node_id, s.epoch)) });
+        ctx.record(client, OpKind::Read, &t.tunnel_id, node, call, outcome, value);
         ctx.think(&mut rng).await;
     }
 }
@@ -387,9 +476,9 @@ pub async fn creator(ctx: Arc<Ctx>, fx: Arc<Fixture>, client: u64) {
         let r = tokio::time::timeout(OP_TIMEOUT, clients[node - 1].create_socket(&req)).await;
         let (outcome, value) = judged(r, |s| {
             let port = (kind == "tcp").then(|| s.socket_tcp_ports.first().copied()).flatten();
-            json!({ "socket_id": s.socket_id, "dnsname": s.dnsname, "port": port })
+            OpValue::Socket { socket_id: s.socket_id, dnsname: s.dnsname, port }
         });
-        ctx.record(client, "create_socket", &name, node, call, outcome, value);
+        ctx.record(client, OpKind::CreateSocket, &name, node, call, outcome, value);
         ctx.think(&mut rng).await;
     }
 }
@@ -408,8 +497,8 @@ async fn twin_accounts(ctx: &Arc<Ctx>, fx: &Fixture, client: u64, n: u64, rng: &
             // As the operator: a stranger whose email is taken is answered like a new account
             // (no enumeration), and the checker needs the truth, 409.
             let r = tokio::time::timeout(OP_TIMEOUT, operator(node).create_user(&req)).await;
-            let (outcome, value) = judged(r, |u| json!({ "user_id": u.user_id }));
-            ctx.record(client, "create_account", &email, node, call, outcome, value);
+            let (outcome, value) = judged(r, |u| OpValue::Account { user_id: u.user_id });
+            ctx.record(client, OpKind::CreateAccount, &email, node, call, outcome, value);
         }
     };
     tokio::join!(one(a), one(b));
@@ -429,42 +518,57 @@ pub async fn http_get(node: usize, host: &str) -> anyhow::Result<(u16, String)> 
     Ok((status, body))
 }
 
+/// A 200 answer's body: `<socket> <mover> <claim number>` from the mover that served it.
+fn served(body: String) -> OpValue {
+    let mut parts = body.split_whitespace();
+    let (socket, mover, seq) = (parts.next(), parts.next(), parts.next());
+    OpValue::Served {
+        status: 200,
+        socket_id: socket.map(str::to_string),
+        mover: mover.and_then(|m| m.parse().ok()),
+        seq: seq.and_then(|s| s.parse().ok()),
+        body,
+    }
+}
+
 pub async fn prober(ctx: Arc<Ctx>, fx: Arc<Fixture>, client: u64) {
     let mut rng = ctx.rng(client);
     while !ctx.done() {
         let t = &fx.tunnels[rng.gen_range(0..fx.tunnels.len())];
         let node = rng.gen_range(1..=ctx.nodes);
         let call = ctx.now();
-        match tokio::time::timeout(Duration::from_secs(3), http_get(node, &t.dnsname)).await {
-            Ok(Ok((200, body))) => {
-                let mut parts = body.split_whitespace();
-                let (socket, mover, seq) = (parts.next(), parts.next(), parts.next());
-                let v = json!({ "status": 200, "socket_id": socket, "mover": mover.and_then(|m| m.parse::<u64>().ok()),
-                                "seq": seq.and_then(|s| s.parse::<u64>().ok()), "body": body });
-                ctx.record(client, "probe", &t.socket_id, node, call, Outcome::Ok, v);
-            }
-            Ok(Ok((status, _))) => {
-                ctx.record(client, "probe", &t.socket_id, node, call, Outcome::Fail, json!({ "status": status }))
-            }
-            Ok(Err(e)) => {
-                ctx.record(client, "probe", &t.socket_id, node, call, Outcome::Fail, json!({ "error": e.to_string() }))
-            }
+        let (outcome, value) = match tokio::time::timeout(Duration::from_secs(3), http_get(node, &t.dnsname)).await {
+            Ok(Ok((200, body))) => (Outcome::Ok, served(body)),
+            Ok(Ok((status, _))) => (Outcome::Fail, OpValue::Status { status }),
+            Ok(Err(e)) => (Outcome::Fail, OpValue::error(e)),
             // A probe changes nothing, so a timeout is simply a failed probe.
-            Err(_) => {
-                let ret = ctx.now();
-                let op = Op {
-                    client,
-                    kind: "probe".into(),
-                    key: t.socket_id.clone(),
-                    node,
-                    call,
-                    ret: Some(ret),
-                    outcome: Outcome::Fail,
-                    value: json!({ "error": "timeout" }),
-                };
-                ctx.ops.lock().expect("history").push(op);
-            }
-        }
+            Err(_) => (Outcome::Fail, OpValue::error("timeout")),
+        };
+        ctx.record(client, OpKind::Probe, &t.socket_id, node, call, outcome, value);
         ctx.think(&mut rng).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `testdata/history.jsonl` is what the suite wrote before its operations were typed: one
+    /// line of each kind and outcome.
+    #[test]
+    fn history_lines_read_and_write_back_unchanged() {
+        let history = include_str!("../testdata/history.jsonl");
+        for line in history.lines() {
+            let op: Op = serde_json::from_str(line).unwrap();
+            assert_eq!(serde_json::to_string(&op).unwrap(), line);
+        }
+    }
+
+    #[test]
+    fn a_probe_answer_names_the_socket_mover_and_claim() {
+        let v = served("s-1 7 12".into());
+        assert_eq!(v.socket_id(), Some("s-1"));
+        assert_eq!(v.seq(), Some(12));
+        assert!(matches!(served(String::new()), OpValue::Served { socket_id: None, mover: None, seq: None, .. }));
     }
 }
