@@ -40,6 +40,10 @@ struct Stats {
     errors: u64,
 }
 
+/// What one client works on: (endpoint, token, key) — for mysocket the key is a socket of the
+/// client's own account, for etcd a key prefix.
+type Slot = (String, String, String);
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -48,100 +52,14 @@ async fn main() -> anyhow::Result<()> {
         .pool_idle_timeout(Duration::from_secs(20))
         .timeout(Duration::from_secs(30))
         .build()?;
-    // Setup (not measured): one (token, socket) per client for mysocket.
-    let mut slots: Vec<(String, String, String)> = Vec::new(); // (endpoint, token, socket_id)
-    if args.target == "mysocket" {
-        let run = std::process::id();
-        let accounts = args.clients.div_ceil(args.sockets_per_account);
-        let mut setups = Vec::new();
-        for a in 0..accounts {
-            let ep = args.endpoints[a % args.endpoints.len()].clone();
-            let key = args.sshkey.clone();
-            let per = args.sockets_per_account.min(args.clients - a * args.sockets_per_account);
-            setups.push(tokio::spawn(async move {
-                let api = ApiClient::new([ep.clone()]);
-                let email = format!("bench-{run}-{a}@example.com");
-                api.create_user(&UserCreate {
-                    name: format!("bench {a}"),
-                    email: email.clone(),
-                    password: "bench-password".into(),
-                    sshkey: key,
-                })
-                .await
-                .context("create bench account")?;
-                let token = api.login(&email, "bench-password").await?.token;
-                let api = api.with_token(token.clone());
-                let mut out = Vec::new();
-                for s in 0..per {
-                    let sock = api
-                        .create_socket(&SocketCreate {
-                            name: format!("bench-{s}"),
-                            socket_type: Some("http".into()),
-                            ..Default::default()
-                        })
-                        .await
-                        .context("create bench socket")?;
-                    out.push((ep.clone(), token.clone(), sock.socket_id));
-                }
-                anyhow::Ok(out)
-            }));
-        }
-        for s in setups {
-            slots.extend(s.await??);
-        }
-    } else {
-        for i in 0..args.clients {
-            slots.push((args.endpoints[i % args.endpoints.len()].clone(), String::new(), format!("bench/{i}")));
-        }
-    }
+    // Setup (not measured).
+    let slots = if args.target == "mysocket" { mysocket_slots(&args).await? } else { etcd_slots(&args) };
 
     let deadline = Instant::now() + Duration::from_secs(args.secs);
     let http = Arc::new(http);
     let mut workers = Vec::new();
-    for (ep, token, key) in slots {
-        let (http, target) = (http.clone(), args.target.clone());
-        workers.push(tokio::spawn(async move {
-            let mut st = Stats { latencies: Vec::new(), errors: 0 };
-            let mut n = 0u64;
-            while Instant::now() < deadline {
-                // One create and one delete: two writes.
-                let t0 = Instant::now();
-                let created = if target == "mysocket" {
-                    http.post(format!("{ep}/socket/{key}/tunnel"))
-                        .header("x-access-token", &token)
-                        .body("{}")
-                        .send()
-                        .await
-                } else {
-                    let body = serde_json::json!({"key": b64(&format!("{key}/{n}")), "value": b64("tunnel")});
-                    http.post(format!("{ep}/v3/kv/put")).json(&body).send().await
-                };
-                let id = match created {
-                    Ok(r) if r.status().is_success() => {
-                        st.latencies.push(t0.elapsed());
-                        let v: serde_json::Value = r.json().await.unwrap_or_default();
-                        v["tunnel_id"].as_str().unwrap_or_default().to_string()
-                    }
-                    _ => {
-                        st.errors += 1;
-                        continue;
-                    }
-                };
-                let t1 = Instant::now();
-                let deleted = if target == "mysocket" {
-                    http.delete(format!("{ep}/socket/{key}/tunnel/{id}")).header("x-access-token", &token).send().await
-                } else {
-                    let body = serde_json::json!({"key": b64(&format!("{key}/{n}"))});
-                    http.post(format!("{ep}/v3/kv/deleterange")).json(&body).send().await
-                };
-                match deleted {
-                    Ok(r) if r.status().is_success() => st.latencies.push(t1.elapsed()),
-                    _ => st.errors += 1,
-                }
-                n += 1;
-            }
-            st
-        }));
+    for slot in slots {
+        workers.push(tokio::spawn(writes(http.clone(), args.target.clone(), slot, deadline)));
     }
     let start = Instant::now();
     let mut all = Vec::new();
@@ -166,6 +84,96 @@ async fn main() -> anyhow::Result<()> {
         })
     );
     Ok(())
+}
+
+/// One (token, socket) per client: accounts of `--sockets-per-account` sockets each, spread
+/// over the endpoints, made in parallel.
+async fn mysocket_slots(args: &Args) -> anyhow::Result<Vec<Slot>> {
+    let run = std::process::id();
+    let accounts = args.clients.div_ceil(args.sockets_per_account);
+    let mut setups = Vec::new();
+    for a in 0..accounts {
+        let ep = args.endpoints[a % args.endpoints.len()].clone();
+        let key = args.sshkey.clone();
+        let per = args.sockets_per_account.min(args.clients - a * args.sockets_per_account);
+        setups.push(tokio::spawn(async move {
+            let api = ApiClient::new([ep.clone()]);
+            let email = format!("bench-{run}-{a}@example.com");
+            api.create_user(&UserCreate {
+                name: format!("bench {a}"),
+                email: email.clone(),
+                password: "bench-password".into(),
+                sshkey: key,
+            })
+            .await
+            .context("create bench account")?;
+            let token = api.login(&email, "bench-password").await?.token;
+            let api = api.with_token(token.clone());
+            let mut out = Vec::new();
+            for s in 0..per {
+                let sock = api
+                    .create_socket(&SocketCreate {
+                        name: format!("bench-{s}"),
+                        socket_type: Some("http".into()),
+                        ..Default::default()
+                    })
+                    .await
+                    .context("create bench socket")?;
+                out.push((ep.clone(), token.clone(), sock.socket_id));
+            }
+            anyhow::Ok(out)
+        }));
+    }
+    let mut slots = Vec::new();
+    for s in setups {
+        slots.extend(s.await??);
+    }
+    Ok(slots)
+}
+
+fn etcd_slots(args: &Args) -> Vec<Slot> {
+    (0..args.clients)
+        .map(|i| (args.endpoints[i % args.endpoints.len()].clone(), String::new(), format!("bench/{i}")))
+        .collect()
+}
+
+/// One client's load until the deadline: a create then a delete, two writes, each timed.
+async fn writes(http: Arc<reqwest::Client>, target: String, (ep, token, key): Slot, deadline: Instant) -> Stats {
+    let mut st = Stats { latencies: Vec::new(), errors: 0 };
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        let t0 = Instant::now();
+        let created = if target == "mysocket" {
+            http.post(format!("{ep}/socket/{key}/tunnel")).header("x-access-token", &token).body("{}").send().await
+        } else {
+            let body = serde_json::json!({"key": b64(&format!("{key}/{n}")), "value": b64("tunnel")});
+            http.post(format!("{ep}/v3/kv/put")).json(&body).send().await
+        };
+        let id = match created {
+            Ok(r) if r.status().is_success() => {
+                st.latencies.push(t0.elapsed());
+                let v: serde_json::Value = r.json().await.unwrap_or_default();
+                v["tunnel_id"].as_str().unwrap_or_default().to_string()
+            }
+            _ => {
+                st.errors += 1;
+                continue;
+            }
+        };
+        let t1 = Instant::now();
+        let deleted = if target == "mysocket" {
+            http.delete(format!("{ep}/socket/{key}/tunnel/{id}")).header("x-access-token", &token).send().await
+        } else {
+            let body = serde_json::json!({"key": b64(&format!("{key}/{n}"))});
+            http.post(format!("{ep}/v3/kv/deleterange")).json(&body).send().await
+        };
+        match deleted {
+            Ok(r) if r.status().is_success() => st.latencies.push(t1.elapsed()),
+            _ => st.errors += 1,
+        }
+        n += 1;
+    }
+    st
 }
 
 fn b64(s: &str) -> String {
