@@ -1,0 +1,24 @@
+//! The data plane with real processes and the real OpenSSH client: `ssh -R` to a node's SSH
+//! server, a public HTTP request routed by Host to the service behind the tunnel, protected
+//! sockets, refused strangers and foreign ports, newest connection wins.
+//!
+//! # Layout
+//! - `tunnel`: `ssh -R` claims a socket's tunnel; who may, where, how many, and which wins.
+//! - `failover`: a holder killed, paused, restarted or cut off from the majority.
+//! - `relay`: nodes relaying to the holder, bodies and upgrades across, upstream reuse.
+//! - `tcp_tls`: https, tcp and tls sockets, with the cluster's or the operator's certificate.
+//! - `http`: HTTP/1 framing, the fields forwarded on both HTTP paths, services that never answer.
+//! - `session_log`: what the client's SSH session shows, and a client that stops reading it.
+//! - `garbage`: garbage and silence on every port.
+//! - `metrics`: metrics and the dashboard.
+//! - `support`: tunnels, requests and metrics the tests share.
+
+mod failover;
+mod garbage;
+mod http;
+mod metrics;
+mod relay;
+mod session_log;
+mod support;
+mod tcp_tls;
+mod tunnel;
