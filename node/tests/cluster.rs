@@ -254,7 +254,6 @@ fn control_channel(addr: &str, credential: &str) -> tonic::transport::Channel {
 /// its write kept), the node exits cleanly and comes back with its state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_shuts_down_gracefully_and_restart_keeps_state() {
-    use tokio::io::AsyncReadExt;
     use tokio::io::AsyncWriteExt;
     let mut c = TestCluster::builder().start().await;
     c.api(1).create_user(&user(1)).await.unwrap();
@@ -277,9 +276,8 @@ async fn sigterm_shuts_down_gracefully_and_restart_keeps_state() {
     })
     .await;
     s.write_all(rest).await.unwrap();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = tokio::time::timeout(Duration::from_secs(10), read_http_answer(&mut s, "POST")).await;
+    let answer = answer.ok().and_then(Result::ok).map(|a| a.text()).unwrap_or_default();
     assert!(answer.starts_with("HTTP/1.1 200 "), "the request in flight: {answer:?}");
     let status = c.wait_exit(2);
     assert!(status.success(), "SIGTERM exit status {status:?}");

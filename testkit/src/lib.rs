@@ -4,7 +4,8 @@
 //! `TestCluster`: real `mysocketd` processes on their own loopback addresses. Each test process
 //! gets its own 127.A.B.0/24 block (from its pid) and each cluster in it a slot of eight
 //! addresses, so tests run in parallel without port clashes. Also origins (services behind a
-//! tunnel), SSH keys, test PKI and readers of HTTP answers.
+//! tunnel), SSH keys, test PKI, and `http_answer`: the one reader of HTTP/1.x answers for
+//! tests that speak HTTP by hand.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -21,6 +22,11 @@ use mysocket_api::ApiClient;
 use mysocket_api::UserCreate;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
+
+mod http_answer;
+pub use http_answer::read_http_answer;
+pub use http_answer::read_last_http_answer;
+pub use http_answer::HttpAnswer;
 
 pub const SSH_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEKB/+HUsFGo5IjxjdpUNkfai/lOgRCdHyy1c7BmPvcN test@mysocket";

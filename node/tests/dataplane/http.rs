@@ -107,7 +107,6 @@ async fn framing_origin() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_http1_framing_crosses_a_kept_alive_connection() {
-    use tokio::io::AsyncReadExt;
     use tokio::io::AsyncWriteExt;
     let c = TestCluster::builder().start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -156,7 +155,8 @@ async fn every_http1_framing_crosses_a_kept_alive_connection() {
         ];
         for (request, ends) in steps {
             s.write_all(request.as_bytes()).await.unwrap();
-            let answer = read_answer_until(&mut s, ends).await;
+            let method = request.split(' ').next().unwrap();
+            let answer = read_http_answer(&mut s, method).await.unwrap().text();
             assert!(answer.ends_with(ends), "node {id}, {request:?} got {answer:?}");
             if request.starts_with("GET /103") {
                 assert!(answer.starts_with("HTTP/1.1 103 Early Hints\r\n"), "{answer:?}");
@@ -166,7 +166,8 @@ async fn every_http1_framing_crosses_a_kept_alive_connection() {
         // Two requests in one write (pipelined): two answers, in order.
         let mut s = tokio::net::TcpStream::connect((ip.as_str(), 8080)).await.unwrap();
         s.write_all((req("GET", "/chunked", "") + &req("GET", "/len", "")).as_bytes()).await.unwrap();
-        let answer = read_answer_until(&mut s, "\r\n\r\nhello").await;
+        let mut answer = read_http_answer(&mut s, "GET").await.unwrap().text();
+        answer += &read_http_answer(&mut s, "GET").await.unwrap().text();
         let chunked_at = answer.find(" world\r\n0\r\n").expect("the chunked answer");
         assert!(answer[chunked_at..].contains("content-length: 5\r\n\r\nhello"), "{answer:?}");
 
@@ -177,21 +178,18 @@ async fn every_http1_framing_crosses_a_kept_alive_connection() {
             s.write_all(piece.as_bytes()).await.unwrap();
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
-        let answer = read_answer_until(&mut s, "\r\n\r\nhello").await;
+        let answer = read_http_answer(&mut s, "GET").await.unwrap().text();
         assert!(answer.ends_with("\r\n\r\nhello"), "{answer:?}");
 
         // A body that ends with the stream ends the public connection too.
         let mut s = tokio::net::TcpStream::connect((ip.as_str(), 8080)).await.unwrap();
         s.write_all(req("GET", "/eof", "").as_bytes()).await.unwrap();
-        let mut all = String::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut all)).await.unwrap().unwrap();
+        let all = read_http_answer(&mut s, "GET").await.unwrap().text();
         assert!(all.ends_with("\r\n\r\nuntil the end"), "{all:?}");
 
         // A client that asks to close is told so, and the connection closes after the answer.
-        let mut s = tokio::net::TcpStream::connect((ip.as_str(), 8080)).await.unwrap();
-        s.write_all(req("GET", "/len", "connection: close\r\n").as_bytes()).await.unwrap();
-        let mut all = String::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut all)).await.unwrap().unwrap();
+        let all =
+            last_answer(&format!("{ip}:8080"), req("GET", "/len", "connection: close\r\n").as_bytes()).await.text();
         assert!(all.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{all:?}");
         assert!(all.ends_with("\r\n\r\nhello"), "{all:?}");
     }
@@ -214,8 +212,6 @@ fn seen_fields(answer: &str) -> (String, Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_http_paths_forward_the_same_fields_and_log_no_control_characters() {
-    use tokio::io::AsyncReadExt;
-    use tokio::io::AsyncWriteExt;
     let c = TestCluster::builder().start().await;
     let dir = tempfile::tempdir().unwrap();
     let (key, u, api) = ssh_user(&c, dir.path(), 1, "nina").await;
@@ -236,10 +232,7 @@ async fn both_http_paths_forward_the_same_fields_and_log_no_control_characters()
     let paths = [("HTTP/1.1", ""), ("HTTP/1.0", ""), ("HTTP/1.1", "Expect: 100-continue\r\nContent-Length: 0\r\n")];
     // What the service saw of one request through node `via`'s public HTTP port.
     let through = |via: String, head: String| async move {
-        let mut s = tokio::net::TcpStream::connect(format!("{via}:8080")).await.unwrap();
-        s.write_all(head.as_bytes()).await.unwrap();
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).await.unwrap();
+        let answer = last_answer(&format!("{via}:8080"), head.as_bytes()).await.text();
         assert!(answer.contains(" 200 OK"), "{head:?} through {via}: {answer}");
         seen_fields(&answer)
     };
@@ -340,13 +333,10 @@ async fn both_http_paths_forward_the_same_fields_and_log_no_control_characters()
     // A path with a terminal escape (CSI, a C1 control, in UTF-8; the parsers refuse C0 bytes
     // in a target): the session log never shows it as it is.
     for version in ["1.1", "1.0"] {
-        let mut s = tokio::net::TcpStream::connect(format!("{n1}:8080")).await.unwrap();
         let mut head = b"GET /esc".to_vec();
         head.extend_from_slice("\u{9b}31m".as_bytes());
         head.extend_from_slice(format!(" HTTP/{version}\r\nHost: {name}\r\nConnection: close\r\n\r\n").as_bytes());
-        s.write_all(&head).await.unwrap();
-        let mut answer = Vec::new();
-        s.read_to_end(&mut answer).await.unwrap();
+        last_answer(&format!("{n1}:8080"), &head).await;
     }
     let text = eventually(Duration::from_secs(10), "the requests' log lines", || {
         let out = out.clone();
@@ -392,9 +382,8 @@ async fn a_service_that_never_answers_gets_504_and_a_trickled_body_is_cut() {
         let mut s = tokio::net::TcpStream::connect(format!("{n1}:8080")).await.unwrap();
         s.write_all(format!("GET /wait HTTP/{version}\r\nHost: {name}\r\n\r\n").as_bytes()).await.unwrap();
         let started = std::time::Instant::now();
-        let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut answer)).await.unwrap().unwrap();
-        let answer = String::from_utf8_lossy(&answer);
+        let answer = tokio::time::timeout(Duration::from_secs(20), read_last_http_answer(&mut s, "GET"));
+        let answer = answer.await.unwrap().unwrap().text();
         assert!(answer.contains(" 504 Gateway Timeout"), "HTTP/{version}: {answer}");
         assert!(started.elapsed() >= Duration::from_millis(1500), "HTTP/{version}: {:?}", started.elapsed());
     }

@@ -35,20 +35,6 @@ async fn sometimes_closing_origin() -> u16 {
     port
 }
 
-/// Reads one answer with a three-byte body from `s`: its status line.
-async fn one_answer(s: &mut tokio::net::TcpStream) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut got = Vec::new();
-    let mut byte = [0u8; 1];
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "the answer ended early: {}", String::from_utf8_lossy(&got));
-        got.push(byte[0]);
-    }
-    let mut body = [0u8; 3];
-    s.read_exact(&mut body).await.unwrap();
-    String::from_utf8_lossy(&got).lines().next().unwrap_or_default().to_string()
-}
-
 /// A client that stops reading its session (a terminal paused with Ctrl-S, a pipe nobody
 /// drains) loses log lines, not its tunnel: with OpenSSH's output unread, its channel window
 /// (2 MiB, some 7,000 lines) and the node's queue fill, and requests go on being answered;
@@ -97,7 +83,6 @@ async fn a_client_that_stops_reading_its_session_keeps_its_tunnel() {
 /// so these are the cases where the relay could be gone, or idle, by then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_session_log_shows_every_http_request_taken_by_any_node() {
-    use tokio::io::AsyncReadExt;
     use tokio::io::AsyncWriteExt;
     let c = TestCluster::builder().start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -125,11 +110,8 @@ async fn the_session_log_shows_every_http_request_taken_by_any_node() {
     for n in [1u64, 2, 3] {
         for version in ["1.1", "1.0"] {
             let path = format!("/close-node{n}-http{version}");
-            let mut s = tokio::net::TcpStream::connect(format!("{}:8080", c.nodes[&n].ip)).await.unwrap();
             let head = format!("GET {path} HTTP/{version}\r\nHost: {}\r\n\r\n", sock.dnsname);
-            s.write_all(head.as_bytes()).await.unwrap();
-            let mut answer = String::new();
-            s.read_to_string(&mut answer).await.unwrap();
+            let answer = last_answer(&format!("{}:8080", c.nodes[&n].ip), head.as_bytes()).await.text();
             assert!(answer.starts_with(&format!("HTTP/{version} 200")), "{path}: {answer}");
             paths.push(path);
         }
@@ -142,8 +124,8 @@ async fn the_session_log_shows_every_http_request_taken_by_any_node() {
     let mut s = tokio::net::TcpStream::connect(format!("{}:8080", c.nodes[&2].ip)).await.unwrap();
     for path in ["/kept-first", "/kept-second"] {
         s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", sock.dnsname).as_bytes()).await.unwrap();
-        let status = one_answer(&mut s).await;
-        assert!(status.starts_with("HTTP/1.1 200"), "{path}: {status}");
+        let answer = read_http_answer(&mut s, "GET").await.unwrap().text();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
         eventually(Duration::from_secs(10), &format!("the line of {path}, the connection still open"), || {
             logged(path.to_string())
         })

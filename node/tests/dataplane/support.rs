@@ -134,46 +134,41 @@ pub fn tls_connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
 }
 
-/// Reads until a whole answer is in: the origin's echo (ends with the echoed head's blank
-/// line) or one of our HTML pages.
-pub async fn read_answer<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let done = |b: &[u8]| {
-        let t = String::from_utf8_lossy(b);
-        (t.contains("origin saw:") && t.ends_with("\r\n\r\n")) || t.ends_with("</html>\n")
-    };
-    while !done(&buf) && std::time::Instant::now() < deadline {
-        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
 /// A request over TLS (verified with the cluster CA) or plain TCP; returns what came back.
 pub async fn request(ip: &str, port: u16, tls: Option<(&tokio_rustls::TlsConnector, &str)>, host: &str) -> String {
-    use tokio::io::AsyncWriteExt;
     let Ok(tcp) = tokio::net::TcpStream::connect((ip, port)).await else { return String::new() };
     let req = format!("GET /via-{port} HTTP/1.1\r\nHost: {host}\r\n\r\n");
-    match tls {
+    let answer = match tls {
         Some((conn, name)) => {
-            let Ok(mut s) = conn.connect(rustls::pki_types::ServerName::try_from(name.to_string()).unwrap(), tcp).await
+            let Ok(s) = conn.connect(rustls::pki_types::ServerName::try_from(name.to_string()).unwrap(), tcp).await
             else {
                 return String::from("tls handshake failed");
             };
-            let _ = s.write_all(req.as_bytes()).await;
-            read_answer(&mut s).await
+            exchange(s, &req).await
         }
-        None => {
-            let mut s = tcp;
-            let _ = s.write_all(req.as_bytes()).await;
-            read_answer(&mut s).await
-        }
-    }
+        None => exchange(tcp, &req).await,
+    };
+    answer.map_or_else(|e| format!("no whole answer: {e}"), |a| a.text())
+}
+
+/// Writes `req` to `s` and reads the answer to it.
+async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut s: S,
+    req: &str,
+) -> std::io::Result<HttpAnswer> {
+    use tokio::io::AsyncWriteExt;
+    s.write_all(req.as_bytes()).await?;
+    read_http_answer(&mut s, "GET").await
+}
+
+/// Sends `head` on a new connection to `addr` and reads the answer, after which the node must
+/// close the connection (the request asked it to, is HTTP/1.0, or was refused).
+pub async fn last_answer(addr: &str, head: &[u8]) -> HttpAnswer {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head).await.unwrap();
+    let answer = read_last_http_answer(&mut s, "GET").await;
+    answer.unwrap_or_else(|e| panic!("{:?} to {addr}: {e}", String::from_utf8_lossy(head)))
 }
 
 /// A tcp socket of a new user whose tunnel `ssh -R` (with a session log, written to the
@@ -214,17 +209,4 @@ pub async fn scrape(ip: String, operator_token: &str) -> std::collections::HashM
 
 pub fn sample(m: &std::collections::HashMap<String, f64>, key: &str) -> f64 {
     *m.get(key).unwrap_or_else(|| panic!("no sample {key}"))
-}
-
-pub async fn read_answer_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !String::from_utf8_lossy(&buf).contains(needle) {
-        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    String::from_utf8_lossy(&buf).into_owned()
 }

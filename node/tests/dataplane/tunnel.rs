@@ -41,16 +41,11 @@ async fn openssh_reverse_forward_serves_public_http() {
     // The fields the client's Connection names concern its connection only, on both paths
     // (HTTP/1.1 here; HTTP/1.0 goes through hyper); the framing and Host stay.
     for version in ["1.1", "1.0"] {
-        use tokio::io::AsyncReadExt;
-        use tokio::io::AsyncWriteExt;
-        let mut s = tokio::net::TcpStream::connect(format!("{n1}:8080")).await.unwrap();
         let head = format!(
             "GET /named HTTP/{version}\r\nHost: {}\r\nConnection: close, X-Secret, host, Content-Length\r\nX-Secret: 1\r\nKeep-Alive: 300\r\nX-Kept: 2\r\nContent-Length: 0\r\n\r\n",
             sock.dnsname
         );
-        s.write_all(head.as_bytes()).await.unwrap();
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).await.unwrap();
+        let answer = last_answer(&format!("{n1}:8080"), head.as_bytes()).await.text();
         let seen = answer.to_lowercase();
         assert!(seen.starts_with(&format!("http/{version} 200")) && seen.contains("get /named"), "{answer}");
         assert!(seen.contains("x-kept: 2") && seen.contains(&format!("host: {}", sock.dnsname)), "{answer}");
@@ -71,12 +66,7 @@ async fn openssh_reverse_forward_serves_public_http() {
             "200",
         ),
     ] {
-        use tokio::io::AsyncReadExt;
-        use tokio::io::AsyncWriteExt;
-        let mut s = tokio::net::TcpStream::connect(format!("{n1}:8080")).await.unwrap();
-        s.write_all(head.as_bytes()).await.unwrap();
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).await.unwrap();
+        let answer = last_answer(&format!("{n1}:8080"), head.as_bytes()).await.text();
         assert!(answer.starts_with(&format!("HTTP/1.1 {want} ")), "{what}: {answer}");
         let seen = answer.to_lowercase();
         if want == "400" {
@@ -124,12 +114,10 @@ async fn openssh_reverse_forward_serves_public_http() {
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
     // The current epoch is accepted, and the relay reaches the service.
     let (mut relay, _) = mysocket_node::relay::connect(&peers, &holder, open(1)).await.expect("current epoch accepted");
-    use tokio::io::AsyncReadExt;
     use tokio::io::AsyncWriteExt;
     relay.write_all(format!("GET /fenced HTTP/1.1\r\nHost: {}\r\n\r\n", sock.dnsname).as_bytes()).await.unwrap();
     relay.shutdown().await.unwrap(); // the origin answers, sees the end of its input and closes
-    let mut answer = String::new();
-    relay.read_to_string(&mut answer).await.unwrap();
+    let answer = read_last_http_answer(&mut relay, "GET").await.unwrap().text();
     assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("GET /fenced"), "{answer}");
 }
 
