@@ -142,11 +142,7 @@ async fn the_session_log_shows_tcp_connections_taken_by_any_node() {
     // Node 1 holds the tunnel; node 2 relays to it.
     for id in [1u64, 2] {
         let ip = c.nodes[&id].ip.clone();
-        eventually(Duration::from_secs(20), &format!("tcp through node {id}"), || {
-            let (ip, name) = (ip.clone(), tcp.dnsname.clone());
-            async move { request(&ip, port, None, &name).await.contains("origin saw:").then_some(()) }
-        })
-        .await;
+        served(&format!("tcp through node {id}"), (&ip, port), None, &tcp.dnsname, |r| r.contains("origin saw:")).await;
     }
     let text = eventually(Duration::from_secs(20), "a log line for each connection", || {
         let text = std::fs::read_to_string(&out).unwrap_or_default();

@@ -151,6 +151,22 @@ pub async fn request(ip: &str, port: u16, tls: Option<(&tokio_rustls::TlsConnect
     answer.map_or_else(|e| format!("no whole answer: {e}"), |a| a.text())
 }
 
+/// The first answer to a [`request`] through `ip:port` for `name` (over TLS when `tls` is given)
+/// that `ok` accepts, within 20 s.
+pub async fn served(
+    what: &str,
+    (ip, port): (&str, u16),
+    tls: Option<&tokio_rustls::TlsConnector>,
+    name: &str,
+    ok: fn(&str) -> bool,
+) -> String {
+    eventually(Duration::from_secs(20), what, || async move {
+        let r = request(ip, port, tls.map(|c| (c, name)), name).await;
+        ok(&r).then_some(r)
+    })
+    .await
+}
+
 /// Writes `req` to `s` and reads the answer to it.
 async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     mut s: S,

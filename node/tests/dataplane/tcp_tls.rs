@@ -28,15 +28,8 @@ async fn https_tcp_and_tls_sockets_answer_through_every_node() {
 
     for id in [1u64, 2, 3] {
         let ip = c.nodes[&id].ip.clone();
-        let conn = conn.clone();
-        let got = eventually(Duration::from_secs(20), &format!("https through node {id}"), || {
-            let (ip, conn, name) = (ip.clone(), conn.clone(), https.dnsname.clone());
-            async move {
-                let r = request(&ip, 8443, Some((&conn, &name)), &name).await;
-                r.starts_with("HTTP/1.1 200").then_some(r)
-            }
-        })
-        .await;
+        let what = format!("https through node {id}");
+        let got = served(&what, (&ip, 8443), Some(&conn), &https.dnsname, |r| r.starts_with("HTTP/1.1 200")).await;
         assert!(got.to_lowercase().contains("x-forwarded-proto: https"), "{got}");
         // HTTP/2 (ALPN h2) with curl, verified against the cluster CA.
         let ca_file = dir.path().join("ca.pem");
@@ -53,18 +46,10 @@ async fn https_tcp_and_tls_sockets_answer_through_every_node() {
             "HTTP/2 through node {id}: {text} {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = tcp.socket_tcp_ports[0];
-        eventually(Duration::from_secs(20), &format!("tcp through node {id}"), || {
-            let (ip, name) = (ip.clone(), tcp.dnsname.clone());
-            async move { request(&ip, port, None, &name).await.contains("origin saw:").then_some(()) }
-        })
-        .await;
-        let port = tls.socket_tcp_ports[0];
-        eventually(Duration::from_secs(20), &format!("tls through node {id}"), || {
-            let (ip, conn, name) = (ip.clone(), conn.clone(), tls.dnsname.clone());
-            async move { request(&ip, port, Some((&conn, &name)), &name).await.contains("origin saw:").then_some(()) }
-        })
-        .await;
+        let (tcp_port, tls_port) = (tcp.socket_tcp_ports[0], tls.socket_tcp_ports[0]);
+        let origin_saw = |r: &str| r.contains("origin saw:");
+        served(&format!("tcp through node {id}"), (&ip, tcp_port), None, &tcp.dnsname, origin_saw).await;
+        served(&format!("tls through node {id}"), (&ip, tls_port), Some(&conn), &tls.dnsname, origin_saw).await;
     }
 
     // Deleting a socket closes its listeners on every node.
@@ -111,17 +96,11 @@ async fn an_operator_certificate_is_served_for_https_and_tls_sockets() {
     let cluster = tls_connector(&cluster_ca);
     for id in [1u64, 2] {
         let ip = c.nodes[&id].ip.clone();
-        eventually(Duration::from_secs(20), &format!("https with the operator's certificate via node {id}"), || {
-            let (ip, conn, name) = (ip.clone(), operator.clone(), https.dnsname.clone());
-            async move { request(&ip, 8443, Some((&conn, &name)), &name).await.starts_with("HTTP/1.1 200").then_some(()) }
-        })
-        .await;
+        let what = format!("https with the operator's certificate via node {id}");
+        served(&what, (&ip, 8443), Some(&operator), &https.dnsname, |r| r.starts_with("HTTP/1.1 200")).await;
+        let what = format!("tls with the operator's certificate via node {id}");
         let port = tls.socket_tcp_ports[0];
-        eventually(Duration::from_secs(20), &format!("tls with the operator's certificate via node {id}"), || {
-            let (ip, conn, name) = (ip.clone(), operator.clone(), tls.dnsname.clone());
-            async move { request(&ip, port, Some((&conn, &name)), &name).await.contains("origin saw:").then_some(()) }
-        })
-        .await;
+        served(&what, (&ip, port), Some(&operator), &tls.dnsname, |r| r.contains("origin saw:")).await;
         // The cluster's own CA did not sign what is served.
         let r = request(&ip, 8443, Some((&cluster, &https.dnsname)), &https.dnsname).await;
         assert_eq!(r, "tls handshake failed", "node {id} served a certificate of the cluster CA");
