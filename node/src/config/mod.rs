@@ -792,7 +792,7 @@ mod tests {
     /// node reads (the file refuses unknown keys, so a misspelt example would stop a node).
     #[test]
     fn the_example_config_names_only_real_settings() {
-        let text = include_str!("../../deploy/mysocketd.example.toml");
+        let text = include_str!("../../../deploy/mysocketd.example.toml");
         let setting =
             |l: &str| l.split_once(" = ").is_some_and(|(k, _)| k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
         let uncommented: Vec<&str> =

@@ -24,7 +24,7 @@ async fn relays_cross_a_mutual_tls_internal_port() {
         let body = answered(&c.nodes[&n].ip, &sock.dnsname, &format!("the URL through node {n}")).await;
         assert!(body.contains("GET /some/path"), "{body}");
     }
-    let plain = mysocket_node::peers::Peers::new(&c.secret, None).unwrap();
+    let plain = mysocket_node::net::peers::Peers::new(&c.secret, None).unwrap();
     let open = mysocket_api::internal::RelayOpen {
         socket_id: sock.socket_id.clone(),
         tunnel_id: sock.tunnels[0].tunnel_id.clone(),
@@ -33,7 +33,7 @@ async fn relays_cross_a_mutual_tls_internal_port() {
         log_connection: false,
     };
     assert!(
-        mysocket_node::relay::connect(&plain, &c.node_raft_addr(1), open).await.is_err(),
+        mysocket_node::net::relay::connect(&plain, &c.node_raft_addr(1), open).await.is_err(),
         "a relay without TLS was accepted by a TLS internal port"
     );
 }

@@ -95,25 +95,25 @@ async fn openssh_reverse_forward_serves_public_http() {
         log_connection: false,
     };
     let holder = c.node_raft_addr(1);
-    let peers = mysocket_node::peers::Peers::new(&c.secret, None).unwrap();
-    let stranger = mysocket_node::peers::Peers::new("not-the-cluster-secret", None).unwrap();
-    let err = mysocket_node::relay::connect(&stranger, &holder, open(1)).await.err().expect("stranger refused");
+    let peers = mysocket_node::net::peers::Peers::new(&c.secret, None).unwrap();
+    let stranger = mysocket_node::net::peers::Peers::new("not-the-cluster-secret", None).unwrap();
+    let err = mysocket_node::net::relay::connect(&stranger, &holder, open(1)).await.err().expect("stranger refused");
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
     // A hello that is no hello gets a clear refusal, and the port goes on serving.
     {
         use tokio::io::AsyncReadExt;
         use tokio::io::AsyncWriteExt;
         let mut raw = tokio::net::TcpStream::connect(&holder).await.unwrap();
-        raw.write_all(mysocket_node::relay::MAGIC).await.unwrap();
+        raw.write_all(mysocket_node::net::relay::MAGIC).await.unwrap();
         raw.write_all(&[0xff, 0xff, 1, 2, 3]).await.unwrap();
         let mut head = [0u8; 3];
         raw.read_exact(&mut head).await.unwrap();
         assert_eq!(head[0], tonic::Code::InvalidArgument as u8, "an oversized hello part");
     }
-    let err = mysocket_node::relay::connect(&peers, &holder, open(0)).await.err().expect("stale epoch refused");
+    let err = mysocket_node::net::relay::connect(&peers, &holder, open(0)).await.err().expect("stale epoch refused");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
     // The current epoch is accepted, and the relay reaches the service.
-    let (mut relay, _) = mysocket_node::relay::connect(&peers, &holder, open(1)).await.expect("current epoch accepted");
+    let (mut relay, _) = mysocket_node::net::relay::connect(&peers, &holder, open(1)).await.expect("current epoch accepted");
     use tokio::io::AsyncWriteExt;
     relay.write_all(format!("GET /fenced HTTP/1.1\r\nHost: {}\r\n\r\n", sock.dnsname).as_bytes()).await.unwrap();
     relay.shutdown().await.unwrap(); // the origin answers, sees the end of its input and closes

@@ -202,10 +202,10 @@ async fn handle(
         r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         return r;
     }
-    let Some(socket) = socket_for(&node, &req) else {
+    let Some(socket) = socket_for(node, &req) else {
         return page(StatusCode::NOT_FOUND, "Not Found", "There is no socket with this name.");
     };
-    if !authorized(&node, &socket, &req) {
+    if !authorized(node, &socket, &req) {
         let mut r = page(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
@@ -278,14 +278,14 @@ async fn handle(
 
     let mut guard = upstream.lock().await;
     let reuse = matches!(&*guard, Some((sid, s, log))
-        if *sid == socket.socket_id && s.is_ready() && !is_upgrade && log.current(&node));
+        if *sid == socket.socket_id && s.is_ready() && !is_upgrade && log.current(node));
     if !reuse {
         if let Some((sid, sender, log)) = guard.take() {
             // This connection moves to another socket: its upstream serves others meanwhile.
             keep_when_ready(&edge.upstreams, sid, sender, log).await;
         }
         if !is_upgrade {
-            if let Some((sender, log)) = edge.upstreams.take(&socket.socket_id, &node) {
+            if let Some((sender, log)) = edge.upstreams.take(&socket.socket_id, node) {
                 *guard = Some((socket.socket_id, sender, log));
             }
         }
