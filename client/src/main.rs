@@ -23,8 +23,8 @@ mod table;
 mod tunnel;
 
 /// mimalloc instead of glibc's malloc: russh allocates a fresh buffer for every 64 KiB packet it
-/// receives, and glibc handed those back to the kernel and faulted them in again (page faults
-/// and page clearing were a tenth of the tunnel's CPU time in `perf`).
+/// receives, and glibc handed those back to the kernel and faulted them in again (BENCHMARKS.md,
+/// data plane: what the design does for these figures).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -29,14 +29,15 @@
 //!   metrics page.
 //! - [`app`]: start-up, wiring and graceful shutdown.
 
-pub mod api;
-pub mod app;
+// `config` and `run` are what `main.rs` uses; `net` is what tests of the internal port use.
+pub(crate) mod api;
+pub(crate) mod app;
 pub mod config;
-pub mod control;
-pub mod edge;
-pub mod metrics;
+pub(crate) mod control;
+pub(crate) mod edge;
+pub(crate) mod metrics;
 pub mod net;
-pub mod planted;
-pub mod tunnels;
+pub(crate) mod planted;
+pub(crate) mod tunnels;
 
 pub use app::run;

@@ -9,8 +9,8 @@ use mysocket_node::config::Settings;
 const EXIT_CONFIG: i32 = 78;
 
 /// mimalloc instead of glibc's malloc: under load the node allocates and frees small buffers on
-/// every worker thread (HTTP, gRPC, Raft entries) and glibc's arenas showed up as a tenth of all
-/// CPU time in `perf` (see BENCHMARKS.md).
+/// every worker thread (HTTP, gRPC, Raft entries), and glibc's arenas showed up in `perf` under
+/// load (BENCHMARKS.md, registry writes).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

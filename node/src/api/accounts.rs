@@ -1,11 +1,5 @@
 //! Accounts, logins and tokens; who a caller is (an account, the operator, or anyone).
 
-use crate::api::validate;
-use crate::api::ApiError;
-use crate::api::ApiResult;
-use crate::api::Body;
-use crate::control::auth;
-use crate::control::NodeRef;
 use axum::extract::ConnectInfo;
 use axum::extract::Path;
 use axum::extract::State;
@@ -18,6 +12,13 @@ use mysocket_raft_store::Command;
 use mysocket_raft_store::Rejection;
 use mysocket_raft_store::Response as RegResponse;
 use uuid::Uuid;
+
+use crate::api::validate;
+use crate::api::ApiError;
+use crate::api::ApiResult;
+use crate::api::Body;
+use crate::control::auth;
+use crate::control::NodeRef;
 
 fn user_json(a: &mysocket_raft_store::Account) -> User {
     User {

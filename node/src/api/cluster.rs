@@ -1,14 +1,8 @@
 //! Health, the cluster's view, metrics, the CA certificate and membership changes.
 
-use crate::api::caller;
-use crate::api::ApiError;
-use crate::api::ApiResult;
-use crate::api::Body;
-use crate::api::Caller;
-use crate::api::Operator;
-use crate::control::applied::applied_indexes;
-use crate::control::MembershipChange;
-use crate::control::NodeRef;
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+
 use axum::extract::Path;
 use axum::extract::State;
 use axum::http::header;
@@ -19,8 +13,16 @@ use axum::response::Response;
 use axum::Json;
 use mysocket_api::types::*;
 use mysocket_raft_store::Command;
-use std::collections::BTreeMap;
-use std::collections::BTreeSet;
+
+use crate::api::caller;
+use crate::api::ApiError;
+use crate::api::ApiResult;
+use crate::api::Body;
+use crate::api::Caller;
+use crate::api::Operator;
+use crate::control::applied::applied_indexes;
+use crate::control::MembershipChange;
+use crate::control::NodeRef;
 
 #[utoipa::path(get, path = "/healthz", tag = "cluster", responses((status = 200, body = Health)))]
 pub(crate) async fn healthz() -> Json<Health> {

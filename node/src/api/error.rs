@@ -1,7 +1,8 @@
 //! The API's errors and request bodies: every refusal is JSON with a message that says what
 //! to do, and a body is read within a size and time bound before it is parsed.
 
-use crate::control::ClusterError;
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::FromRequest;
@@ -14,7 +15,8 @@ use axum::Json;
 use mysocket_api::types::*;
 use mysocket_raft_store::Rejection;
 use serde::de::DeserializeOwned;
-use std::time::Duration;
+
+use crate::control::ClusterError;
 
 /// Largest request body accepted (413 beyond it).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -71,7 +73,9 @@ impl IntoResponse for ApiError {
 impl From<crate::control::limits::Refused> for ApiError {
     fn from(r: crate::control::limits::Refused) -> ApiError {
         match r {
-            crate::control::limits::Refused::TooMany { message, retry_after } => ApiError::too_many(message, retry_after),
+            crate::control::limits::Refused::TooMany { message, retry_after } => {
+                ApiError::too_many(message, retry_after)
+            }
             crate::control::limits::Refused::Busy(message) => ApiError::busy(message),
         }
     }

@@ -1,5 +1,9 @@
 //! The REST API on the API port: cluster administration and health, accounts and login.
 //! Every error is `{"message": ...}`; bad input never yields a 500 and never changes state.
+//! [`accounts`] (sign-up, login, tokens, who a caller is), [`sockets`] (sockets and tunnels,
+//! checked by [`validate`]), [`cluster`] (health, the cluster's view, membership), [`error`]
+//! (errors and bounded bodies), [`dashboard`], [`metrics`], [`openapi`], and [`tls`] (HTTPS
+//! on this port). It builds on [`crate::control`] only.
 
 pub mod accounts;
 pub mod cluster;
@@ -21,8 +25,6 @@ pub use error::ApiError;
 pub use error::ApiResult;
 pub use error::Body;
 
-use crate::api::error::MAX_BODY;
-use crate::control::NodeRef;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::Request;
 use axum::routing::delete;
@@ -33,6 +35,9 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+use crate::api::error::MAX_BODY;
+use crate::control::NodeRef;
 
 /// Largest request head accepted (431 beyond it).
 const MAX_HEAD: usize = 64 * 1024;

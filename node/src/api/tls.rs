@@ -1,12 +1,9 @@
 //! HTTPS on the API port: the operator's certificate, or one the cluster CA signs for the
 //! node's advertised API host.
 
-use crate::config::tls::certified;
-use crate::config::tls::operator_cert;
-use crate::config::tls::pem_certs;
-use crate::config::tls::ring;
-use crate::control::NodeRef;
-use crate::net::tls::Slot;
+use std::sync::Arc;
+use std::time::Duration;
+
 use rcgen::CertificateParams;
 use rcgen::DistinguishedName;
 use rcgen::DnType;
@@ -17,9 +14,14 @@ use rustls::pki_types::PrivateKeyDer;
 use rustls::server::ClientHello;
 use rustls::server::ResolvesServerCert;
 use rustls::sign::CertifiedKey;
-use std::sync::Arc;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+use crate::config::tls::certified;
+use crate::config::tls::operator_cert;
+use crate::config::tls::pem_certs;
+use crate::config::tls::ring;
+use crate::control::NodeRef;
+use crate::net::tls::Slot;
 
 /// One certificate for every name: the operator's for the API port, or the one the cluster CA
 /// signed for this node's API host.

@@ -38,20 +38,6 @@ pub fn email(s: &str) -> Result<String, ApiError> {
     Ok(s.to_string())
 }
 
-/// A DNS domain such as `example.com`.
-pub fn domain(s: &str) -> Result<String, ApiError> {
-    let s = s.trim().trim_start_matches('@').to_ascii_lowercase();
-    let ok = !s.is_empty()
-        && s.len() <= 253
-        && s.contains('.')
-        && s.split('.')
-            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
-    if !ok {
-        return Err(ApiError::bad(format!("{s:?} is not a domain name")));
-    }
-    Ok(s)
-}
-
 pub fn password(s: &str) -> Result<(), ApiError> {
     let n = s.chars().count();
     if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&n) {

@@ -1,5 +1,7 @@
-//! Node configuration: flags, `MYSOCKET_*` environment variables and an optional TOML file,
-//! merged in that order of precedence and validated before anything binds.
+//! Node configuration: flags, `MYSOCKET_*` environment variables and an optional TOML file —
+//! one [`Settings`] struct for all three, merged in that order of precedence — validated
+//! section by section (listeners, membership, credentials, limits, TLS, Raft) into a
+//! [`Config`] before anything binds. [`tls`] reads and checks PEM files.
 
 pub mod tls;
 

@@ -1,10 +1,11 @@
 //! TLS material as the node reads it: PEM certificates and keys, checked at start-up so a bad
 //! file stops the node before it binds, and the one crypto provider every TLS endpoint uses.
 
+use std::sync::Arc;
+
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::sign::CertifiedKey;
-use std::sync::Arc;
 
 pub fn pem_certs(mut pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     rustls_pemfile::certs(&mut pem).map(|c| c.map_err(|e| format!("bad certificate: {e}"))).collect()

@@ -1,9 +1,11 @@
 //! Each member's applied index, asked of the member itself: what `GET /cluster` shows.
 
-use crate::control::NodeRef;
-use mysocket_api::internal::Empty;
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+use mysocket_api::internal::Empty;
+
+use crate::control::NodeRef;
 
 /// How long the members' applied indexes (one RPC to each) are reused for `GET /cluster`.
 const APPLIED_TTL: Duration = Duration::from_secs(1);

@@ -1,6 +1,7 @@
 //! Cluster secrets generated once, by the first leader, and replicated through Raft: the SSH
 //! host key, a CA with a wildcard certificate for `*.<domain>`, and the token signing key.
 
+use mysocket_raft_store::ClusterConfig;
 use rand::RngCore;
 use rcgen::BasicConstraints;
 use rcgen::CertificateParams;
@@ -14,8 +15,6 @@ use rcgen::KeyUsagePurpose;
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::PrivateKey;
-
-use mysocket_raft_store::ClusterConfig;
 
 /// The cluster CA's parameters. Deterministic for a domain, so a node can rebuild the issuer
 /// from the replicated CA key and sign certificates that chain to the replicated CA cert.

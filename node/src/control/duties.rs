@@ -2,6 +2,17 @@
 //! registered, tell the others of failed logins; and, as leader, generate the cluster's
 //! secrets and release the tunnels of nodes that stopped answering.
 
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use mysocket_raft_store::Command;
+use mysocket_raft_store::NodeRecord;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::Instant as _;
+use openraft::ServerState;
+use tokio_util::sync::CancellationToken;
+
 use crate::config::Config;
 use crate::control::now_ms;
 use crate::control::MembershipChange;
@@ -9,15 +20,6 @@ use crate::control::NodeRef;
 use crate::control::Retry;
 use crate::net::raft::from_blob;
 use crate::net::raft::to_blob;
-use anyhow::Context;
-use mysocket_raft_store::Command;
-use mysocket_raft_store::NodeRecord;
-use openraft::async_runtime::watch::WatchReceiver;
-use openraft::Instant as _;
-use openraft::ServerState;
-use std::time::Duration;
-use std::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// Asks a running cluster to add this node, over the internal port of one of `peers` (with
 /// the cluster credential; any member forwards it to the leader), until it is a member, the

@@ -5,7 +5,7 @@
 //! without any work done for them.
 //!
 //! Logins per account are limited cluster-wide: every node tells the others of the failed
-//! logins it saw (a batch every quarter second, see `server`), and each takes a token from the
+//! logins it saw (a batch every quarter second, see `control::duties`), and each takes a token from the
 //! account's bucket for each, so guesses spread over the nodes draw on one budget.
 
 use std::hash::Hash;

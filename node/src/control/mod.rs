@@ -1,6 +1,12 @@
 //! The node's handle on the replicated registry: writes from any node (forwarded to the
 //! leader inside the cluster, so callers never see "not leader"), linearizable reads
-//! (ReadIndex, also from followers), and membership changes.
+//! (ReadIndex, also from followers), and membership changes. Around it: [`batch`] (group
+//! commit: a node's concurrent writes leave as one Raft entry), [`service`] (the internal gRPC
+//! service other members call), [`duties`] (joining, registering this node's addresses,
+//! bootstrapping the cluster's secrets, releasing silent nodes' tunnels as leader),
+//! [`bootstrap`] (the secrets themselves), [`applied`] (each member's applied index),
+//! [`auth`] (passwords, tokens, the operator credential) and [`limits`] (what a caller may make
+//! the node do). It knows nothing of SSH, HTTP or relays' payloads.
 
 pub mod applied;
 pub mod auth;

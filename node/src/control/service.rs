@@ -2,12 +2,6 @@
 //! membership changes, joins, and failed logins told by other members. Every call carries
 //! the cluster credential (checked by [`crate::net::credential::CheckCredential`]).
 
-use crate::control::ClusterError;
-use crate::control::MembershipChange;
-use crate::control::NodeRef;
-use crate::control::Retry;
-use crate::net::raft::from_blob;
-use crate::net::raft::to_blob;
 use futures::StreamExt;
 use mysocket_api::internal::internal_server::Internal;
 use mysocket_api::internal::snapshot_chunk::Payload as ChunkPayload;
@@ -26,6 +20,13 @@ use tonic::Request;
 use tonic::Response;
 use tonic::Status;
 use tonic::Streaming;
+
+use crate::control::ClusterError;
+use crate::control::MembershipChange;
+use crate::control::NodeRef;
+use crate::control::Retry;
+use crate::net::raft::from_blob;
+use crate::net::raft::to_blob;
 
 pub struct InternalService {
     pub node: NodeRef,

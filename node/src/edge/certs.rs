@@ -6,13 +6,11 @@
 //! socket. (A wildcard for `*.localhost` alone is refused by clients, as `localhost` is a
 //! single label.) Names that are not sockets get the replicated wildcard certificate.
 
-use crate::config::tls::certified;
-use crate::config::tls::operator_cert;
-use crate::config::tls::pem_certs;
-use crate::config::tls::pem_key;
-use crate::config::tls::ring;
-use crate::control::NodeRef;
-use crate::net::tls::Slot;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
 use rcgen::CertificateParams;
 use rcgen::DistinguishedName;
 use rcgen::DnType;
@@ -24,11 +22,15 @@ use rustls::pki_types::PrivateKeyDer;
 use rustls::server::ClientHello;
 use rustls::server::ResolvesServerCert;
 use rustls::sign::CertifiedKey;
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+use crate::config::tls::certified;
+use crate::config::tls::operator_cert;
+use crate::config::tls::pem_certs;
+use crate::config::tls::pem_key;
+use crate::config::tls::ring;
+use crate::control::NodeRef;
+use crate::net::tls::Slot;
 
 /// Certificates minted per name; bounded so random SNI cannot grow memory.
 const CACHE_MAX: usize = 10_000;

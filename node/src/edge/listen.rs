@@ -1,13 +1,15 @@
 //! The public HTTP and HTTPS listeners: accept, terminate TLS, and hand each connection to
 //! the hand-written HTTP/1 path or to hyper.
 
-use crate::edge::Edge;
-use crate::net::accept::HEADER_TIMEOUT;
-use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::edge::Edge;
+use crate::net::accept::HEADER_TIMEOUT;
 
 /// Most concurrent public connections per listener.
 const MAX_CONNECTIONS: usize = 20_000;

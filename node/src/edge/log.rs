@@ -1,12 +1,14 @@
 //! The access log each tunnel's owner sees on their SSH session: a line per HTTP request or
 //! tcp/tls connection, put together by hand (it is written for every request).
 
-use crate::control::NodeRef;
-use crate::tunnels::Holding;
 use std::net::SocketAddr;
 use std::time::Duration;
 use std::time::Instant;
+
 use uuid::Uuid;
+
+use crate::control::NodeRef;
+use crate::tunnels::Holding;
 
 /// Where a public connection's log lines go: the SSH session holding the tunnel on this node,
 /// or, for a relayed connection, along the relay to the holder, which writes them there.

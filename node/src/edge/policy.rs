@@ -1,12 +1,13 @@
 //! Who may use a socket: decided here, once, for every path a public request can take (the
 //! hand-written HTTP/1 path and hyper's). Today: Basic auth on protected sockets.
 
-use crate::control::NodeRef;
 use base64::Engine;
 use hyper::body::Incoming;
 use hyper::header;
 use hyper::Request;
 use mysocket_raft_store::Socket;
+
+use crate::control::NodeRef;
 
 pub fn authorized(node: &NodeRef, s: &Socket, req: &Request<Incoming>) -> bool {
     if !s.protected {

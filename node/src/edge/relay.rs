@@ -1,7 +1,23 @@
-//! The holder's side of a relay: a public connection another node took, for a tunnel held
-//! here. The credential, the epoch (fencing) and the channel on the holding SSH session are
-//! checked here; the wire format is [`crate::net::relay`]'s.
+//! Relays, both sides: the caller's choice of the nodes holding a socket's tunnels and its
+//! relay to one of them ([`holders`], [`open`]), and the holder's side ([`serve`]): a public
+//! connection another node took, for a tunnel held here, where the credential, the epoch
+//! (fencing) and the channel on the holding SSH session are checked. The wire format is
+//! [`crate::net::relay`]'s.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mysocket_api::internal::RelayOpen;
+use prost::Message;
+use tokio::io::AsyncWriteExt;
+use tonic::Code;
+use tonic::Status;
+use uuid::Uuid;
+
+use crate::control::NodeRef;
+use crate::edge::log::LogSink;
+use crate::edge::upstream::Tried;
 use crate::net::relay::answer;
 use crate::net::relay::frames_in;
 use crate::net::relay::read_part;
@@ -11,15 +27,52 @@ use crate::net::relay::OPEN_TIMEOUT;
 use crate::net::relay::SERVICE_DOWN;
 use crate::net::Io;
 use crate::tunnels::Holdings;
-use mysocket_api::internal::RelayOpen;
-use prost::Message;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Instant;
-use tokio::io::AsyncWriteExt;
-use tonic::Code;
-use tonic::Status;
-use uuid::Uuid;
+
+/// The tunnels of a socket held on other nodes — tunnel, epoch, the holder's internal address
+/// — in a rotating order so several tunnels share new connections.
+pub fn holders(node: &NodeRef, socket_id: &Uuid) -> Vec<(Uuid, u64, String)> {
+    let membership = node.metrics().membership_config.membership().clone();
+    let mut remote: Vec<(Uuid, u64, String)> = node.read(|r| {
+        r.tunnels_of(socket_id)
+            .iter()
+            .filter_map(|t| r.session(&t.tunnel_id))
+            .filter(|s| s.node_id != node.id)
+            .filter_map(|s| membership.get_node(&s.node_id).map(|n| (s.tunnel_id, s.epoch, n.addr.clone())))
+            .collect()
+    });
+    if remote.len() > 1 {
+        let k = rand::random::<usize>() % remote.len();
+        remote.rotate_left(k);
+    }
+    remote
+}
+
+/// Caller side: a relay to the first of `remote` whose holder takes it (`open` says what to
+/// ask for a tunnel and epoch).
+pub async fn open(
+    node: &NodeRef,
+    remote: &[(Uuid, u64, String)],
+    open: impl Fn(&Uuid, u64) -> RelayOpen,
+    tried: &mut Tried,
+) -> Option<(Box<dyn Io>, LogSink)> {
+    for (tunnel_id, epoch, addr) in remote {
+        match crate::net::relay::connect(&node.peers, addr, open(tunnel_id, *epoch)).await {
+            Ok((stream, log)) => {
+                crate::metrics::get().upstream("relayed");
+                return Some((stream, LogSink::Relay { log, tunnel_id: *tunnel_id, epoch: *epoch }));
+            }
+            Err(e) => {
+                tried.tunnels += 1;
+                if e.code() == SERVICE_DOWN {
+                    tried.service_down += 1;
+                }
+                crate::metrics::get().upstream("relay_failed");
+                tracing::debug!(%tunnel_id, epoch, %addr, error = %e.message(), "relay refused; trying the next")
+            }
+        }
+    }
+    None
+}
 
 /// Holder side, once `MAGIC` was read from `io`: checks the credential and the epoch, opens a
 /// channel on the holding SSH session, answers, then relays both ways until both end.

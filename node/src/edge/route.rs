@@ -1,12 +1,13 @@
 //! Which socket a public request is for: one Host (or authority), looked up by name in the
 //! local replica.
 
-use crate::control::NodeRef;
 use hyper::body::Incoming;
 use hyper::header;
 use hyper::Request;
 use mysocket_raft_store::Socket;
 use mysocket_raft_store::SocketType;
+
+use crate::control::NodeRef;
 
 /// The socket a request is for: the target's authority (HTTP/2's :authority, or an HTTP/1
 /// absolute-form target, which RFC 9112 §3.2.2 puts before Host), else Host; case-insensitive,

@@ -2,6 +2,15 @@
 //! holding one; idle upstream connections pooled per socket; the copy loop for whole
 //! connections.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use std::time::Instant;
+
+use hyper::Response;
+use hyper::StatusCode;
+use uuid::Uuid;
+
 use crate::control::NodeRef;
 use crate::edge::http::Body;
 use crate::edge::log::LogSink;
@@ -9,13 +18,6 @@ use crate::edge::Edge;
 use crate::net::Io;
 use crate::tunnels::Holding;
 use crate::tunnels::Holdings;
-use hyper::Response;
-use hyper::StatusCode;
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::time::Duration;
-use std::time::Instant;
-use uuid::Uuid;
 
 /// Idle upstream connections (HTTP/1.1 through a tunnel) per socket, which new public
 /// connections take before opening a channel through the tunnel: a round trip to the tunnel
@@ -110,6 +112,15 @@ pub fn local_tunnels(node: &NodeRef, holdings: &Holdings, socket_id: &Uuid) -> V
     held
 }
 
+/// Tunnels tried in one pass, and how many of them refused because their client could not
+/// reach its service: that answer is the client's own, and no fresher view of the registry
+/// changes it.
+#[derive(Default)]
+pub struct Tried {
+    pub tunnels: usize,
+    pub service_down: usize,
+}
+
 /// Opens a stream to a live tunnel of the socket: tunnels held here first, then relays to the
 /// nodes holding the others. When every candidate fails (the local replica may be stale), the
 /// replica is refreshed once and the choice made again.
@@ -119,66 +130,25 @@ pub async fn open_upstream(
     peer: SocketAddr,
     log_connection: bool,
 ) -> Result<(Box<dyn Io>, LogSink), NoUpstream> {
-    let (node, holdings) = (&edge.node, &*edge.holdings);
+    let node = &edge.node;
     for attempt in 0..2 {
-        // Tunnels tried in this pass, and how many of them refused because their client could
-        // not reach its service: that answer is the client's own, and no fresher view of the
-        // registry changes it.
-        let (mut tried, mut service_down) = (0, 0);
-        let local = local_tunnels(node, holdings, socket_id);
-        for h in &local {
-            match open_channel(h, peer).await {
-                Ok(stream) => {
-                    crate::metrics::get().upstream("local");
-                    return Ok((Box::new(stream), LogSink::Local(h.clone())));
-                }
-                Err(e) => {
-                    tried += 1;
-                    if matches!(e, russh::Error::ChannelOpenFailure(_)) {
-                        service_down += 1;
-                    }
-                    crate::metrics::get().upstream("local_failed");
-                    tracing::debug!(tunnel_id = %h.tunnel_id, error = %e, "tunnel channel refused; trying the next")
-                }
-            }
+        let mut tried = Tried::default();
+        let local = local_tunnels(node, &edge.holdings, socket_id);
+        if let Some(found) = open_local(&local, peer, &mut tried).await {
+            return Ok(found);
         }
-        let membership = node.metrics().membership_config.membership().clone();
-        let mut remote: Vec<(Uuid, u64, String)> = node.read(|r| {
-            r.tunnels_of(socket_id)
-                .iter()
-                .filter_map(|t| r.session(&t.tunnel_id))
-                .filter(|s| s.node_id != node.id)
-                .filter_map(|s| membership.get_node(&s.node_id).map(|n| (s.tunnel_id, s.epoch, n.addr.clone())))
-                .collect()
-        });
-        if remote.len() > 1 {
-            let k = rand::random::<usize>() % remote.len();
-            remote.rotate_left(k);
+        let remote = crate::edge::relay::holders(node, socket_id);
+        let open = |tunnel_id: &Uuid, epoch: u64| mysocket_api::internal::RelayOpen {
+            socket_id: socket_id.to_string(),
+            tunnel_id: tunnel_id.to_string(),
+            epoch,
+            client_addr: peer.to_string(),
+            log_connection,
+        };
+        if let Some(found) = crate::edge::relay::open(node, &remote, open, &mut tried).await {
+            return Ok(found);
         }
-        for (tunnel_id, epoch, addr) in &remote {
-            let open = mysocket_api::internal::RelayOpen {
-                socket_id: socket_id.to_string(),
-                tunnel_id: tunnel_id.to_string(),
-                epoch: *epoch,
-                client_addr: peer.to_string(),
-                log_connection,
-            };
-            match crate::net::relay::connect(&node.peers, addr, open).await {
-                Ok((stream, log)) => {
-                    crate::metrics::get().upstream("relayed");
-                    return Ok((stream, LogSink::Relay { log, tunnel_id: *tunnel_id, epoch: *epoch }));
-                }
-                Err(e) => {
-                    tried += 1;
-                    if e.code() == crate::net::relay::SERVICE_DOWN {
-                        service_down += 1;
-                    }
-                    crate::metrics::get().upstream("relay_failed");
-                    tracing::debug!(%tunnel_id, epoch, %addr, error = %e.message(), "relay refused; trying the next")
-                }
-            }
-        }
-        if tried > 0 && service_down == tried {
+        if tried.tunnels > 0 && tried.service_down == tried.tunnels {
             crate::metrics::get().unavailable("service_down");
             return Err(NoUpstream::ServiceDown);
         }
@@ -192,6 +162,27 @@ pub async fn open_upstream(
     }
     crate::metrics::get().unavailable("refused");
     Err(NoUpstream::Refused)
+}
+
+/// A channel on the first of the tunnels held here that opens one.
+async fn open_local(local: &[Holding], peer: SocketAddr, tried: &mut Tried) -> Option<(Box<dyn Io>, LogSink)> {
+    for h in local {
+        match open_channel(h, peer).await {
+            Ok(stream) => {
+                crate::metrics::get().upstream("local");
+                return Some((Box::new(stream), LogSink::Local(h.clone())));
+            }
+            Err(e) => {
+                tried.tunnels += 1;
+                if matches!(e, russh::Error::ChannelOpenFailure(_)) {
+                    tried.service_down += 1;
+                }
+                crate::metrics::get().upstream("local_failed");
+                tracing::debug!(tunnel_id = %h.tunnel_id, error = %e, "tunnel channel refused; trying the next")
+            }
+        }
+    }
+    None
 }
 
 /// Why no stream to the service could be opened.
@@ -249,7 +240,7 @@ pub async fn open_channel(
 
 /// Buffers for copying between a public connection and an unframed relay: both are plain
 /// sockets, and reads and writes of 256 KiB cost the relaying node fewer system calls and
-/// wakeups than 64 KiB (its CPU per relayed GB fell by 5–20% in interleaved runs).
+/// wakeups than 64 KiB (BENCHMARKS.md, data plane: 256 KiB relay buffers).
 const RELAY_COPY: usize = 256 * 1024;
 
 /// Copies both ways between a public connection and its way through a tunnel until both

@@ -4,17 +4,19 @@
 //! else is closed at once. Relays go to the handler the node gives; gRPC connections to the
 //! gRPC server's incoming stream.
 
-use crate::net::credential::is_credential;
-use crate::net::prefixed::Prefixed;
-use crate::net::Io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 use tonic::transport::server::TcpConnectInfo;
+
+use crate::net::credential::is_credential;
+use crate::net::prefixed::Prefixed;
+use crate::net::Io;
 
 /// Most connections the internal port holds at once (relays and gRPC).
 const MAX_CONNECTIONS: usize = 20_000;

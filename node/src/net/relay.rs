@@ -15,12 +15,6 @@
 //! come too, in reads as big as the socket gives. Both sides stop reading when their writes back
 //! up, so a slow end slows the other instead of filling memory.
 
-use crate::net::peers::Peers;
-use crate::net::Io;
-use bytes::Buf;
-use bytes::BytesMut;
-use mysocket_api::internal::RelayOpen;
-use prost::Message;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -29,6 +23,11 @@ use std::task::Context;
 use std::task::Poll;
 use std::task::Waker;
 use std::time::Duration;
+
+use bytes::Buf;
+use bytes::BytesMut;
+use mysocket_api::internal::RelayOpen;
+use prost::Message;
 use tokio::io::AsyncRead;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWrite;
@@ -36,6 +35,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::io::ReadBuf;
 use tonic::Code;
 use tonic::Status;
+
+use crate::net::peers::Peers;
+use crate::net::Io;
 
 /// The first bytes of a relay on the internal port (a gRPC connection starts with
 /// `peers::CONTROL_MAGIC` instead).

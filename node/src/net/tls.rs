@@ -1,13 +1,15 @@
 //! The internal port's TLS (mutual: both ends show certificates from the operator's internal
 //! CA), and the slot a listener reads its acceptor from.
 
+use std::sync::Arc;
+use std::sync::RwLock;
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::PrivateKeyDer;
+
 use crate::config::tls::pem_certs;
 use crate::config::tls::pem_key;
 use crate::config::tls::ring;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::PrivateKeyDer;
-use std::sync::Arc;
-use std::sync::RwLock;
 
 /// Shared, filled in once the cluster config is known.
 pub type Slot = Arc<RwLock<Option<tokio_rustls::TlsAcceptor>>>;

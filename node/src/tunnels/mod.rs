@@ -1,6 +1,9 @@
 //! The tunnels this node holds: which SSH session forwards each claimed tunnel, under which
 //! epoch. A newer claim elsewhere (newest connection wins) or a release by the leader closes
-//! the older session here, and the proxy never uses a holding whose epoch was superseded.
+//! the older session here ([`watch`]), a node cut off from the cluster closes them all
+//! ([`fence`]), and the edge never uses a holding whose epoch was superseded. [`ssh`] is the SSH
+//! server that claims them; [`orphans`] releases the claims of this node's previous process.
+//! It knows nothing of the public edge or the API.
 
 pub mod orphans;
 pub mod ssh;

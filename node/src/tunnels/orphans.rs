@@ -1,12 +1,14 @@
 //! Claims of a previous process of this node, which no session of this process holds.
 
-use crate::control::NodeRef;
-use crate::tunnels::Holdings;
-use mysocket_raft_store::Command;
-use openraft::async_runtime::watch::WatchReceiver;
 use std::sync::Arc;
 use std::time::Duration;
+
+use mysocket_raft_store::Command;
+use openraft::async_runtime::watch::WatchReceiver;
 use tokio_util::sync::CancellationToken;
+
+use crate::control::NodeRef;
+use crate::tunnels::Holdings;
 
 /// Releases the tunnels the registry says this node holds that no session of this process
 /// holds: claims of its previous process, which no client can use any more. A node restarted

@@ -56,7 +56,7 @@ impl Drop for Startup {
 
 /// Read buffer per SSH connection: room for a few of the small packets of requests and
 /// answers; a 64 KiB data packet is mostly read past it. Idle tunnels keep theirs, so it is
-/// small (4 KiB cost 2 KiB of resident memory per idle tunnel, and no requests/s).
+/// small (BENCHMARKS.md, idle tunnels: memory per tunnel).
 const SSH_READ_BUFFER: usize = 1024;
 
 /// Waits for the replicated host key, then serves SSH until `stop`.

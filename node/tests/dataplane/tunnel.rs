@@ -113,7 +113,8 @@ async fn openssh_reverse_forward_serves_public_http() {
     let err = mysocket_node::net::relay::connect(&peers, &holder, open(0)).await.err().expect("stale epoch refused");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
     // The current epoch is accepted, and the relay reaches the service.
-    let (mut relay, _) = mysocket_node::net::relay::connect(&peers, &holder, open(1)).await.expect("current epoch accepted");
+    let (mut relay, _) =
+        mysocket_node::net::relay::connect(&peers, &holder, open(1)).await.expect("current epoch accepted");
     use tokio::io::AsyncWriteExt;
     relay.write_all(format!("GET /fenced HTTP/1.1\r\nHost: {}\r\n\r\n", sock.dnsname).as_bytes()).await.unwrap();
     relay.shutdown().await.unwrap(); // the origin answers, sees the end of its input and closes

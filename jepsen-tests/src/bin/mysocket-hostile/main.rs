@@ -72,8 +72,8 @@ struct Bounds {
     /// Most a node's open file descriptors may grow over their level before the attack.
     fd_growth: u64,
     /// Least share of its baseline requests/s the honest tenant keeps during the attack
-    /// (the attacker runs on the same cores as the three nodes, and on a shared 2-core
-    /// machine one phase's rate moves by a quarter from one measurement to the next).
+    /// (the attacker runs on the same cores as the three nodes, and one phase's rate is noisy
+    /// on a shared machine: BENCHMARKS.md, hostile clients).
     share_during: f64,
     /// ... and after it.
     share_after: f64,

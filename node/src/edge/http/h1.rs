@@ -10,7 +10,7 @@
 //!
 //! Anything else — another kind of request, or an answer the edge gives itself (404, 401,
 //! 503) — hands the connection, with the bytes already read, to the hyper path in
-//! [`crate::proxy`], which keeps it from then on. Hand-overs happen only between requests.
+//! [`crate::edge::http::hyper`], which keeps it from then on. Hand-overs happen only between requests.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

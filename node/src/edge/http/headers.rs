@@ -1,6 +1,6 @@
 //! The one forwarding policy of public HTTP: which fields of a client's request the service
 //! gets, and the fields the edge sets. Both paths ask it — `h1`'s hand-written one and
-//! `proxy`'s hyper one — so they cannot drift apart; a test sends the same requests through
+//! the hyper path's — so they cannot drift apart; a test sends the same requests through
 //! both (and through a relay) and compares what the service receives.
 
 /// Fields that concern one connection only (a public one, or one through a tunnel) and are

@@ -4,6 +4,26 @@
 //! over an HTTP/1.1 connection through a tunnel, reused while the client's requests go to
 //! the same socket.
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header;
+use hyper::header::HeaderValue;
+use hyper::Request;
+use hyper::Response;
+use hyper::StatusCode;
+use hyper_util::rt::TokioIo;
+use mysocket_raft_store::Socket;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::control::NodeRef;
 use crate::edge::http::headers::Fate;
 use crate::edge::http::pages::page;
 use crate::edge::http::Body;
@@ -19,22 +39,6 @@ use crate::edge::upstream::SendRequest;
 use crate::edge::upstream::UpstreamPool;
 use crate::edge::Edge;
 use crate::net::accept::HEADER_TIMEOUT;
-use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper::header;
-use hyper::header::HeaderValue;
-use hyper::Request;
-use hyper::Response;
-use hyper::StatusCode;
-use hyper_util::rt::TokioIo;
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
-use std::time::Instant;
-use tokio::sync::Mutex;
-use uuid::Uuid;
 
 /// Streams one public HTTP/2 connection may have open at once.
 const H2_MAX_STREAMS: u32 = 128;
@@ -195,135 +199,33 @@ async fn handle(
     scheme: &'static str,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
-    let node = &edge.node;
     let started = Instant::now();
-    if let Err(why) = one_host(&req) {
-        let mut r = page(StatusCode::BAD_REQUEST, "Bad Request", why);
-        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return r;
-    }
-    let Some(socket) = socket_for(node, &req) else {
-        return page(StatusCode::NOT_FOUND, "Not Found", "There is no socket with this name.");
+    let socket = match admit(&edge.node, &req) {
+        Ok(s) => s,
+        Err(refusal) => return *refusal,
     };
-    if !authorized(node, &socket, &req) {
-        let mut r = page(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "This socket is protected: log in with its username and password.",
-        );
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"mysocket\", charset=\"UTF-8\""));
-        return r;
-    }
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    let authority = req.uri().authority().map(|a| match a.port() {
-        // Host and port only: never a userinfo part a target may carry.
-        Some(port) => format!("{}:{port}", a.host()),
-        None => a.host().to_string(),
-    });
-    if let Some(a) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
-        // HTTP/2's :authority, or an HTTP/1 absolute-form target: the service gets the name
-        // the request was routed by as its Host, and an origin-form target.
-        req.headers_mut().insert(header::HOST, a);
-        let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        *req.uri_mut() = target.parse().unwrap_or_default();
-    }
-    if req.version() == hyper::Version::HTTP_2 {
-        // The tunnel speaks HTTP/1.1.
-        *req.version_mut() = hyper::Version::HTTP_11;
-    }
-
-    // The fields as [`crate::edge::http::headers`] decides. An upgrade keeps `Connection: upgrade` and
-    // its `Upgrade`, and nothing else the client's list named.
-    let upgrade = req.headers().get(header::UPGRADE).cloned();
-    let is_upgrade = upgrade.is_some();
-    {
-        let hs = req.headers_mut();
-        let values: Vec<HeaderValue> = hs.get_all(header::CONNECTION).iter().cloned().collect();
-        let policy = crate::edge::http::headers::Request::new(values.iter().map(|v| v.as_bytes()), socket.protected);
-        let mut dropped = Vec::new();
-        let mut forwarded_for = Vec::new();
-        for (name, value) in hs.iter() {
-            match policy.fate(name.as_str()) {
-                Fate::Forward => {}
-                Fate::Drop => dropped.push(name.clone()),
-                Fate::ForwardedFor => forwarded_for.push(value.clone()),
-            }
-        }
-        for n in dropped {
-            hs.remove(n);
-        }
-        hs.remove("x-forwarded-for");
-        let host = hs.get(header::HOST).cloned();
-        let prior: Vec<&[u8]> = forwarded_for.iter().map(|v| v.as_bytes()).collect();
-        let mut edge = Vec::with_capacity(3);
-        crate::edge::http::headers::edge_fields(
-            &prior,
-            &peer.ip().to_string(),
-            scheme,
-            host.as_ref().map(|h| h.as_bytes()),
-            |name, parts| edge.push((name, parts.concat())),
-        );
-        for (name, value) in edge {
-            // Made of the client's own field values, which were valid, and an address.
-            if let Ok(v) = HeaderValue::from_bytes(&value) {
-                hs.insert(name, v);
-            }
-        }
-        if let Some(u) = upgrade {
-            hs.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            hs.insert(header::UPGRADE, u);
-        }
-    }
+    to_service_form(&mut req);
+    let is_upgrade = req.headers().contains_key(header::UPGRADE);
+    forwarded_fields(req.headers_mut(), socket.protected, peer, scheme);
 
     let mut guard = upstream.lock().await;
-    let reuse = matches!(&*guard, Some((sid, s, log))
-        if *sid == socket.socket_id && s.is_ready() && !is_upgrade && log.current(node));
-    if !reuse {
-        if let Some((sid, sender, log)) = guard.take() {
-            // This connection moves to another socket: its upstream serves others meanwhile.
-            keep_when_ready(&edge.upstreams, sid, sender, log).await;
-        }
-        if !is_upgrade {
-            if let Some((sender, log)) = edge.upstreams.take(&socket.socket_id, node) {
-                *guard = Some((socket.socket_id, sender, log));
-            }
-        }
-    }
-    let reused = guard.is_some();
-    if !reused {
-        match new_upstream(&edge, &socket.socket_id, peer).await {
-            Ok((sender, log)) => *guard = Some((socket.socket_id, sender, log)),
-            Err(page) => return page,
-        }
-    }
+    let reused = match take_upstream(&edge, &mut guard, &socket, peer, is_upgrade).await {
+        Ok(reused) => reused,
+        Err(page) => return page,
+    };
     let client_upgrade = if is_upgrade { Some(hyper::upgrade::on(&mut req)) } else { None };
-    // A request without a body that may be sent twice goes again on a new connection if the
-    // reused one closed under it (the service may close an idle connection at any time).
-    let again = (reused
-        && !is_upgrade
-        && hyper::body::Body::is_end_stream(req.body())
-        && matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS))
-    .then(|| {
-        let mut r = Request::new(empty_body());
-        *r.method_mut() = req.method().clone();
-        *r.uri_mut() = req.uri().clone();
-        *r.version_mut() = req.version();
-        *r.headers_mut() = req.headers().clone();
-        r
-    });
+    let again = if reused && !is_upgrade { sent_again(&req) } else { None };
     let (_, sender, _) = guard.as_mut().expect("set above");
     // The service's answer (its head) must start within the stall timeout of the request.
-    let stall = node.config.stall_timeout;
+    let stall = edge.node.config.stall_timeout;
     let mut resp = match tokio::time::timeout(stall, sender.send_request(req.map(BodyExt::boxed))).await {
         Ok(r) => r,
         Err(_) => {
             let log = guard.take().expect("set above").2;
             log.line(request_line(&peer.ip().to_string(), method.as_str(), &path, 504, 0, started));
             let why = "The service behind the tunnel took the request and did not answer in time.";
-            let mut r = page(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout", why);
-            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return r;
+            return closing(page(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout", why));
         }
     };
     if let (Err(_), Some(again)) = (&resp, again) {
@@ -377,6 +279,139 @@ async fn handle(
         }
         .boxed()
     })
+}
+
+/// `r`, closing the connection after it.
+fn closing(mut r: Response<Body>) -> Response<Body> {
+    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// The socket a request is for, if it names one and may use it; else the page that says why.
+fn admit(node: &NodeRef, req: &Request<Incoming>) -> Result<Socket, Box<Response<Body>>> {
+    if let Err(why) = one_host(req) {
+        return Err(Box::new(closing(page(StatusCode::BAD_REQUEST, "Bad Request", why))));
+    }
+    let Some(socket) = socket_for(node, req) else {
+        return Err(Box::new(page(StatusCode::NOT_FOUND, "Not Found", "There is no socket with this name.")));
+    };
+    if !authorized(node, &socket, req) {
+        let mut r = page(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "This socket is protected: log in with its username and password.",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"mysocket\", charset=\"UTF-8\""));
+        return Err(Box::new(r));
+    }
+    Ok(socket)
+}
+
+/// The request as the service gets it: HTTP/1.1 (the tunnel speaks it), an origin-form
+/// target, and as Host the name it was routed by (HTTP/2's :authority, or an HTTP/1
+/// absolute-form target's).
+fn to_service_form(req: &mut Request<Incoming>) {
+    let authority = req.uri().authority().map(|a| match a.port() {
+        // Host and port only: never a userinfo part a target may carry.
+        Some(port) => format!("{}:{port}", a.host()),
+        None => a.host().to_string(),
+    });
+    if let Some(a) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        req.headers_mut().insert(header::HOST, a);
+        let target = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        *req.uri_mut() = target.parse().unwrap_or_default();
+    }
+    if req.version() == hyper::Version::HTTP_2 {
+        *req.version_mut() = hyper::Version::HTTP_11;
+    }
+}
+
+/// The fields as [`crate::edge::http::headers`] decides. An upgrade keeps `Connection: upgrade`
+/// and its `Upgrade`, and nothing else the client's list named.
+fn forwarded_fields(hs: &mut hyper::HeaderMap, protected: bool, peer: SocketAddr, scheme: &str) {
+    let upgrade = hs.get(header::UPGRADE).cloned();
+    let values: Vec<HeaderValue> = hs.get_all(header::CONNECTION).iter().cloned().collect();
+    let policy = crate::edge::http::headers::Request::new(values.iter().map(|v| v.as_bytes()), protected);
+    let mut dropped = Vec::new();
+    let mut forwarded_for = Vec::new();
+    for (name, value) in hs.iter() {
+        match policy.fate(name.as_str()) {
+            Fate::Forward => {}
+            Fate::Drop => dropped.push(name.clone()),
+            Fate::ForwardedFor => forwarded_for.push(value.clone()),
+        }
+    }
+    for n in dropped {
+        hs.remove(n);
+    }
+    hs.remove("x-forwarded-for");
+    let host = hs.get(header::HOST).cloned();
+    let prior: Vec<&[u8]> = forwarded_for.iter().map(|v| v.as_bytes()).collect();
+    let mut fields = Vec::with_capacity(3);
+    crate::edge::http::headers::edge_fields(
+        &prior,
+        &peer.ip().to_string(),
+        scheme,
+        host.as_ref().map(|h| h.as_bytes()),
+        |name, parts| fields.push((name, parts.concat())),
+    );
+    for (name, value) in fields {
+        // Made of the client's own field values, which were valid, and an address.
+        if let Ok(v) = HeaderValue::from_bytes(&value) {
+            hs.insert(name, v);
+        }
+    }
+    if let Some(u) = upgrade {
+        hs.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        hs.insert(header::UPGRADE, u);
+    }
+}
+
+/// Puts in `slot` an upstream for `socket`: the one this connection used, if it is for the same
+/// socket and ready; else an idle one from the pool; else a new one. Whether it was reused.
+async fn take_upstream(
+    edge: &Edge,
+    slot: &mut Option<Upstream>,
+    socket: &Socket,
+    peer: SocketAddr,
+    is_upgrade: bool,
+) -> Result<bool, Response<Body>> {
+    let reuse = matches!(&*slot, Some((sid, s, log))
+        if *sid == socket.socket_id && s.is_ready() && !is_upgrade && log.current(&edge.node));
+    if !reuse {
+        if let Some((sid, sender, log)) = slot.take() {
+            // This connection moves to another socket: its upstream serves others meanwhile.
+            keep_when_ready(&edge.upstreams, sid, sender, log).await;
+        }
+        if !is_upgrade {
+            if let Some((sender, log)) = edge.upstreams.take(&socket.socket_id, &edge.node) {
+                *slot = Some((socket.socket_id, sender, log));
+            }
+        }
+    }
+    if slot.is_some() {
+        return Ok(true);
+    }
+    let (sender, log) = new_upstream(edge, &socket.socket_id, peer).await?;
+    *slot = Some((socket.socket_id, sender, log));
+    Ok(false)
+}
+
+/// A copy of a request without a body that may be sent twice, to send again on a new
+/// connection if the reused one closed under it (the service may close an idle connection at
+/// any time).
+fn sent_again(req: &Request<Incoming>) -> Option<Request<Body>> {
+    let idempotent = matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS);
+    if !idempotent || !hyper::body::Body::is_end_stream(req.body()) {
+        return None;
+    }
+    let mut r = Request::new(empty_body());
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.version_mut() = req.version();
+    *r.headers_mut() = req.headers().clone();
+    Some(r)
 }
 
 /// A response body that counts what it yields and reports the total when it is dropped:

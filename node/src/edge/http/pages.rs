@@ -1,6 +1,5 @@
 //! The edge's own answers: small HTML pages that say what went wrong and what to do.
 
-use crate::edge::http::Body;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use http_body_util::Full;
@@ -8,6 +7,8 @@ use hyper::header;
 use hyper::header::HeaderValue;
 use hyper::Response;
 use hyper::StatusCode;
+
+use crate::edge::http::Body;
 
 pub fn page_html(status: StatusCode, title: &str, detail: &str) -> String {
     format!(
