@@ -40,9 +40,7 @@ impl LogSink {
 
 /// Writes a line to the session log of the SSH session holding `h`, if it has one.
 pub fn log_line(h: &Holding, line: String) {
-    if let Some(log) = &h.log {
-        log.line(line);
-    }
+    h.log.line(line);
 }
 
 /// Longest path a log line shows in full; a longer one is cut and ends in `...`, so a line

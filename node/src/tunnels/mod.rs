@@ -38,8 +38,39 @@ pub struct Holding {
     /// The address and port the client asked to forward; echoed in `forwarded-tcpip` opens.
     pub bind_address: String,
     pub relay_port: u32,
-    /// The session channel that gets log lines, if the client opened one.
-    pub log: Option<SessionLog>,
+    /// The session channel that gets log lines, once the client opened one.
+    pub log: LogSlot,
+}
+
+/// Where a holding's log lines go: the session channel of its SSH session, once the client
+/// opened one. Every copy of a holding shares it — connections through the tunnel keep copies,
+/// pooled ones for long — so a channel opened after the forward also gets the lines of the
+/// connections made before it.
+#[derive(Clone, Default)]
+pub struct LogSlot(Arc<Mutex<Option<SessionLog>>>);
+
+impl LogSlot {
+    pub fn new(log: Option<SessionLog>) -> LogSlot {
+        LogSlot(Arc::new(Mutex::new(log)))
+    }
+
+    fn set(&self, log: SessionLog) {
+        *self.0.lock().expect("log slot") = Some(log);
+    }
+
+    fn get(&self) -> Option<SessionLog> {
+        self.0.lock().expect("log slot").clone()
+    }
+
+    /// Queues a line (ending in CRLF) on the session channel, if there is one; whether there
+    /// was.
+    pub fn line(&self, line: String) -> bool {
+        let log = self.get();
+        if let Some(log) = &log {
+            log.line(line);
+        }
+        log.is_some()
+    }
 }
 
 /// Lines wait this long for company before they go out in one SSH message.
@@ -122,7 +153,7 @@ impl Holdings {
     /// Sends the log lines of a holding (if it still has `epoch`) to the session channel `log`.
     pub fn set_log(&self, tunnel_id: &Uuid, epoch: u64, log: SessionLog) {
         if let Some(h) = self.map.lock().expect("holdings").get_mut(tunnel_id).filter(|h| h.epoch == epoch) {
-            h.log = Some(log);
+            h.log.set(log);
         }
     }
 
@@ -157,8 +188,7 @@ const FAREWELL: Duration = Duration::from_millis(100);
 fn close(h: Holding, reason: &'static str, why: &'static str) {
     crate::metrics::get().tunnel_closed(reason);
     tokio::spawn(async move {
-        if let Some(log) = &h.log {
-            log.line(format!("mysocket: {why}; closing.\r\n"));
+        if h.log.line(format!("mysocket: {why}; closing.\r\n")) {
             tokio::time::sleep(FAREWELL).await;
         }
         let _ = h.handle.disconnect(russh::Disconnect::ByApplication, why.to_string(), String::new()).await;

@@ -28,6 +28,7 @@ use uuid::Uuid;
 use crate::control::NodeRef;
 use crate::tunnels::Holding;
 use crate::tunnels::Holdings;
+use crate::tunnels::LogSlot;
 use crate::tunnels::SessionLog;
 
 /// Most concurrent SSH connections per node.
@@ -401,7 +402,7 @@ impl SshSession {
                     handle,
                     bind_address: address.to_string(),
                     relay_port: port,
-                    log: self.state.lock().expect("ssh state").logs.last().cloned(),
+                    log: LogSlot::new(self.state.lock().expect("ssh state").logs.last().cloned()),
                 });
                 self.state.lock().expect("ssh state").claims.insert(tunnel.tunnel_id, claim.epoch);
                 tracing::info!(
