@@ -58,18 +58,16 @@ impl LogSlot {
         *self.0.lock().expect("log slot") = Some(log);
     }
 
-    fn get(&self) -> Option<SessionLog> {
-        self.0.lock().expect("log slot").clone()
-    }
-
-    /// Queues a line (ending in CRLF) on the session channel, if there is one; whether there
-    /// was.
+    /// Queues a line (ending in CRLF) on the session channel, if there is one (without waiting:
+    /// a full queue drops the line); whether there was.
     pub fn line(&self, line: String) -> bool {
-        let log = self.get();
-        if let Some(log) = &log {
-            log.line(line);
+        match &*self.0.lock().expect("log slot") {
+            Some(log) => {
+                log.line(line);
+                true
+            }
+            None => false,
         }
-        log.is_some()
     }
 }
 
