@@ -247,224 +247,261 @@ pub async fn run(name: &str, plan: Plan, seconds: u64) -> Seen {
     let tally = Arc::new(Tally::default());
     let t = tally.clone();
     match name {
-        "signup-flood" | "login-flood" => {
-            let signup = name == "signup-flood";
-            let clients: Arc<Vec<reqwest::Client>> = Arc::new((0..32).map(|i| client_from(addr(i, 10))).collect());
-            swarm(64, until, Duration::from_millis(64), move |w| {
-                let (clients, t, plan) = (clients.clone(), t.clone(), plan.clone());
-                async move {
-                    let http = &clients[w % clients.len()];
-                    t.attempts.fetch_add(1, Ordering::Relaxed);
-                    let r = if signup {
-                        let body = serde_json::json!({"name": "flood", "email": plan.victim_email,
-                            "password": random_string(16), "sshkey": plan.sshkey});
-                        http.post(format!("http://{}/user", plan.api)).json(&body).send().await
-                    } else {
-                        let email = if w % 2 == 0 {
-                            plan.victim_email.clone()
-                        } else {
-                            format!("{}@example.org", random_string(10))
-                        };
-                        let body = serde_json::json!({"email": email, "password": random_string(12)});
-                        http.post(format!("http://{}/login", plan.api)).json(&body).send().await
-                    };
-                    t.count(status_name(&r));
-                    // A refused caller that honours Retry-After would wait; an attacker does not.
-                }
-            })
-            .await;
-        }
-        "idle-http2" => {
-            let tls = tls_connector(&plan.ca_pem);
-            let (https, host) = (plan.https.clone(), plan.honest_host.clone());
-            hold_many(t, 300, until, move |w| {
-                let (tls, https, host) = (tls.clone(), https.clone(), host.clone());
-                async move {
-                    let tcp = connect_from(addr(w % 2, 50), &https).await?;
-                    let name = rustls::pki_types::ServerName::try_from(host).map_err(std::io::Error::other)?;
-                    let mut s = tokio::time::timeout(Duration::from_secs(5), tls.connect(name, tcp))
-                        .await
-                        .map_err(std::io::Error::other)??;
-                    s.write_all(H2_PREFACE).await?;
-                    s.write_all(H2_SETTINGS).await?;
-                    s.flush().await?;
-                    Ok(Box::new(s) as Box<dyn Held>)
-                }
-            })
-            .await;
-        }
-        "slow-body" => {
-            let (http, host) = (plan.http.clone(), plan.honest_host.clone());
-            swarm(100, until, Duration::from_secs(1), move |_| {
-                let (t, http, host) = (t.clone(), http.clone(), host.clone());
-                async move {
-                    t.attempts.fetch_add(1, Ordering::Relaxed);
-                    let Ok(mut s) = connect_from(addr(0, 60), &http).await else {
-                        t.count("refused");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        return;
-                    };
-                    let head = format!("POST /upload HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000000\r\n\r\n");
-                    if s.write_all(head.as_bytes()).await.is_err() {
-                        t.count("error");
-                        return;
-                    }
-                    t.hold();
-                    let start = Instant::now();
-                    let outcome = loop {
-                        if Instant::now() >= until {
-                            break "held";
-                        }
-                        if s.write_all(b"x").await.is_err() {
-                            break "closed";
-                        }
-                        // A closed connection shows on the read side first.
-                        let mut b = [0u8; 1024];
-                        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut b)).await {
-                            Ok(Ok(0)) | Ok(Err(_)) => break "closed",
-                            _ => {}
-                        }
-                    };
-                    t.release();
-                    if outcome == "closed" {
-                        t.closes_ms.lock().unwrap().push(start.elapsed().as_millis() as u64);
-                    }
-                    t.count(outcome);
-                }
-            })
-            .await;
-        }
-        "silent-service" => {
-            let clients: Arc<Vec<reqwest::Client>> = Arc::new(
-                (0..4)
-                    .map(|i| {
-                        reqwest::Client::builder()
-                            .local_address(addr(i, 70))
-                            .timeout(Duration::from_secs(120))
-                            .resolve(&plan.silent_host, plan.http.parse().expect("http address"))
-                            .build()
-                            .expect("http client")
-                    })
-                    .collect(),
-            );
-            let port = plan.http.rsplit(':').next().unwrap_or("80").to_string();
-            let url = format!("http://{}:{port}/", plan.silent_host);
-            swarm(100, until, Duration::from_secs(1), move |w| {
-                let (clients, t, url) = (clients.clone(), t.clone(), url.clone());
-                async move {
-                    t.attempts.fetch_add(1, Ordering::Relaxed);
-                    t.hold();
-                    let r = clients[w % clients.len()].get(&url).send().await;
-                    t.release();
-                    t.count(status_name(&r));
-                }
-            })
-            .await;
-        }
-        "ssh-flood" => {
-            let ssh = plan.ssh.clone();
-            hold_many(t, 512, until, move |w| {
-                let ssh = ssh.clone();
-                async move {
-                    let mut s = connect_from(addr(w % 8, 80), &ssh).await?;
-                    s.write_all(b"SSH-2.0-hostile\r\n").await?;
-                    Ok(Box::new(s) as Box<dyn Held>)
-                }
-            })
-            .await;
-        }
-        "internal-strangers" => {
-            let internal = plan.internal.clone();
-            hold_many(t, 512, until, move |w| {
-                let internal = internal.clone();
-                async move {
-                    let mut s = connect_from(addr(w % 8, 90), &internal).await?;
-                    s.write_all(H2_PREFACE).await?;
-                    s.write_all(H2_SETTINGS).await?;
-                    Ok(Box::new(s) as Box<dyn Held>)
-                }
-            })
-            .await;
-        }
-        "one-address" => {
-            let (http, host) = (plan.http.clone(), plan.honest_host.clone());
-            hold_many(t, 2000, until, move |_| {
-                let (http, host) = (http.clone(), host.clone());
-                async move {
-                    let mut s = connect_from(addr(0, 100), &http).await?;
-                    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n").as_bytes()).await?;
-                    Ok(Box::new(s) as Box<dyn Held>)
-                }
-            })
-            .await;
-        }
-        "huge-json" => {
-            let clients: Arc<Vec<reqwest::Client>> = Arc::new((0..4).map(|i| client_from(addr(i, 110))).collect());
-            let huge: Arc<Vec<u8>> = Arc::new({
-                let mut b = br#"{"name":"x","email":"a@b.c","password":""#.to_vec();
-                b.resize(8 * 1024 * 1024, b'a');
-                b.extend_from_slice(br#"","sshkey":"k"}"#);
-                b
-            });
-            let nested: Arc<Vec<u8>> = Arc::new({
-                let mut b = br#"{"email":"#.to_vec();
-                b.extend(std::iter::repeat_n(b'[', 1024 * 1024));
-                b
-            });
-            let api = plan.api.clone();
-            swarm(16, until, Duration::from_millis(320), move |w| {
-                let (clients, t, huge, nested, api) =
-                    (clients.clone(), t.clone(), huge.clone(), nested.clone(), api.clone());
-                async move {
-                    let http = &clients[w % clients.len()];
-                    t.attempts.fetch_add(1, Ordering::Relaxed);
-                    let (path, body) = match w % 3 {
-                        0 => ("user", huge.to_vec()),
-                        1 => ("login", nested.to_vec()),
-                        _ => ("socket", nested.to_vec()),
-                    };
-                    let r = http
-                        .post(format!("http://{api}/{path}"))
-                        .header("content-type", "application/json")
-                        .header("x-access-token", "not-a-token")
-                        .body(body)
-                        .send()
-                        .await;
-                    t.count(format!("{path} {}", status_name(&r)));
-                }
-            })
-            .await;
-        }
-        "garbage" => {
-            let ports =
-                [plan.api.clone(), plan.internal.clone(), plan.ssh.clone(), plan.http.clone(), plan.https.clone()];
-            let ports = Arc::new(ports);
-            swarm(16, until, Duration::from_millis(80), move |w| {
-                let (t, ports) = (t.clone(), ports.clone());
-                async move {
-                    let to = &ports[(w + t.attempts.fetch_add(1, Ordering::Relaxed) as usize) % ports.len()];
-                    let Ok(mut s) = connect_from(addr(w % 4, 120), to).await else {
-                        t.count("refused");
-                        return;
-                    };
-                    let junk: Vec<u8> = (0..4096).map(|_| rand::random::<u8>()).collect();
-                    let _ = s.write_all(&junk).await;
-                    let mut b = vec![0u8; 8192];
-                    let answered = tokio::time::timeout(Duration::from_secs(3), async {
-                        loop {
-                            match s.read(&mut b).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(_) => {}
-                            }
-                        }
-                    })
-                    .await;
-                    t.count(if answered.is_ok() { "closed" } else { "held" });
-                }
-            })
-            .await;
-        }
+        "signup-flood" => credential_flood(t, plan, until, Guess::SignUp).await,
+        "login-flood" => credential_flood(t, plan, until, Guess::LogIn).await,
+        "idle-http2" => idle_http2(t, plan, until).await,
+        "slow-body" => slow_body(t, plan, until).await,
+        "silent-service" => silent_service(t, plan, until).await,
+        "ssh-flood" => ssh_flood(t, plan, until).await,
+        "internal-strangers" => internal_strangers(t, plan, until).await,
+        "one-address" => one_address(t, plan, until).await,
+        "huge-json" => huge_json(t, plan, until).await,
+        "garbage" => garbage(t, plan, until).await,
         other => panic!("unknown attack {other}"),
     }
     tally.seen()
+}
+
+/// What a credential flood's requests try.
+#[derive(Clone, Copy)]
+enum Guess {
+    /// `POST /user` with a taken email.
+    SignUp,
+    /// `POST /login` with a wrong password.
+    LogIn,
+}
+
+/// `signup-flood` and `login-flood`: API requests that each cost the node a password hash.
+async fn credential_flood(t: Arc<Tally>, plan: Plan, until: Instant, guess: Guess) {
+    let clients: Arc<Vec<reqwest::Client>> = Arc::new((0..32).map(|i| client_from(addr(i, 10))).collect());
+    swarm(64, until, Duration::from_millis(64), move |w| {
+        let (clients, t, plan) = (clients.clone(), t.clone(), plan.clone());
+        async move {
+            let http = &clients[w % clients.len()];
+            t.attempts.fetch_add(1, Ordering::Relaxed);
+            let r = match guess {
+                Guess::SignUp => {
+                    let body = serde_json::json!({"name": "flood", "email": plan.victim_email,
+                        "password": random_string(16), "sshkey": plan.sshkey});
+                    http.post(format!("http://{}/user", plan.api)).json(&body).send().await
+                }
+                Guess::LogIn => {
+                    let email = if w % 2 == 0 {
+                        plan.victim_email.clone()
+                    } else {
+                        format!("{}@example.org", random_string(10))
+                    };
+                    let body = serde_json::json!({"email": email, "password": random_string(12)});
+                    http.post(format!("http://{}/login", plan.api)).json(&body).send().await
+                }
+            };
+            t.count(status_name(&r));
+            // A refused caller that honours Retry-After would wait; an attacker does not.
+        }
+    })
+    .await;
+}
+
+/// `idle-http2`: TLS connections that send HTTP/2's preface and SETTINGS, then nothing.
+async fn idle_http2(t: Arc<Tally>, plan: Plan, until: Instant) {
+    let tls = tls_connector(&plan.ca_pem);
+    let (https, host) = (plan.https.clone(), plan.honest_host.clone());
+    hold_many(t, 300, until, move |w| {
+        let (tls, https, host) = (tls.clone(), https.clone(), host.clone());
+        async move {
+            let tcp = connect_from(addr(w % 2, 50), &https).await?;
+            let name = rustls::pki_types::ServerName::try_from(host).map_err(std::io::Error::other)?;
+            let mut s = tokio::time::timeout(Duration::from_secs(5), tls.connect(name, tcp))
+                .await
+                .map_err(std::io::Error::other)??;
+            s.write_all(H2_PREFACE).await?;
+            s.write_all(H2_SETTINGS).await?;
+            s.flush().await?;
+            Ok(Box::new(s) as Box<dyn Held>)
+        }
+    })
+    .await;
+}
+
+/// `slow-body`: requests to the honest socket whose bodies come a byte a second.
+async fn slow_body(t: Arc<Tally>, plan: Plan, until: Instant) {
+    let (http, host) = (plan.http.clone(), plan.honest_host.clone());
+    swarm(100, until, Duration::from_secs(1), move |_| {
+        let (t, http, host) = (t.clone(), http.clone(), host.clone());
+        async move { slow_request(&t, &http, &host, until).await }
+    })
+    .await;
+}
+
+/// One of `slow-body`'s requests, kept trickling until the node closes it or the attack ends.
+async fn slow_request(t: &Tally, http: &str, host: &str, until: Instant) {
+    t.attempts.fetch_add(1, Ordering::Relaxed);
+    let Ok(mut s) = connect_from(addr(0, 60), http).await else {
+        t.count("refused");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        return;
+    };
+    let head = format!("POST /upload HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000000\r\n\r\n");
+    if s.write_all(head.as_bytes()).await.is_err() {
+        t.count("error");
+        return;
+    }
+    t.hold();
+    let start = Instant::now();
+    let outcome = loop {
+        if Instant::now() >= until {
+            break "held";
+        }
+        if s.write_all(b"x").await.is_err() {
+            break "closed";
+        }
+        // A closed connection shows on the read side first.
+        let mut b = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break "closed",
+            _ => {}
+        }
+    };
+    t.release();
+    if outcome == "closed" {
+        t.closes_ms.lock().unwrap().push(start.elapsed().as_millis() as u64);
+    }
+    t.count(outcome);
+}
+
+/// `silent-service`: requests to a tenant's socket whose service never answers.
+async fn silent_service(t: Arc<Tally>, plan: Plan, until: Instant) {
+    let clients: Arc<Vec<reqwest::Client>> = Arc::new(
+        (0..4)
+            .map(|i| {
+                reqwest::Client::builder()
+                    .local_address(addr(i, 70))
+                    .timeout(Duration::from_secs(120))
+                    .resolve(&plan.silent_host, plan.http.parse().expect("http address"))
+                    .build()
+                    .expect("http client")
+            })
+            .collect(),
+    );
+    let port = plan.http.rsplit(':').next().unwrap_or("80").to_string();
+    let url = format!("http://{}:{port}/", plan.silent_host);
+    swarm(100, until, Duration::from_secs(1), move |w| {
+        let (clients, t, url) = (clients.clone(), t.clone(), url.clone());
+        async move {
+            t.attempts.fetch_add(1, Ordering::Relaxed);
+            t.hold();
+            let r = clients[w % clients.len()].get(&url).send().await;
+            t.release();
+            t.count(status_name(&r));
+        }
+    })
+    .await;
+}
+
+/// `ssh-flood`: SSH connections that send a version line and never log in.
+async fn ssh_flood(t: Arc<Tally>, plan: Plan, until: Instant) {
+    hold_greeted(t, until, plan.ssh.clone(), 80, &[b"SSH-2.0-hostile\r\n"]).await;
+}
+
+/// `internal-strangers`: connections to the internal port with no credential.
+async fn internal_strangers(t: Arc<Tally>, plan: Plan, until: Instant) {
+    hold_greeted(t, until, plan.internal.clone(), 90, &[H2_PREFACE, H2_SETTINGS]).await;
+}
+
+/// Holds 512 connections to `to` from 8 addresses (from `base` on), each of which sent the
+/// pieces of `greeting` and then nothing.
+async fn hold_greeted(t: Arc<Tally>, until: Instant, to: String, base: u8, greeting: &'static [&'static [u8]]) {
+    hold_many(t, 512, until, move |w| {
+        let to = to.clone();
+        async move {
+            let mut s = connect_from(addr(w % 8, base), &to).await?;
+            for piece in greeting {
+                s.write_all(piece).await?;
+            }
+            Ok(Box::new(s) as Box<dyn Held>)
+        }
+    })
+    .await;
+}
+
+/// `one-address`: many unfinished request heads from a single address.
+async fn one_address(t: Arc<Tally>, plan: Plan, until: Instant) {
+    let (http, host) = (plan.http.clone(), plan.honest_host.clone());
+    hold_many(t, 2000, until, move |_| {
+        let (http, host) = (http.clone(), host.clone());
+        async move {
+            let mut s = connect_from(addr(0, 100), &http).await?;
+            s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n").as_bytes()).await?;
+            Ok(Box::new(s) as Box<dyn Held>)
+        }
+    })
+    .await;
+}
+
+/// `huge-json`: oversized and deeply nested bodies to the API.
+async fn huge_json(t: Arc<Tally>, plan: Plan, until: Instant) {
+    let clients: Arc<Vec<reqwest::Client>> = Arc::new((0..4).map(|i| client_from(addr(i, 110))).collect());
+    let huge: Arc<Vec<u8>> = Arc::new({
+        let mut b = br#"{"name":"x","email":"a@b.c","password":""#.to_vec();
+        b.resize(8 * 1024 * 1024, b'a');
+        b.extend_from_slice(br#"","sshkey":"k"}"#);
+        b
+    });
+    let nested: Arc<Vec<u8>> = Arc::new({
+        let mut b = br#"{"email":"#.to_vec();
+        b.extend(std::iter::repeat_n(b'[', 1024 * 1024));
+        b
+    });
+    let api = plan.api.clone();
+    swarm(16, until, Duration::from_millis(320), move |w| {
+        let (clients, t, huge, nested, api) = (clients.clone(), t.clone(), huge.clone(), nested.clone(), api.clone());
+        async move {
+            let http = &clients[w % clients.len()];
+            t.attempts.fetch_add(1, Ordering::Relaxed);
+            let (path, body) = match w % 3 {
+                0 => ("user", huge.to_vec()),
+                1 => ("login", nested.to_vec()),
+                _ => ("socket", nested.to_vec()),
+            };
+            let r = http
+                .post(format!("http://{api}/{path}"))
+                .header("content-type", "application/json")
+                .header("x-access-token", "not-a-token")
+                .body(body)
+                .send()
+                .await;
+            t.count(format!("{path} {}", status_name(&r)));
+        }
+    })
+    .await;
+}
+
+/// `garbage`: random bytes to every port of node 1.
+async fn garbage(t: Arc<Tally>, plan: Plan, until: Instant) {
+    let ports = [plan.api.clone(), plan.internal.clone(), plan.ssh.clone(), plan.http.clone(), plan.https.clone()];
+    let ports = Arc::new(ports);
+    swarm(16, until, Duration::from_millis(80), move |w| {
+        let (t, ports) = (t.clone(), ports.clone());
+        async move {
+            let to = &ports[(w + t.attempts.fetch_add(1, Ordering::Relaxed) as usize) % ports.len()];
+            let Ok(mut s) = connect_from(addr(w % 4, 120), to).await else {
+                t.count("refused");
+                return;
+            };
+            let junk: Vec<u8> = (0..4096).map(|_| rand::random::<u8>()).collect();
+            let _ = s.write_all(&junk).await;
+            let mut b = vec![0u8; 8192];
+            let answered = tokio::time::timeout(Duration::from_secs(3), async {
+                loop {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+            t.count(if answered.is_ok() { "closed" } else { "held" });
+        }
+    })
+    .await;
 }
