@@ -210,66 +210,12 @@ impl Honest {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("http client");
-            let (url, records) = (format!("http://{}:8080/", self.host), records.clone());
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    let t = Instant::now();
-                    let ok = match client.get(&url).send().await {
-                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                        Err(_) => false,
-                    };
-                    records.lock().unwrap().push(Record { at: started.elapsed(), took: t.elapsed(), ok, write: false });
-                    if !ok {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }));
+            let url = format!("http://{}:8080/", self.host);
+            tasks.push(tokio::spawn(read_loop(client, url, records.clone(), started)));
         }
-        let (token, gate, records2) = (self.token.clone(), self.gate.clone(), records.clone());
         let apis: Vec<String> = [1, 2].iter().map(|&i| cluster.api(i)).collect();
-        tasks.push(tokio::spawn(async move {
-            let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client");
-            let record = |t: Instant, ok: bool| {
-                records2.lock().unwrap().push(Record { at: started.elapsed(), took: t.elapsed(), ok, write: true })
-            };
-            for n in 0u64.. {
-                let api = &apis[n as usize % apis.len()];
-                {
-                    let _busy = gate.lock().await;
-                    let t = Instant::now();
-                    let created = http
-                        .post(format!("{api}/socket"))
-                        .header("x-access-token", &token)
-                        .json(&serde_json::json!({"name": format!("w{n}"), "socket_type": "http"}))
-                        .send()
-                        .await;
-                    let id = match created {
-                        Ok(r) if r.status().is_success() => r
-                            .json::<serde_json::Value>()
-                            .await
-                            .ok()
-                            .and_then(|v| v["socket_id"].as_str().map(String::from)),
-                        _ => None,
-                    };
-                    record(t, id.is_some());
-                    if let Some(id) = id {
-                        // Deleted before the gate opens, retried until it is gone.
-                        loop {
-                            let t = Instant::now();
-                            let r =
-                                http.delete(format!("{api}/socket/{id}")).header("x-access-token", &token).send().await;
-                            let ok = matches!(&r, Ok(r) if r.status().is_success() || r.status() == 404);
-                            record(t, ok);
-                            if ok {
-                                break;
-                            }
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }));
+        let writer = write_loop(apis, self.token.clone(), self.gate.clone(), records.clone(), started);
+        tasks.push(tokio::spawn(writer));
         Load { records, tasks }
     }
 
@@ -284,6 +230,70 @@ impl Honest {
 impl Drop for Honest {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// One keep-alive client of the honest socket: requests it back to back, forever.
+async fn read_loop(client: reqwest::Client, url: String, records: Arc<Mutex<Vec<Record>>>, started: Instant) {
+    loop {
+        let t = Instant::now();
+        let ok = match client.get(&url).send().await {
+            Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+            Err(_) => false,
+        };
+        records.lock().unwrap().push(Record { at: started.elapsed(), took: t.elapsed(), ok, write: false });
+        if !ok {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The API writer: creates a socket and deletes it again, through `apis` in turn, forever;
+/// holds `gate` while one of its sockets exists.
+async fn write_loop(
+    apis: Vec<String>,
+    token: String,
+    gate: Arc<tokio::sync::Mutex<()>>,
+    records: Arc<Mutex<Vec<Record>>>,
+    started: Instant,
+) {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client");
+    let record = |t: Instant, ok: bool| {
+        records.lock().unwrap().push(Record { at: started.elapsed(), took: t.elapsed(), ok, write: true })
+    };
+    for n in 0u64.. {
+        let api = &apis[n as usize % apis.len()];
+        {
+            let _busy = gate.lock().await;
+            let t = Instant::now();
+            let created = http
+                .post(format!("{api}/socket"))
+                .header("x-access-token", &token)
+                .json(&serde_json::json!({"name": format!("w{n}"), "socket_type": "http"}))
+                .send()
+                .await;
+            let id = match created {
+                Ok(r) if r.status().is_success() => {
+                    r.json::<serde_json::Value>().await.ok().and_then(|v| v["socket_id"].as_str().map(String::from))
+                }
+                _ => None,
+            };
+            record(t, id.is_some());
+            if let Some(id) = id {
+                // Deleted before the gate opens, retried until it is gone.
+                loop {
+                    let t = Instant::now();
+                    let r = http.delete(format!("{api}/socket/{id}")).header("x-access-token", &token).send().await;
+                    let ok = matches!(&r, Ok(r) if r.status().is_success() || r.status() == 404);
+                    record(t, ok);
+                    if ok {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
