@@ -14,6 +14,7 @@ mod honest;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::Path;
 use std::path::PathBuf;
 use std::time::Duration;
 use std::time::Instant;
@@ -26,7 +27,9 @@ use serde::Serialize;
 use crate::attacks::Plan;
 use crate::attacks::Seen;
 use crate::cluster::Cluster;
+use crate::cluster::Sampler;
 use crate::honest::Honest;
+use crate::honest::Load;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -122,6 +125,15 @@ struct AttackResult {
     failures: Vec<String>,
 }
 
+/// `results.json`: the bounds, how long each attack ran, and what each one left.
+#[derive(Debug, Serialize)]
+struct ResultsFile<'a> {
+    bounds: &'a Bounds,
+    attack_seconds: u64,
+    long: bool,
+    attacks: &'a [AttackResult],
+}
+
 impl AttackResult {
     /// The honest tenant's service, in one line.
     fn honest(&self) -> String {
@@ -135,6 +147,44 @@ impl AttackResult {
             self.before.p99_ms,
             self.during.p99_ms
         )
+    }
+
+    /// The bounds this attack broke, all but the registry's (whose counts the caller holds),
+    /// given how long the attack (`during`) and the phase after it (`after`) lasted.
+    fn failures(&self, during: Duration, after: Duration) -> Vec<String> {
+        let mut failures = Vec::new();
+        for (i, (b, m)) in self.rss_mib.iter().enumerate() {
+            if m.saturating_sub(*b) > BOUNDS.rss_growth_mib {
+                failures.push(format!("node {}'s memory grew from {b} to {m} MiB", i + 1));
+            }
+        }
+        for (i, (b, m)) in self.fds.iter().enumerate() {
+            if m.saturating_sub(*b) > BOUNDS.fd_growth {
+                failures.push(format!("node {}'s open files grew from {b} to {m}", i + 1));
+            }
+        }
+        let (share_during, share_after) = (self.share_during, self.share_after);
+        if share_during < BOUNDS.share_during {
+            failures.push(format!("the honest tenant kept {share_during:.2} of its requests/s during the attack"));
+        }
+        if share_after < BOUNDS.share_after {
+            failures.push(format!("the honest tenant kept {share_after:.2} of its requests/s after the attack"));
+        }
+        for (phase, s, took) in [("during", &self.during, during), ("after", &self.after, after)] {
+            let total = s.requests_per_s * took.as_secs_f64();
+            if s.failed as f64 > BOUNDS.honest_errors * total.max(1.0) {
+                failures.push(format!("{} of the honest tenant's requests failed {phase} the attack", s.failed));
+            }
+        }
+        let writes = self.during.writes_per_s * during.as_secs_f64();
+        let writes_failed = self.during.writes_failed as f64;
+        if writes + writes_failed > 0.0 && writes / (writes + writes_failed) < BOUNDS.writes_ok_during {
+            failures.push(format!(
+                "{} of the honest tenant's API writes failed during the attack",
+                self.during.writes_failed
+            ));
+        }
+        failures
     }
 }
 
@@ -157,31 +207,44 @@ fn main() {
     }
 }
 
+/// Seconds of each phase around one attack.
+#[derive(Clone, Copy, Debug)]
+struct Phases {
+    /// The honest tenant's baseline, measured before the attacker starts.
+    before: u64,
+    attack: u64,
+    /// The recovery, measured after the attacker stopped.
+    after: u64,
+}
+
+impl Phases {
+    fn new(long: bool) -> Phases {
+        let (before, attack, after) = if long { (10, 120, 20) } else { (5, 12, 6) };
+        Phases { before, attack, after }
+    }
+}
+
+/// What every attack runs against and is measured with.
+struct Stage<'a> {
+    cluster: &'a Cluster,
+    honest: &'a Honest,
+    plan: &'a Plan,
+    load: &'a Load,
+    sampler: &'a Sampler,
+    /// The origin of every time the load and the sampler record.
+    started: Instant,
+    phases: Phases,
+}
+
 async fn suite(args: &Args) -> anyhow::Result<bool> {
-    let names: Vec<String> = if args.only.is_empty() {
-        attacks::NAMES.iter().map(|s| s.to_string()).collect()
-    } else {
-        for n in &args.only {
-            anyhow::ensure!(
-                attacks::NAMES.contains(&n.as_str()),
-                "unknown attack {n}; one of {}",
-                attacks::NAMES.join(", ")
-            );
-        }
-        args.only.clone()
-    };
-    let (before, attack, after) = if args.long { (10, 120, 20) } else { (5, 12, 6) };
+    let names = attack_names(&args.only)?;
+    let phases = Phases::new(args.long);
     let bin_dir = match &args.bin_dir {
         Some(d) => d.clone(),
         None => std::env::current_exe()?.parent().context("binary folder")?.to_path_buf(),
     };
-    let out = args.out.clone().unwrap_or_else(|| {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        PathBuf::from(format!("hostile-runs/{t}"))
-    });
-    std::fs::create_dir_all(&out)?;
-    let out = out.canonicalize()?;
-    println!("mysocket-hostile: {} attacks, {attack} s each; report in {}", names.len(), out.display());
+    let out = out_dir(args.out.as_deref())?;
+    println!("mysocket-hostile: {} attacks, {} s each; report in {}", names.len(), phases.attack, out.display());
 
     let timeouts = if args.long { None } else { Some(10) };
     let mut cluster = Cluster::start(&bin_dir, &out, timeouts).await?;
@@ -190,90 +253,13 @@ async fn suite(args: &Args) -> anyhow::Result<bool> {
     let started = Instant::now();
     let load = honest.run_load(&cluster, started);
     let sampler = cluster.sample_processes(started);
+    let stage =
+        Stage { cluster: &cluster, honest: &honest, plan: &plan, load: &load, sampler: &sampler, started, phases };
 
     let mut results = Vec::new();
     for name in &names {
         println!("== {name}: {}", attacks::describe(name));
-        let counts0 = honest.registry_counts(&cluster).await?;
-        let refused0 = cluster.refused(1).await?;
-        let t0 = started.elapsed();
-        tokio::time::sleep(Duration::from_secs(before)).await;
-        let t1 = started.elapsed();
-        let child = tokio::process::Command::new(std::env::current_exe()?)
-            .args(["attack", name, "--seconds", &attack.to_string(), "--plan", &serde_json::to_string(&plan)?])
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let output = tokio::time::timeout(Duration::from_secs(attack + 120), child.wait_with_output())
-            .await
-            .context("the attacker did not stop")??;
-        let seen: Seen = serde_json::from_slice(&output.stdout)
-            .with_context(|| format!("the attacker's report: {}", String::from_utf8_lossy(&output.stdout)))?;
-        let t2 = started.elapsed();
-        let refused1 = cluster.refused(1).await?;
-        tokio::time::sleep(Duration::from_secs(after)).await;
-        let t3 = started.elapsed();
-        let counts1 = honest.registry_counts(&cluster).await?;
-
-        let service = |a, b| load.service(a, b);
-        let (pre, during, post) = (service(t0, t1), service(t1, t2), service(t2, t3));
-        let share = |s: &Service| if pre.requests_per_s > 0.0 { s.requests_per_s / pre.requests_per_s } else { 0.0 };
-        let (share_during, share_after) = (share(&during), share(&post));
-        let (rss_mib, fds) = sampler.levels(t0, t1, t3);
-        let refused: BTreeMap<String, u64> = refused1
-            .iter()
-            .map(|(k, v)| (k.clone(), v.saturating_sub(*refused0.get(k).unwrap_or(&0))))
-            .filter(|(_, v)| *v > 0)
-            .collect();
-        let mut failures = Vec::new();
-        for (i, (b, m)) in rss_mib.iter().enumerate() {
-            if m.saturating_sub(*b) > BOUNDS.rss_growth_mib {
-                failures.push(format!("node {}'s memory grew from {b} to {m} MiB", i + 1));
-            }
-        }
-        for (i, (b, m)) in fds.iter().enumerate() {
-            if m.saturating_sub(*b) > BOUNDS.fd_growth {
-                failures.push(format!("node {}'s open files grew from {b} to {m}", i + 1));
-            }
-        }
-        if share_during < BOUNDS.share_during {
-            failures.push(format!("the honest tenant kept {share_during:.2} of its requests/s during the attack"));
-        }
-        if share_after < BOUNDS.share_after {
-            failures.push(format!("the honest tenant kept {share_after:.2} of its requests/s after the attack"));
-        }
-        for (phase, s) in [("during", &during), ("after", &post)] {
-            let total = s.requests_per_s * (if phase == "during" { t2 - t1 } else { t3 - t2 }).as_secs_f64();
-            if s.failed as f64 > BOUNDS.honest_errors * total.max(1.0) {
-                failures.push(format!("{} of the honest tenant's requests failed {phase} the attack", s.failed));
-            }
-        }
-        let writes = during.writes_per_s * (t2 - t1).as_secs_f64();
-        if writes + (during.writes_failed as f64) > 0.0
-            && writes / (writes + during.writes_failed as f64) < BOUNDS.writes_ok_during
-        {
-            failures
-                .push(format!("{} of the honest tenant's API writes failed during the attack", during.writes_failed));
-        }
-        let registry_unchanged = counts0 == counts1;
-        if !registry_unchanged {
-            failures.push(format!("the registry changed: accounts, sockets, tunnels {counts0:?} then {counts1:?}"));
-        }
-        let r = AttackResult {
-            name: name.clone(),
-            what: attacks::describe(name).to_string(),
-            before: pre,
-            during,
-            after: post,
-            share_during,
-            share_after,
-            rss_mib,
-            fds,
-            refused,
-            attacker: seen,
-            registry_unchanged,
-            failures,
-        };
+        let r = stage.attack(name).await?;
         println!(
             "   honest {}; attacker {:?}; refused {:?}{}",
             r.honest(),
@@ -287,13 +273,9 @@ async fn suite(args: &Args) -> anyhow::Result<bool> {
     honest.stop();
     cluster.stop();
     let ok = results.iter().all(|r| r.failures.is_empty());
-    std::fs::write(
-        out.join("results.json"),
-        serde_json::to_string_pretty(
-            &serde_json::json!({"bounds": BOUNDS, "attack_seconds": attack, "long": args.long, "attacks": results}),
-        )?,
-    )?;
-    std::fs::write(out.join("report.md"), report(&results, attack, args.long))?;
+    let file = ResultsFile { bounds: &BOUNDS, attack_seconds: phases.attack, long: args.long, attacks: &results };
+    std::fs::write(out.join("results.json"), to_json(&file)?)?;
+    std::fs::write(out.join("report.md"), report(&results, phases.attack, args.long))?;
     println!(
         "mysocket-hostile: {} ({} of {} attacks within bounds); report {}",
         if ok { "PASS" } else { "FAIL" },
@@ -302,6 +284,101 @@ async fn suite(args: &Args) -> anyhow::Result<bool> {
         out.join("report.md").display()
     );
     Ok(ok)
+}
+
+/// The attacks `--only` names, checked, or all of them.
+fn attack_names(only: &[String]) -> anyhow::Result<Vec<String>> {
+    if only.is_empty() {
+        return Ok(attacks::NAMES.iter().map(|s| s.to_string()).collect());
+    }
+    for n in only {
+        anyhow::ensure!(
+            attacks::NAMES.contains(&n.as_str()),
+            "unknown attack {n}; one of {}",
+            attacks::NAMES.join(", ")
+        );
+    }
+    Ok(only.to_vec())
+}
+
+/// The report folder, created: `--out`, or `hostile-runs/<unix time>`.
+fn out_dir(out: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let out = out.map(Path::to_path_buf).unwrap_or_else(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        PathBuf::from(format!("hostile-runs/{t}"))
+    });
+    std::fs::create_dir_all(&out)?;
+    Ok(out.canonicalize()?)
+}
+
+impl Stage<'_> {
+    /// Runs one attack between a quiet phase before and one after it, and measures all three.
+    async fn attack(&self, name: &str) -> anyhow::Result<AttackResult> {
+        let Stage { cluster, honest, started, phases, .. } = *self;
+        let counts0 = honest.registry_counts(cluster).await?;
+        let refused0 = cluster.refused(1).await?;
+        let t0 = started.elapsed();
+        tokio::time::sleep(Duration::from_secs(phases.before)).await;
+        let t1 = started.elapsed();
+        let seen = attacker(name, phases.attack, self.plan).await?;
+        let t2 = started.elapsed();
+        let refused1 = cluster.refused(1).await?;
+        tokio::time::sleep(Duration::from_secs(phases.after)).await;
+        let t3 = started.elapsed();
+        let counts1 = honest.registry_counts(cluster).await?;
+
+        let service = |a, b| self.load.service(a, b);
+        let (pre, during, post) = (service(t0, t1), service(t1, t2), service(t2, t3));
+        let share = |s: &Service| if pre.requests_per_s > 0.0 { s.requests_per_s / pre.requests_per_s } else { 0.0 };
+        let (share_during, share_after) = (share(&during), share(&post));
+        let (rss_mib, fds) = self.sampler.levels(t0, t1, t3);
+        let refused: BTreeMap<String, u64> = refused1
+            .iter()
+            .map(|(k, v)| (k.clone(), v.saturating_sub(*refused0.get(k).unwrap_or(&0))))
+            .filter(|(_, v)| *v > 0)
+            .collect();
+        let mut r = AttackResult {
+            name: name.to_string(),
+            what: attacks::describe(name).to_string(),
+            before: pre,
+            during,
+            after: post,
+            share_during,
+            share_after,
+            rss_mib,
+            fds,
+            refused,
+            attacker: seen,
+            registry_unchanged: counts0 == counts1,
+            failures: Vec::new(),
+        };
+        r.failures = r.failures(t2 - t1, t3 - t2);
+        if !r.registry_unchanged {
+            r.failures.push(format!("the registry changed: accounts, sockets, tunnels {counts0:?} then {counts1:?}"));
+        }
+        Ok(r)
+    }
+}
+
+/// Runs attack `name` in a process of its own for `seconds`, and reads what it saw.
+async fn attacker(name: &str, seconds: u64, plan: &Plan) -> anyhow::Result<Seen> {
+    let child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["attack", name, "--seconds", &seconds.to_string(), "--plan", &serde_json::to_string(plan)?])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let output = tokio::time::timeout(Duration::from_secs(seconds + 120), child.wait_with_output())
+        .await
+        .context("the attacker did not stop")??;
+    serde_json::from_slice(&output.stdout)
+        .with_context(|| format!("the attacker's report: {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+/// Pretty JSON with the keys of every object in alphabetical order, nested ones too: the order
+/// `results.json` had when it was written through `serde_json::Value`, kept so that a run's file
+/// compares line by line with an older run's.
+fn to_json(v: &impl Serialize) -> serde_json::Result<String> {
+    serde_json::to_string_pretty(&serde_json::to_value(v)?)
 }
 
 fn report(results: &[AttackResult], attack: u64, long: bool) -> String {
