@@ -7,9 +7,10 @@ use std::time::Duration;
 use tokio::io::AsyncRead;
 use tokio::io::AsyncReadExt;
 
-/// How long a read may wait for the next bytes: a node that stops answering fails the test
+/// How long a read may wait for the next bytes (longer than any deadline of the node's, such
+/// as the API's 10 s for a request body): a node that stops answering fails the test
 /// instead of hanging it.
-const SILENCE: Duration = Duration::from_secs(10);
+const SILENCE: Duration = Duration::from_secs(20);
 
 /// One HTTP/1.x answer as it came off a connection.
 #[derive(Debug)]
@@ -41,7 +42,7 @@ impl HttpAnswer {
 /// reads the next answer of a kept-alive or pipelined connection. The body is framed as RFC
 /// 9112 §6.3 says: none after HEAD, 1xx, 204 or 304; chunked; by Content-Length; else up to
 /// the end of the connection. After a 101 only the head is read (the connection has switched).
-/// An end of the stream before the answer is whole is an `UnexpectedEof` error; 10 s without a
+/// An end of the stream before the answer is whole is an `UnexpectedEof` error; 20 s without a
 /// byte is `TimedOut`.
 pub async fn read_http_answer<S: AsyncRead + Unpin>(s: &mut S, method: &str) -> io::Result<HttpAnswer> {
     let mut w = Wire { s, raw: Vec::new() };
