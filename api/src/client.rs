@@ -244,6 +244,11 @@ impl ApiClient {
         self.call::<(), _>(Method::GET, &format!("/socket/{socket_id}"), None).await
     }
 
+    /// `PATCH /socket/{socket_id}`: changes the socket's access rules.
+    pub async fn update_socket(&self, socket_id: &str, u: &SocketUpdate) -> Result<Socket, ClientError> {
+        self.call(Method::PATCH, &format!("/socket/{socket_id}"), Some(u)).await
+    }
+
     pub async fn delete_socket(&self, socket_id: &str) -> Result<(), ClientError> {
         self.call::<(), ()>(Method::DELETE, &format!("/socket/{socket_id}"), None).await
     }

@@ -149,6 +149,41 @@ pub struct SocketCreate {
     pub cloud_authentication_email_allowed_addressses: Vec<String>,
     #[serde(default)]
     pub cloud_authentication_email_allowed_domains: Vec<String>,
+    /// Visitor addresses let in, as CIDR networks or single addresses (IPv4 and IPv6); empty:
+    /// every address not denied. For every socket type.
+    #[serde(default)]
+    pub ip_allow: Vec<String>,
+    /// Visitor addresses refused (CIDR or single addresses), whatever `ip_allow` says.
+    #[serde(default)]
+    pub ip_deny: Vec<String>,
+    /// Requests (http, https) or new connections (tcp, tls) per second per visitor address,
+    /// with a burst of as many at once; 0 or absent: no limit.
+    #[serde(default)]
+    pub rate_limit: u32,
+}
+
+/// `PATCH /socket/{socket_id}`: the access rules to change; absent fields stay as they are.
+/// A protected socket keeps its password unless a new one is given.
+#[derive(utoipa::ToSchema, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected_socket: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected_username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected_password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_authentication_enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_authentication_email_allowed_addressses: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_authentication_email_allowed_domains: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_allow: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_deny: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
 }
 
 /// A socket as the API shows it.
@@ -168,6 +203,15 @@ pub struct Socket {
     pub cloud_authentication_enabled: bool,
     pub cloud_authentication_email_allowed_addressses: Vec<String>,
     pub cloud_authentication_email_allowed_domains: Vec<String>,
+    /// Visitor networks let in (CIDR); empty: every address not denied.
+    #[serde(default)]
+    pub ip_allow: Vec<String>,
+    /// Visitor networks refused (CIDR).
+    #[serde(default)]
+    pub ip_deny: Vec<String>,
+    /// Requests or new connections per second per visitor address; 0: no limit.
+    #[serde(default)]
+    pub rate_limit: u32,
     pub tunnels: Vec<Tunnel>,
     pub user_name: String,
 }

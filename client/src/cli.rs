@@ -130,6 +130,77 @@ pub struct SocketSpec {
     /// Email domains allowed through cloud authentication, comma separated.
     #[arg(long = "allowed_email_domains", alias = "allowed-email-domains", value_delimiter = ',')]
     pub allowed_email_domains: Vec<String>,
+    #[command(flatten)]
+    pub visitors: VisitorRules,
+}
+
+/// Rules on visitors' addresses, for every socket type.
+#[derive(clap::Args, Debug)]
+pub struct VisitorRules {
+    /// Only these visitor addresses get in: networks in CIDR form or single addresses, comma
+    /// separated (IPv4 and IPv6).
+    #[arg(long = "ip-allow", alias = "ip_allow", value_delimiter = ',')]
+    pub ip_allow: Vec<String>,
+    /// These visitor addresses are refused (CIDR or single addresses, comma separated).
+    #[arg(long = "ip-deny", alias = "ip_deny", value_delimiter = ',')]
+    pub ip_deny: Vec<String>,
+    /// Requests (http, https) or new connections (tcp, tls) per second per visitor address;
+    /// 0: no limit.
+    #[arg(long = "rate-limit", alias = "rate_limit")]
+    pub rate_limit: Option<u32>,
+}
+
+/// `socket update`: each rule given replaces the socket's; the others stay.
+#[derive(clap::Args, Debug)]
+pub struct SocketChange {
+    #[arg(long = "socket_id", alias = "socket-id", short = 's')]
+    pub socket_id: String,
+    /// Require HTTP basic auth (true or false).
+    #[arg(long)]
+    pub protected: Option<bool>,
+    #[arg(long, short = 'u')]
+    pub username: Option<String>,
+    #[arg(long, short = 'p')]
+    pub password: Option<String>,
+    /// Cloud authentication on or off (true or false).
+    #[arg(long)]
+    pub cloudauth: Option<bool>,
+    /// Replaces the allowed emails (comma separated; an empty value clears them).
+    #[arg(long = "allowed_email_addresses", alias = "allowed-email-addresses", value_delimiter = ',', num_args = 0..)]
+    pub allowed_email_addresses: Option<Vec<String>>,
+    /// Replaces the allowed email domains (comma separated; an empty value clears them).
+    #[arg(long = "allowed_email_domains", alias = "allowed-email-domains", value_delimiter = ',', num_args = 0..)]
+    pub allowed_email_domains: Option<Vec<String>>,
+    /// Replaces the allowed visitor networks (comma separated; an empty value clears them).
+    #[arg(long = "ip-allow", alias = "ip_allow", value_delimiter = ',', num_args = 0..)]
+    pub ip_allow: Option<Vec<String>>,
+    /// Replaces the refused visitor networks (comma separated; an empty value clears them).
+    #[arg(long = "ip-deny", alias = "ip_deny", value_delimiter = ',', num_args = 0..)]
+    pub ip_deny: Option<Vec<String>>,
+    /// Requests or new connections per second per visitor address; 0: no limit.
+    #[arg(long = "rate-limit", alias = "rate_limit")]
+    pub rate_limit: Option<u32>,
+}
+
+/// An empty value given to a list flag (`--ip-allow ''`) clears the list.
+fn cleared(list: Option<Vec<String>>) -> Option<Vec<String>> {
+    list.map(|l| l.into_iter().filter(|v| !v.trim().is_empty()).collect())
+}
+
+impl From<SocketChange> for mysocket_api::SocketUpdate {
+    fn from(c: SocketChange) -> mysocket_api::SocketUpdate {
+        mysocket_api::SocketUpdate {
+            protected_socket: c.protected,
+            protected_username: c.username,
+            protected_password: c.password,
+            cloud_authentication_enabled: c.cloudauth,
+            cloud_authentication_email_allowed_addressses: cleared(c.allowed_email_addresses),
+            cloud_authentication_email_allowed_domains: cleared(c.allowed_email_domains),
+            ip_allow: cleared(c.ip_allow),
+            ip_deny: cleared(c.ip_deny),
+            rate_limit: c.rate_limit,
+        }
+    }
 }
 
 impl From<SocketSpec> for SocketCreate {
@@ -143,6 +214,9 @@ impl From<SocketSpec> for SocketCreate {
             cloud_authentication_enabled: s.cloudauth,
             cloud_authentication_email_allowed_addressses: s.allowed_email_addresses,
             cloud_authentication_email_allowed_domains: s.allowed_email_domains,
+            ip_allow: s.visitors.ip_allow,
+            ip_deny: s.visitors.ip_deny,
+            rate_limit: s.visitors.rate_limit.unwrap_or(0),
         }
     }
 }
@@ -153,7 +227,10 @@ pub enum SocketCmd {
     Ls,
     /// Create a socket.
     Create(SocketSpec),
-    /// Show one socket with its tunnels.
+    /// Change a socket's access rules (Basic auth, cloud authentication, visitor addresses,
+    /// rate limit); every node applies the change within a second, tunnels stay connected.
+    Update(SocketChange),
+    /// Show one socket with its access rules and tunnels.
     Show {
         #[arg(long = "socket_id", alias = "socket-id", short = 's')]
         socket_id: String,

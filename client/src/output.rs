@@ -60,9 +60,32 @@ pub fn socket(s: &Socket) -> String {
     sockets(std::slice::from_ref(s))
 }
 
-/// A socket, then its tunnels.
+/// A socket, its access rules, then its tunnels.
 pub fn socket_and_tunnels(s: &Socket) -> String {
-    format!("{}\n{}", socket(s), tunnels(&s.tunnels))
+    format!("{}\n{}\n{}", socket(s), access(s), tunnels(&s.tunnels))
+}
+
+/// Who may reach a socket, one rule a line, in the order the edge applies them.
+pub fn access(s: &Socket) -> String {
+    let list = |l: &[String]| if l.is_empty() { "-".to_string() } else { l.join(", ") };
+    let mut out = String::from("ACCESS\n");
+    out +=
+        &format!("  ip allow:    {}\n", if s.ip_allow.is_empty() { "any".to_string() } else { s.ip_allow.join(", ") });
+    out += &format!("  ip deny:     {}\n", list(&s.ip_deny));
+    let rate = if s.rate_limit == 0 { "none".to_string() } else { format!("{} per second per visitor", s.rate_limit) };
+    out += &format!("  rate limit:  {rate}\n");
+    let basic = if s.protected_socket { format!("user {}", s.protected_username) } else { "off".to_string() };
+    out += &format!("  basic auth:  {basic}\n");
+    if s.cloud_authentication_enabled {
+        out += &format!(
+            "  cloud auth:  emails {}; domains {}\n",
+            list(&s.cloud_authentication_email_allowed_addressses),
+            list(&s.cloud_authentication_email_allowed_domains)
+        );
+    } else {
+        out += "  cloud auth:  off\n";
+    }
+    out
 }
 
 pub fn tunnels(tunnels: &[Tunnel]) -> String {

@@ -86,6 +86,9 @@ impl Refusal {
     }
 }
 
+const SOCKET_TYPES: [&str; 4] = ["http", "https", "tcp", "tls"];
+const VISITOR_REFUSALS: [&str; 5] = ["address", "rate_limit", "basic_auth", "cloud_auth", "no_provider"];
+
 /// Counters per value of a label, resolved once.
 struct ByLabel<const N: usize> {
     values: [&'static str; N],
@@ -126,6 +129,8 @@ pub struct Metrics {
     relays_served: ByLabel<4>,
     tunnels_closed: ByLabel<4>,
     refused: ByLabel<6>,
+    /// Per socket type and reason: see [`Metrics::visitor_refused`].
+    visitors_refused: [[Counter; 5]; 4],
     orphans_released: Counter,
     state: StateGauges,
 }
@@ -232,6 +237,14 @@ impl Metrics {
             "reason",
             ["rate_limit", "hashing_queue", "slow_body", "per_source", "ssh_startups", "unauthenticated"],
         );
+        let visitors_f = Family::<Labels2, Counter>::default();
+        r.register(
+            "visitors_refused",
+            "Public requests and connections a socket's access rules refused, per socket type and reason: the visitor's address (allow and deny lists), the rate limit per visitor, Basic auth, cloud authentication (no session, or an email not allowed), cloud authentication on a node without an identity provider",
+            visitors_f.clone(),
+        );
+        let visitors_refused = SOCKET_TYPES
+            .map(|t| VISITOR_REFUSALS.map(|why| visitors_f.get_or_create(&[("type", t), ("reason", why)]).clone()));
         let orphans_released = Counter::default();
         r.register(
             "orphan_claims_released",
@@ -284,6 +297,7 @@ impl Metrics {
             relays_served,
             tunnels_closed,
             refused,
+            visitors_refused,
             orphans_released,
             state,
         }
@@ -292,6 +306,14 @@ impl Metrics {
     /// A caller refused before any work was done for it.
     pub fn refused(&self, why: Refusal) {
         self.refused.get(why.name()).inc();
+    }
+
+    /// A public request or connection refused by its socket's access rules: `kind` is the
+    /// socket's type, `why` a [`crate::edge::policy::Refusal`]'s reason.
+    pub fn visitor_refused(&self, kind: &str, why: &str) {
+        let t = SOCKET_TYPES.iter().position(|k| *k == kind).unwrap_or(0);
+        let r = VISITOR_REFUSALS.iter().position(|w| *w == why).expect("a registered reason");
+        self.visitors_refused[t][r].inc();
     }
 
     /// A connection accepted on `l`; it counts as open until the guard is dropped.

@@ -86,15 +86,46 @@ pub struct Socket {
     pub socket_type: SocketType,
     /// Allocated from the cluster's TCP range for tcp/tls sockets.
     pub port: Option<u16>,
+    #[serde(flatten)]
+    pub access: Access,
+    pub created_at_ms: u64,
+}
+
+/// Who may reach a socket: the rules the edge applies on the node where a connection arrives,
+/// in this order: the address lists, the rate limit, Basic auth, cloud authentication.
+/// Stored flat in a socket's row (`#[serde(flatten)]`), as before the lists and the limit
+/// existed; rows written before them read as no list and no limit.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Access {
     pub protected: bool,
     pub protected_username: Option<String>,
     /// Salted, keyed hash of the Basic-auth password (see the node's `auth::basic_password`);
     /// the password itself is never stored.
     pub protected_password_hash: Option<String>,
+    /// Visitors log in with the cluster's OpenID Connect provider; only the emails below, and
+    /// the emails in the domains below, get through (http and https sockets).
     pub cloud_auth_enabled: bool,
+    /// Lowercase.
     pub allowed_emails: Vec<String>,
+    /// Lowercase, exact domains (no subdomains).
     pub allowed_domains: Vec<String>,
-    pub created_at_ms: u64,
+    /// Visitor networks let in (CIDR, in canonical form); empty: every address not denied.
+    #[serde(default)]
+    pub ip_allow: Vec<String>,
+    /// Visitor networks refused (CIDR), whatever `ip_allow` says.
+    #[serde(default)]
+    pub ip_deny: Vec<String>,
+    /// Requests (http, https) or new connections (tcp, tls) per second per visitor address
+    /// (a burst of as many at once); 0: no limit.
+    #[serde(default)]
+    pub rate_limit: u32,
+}
+
+impl Access {
+    /// Whether any rule beyond Basic auth applies.
+    pub fn has_visitor_rules(&self) -> bool {
+        self.cloud_auth_enabled || !self.ip_allow.is_empty() || !self.ip_deny.is_empty() || self.rate_limit > 0
+    }
 }
 
 /// One SSH reverse-forward slot of a socket.
@@ -191,12 +222,8 @@ pub struct NewSocket {
     pub dnsname_hint: String,
     /// Where to start looking for a free TCP port (tcp/tls only).
     pub port_hint: u16,
-    pub protected: bool,
-    pub protected_username: Option<String>,
-    pub protected_password_hash: Option<String>,
-    pub cloud_auth_enabled: bool,
-    pub allowed_emails: Vec<String>,
-    pub allowed_domains: Vec<String>,
+    #[serde(flatten)]
+    pub access: Access,
 }
 
 /// A new tunnel: its id and where to start looking for a free relay port.
@@ -245,6 +272,12 @@ pub enum Command {
         user_id: Uuid,
         socket_id: Uuid,
     },
+    /// Replaces a socket's access rules; its name, type, address and tunnels stay.
+    SetSocketAccess {
+        user_id: Uuid,
+        socket_id: Uuid,
+        access: Access,
+    },
     CreateTunnel {
         user_id: Uuid,
         socket_id: Uuid,
@@ -286,8 +319,8 @@ impl fmt::Debug for Socket {
             .field("user_id", &self.user_id)
             .field("socket_type", &self.socket_type)
             .field("port", &self.port)
-            .field("protected", &self.protected)
-            .field("cloud_auth_enabled", &self.cloud_auth_enabled)
+            .field("protected", &self.access.protected)
+            .field("cloud_auth_enabled", &self.access.cloud_auth_enabled)
             .finish_non_exhaustive()
     }
 }
@@ -297,7 +330,7 @@ impl fmt::Debug for NewSocket {
         f.debug_struct("NewSocket")
             .field("socket_id", &self.socket_id)
             .field("socket_type", &self.socket_type)
-            .field("protected", &self.protected)
+            .field("protected", &self.access.protected)
             .finish_non_exhaustive()
     }
 }
@@ -318,6 +351,7 @@ impl fmt::Debug for Command {
                 }
             }
             Command::DeleteSocket { user_id, socket_id } => write!(f, "DeleteSocket({user_id}, {socket_id})"),
+            Command::SetSocketAccess { user_id, socket_id, .. } => write!(f, "SetSocketAccess({user_id}, {socket_id})"),
             Command::CreateTunnel { user_id, socket_id, tunnel, .. } => {
                 write!(f, "CreateTunnel({user_id}, {socket_id}, {})", tunnel.tunnel_id)
             }
@@ -429,12 +463,12 @@ mod tests {
             socket_type: SocketType::Http,
             dnsname_hint: "brave-otter-0001".into(),
             port_hint: 0,
-            protected: true,
-            protected_username: Some("bob".into()),
-            protected_password_hash: Some("hmac-sha256$00$11".into()),
-            cloud_auth_enabled: false,
-            allowed_emails: vec![],
-            allowed_domains: vec![],
+            access: Access {
+                protected: true,
+                protected_username: Some("bob".into()),
+                protected_password_hash: Some("hmac-sha256$00$11".into()),
+                ..Access::default()
+            },
         };
         let config = ClusterConfig {
             domain: "example.test".into(),

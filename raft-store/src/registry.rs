@@ -387,6 +387,18 @@ impl Registry {
             Command::CreateSocket { user_id, socket, limits, first_tunnel } => {
                 self.create_socket(user_id, socket, limits, first_tunnel.as_ref(), now, dirty)
             }
+            Command::SetSocketAccess { user_id, socket_id, access } => {
+                let s = self.owned_socket(user_id, socket_id)?;
+                if access.protected && s.socket_type.needs_port() {
+                    return Err(Rejection::Invalid("Basic auth works on http and https sockets only".into()));
+                }
+                if access.cloud_auth_enabled && s.socket_type.needs_port() {
+                    return Err(Rejection::Invalid("cloud authentication works on http and https sockets only".into()));
+                }
+                self.sockets.get_mut(socket_id).expect("owned above").access = access.clone();
+                dirty.insert(RowKey::Socket(*socket_id));
+                Ok(Response::Socket(self.socket_view(socket_id).expect("owned above")))
+            }
             Command::DeleteSocket { user_id, socket_id } => {
                 let s = self.owned_socket(user_id, socket_id)?.clone();
                 let mut ended = Vec::new();
@@ -505,12 +517,7 @@ impl Registry {
             dnsname: dnsname.clone(),
             socket_type: new.socket_type,
             port,
-            protected: new.protected,
-            protected_username: new.protected_username.clone(),
-            protected_password_hash: new.protected_password_hash.clone(),
-            cloud_auth_enabled: new.cloud_auth_enabled,
-            allowed_emails: new.allowed_emails.clone(),
-            allowed_domains: new.allowed_domains.clone(),
+            access: new.access.clone(),
             created_at_ms: now,
         };
         // The tunnel's relay port is checked before anything is written, so a rejection

@@ -5,6 +5,7 @@
 //! (errors and bounded bodies), [`dashboard`], [`metrics`], [`openapi`], and [`tls`] (HTTPS
 //! on this port). It builds on [`crate::control`] only.
 
+pub mod access;
 pub mod accounts;
 pub mod cluster;
 pub mod dashboard;

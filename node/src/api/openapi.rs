@@ -67,13 +67,14 @@ impl Modify for TokenHeader {
         crate::api::sockets::create,
         crate::api::sockets::connect,
         crate::api::sockets::show,
+        crate::api::sockets::update,
         crate::api::sockets::remove,
         crate::api::sockets::list_tunnels,
         crate::api::sockets::create_tunnel,
         crate::api::sockets::show_tunnel,
         crate::api::sockets::remove_tunnel,
     ),
-    components(schemas(ErrorBody, ClusterView, NodeView, AddNode, DigestView, Health, UserCreate, User, Login, TokenReply, SocketCreate, Socket, Tunnel, TunnelHolder)),
+    components(schemas(ErrorBody, ClusterView, NodeView, AddNode, DigestView, Health, UserCreate, User, Login, TokenReply, SocketCreate, SocketUpdate, Socket, Tunnel, TunnelHolder)),
     modifiers(&TokenHeader)
 )]
 pub struct ApiDoc;

@@ -12,6 +12,7 @@ use axum::Router;
 use mysocket_api::types::ErrorBody;
 use mysocket_api::types::Socket as SocketJson;
 use mysocket_api::types::SocketCreate;
+use mysocket_api::types::SocketUpdate;
 use mysocket_api::types::Tunnel as TunnelJson;
 use mysocket_api::types::TunnelHolder;
 use mysocket_raft_store::Command;
@@ -56,7 +57,7 @@ pub fn routes() -> Router<NodeRef> {
     Router::new()
         .route("/socket", get(list).post(create))
         .route("/connect", get(list_connect).post(connect))
-        .route("/socket/{socket_id}", get(show).delete(remove))
+        .route("/socket/{socket_id}", get(show).patch(update).delete(remove))
         .route("/socket/{socket_id}/tunnel", get(list_tunnels).post(create_tunnel))
         .route("/socket/{socket_id}/tunnel/{tunnel_id}", get(show_tunnel).delete(remove_tunnel))
 }
@@ -89,12 +90,15 @@ fn socket_json(node: &NodeRef, reg: &Registry, v: &SocketView) -> SocketJson {
             Some(p) => vec![p],
             None => vec![80, 443],
         },
-        protected_socket: s.protected,
-        protected_username: s.protected_username.clone().unwrap_or_default(),
+        protected_socket: s.access.protected,
+        protected_username: s.access.protected_username.clone().unwrap_or_default(),
         protected_password: String::new(),
-        cloud_authentication_enabled: s.cloud_auth_enabled,
-        cloud_authentication_email_allowed_addressses: s.allowed_emails.clone(),
-        cloud_authentication_email_allowed_domains: s.allowed_domains.clone(),
+        cloud_authentication_enabled: s.access.cloud_auth_enabled,
+        cloud_authentication_email_allowed_addressses: s.access.allowed_emails.clone(),
+        cloud_authentication_email_allowed_domains: s.access.allowed_domains.clone(),
+        ip_allow: s.access.ip_allow.clone(),
+        ip_deny: s.access.ip_deny.clone(),
+        rate_limit: s.access.rate_limit,
         tunnels: v.tunnels.iter().map(|t| tunnel_json(node, reg, t)).collect(),
         user_name: reg.account(&s.user_id).map(|a| a.user_name.clone()).unwrap_or_default(),
     }
@@ -134,48 +138,7 @@ fn new_socket(node: &NodeRef, req: &SocketCreate) -> ApiResult<NewSocket> {
         Some(t) => SocketType::parse(t)
             .ok_or_else(|| ApiError::bad(format!("socket_type {t:?} is not one of http, https, tcp, tls")))?,
     };
-    // A rule a user sets is applied or refused, never stored and ignored (invariant I9): a
-    // socket must never look more restricted than it is.
-    let unenforceable = |msg: &str| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, msg.to_string());
-    if req.protected_socket && socket_type.needs_port() {
-        return Err(unenforceable(
-            "protected_socket (a user name and password) works on http and https sockets only: a tcp or tls \
-             socket carries raw bytes, where the edge cannot ask for a password; nothing was created",
-        ));
-    }
-    if req.cloud_authentication_enabled
-        || !req.cloud_authentication_email_allowed_addressses.is_empty()
-        || !req.cloud_authentication_email_allowed_domains.is_empty()
-    {
-        return Err(unenforceable(
-            "cloud authentication (an identity-provider login with allowed emails and domains) is not enforced \
-             by this cluster: the socket would be open to everyone, so it was not created",
-        ));
-    }
-    let (mut user, mut pass) = (None, None);
-    if req.protected_socket {
-        let u = req.protected_username.as_deref().map(str::trim).unwrap_or("");
-        let p = req.protected_password.as_deref().unwrap_or("");
-        if u.is_empty() || p.is_empty() {
-            return Err(ApiError::bad("a protected socket needs protected_username and protected_password"));
-        }
-        if u.len() > 100 || p.len() > 100 || u.contains(':') || u.chars().chain(p.chars()).any(char::is_control) {
-            return Err(ApiError::bad(
-                "protected_username and protected_password: at most 100 printable characters, no ':' in the username",
-            ));
-        }
-        let key = node
-            .read(|r| r.config().map(|c| c.token_key.clone()))
-            .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "cluster not bootstrapped yet".into()))?;
-        (user, pass) = (Some(u.to_string()), Some(crate::control::auth::basic_password_hash(&key, p)));
-    } else if req.protected_username.as_deref().is_some_and(|u| !u.is_empty())
-        || req.protected_password.as_deref().is_some_and(|p| !p.is_empty())
-    {
-        return Err(unenforceable(
-            "protected_username and protected_password are applied only with protected_socket: true; nothing was \
-             created",
-        ));
-    }
+    let access = crate::api::access::for_create(node, socket_type, req)?;
     let (pmin, pmax) = node.config.tcp_ports;
     Ok(NewSocket {
         socket_id: Uuid::new_v4(),
@@ -183,12 +146,7 @@ fn new_socket(node: &NodeRef, req: &SocketCreate) -> ApiResult<NewSocket> {
         socket_type,
         dnsname_hint: dnsname_hint(),
         port_hint: rand::thread_rng().gen_range(pmin..=pmax),
-        protected: req.protected_socket,
-        protected_username: user,
-        protected_password_hash: pass,
-        cloud_auth_enabled: false,
-        allowed_emails: Vec::new(),
-        allowed_domains: Vec::new(),
+        access,
     })
 }
 
@@ -260,6 +218,27 @@ pub(crate) async fn show(
     let sid = parse_id(&sid, "socket")?;
     node.linearizable().await?;
     node.read(|reg| owned_view(reg, &me, &sid).map(|v| Json(socket_json(&node, reg, &v))))
+}
+
+#[utoipa::path(patch, path = "/socket/{socket_id}", tag = "socket", params(("socket_id" = String, Path)), request_body = SocketUpdate, responses((status = 200, body = SocketJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 408, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)), security(("token" = [])))]
+pub(crate) async fn update(
+    State(node): State<NodeRef>,
+    headers: HeaderMap,
+    Path(sid): Path<String>,
+    Body(req): Body<SocketUpdate>,
+) -> ApiResult<Json<SocketJson>> {
+    let me = authenticate(&node, &headers)?;
+    node.limits.write(me)?;
+    let sid = parse_id(&sid, "socket")?;
+    node.linearizable().await?;
+    let (socket_type, now) =
+        node.read(|reg| owned_view(reg, &me, &sid).map(|v| (v.socket.socket_type, v.socket.access)))?;
+    let access = crate::api::access::for_update(&node, socket_type, &now, &req)?;
+    let cmd = Command::SetSocketAccess { user_id: me, socket_id: sid, access };
+    match node.write_as(cmd, request_id(&headers, &me.to_string())?).await? {
+        RegResponse::Socket(v) => Ok(Json(node.read(|reg| socket_json(&node, reg, &v)))),
+        other => Err(unexpected(other)),
+    }
 }
 
 #[utoipa::path(delete, path = "/socket/{socket_id}", tag = "socket", params(("socket_id" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)), security(("token" = [])))]

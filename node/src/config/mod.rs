@@ -173,6 +173,18 @@ pub struct Settings {
     /// Token lifetime in seconds (default 18000, five hours).
     #[arg(long, env = "MYSOCKET_TOKEN_TTL_SECS")]
     pub token_ttl_secs: Option<u64>,
+    /// OpenID Connect issuer for cloud authentication (the URL its
+    /// `/.well-known/openid-configuration` is under). Without one, cloud-auth sockets are
+    /// refused.
+    #[arg(long, env = "MYSOCKET_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// The cluster's client id at the provider (with --oidc-issuer).
+    #[arg(long, env = "MYSOCKET_OIDC_CLIENT_ID")]
+    pub oidc_client_id: Option<String>,
+    /// File holding the client secret (with --oidc-issuer; none for a public client, which
+    /// relies on PKCE alone).
+    #[arg(long, env = "MYSOCKET_OIDC_CLIENT_SECRET_FILE")]
+    pub oidc_client_secret_file: Option<PathBuf>,
     /// Log filter, e.g. `info` or `mysocket_node=debug` (default info).
     #[arg(long, env = "MYSOCKET_LOG")]
     pub log: Option<String>,
@@ -331,6 +343,54 @@ pub struct Config {
     pub planted_bug: Option<String>,
     /// Size of snapshot chunks sent, and the largest accepted.
     pub snapshot_chunk: usize,
+    /// The identity provider of cloud authentication, if the operator gave one.
+    pub oidc: Option<Oidc>,
+}
+
+/// The cluster's OpenID Connect provider, as the operator configured it.
+#[derive(Clone)]
+pub struct Oidc {
+    /// Without a trailing slash.
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+}
+
+impl fmt::Debug for Oidc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Oidc").field("issuer", &self.issuer).field("client_id", &self.client_id).finish_non_exhaustive()
+    }
+}
+
+/// `--oidc-issuer`, `--oidc-client-id`, `--oidc-client-secret-file`: all or none (the secret
+/// may be left out); the issuer an http(s) URL.
+fn oidc(s: &Settings) -> Result<Option<Oidc>, ConfigError> {
+    let Some(issuer) = s.oidc_issuer.as_deref() else {
+        if s.oidc_client_id.is_some() || s.oidc_client_secret_file.is_some() {
+            return Err(bad("--oidc-client-id and --oidc-client-secret-file need --oidc-issuer"));
+        }
+        return Ok(None);
+    };
+    let issuer = issuer.trim().trim_end_matches('/');
+    let url = issuer.strip_prefix("https://").or_else(|| issuer.strip_prefix("http://"));
+    if url.is_none_or(|rest| rest.is_empty() || rest.contains(char::is_whitespace)) {
+        return Err(bad(format!("--oidc-issuer {issuer:?} is not an http(s) URL")));
+    }
+    let client_id = s.oidc_client_id.as_deref().map(str::trim).filter(|c| !c.is_empty());
+    let client_id = client_id.ok_or_else(|| bad("--oidc-issuer needs --oidc-client-id"))?;
+    let client_secret = match &s.oidc_client_secret_file {
+        None => None,
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| bad(format!("cannot read the OIDC client secret file {}: {e}", p.display())))?;
+            let text = text.trim();
+            if text.is_empty() {
+                return Err(bad(format!("the OIDC client secret file {} is empty", p.display())));
+            }
+            Some(Secret(text.to_string()))
+        }
+    };
+    Ok(Some(Oidc { issuer: issuer.to_string(), client_id: client_id.to_string(), client_secret }))
 }
 
 /// A configuration the node refuses to start with.
@@ -721,6 +781,7 @@ impl Config {
             log: s.log.clone().unwrap_or_else(|| "info".to_string()),
             planted_bug: s.planted_bug.clone(),
             snapshot_chunk,
+            oidc: oidc(&s)?,
         })
     }
 

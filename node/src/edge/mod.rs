@@ -1,13 +1,14 @@
 //! The public data plane: what a visitor's connection meets. [`listen`] accepts on the HTTP
 //! and HTTPS ports and [`tcp`] on each tcp/tls socket's port; [`route`] finds the socket a
 //! request names; [`policy`] decides whether it may pass (the one place every access rule is
-//! decided, for every path); [`upstream`] finds the way to the service — a tunnel held here or
+//! decided, for every path), with [`cloud`] for the identity provider's logins; [`upstream`] finds the way to the service — a tunnel held here or
 //! a relay to its holder — and pools idle connections; [`http`] forwards requests (headers,
 //! pages, the hand-written HTTP/1 path and hyper's); [`log`] writes the tunnel owner's access
 //! log; [`certs`] presents the cluster's certificates; [`relay`] serves relays other nodes open
 //! to tunnels held here.
 
 pub mod certs;
+pub mod cloud;
 pub mod http;
 pub mod listen;
 pub mod log;
@@ -32,10 +33,32 @@ pub struct Edge {
     /// and the plain streams of the hand-written HTTP/1 path.
     pub upstreams: upstream::UpstreamPool<upstream::SendRequest>,
     pub streams: upstream::UpstreamPool<Box<dyn Io>>,
+    /// The rate limits per socket and visitor.
+    pub visits: policy::Visits,
+    /// The identity provider of cloud authentication, if the operator configured one.
+    pub cloud: Option<cloud::Provider>,
 }
 
 impl Edge {
     pub fn new(node: NodeRef, holdings: Arc<Holdings>) -> Arc<Edge> {
-        Arc::new(Edge { node, holdings, upstreams: Default::default(), streams: Default::default() })
+        let cloud = node.config.oidc.clone().map(cloud::Provider::new);
+        let edge = Arc::new(Edge {
+            node,
+            holdings,
+            upstreams: Default::default(),
+            streams: Default::default(),
+            visits: Default::default(),
+            cloud,
+        });
+        // The rate limits forget visitors whose bucket is full again, and sockets gone.
+        let weak = Arc::downgrade(&edge);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                let Some(edge) = weak.upgrade() else { return };
+                edge.visits.prune(|id| edge.node.read(|r| r.socket(id).map(|s| s.access.rate_limit).unwrap_or(0)));
+            }
+        });
+        edge
     }
 }

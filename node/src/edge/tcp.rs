@@ -88,6 +88,16 @@ async fn accept_loop(
             let (edge, tls, stop) = (edge.clone(), tls.clone(), stop.clone());
             async move {
                 let started = std::time::Instant::now();
+                // The socket's rules, as the replica has them now: refused, the connection is
+                // closed before a byte is read or a tunnel is opened.
+                let admitted = edge
+                    .node
+                    .read(|r| r.socket(&socket_id).map(|s| crate::edge::policy::admit_connection(&edge, s, peer.ip())));
+                if let Some(Err(why)) = admitted {
+                    crate::metrics::get().visitor_refused(kind.as_str(), why.reason());
+                    tracing::debug!(%peer, %socket_id, reason = why.reason(), "tcp connection refused");
+                    return;
+                }
                 let (mut upstream, log) =
                     match crate::edge::upstream::open_upstream(&edge, &socket_id, peer, true).await {
                         Ok(x) => x,

@@ -3,6 +3,7 @@
 //! sockets, refused strangers and foreign ports, newest connection wins.
 //!
 //! # Layout
+//! - `access`: address lists, rate limits and cloud authentication (a real OpenID provider).
 //! - `tunnel`: `ssh -R` claims a socket's tunnel; who may, where, how many, and which wins.
 //! - `failover`: a holder killed, paused, restarted or cut off from the majority.
 //! - `relay`: nodes relaying to the holder, bodies and upgrades across, upstream reuse.
@@ -13,6 +14,7 @@
 //! - `metrics`: metrics and the dashboard.
 //! - `support`: tunnels, requests and metrics the tests share.
 
+mod access;
 mod failover;
 mod garbage;
 mod http;

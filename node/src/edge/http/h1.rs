@@ -24,7 +24,6 @@ use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
-use crate::control::NodeRef;
 use crate::edge::http::headers::is_hop_by_hop;
 use crate::edge::http::headers::tokens;
 use crate::edge::http::headers::Fate;
@@ -224,7 +223,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             let mut scanned = 0;
             let req = loop {
                 let parsed = if worth_parsing(&self.buf, scanned) {
-                    prepare(&self.edge.node, &self.buf, &self.peer_ip, self.scheme, &mut self.out)
+                    prepare(&self.edge, &self.buf, self.peer, &self.peer_ip, self.scheme, &mut self.out)
                 } else {
                     Prepared::Partial
                 };
@@ -554,8 +553,9 @@ fn put_field(out: &mut Vec<u8>, name: &[u8], parts: &[&[u8]]) {
 }
 
 /// Parses a request head in `buf` and, for a request this path forwards, writes the head for
-/// the service into `out`, its fields as [`crate::edge::http::headers`] decides.
-fn prepare(node: &NodeRef, buf: &[u8], peer_ip: &str, scheme: &str, out: &mut Vec<u8>) -> Prepared {
+/// the service into `out`, its fields as [`crate::edge::http::headers`] decides. A request the
+/// socket's rules do not let through goes to hyper's path, which answers it.
+fn prepare(edge: &Edge, buf: &[u8], peer: SocketAddr, peer_ip: &str, scheme: &str, out: &mut Vec<u8>) -> Prepared {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut r = httparse::Request::new(&mut headers);
     let head_len = match r.parse(buf) {
@@ -568,7 +568,7 @@ fn prepare(node: &NodeRef, buf: &[u8], peer_ip: &str, scheme: &str, out: &mut Ve
         return Prepared::Other;
     }
     let (mut host, mut body, mut close, mut authorization) = (None, None, false, None);
-    let mut connection: Vec<&[u8]> = Vec::new();
+    let (mut connection, mut cookies): (Vec<&[u8]>, Vec<&[u8]>) = (Vec::new(), Vec::new());
     for h in r.headers.iter() {
         if is(h.name, "host") {
             if host.is_some() {
@@ -594,13 +594,20 @@ fn prepare(node: &NodeRef, buf: &[u8], peer_ip: &str, scheme: &str, out: &mut Ve
             connection.push(h.value);
         } else if is(h.name, "authorization") && authorization.is_none() {
             authorization = Some(h.value);
+        } else if is(h.name, "cookie") {
+            cookies.push(h.value);
         }
     }
     let Some(host) = host.and_then(|h| std::str::from_utf8(h).ok()) else { return Prepared::Other };
-    let routed = crate::edge::route::with_socket_named(node, host, |s, key| {
-        (s.socket_id, s.protected, crate::edge::policy::authorized_by(key, s, authorization))
+    let visitor = crate::edge::policy::Visitor { ip: peer.ip(), authorization, cookies: &cookies };
+    let routed = crate::edge::route::with_socket_named(&edge.node, host, |s, key| {
+        // The reserved paths of cloud authentication are served by hyper's path.
+        if s.access.cloud_auth_enabled && path.starts_with("/.mysocket/") {
+            return None;
+        }
+        crate::edge::policy::passes(edge, key, s, &visitor).map(|email| (s.socket_id, s.access.protected, email))
     });
-    let Some((socket_id, protected, true)) = routed else { return Prepared::Other };
+    let Some(Some((socket_id, protected, email))) = routed else { return Prepared::Other };
 
     out.clear();
     out.extend_from_slice(method.as_bytes());
@@ -619,6 +626,9 @@ fn prepare(node: &NodeRef, buf: &[u8], peer_ip: &str, scheme: &str, out: &mut Ve
     crate::edge::http::headers::edge_fields(&forwarded_for, peer_ip, scheme, Some(host.as_bytes()), |name, parts| {
         put_field(out, name.as_bytes(), parts)
     });
+    if let Some(email) = email {
+        put_field(out, crate::edge::http::headers::EMAIL.as_bytes(), &[email.as_bytes()]);
+    }
     out.extend_from_slice(b"\r\n");
     Prepared::Forward(Req {
         head_len,

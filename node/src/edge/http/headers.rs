@@ -11,8 +11,11 @@ pub const HOP_BY_HOP: [&str; 3] = ["connection", "keep-alive", "proxy-connection
 /// sees would be read as the next request).
 pub const NEVER_DROPPED: [&str; 3] = ["host", "content-length", "transfer-encoding"];
 /// Request fields the edge sets itself; a client's own are dropped (its `X-Forwarded-For` is
-/// kept in front of the edge's instead).
-const SET_BY_THE_EDGE: [&str; 2] = ["x-forwarded-proto", "x-forwarded-host"];
+/// kept in front of the edge's instead). `X-Mysocket-Email` carries the email cloud
+/// authentication verified, so a visitor's own never reaches a service, whatever the socket.
+const SET_BY_THE_EDGE: [&str; 3] = ["x-forwarded-proto", "x-forwarded-host", "x-mysocket-email"];
+/// The field that gives the service the visitor's verified email.
+pub const EMAIL: &str = "x-mysocket-email";
 
 /// The comma-separated tokens of a field value (`Connection`, `Transfer-Encoding`), trimmed.
 pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {

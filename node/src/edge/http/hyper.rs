@@ -15,6 +15,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header;
 use hyper::header::HeaderValue;
+use hyper::Method;
 use hyper::Request;
 use hyper::Response;
 use hyper::StatusCode;
@@ -23,13 +24,22 @@ use mysocket_raft_store::Socket;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::control::NodeRef;
+use crate::edge::cloud::callback;
+use crate::edge::cloud::needs_session;
+use crate::edge::cloud::not_allowed;
+use crate::edge::cloud::sign_in;
+use crate::edge::cloud::sign_out;
+use crate::edge::cloud::CALLBACK;
+use crate::edge::cloud::SIGN_OUT;
 use crate::edge::http::headers::Fate;
 use crate::edge::http::pages::page;
 use crate::edge::http::Body;
 use crate::edge::log::request_line;
 use crate::edge::log::LogSink;
-use crate::edge::policy::authorized;
+use crate::edge::policy::decide;
+use crate::edge::policy::Passed;
+use crate::edge::policy::Refusal;
+use crate::edge::policy::Visitor;
 use crate::edge::route::one_host;
 use crate::edge::route::socket_for;
 use crate::edge::upstream::open_upstream;
@@ -200,14 +210,17 @@ async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
-    let socket = match admit(&edge.node, &req) {
+    let (socket, email) = match admit(&edge, &req, peer, scheme).await {
         Ok(s) => s,
         Err(refusal) => return *refusal,
     };
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     to_service_form(&mut req);
     let is_upgrade = req.headers().contains_key(header::UPGRADE);
-    forwarded_fields(req.headers_mut(), socket.protected, peer, scheme);
+    forwarded_fields(req.headers_mut(), socket.access.protected, peer, scheme);
+    if let Some(v) = email.and_then(|e| HeaderValue::from_str(&e).ok()) {
+        req.headers_mut().insert(crate::edge::http::headers::EMAIL, v);
+    }
 
     let mut guard = upstream.lock().await;
     let reused = match take_upstream(&edge, &mut guard, &socket, peer, is_upgrade).await {
@@ -287,25 +300,100 @@ fn closing(mut r: Response<Body>) -> Response<Body> {
     r
 }
 
-/// The socket a request is for, if it names one and may use it; else the page that says why.
-fn admit(node: &NodeRef, req: &Request<Incoming>) -> Result<Socket, Box<Response<Body>>> {
+/// The socket a request is for, if it names one and the socket's rules let the visitor
+/// through (with the email cloud authentication verified); else the page that says why, or
+/// the step of a sign-in (the provider's redirect, the callback, signing out).
+async fn admit(
+    edge: &Edge,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+    scheme: &'static str,
+) -> Result<(Socket, Passed), Box<Response<Body>>> {
     if let Err(why) = one_host(req) {
         return Err(Box::new(closing(page(StatusCode::BAD_REQUEST, "Bad Request", why))));
     }
-    let Some(socket) = socket_for(node, req) else {
+    let Some(socket) = socket_for(&edge.node, req) else {
         return Err(Box::new(page(StatusCode::NOT_FOUND, "Not Found", "There is no socket with this name.")));
     };
-    if !authorized(node, &socket, req) {
-        let mut r = page(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "This socket is protected: log in with its username and password.",
-        );
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"mysocket\", charset=\"UTF-8\""));
-        return Err(Box::new(r));
+    let key = edge.node.read(|r| r.config().map(|c| c.token_key.clone())).unwrap_or_default();
+    let cookies: Vec<&[u8]> = req.headers().get_all(header::COOKIE).iter().map(|v| v.as_bytes()).collect();
+    let visitor = Visitor {
+        ip: peer.ip(),
+        authorization: req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+        cookies: &cookies,
+    };
+    let verdict = decide(edge, &key, &socket, &visitor);
+    let cloud = edge.cloud.as_ref().filter(|_| socket.access.cloud_auth_enabled);
+    if let (Some(p), Ok(_) | Err(Refusal::SignIn | Refusal::NotAllowed { .. })) = (cloud, &verdict) {
+        // The public host and port the visitor used: HTTP/2's :authority (without a userinfo
+        // part), or Host.
+        let host = match req.uri().authority() {
+            Some(a) => a.port().map(|p| format!("{}:{p}", a.host())).unwrap_or_else(|| a.host().to_string()),
+            None => req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_string(),
+        };
+        let host = host.as_str();
+        match req.uri().path() {
+            CALLBACK => {
+                let query = req.uri().query().unwrap_or("");
+                return Err(Box::new(callback(p, &key, &socket.socket_id, scheme, host, query, &cookies).await));
+            }
+            SIGN_OUT => return Err(Box::new(sign_out(scheme))),
+            _ => {}
+        }
+        if let Err(Refusal::SignIn) = verdict {
+            crate::metrics::get().visitor_refused(socket.socket_type.as_str(), "cloud_auth");
+            let dest = req.headers().get("sec-fetch-dest").map(|v| v.as_bytes());
+            if dest.is_some_and(|d| !matches!(d, b"document" | b"iframe" | b"frame")) {
+                return Err(Box::new(needs_session()));
+            }
+            let back = match *req.method() {
+                Method::GET | Method::HEAD => req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+                _ => "/",
+            };
+            return Err(Box::new(sign_in(p, &key, &socket.socket_id, scheme, host, back).await));
+        }
     }
-    Ok(socket)
+    match verdict {
+        Ok(email) => Ok((socket, email)),
+        Err(why) => {
+            crate::metrics::get().visitor_refused(socket.socket_type.as_str(), why.reason());
+            Err(Box::new(refusal_page(&why)))
+        }
+    }
+}
+
+/// The page for a visitor the socket's rules refuse.
+fn refusal_page(why: &Refusal) -> Response<Body> {
+    match why {
+        Refusal::Address => closing(page(StatusCode::FORBIDDEN, "Forbidden", "Your address may not use this socket.")),
+        Refusal::RateLimited { retry_after } => {
+            let mut r = page(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too Many Requests",
+                "Too many requests from your address to this socket; slow down.",
+            );
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            r
+        }
+        Refusal::Basic => {
+            let mut r = page(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "This socket is protected: log in with its username and password.",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"mysocket\", charset=\"UTF-8\""),
+            );
+            r
+        }
+        Refusal::NotAllowed { email } => not_allowed(email),
+        Refusal::SignIn | Refusal::NoProvider => page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+            "This socket asks visitors to sign in, and this node has no identity provider configured.",
+        ),
+    }
 }
 
 /// The request as the service gets it: HTTP/1.1 (the tunnel speaks it), an origin-form
