@@ -55,6 +55,10 @@ echo "== clippy (the release profile, so it reuses the build's RocksDB; warnings
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 
+echo "== the OpenID provider (oidc-provider-mock) and the browser (Chromium, Selenium) the access tests use"
+BROWSER_VENV="${BROWSER_VENV:-/var/tmp/mysocket-browser-venv}" scripts/browser-login.sh --install-only
+export MYSOCKET_OIDC_PROVIDER="${BROWSER_VENV:-/var/tmp/mysocket-browser-venv}/bin/oidc-provider-mock"
+
 echo "== tests"
 cargo test --release --workspace --locked -- --test-threads 2
 
@@ -74,6 +78,9 @@ rm -rf "$RUNS/hostile"/node-[0-9] "$RUNS/hostile"/home-*
 
 echo "== API fuzzing: Schemathesis against a live three-node cluster (scripts/fuzz-api.sh)"
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}" scripts/fuzz-api.sh
+
+echo "== cloud authentication in a real browser: headless Chromium signs in through the edge (scripts/browser-login.sh)"
+BROWSER_OUT="$RUNS/browser" scripts/browser-login.sh
 
 echo "== deployment files: deploy/compose.yaml and deploy/kubernetes.yaml, run without an engine"
 PY=python3
