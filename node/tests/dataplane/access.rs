@@ -318,7 +318,7 @@ async fn cloud_authentication_lets_only_allowed_verified_emails_through_on_every
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("oidc-secret");
     std::fs::write(&secret, "test-client-secret\n").unwrap();
-    let c = TestCluster::builder()
+    let mut c = TestCluster::builder()
         .nodes(3)
         .arg("--oidc-issuer")
         .arg(&provider.issuer)
@@ -341,7 +341,8 @@ async fn cloud_authentication_lets_only_allowed_verified_emails_through_on_every
     let (origin_port, served) = counting_origin().await;
     let _ssh = ssh_forward(&key, &u.user_name, &c.nodes[&1].ip, web.tunnels[0].local_port, origin_port);
     let host = web.dnsname.clone();
-    let ip = |n: u64| c.nodes[&n].ip.clone();
+    let ips: Vec<String> = (1..=3).map(|n| c.nodes[&n].ip.clone()).collect();
+    let ip = |n: u64| ips[n as usize - 1].clone();
 
     // No session: off to the provider from every node, for every method and for upgrades;
     // nothing reaches the service.
@@ -367,6 +368,28 @@ async fn cloud_authentication_lets_only_allowed_verified_emails_through_on_every
         assert!(body.contains("x-mysocket-email: alice@example.com"), "node {n}: {body}");
         assert!(!body.contains("mallory"), "node {n}: the visitor's own identity field reached the service: {body}");
     }
+
+    // HTTP/2 over TLS (hyper's path) and an upgrade: the same rules, the same email.
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(c.data_dir(1).join("ca.pem")).unwrap()).unwrap();
+    let h2 = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .http2_prior_knowledge()
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve(&host, format!("{}:8443", ip(2)).parse().unwrap())
+        .build()
+        .unwrap();
+    let url = format!("https://{host}:8443/page");
+    let r = h2.get(&url).send().await.unwrap();
+    assert_eq!((r.version(), r.status().as_u16()), (reqwest::Version::HTTP_2, 302));
+    assert!(set_cookie(&r, "mysocket_login_").unwrap_or_default().len() > 20);
+    let all: Vec<_> = r.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    assert!(all.iter().all(|c| c.contains("; Secure")), "https cookies are Secure: {all:?}");
+    let r = h2.get(&url).header("cookie", &alice).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().to_ascii_lowercase().contains("x-mysocket-email: alice@example.com"));
+    let (status, body) = visit(&ip(3), &host, Some(&alice), Some(("upgrade", "websocket"))).await;
+    assert_eq!(status, 200, "an upgrade with a session: {body}");
+    assert!(body.to_ascii_lowercase().contains("x-mysocket-email: alice@example.com"), "{body}");
 
     // Bob is verified but not allowed: a 403 naming him, with a way out.
     let bob = sign_in(&ip(2), &host, "bob@other.org").await;
@@ -417,6 +440,16 @@ async fn cloud_authentication_lets_only_allowed_verified_emails_through_on_every
         })
         .await;
     }
+
+    // The key the sessions are signed with is the cluster's: a restarted node accepts them.
+    c.sigterm(2);
+    c.restart(2);
+    c.wait_ready().await;
+    eventually(Duration::from_secs(20), "node 2 back with alice's session", || {
+        let (ip, host, alice) = (ip(2), host.clone(), alice.clone());
+        async move { (visit(&ip, &host, Some(&alice), None).await.0 == 200).then_some(()) }
+    })
+    .await;
 
     // Signing out clears the session cookie.
     let r = plain().get(format!("http://{}:8080/.mysocket/signout", ip(1))).header("host", &host).send().await.unwrap();
