@@ -197,12 +197,32 @@ async fn the_cli_drives_accounts_sockets_and_tunnels() {
     let (code, _, err) =
         ctl.run(&["socket", "create", "--name", "c", "--cloudauth", "--allowed_email_addresses", "a@x.org"]);
     assert_ne!(code, 0);
-    assert!(err.contains("cloud authentication") && err.contains("not enforced"), "{err}");
+    assert!(err.contains("cloud authentication") && err.contains("no identity provider"), "{err}");
     let (code, _, err) =
         ctl.run(&["socket", "create", "--name", "t", "--type", "tcp", "--protected", "-u", "u", "-p", "secret1"]);
     assert_ne!(code, 0);
     assert!(err.contains("http and https sockets only"), "{err}");
     assert_eq!(ctl.json(&["socket", "ls"]).as_array().unwrap().len(), before, "nothing was created");
+
+    // Address lists and a rate limit: set at creation, changed, cleared, and shown.
+    let t = ctl.json(&["socket", "create", "--name", "t", "--type", "tcp", "--ip-allow", "10.0.0.0/8,2001:db8::1"]);
+    assert_eq!(t["ip_allow"], serde_json::json!(["10.0.0.0/8", "2001:db8::1/128"]));
+    let tid = t["socket_id"].as_str().unwrap();
+    let u = ctl.json(&["socket", "update", "--socket_id", tid, "--ip-deny", "10.9.0.0/16", "--rate-limit", "5"]);
+    assert_eq!(
+        (u["ip_deny"].clone(), u["rate_limit"].clone()),
+        (serde_json::json!(["10.9.0.0/16"]), serde_json::json!(5))
+    );
+    assert_eq!(u["ip_allow"], t["ip_allow"], "a rule not given stays");
+    let shown = ctl.ok(&["socket", "show", "--socket_id", tid]);
+    for want in ["ip allow:    10.0.0.0/8, 2001:db8::1/128", "ip deny:     10.9.0.0/16", "5 per second per visitor"] {
+        assert!(shown.contains(want), "{want} in {shown}");
+    }
+    let cleared = ctl.json(&["socket", "update", "--socket_id", tid, "--ip-allow", ""]);
+    assert_eq!(cleared["ip_allow"], serde_json::json!([]));
+    let (code, _, err) = ctl.run(&["socket", "update", "--socket_id", tid, "--ip-deny", "10.0.0.0/33"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("CIDR"), "{err}");
 
     // Every URL down: exit 1 with a clear message.
     let dead = Ctl {
