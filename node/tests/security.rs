@@ -176,11 +176,16 @@ async fn access_rules_are_applied_or_refused_never_ignored() {
         (
             serde_json::json!({"name": "c", "socket_type": "http", "cloud_authentication_enabled": true,
             "cloud_authentication_email_allowed_addressses": ["a@example.org"]}),
-            "not enforced",
+            "no identity provider",
         ),
         (
             serde_json::json!({"name": "c", "cloud_authentication_email_allowed_domains": ["example.org"]}),
-            "not enforced",
+            "only with cloud_authentication_enabled",
+        ),
+        (
+            serde_json::json!({"name": "c", "socket_type": "tcp", "cloud_authentication_enabled": true,
+            "cloud_authentication_email_allowed_domains": ["example.org"]}),
+            "http and https sockets only",
         ),
         (
             serde_json::json!({"name": "c", "protected_username": "u", "protected_password": "secret1"}),
