@@ -499,18 +499,25 @@ bg ctl-web "$CTL" connect --port $ORIGIN_HTTP --type http --name bench-web --ide
 # The web origin behind a tcp socket too: the same TCP tunnel bore and rathole give, without
 # the edge's HTTP layer (Host routing, X-Forwarded-*, a log line per request).
 bg ctl-webtcp "$CTL" connect --port $ORIGIN_HTTP --type tcp --name bench-webtcp --identity "$WORK/userkey"
+# The web origin behind an http socket with access rules the edge checks on every request (an
+# allow list, a deny list, a rate limit per visitor far above what wrk sends): the policy step's
+# cost.
+bg ctl-webpolicy "$CTL" connect --port $ORIGIN_HTTP --type http --name bench-webpolicy --identity "$WORK/userkey" \
+  --ip-allow 127.0.0.0/8,::1 --ip-deny 10.0.0.0/8,192.168.0.0/16 --rate-limit 100000
 for _ in $(seq 1 150); do
   grep -q "tunnel up via" "$WORK/ctl-iperf.log" && grep -q "tunnel up via" "$WORK/ctl-web.log" &&
-    grep -q "tunnel up via" "$WORK/ctl-webtcp.log" && break
+    grep -q "tunnel up via" "$WORK/ctl-webtcp.log" && grep -q "tunnel up via" "$WORK/ctl-webpolicy.log" && break
   sleep 0.1
 done
 VIA="$(grep -ho 'tunnel up via [^:]*' "$WORK"/ctl-iperf.log "$WORK"/ctl-web*.log | sort -u | tr '\n' ' ')"
-read -r IPORT WNAME WPORT <<<"$("$CTL" socket ls --output json | python3 -c '
+read -r IPORT WNAME WPORT PNAME <<<"$("$CTL" socket ls --output json | python3 -c '
 import json, sys
 s = {x["name"]: x for x in json.load(sys.stdin)}
-print(s["bench-iperf"]["socket_tcp_ports"][0], s["bench-web"]["dnsname"], s["bench-webtcp"]["socket_tcp_ports"][0])')"
+print(s["bench-iperf"]["socket_tcp_ports"][0], s["bench-web"]["dnsname"], s["bench-webtcp"]["socket_tcp_ports"][0],
+      s["bench-webpolicy"]["dnsname"])')"
 if [[ "$VIA" == "tunnel up via 127.0.0.1 " ]]; then
   system "mysocket same-node" 127.0.0.1 "$IPORT" "http://127.0.0.1:8080/" "$WNAME"
+  system "mysocket with rules" - - "http://127.0.0.1:8080/" "$PNAME"
   system "mysocket relayed" 127.0.0.2 "$IPORT" "http://127.0.0.2:8080/" "$WNAME"
   if command -v haproxy >/dev/null; then
     cat >"$WORK/haproxy.cfg" <<EOF
@@ -545,6 +552,7 @@ else
   echo "mysocketctl tunnels not up on node 1 (${VIA:-none}):" >&2
   tail -n 5 "$WORK/ctl-iperf.log" "$WORK"/ctl-web*.log >&2
   na_row "mysocket same-node"
+  na_row "mysocket with rules"
   na_row "mysocket relayed"
   na_row "haproxy -> same-node"
   na_row "mysocket tcp socket"
@@ -618,6 +626,8 @@ print("relayed/same-node: Gbit/s %s, keep-alive req/s %s; haproxy -> same-node/s
       " keep-alive req/s %s" % (
     ratio(gbit, "mysocket relayed", "mysocket same-node"), ratio(rps, "mysocket relayed", "mysocket same-node"),
     ratio(gbit, "haproxy -> same-node", "mysocket same-node"), ratio(rps, "haproxy -> same-node", "mysocket same-node")))
+print("keep-alive req/s, an http socket with access rules / without: %s" % (
+    ratio(rps, "mysocket with rules", "mysocket same-node")))
 try:
     ratio = statistics.median(gbit["mysocket same-node"]) / statistics.median(gbit["openssh"])
     print("mysocket/openssh throughput ratio: %.2f" % ratio)

@@ -43,26 +43,6 @@ async fn tcp_from(from: &str, ip: &str, port: u16) -> Vec<u8> {
     }
 }
 
-/// An echo service for tcp sockets.
-async fn echo() -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn address_lists_and_rate_limits_apply_on_every_node_before_any_relay() {
     let c = TestCluster::builder().nodes(3).start().await;
@@ -140,7 +120,7 @@ async fn address_lists_and_rate_limits_apply_on_every_node_before_any_relay() {
         .await
         .unwrap();
     let port = tcp.socket_tcp_ports[0];
-    let _ssh2 = ssh_forward(&key, &u.user_name, &c.nodes[&1].ip, tcp.tunnels[0].local_port, echo().await);
+    let _ssh2 = ssh_forward(&key, &u.user_name, &c.nodes[&1].ip, tcp.tunnels[0].local_port, echo_origin().await);
     for n in [1, 2] {
         let ip = c.nodes[&n].ip.clone();
         eventually(Duration::from_secs(20), "the tcp socket echoes", || {
@@ -320,6 +300,7 @@ async fn cloud_authentication_lets_only_allowed_verified_emails_through_on_every
     std::fs::write(&secret, "test-client-secret\n").unwrap();
     let mut c = TestCluster::builder()
         .nodes(3)
+        .log("trace")
         .arg("--oidc-issuer")
         .arg(&provider.issuer)
         .arg("--oidc-client-id")
@@ -415,6 +396,8 @@ async fn cloud_authentication_lets_only_allowed_verified_emails_through_on_every
     );
     let first = callback(&ip(2), &host, &path, &login).await;
     assert_eq!(first.status(), 302);
+    let code = reqwest::Url::parse(&format!("http://x{path}")).unwrap();
+    let code = code.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
     let replay = callback(&ip(3), &host, &path, &login).await;
     assert_eq!(replay.status(), 403, "a replayed code");
     assert!(set_cookie(&replay, "mysocket_session").is_none());
@@ -462,6 +445,25 @@ async fn cloud_authentication_lets_only_allowed_verified_emails_through_on_every
     let _provider = Provider::start(port).await;
     let again = sign_in(&ip(3), &host, "alice@example.com").await;
     assert_eq!(visit(&ip(1), &host, Some(&again), None).await.0, 200);
+
+    // No node wrote a credential of the flow to its log, at trace level: the client secret, an
+    // authorization code, a login or session cookie.
+    let value = |cookie: &str| cookie.split_once('=').unwrap().1.to_string();
+    let secrets = [
+        ("the client secret", "test-client-secret".to_string()),
+        ("a code", code),
+        ("a login cookie", value(&login)),
+        ("alice's session", value(&alice)),
+        ("bob's session", value(&bob)),
+        ("a later session", value(&again)),
+    ];
+    for n in [1, 2, 3] {
+        let log = c.log(n);
+        assert!(log.contains("cloud authentication"), "node {n} logged nothing of the sign-ins");
+        for (what, secret) in &secrets {
+            assert!(!log.contains(secret.as_str()), "node {n} logged {what}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -146,23 +146,6 @@ async fn websocket_upgrade_and_100_mib_bodies_cross_the_relay_intact() {
     assert!(echoed.contains("hello over websocket"), "{echoed}");
 }
 
-/// A TCP origin that sends back whatever it receives.
-async fn echo_origin() -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    port
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relayed_tcp_connection_carries_megabytes_intact_both_ways() {
     use tokio::io::AsyncReadExt;
