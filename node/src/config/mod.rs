@@ -181,10 +181,13 @@ pub struct Settings {
     /// The cluster's client id at the provider (with --oidc-issuer).
     #[arg(long, env = "MYSOCKET_OIDC_CLIENT_ID")]
     pub oidc_client_id: Option<String>,
-    /// File holding the client secret (with --oidc-issuer; none for a public client, which
-    /// relies on PKCE alone).
+    /// File holding the client secret (with --oidc-issuer).
     #[arg(long, env = "MYSOCKET_OIDC_CLIENT_SECRET_FILE")]
     pub oidc_client_secret_file: Option<PathBuf>,
+    /// How long a visitor's cloud-authentication session lasts, in seconds (default 28800,
+    /// eight hours).
+    #[arg(long, env = "MYSOCKET_OIDC_SESSION_SECS")]
+    pub oidc_session_secs: Option<u64>,
     /// Log filter, e.g. `info` or `mysocket_node=debug` (default info).
     #[arg(long, env = "MYSOCKET_LOG")]
     pub log: Option<String>,
@@ -353,7 +356,9 @@ pub struct Oidc {
     /// Without a trailing slash.
     pub issuer: String,
     pub client_id: String,
-    pub client_secret: Option<Secret>,
+    pub client_secret: Secret,
+    /// How long a session lasts.
+    pub session: Duration,
 }
 
 impl fmt::Debug for Oidc {
@@ -362,12 +367,12 @@ impl fmt::Debug for Oidc {
     }
 }
 
-/// `--oidc-issuer`, `--oidc-client-id`, `--oidc-client-secret-file`: all or none (the secret
-/// may be left out); the issuer an http(s) URL.
+/// `--oidc-issuer`, `--oidc-client-id`, `--oidc-client-secret-file`: all or none; the issuer an
+/// http(s) URL.
 fn oidc(s: &Settings) -> Result<Option<Oidc>, ConfigError> {
     let Some(issuer) = s.oidc_issuer.as_deref() else {
-        if s.oidc_client_id.is_some() || s.oidc_client_secret_file.is_some() {
-            return Err(bad("--oidc-client-id and --oidc-client-secret-file need --oidc-issuer"));
+        if s.oidc_client_id.is_some() || s.oidc_client_secret_file.is_some() || s.oidc_session_secs.is_some() {
+            return Err(bad("--oidc-client-id, --oidc-client-secret-file and --oidc-session-secs need --oidc-issuer"));
         }
         return Ok(None);
     };
@@ -378,19 +383,23 @@ fn oidc(s: &Settings) -> Result<Option<Oidc>, ConfigError> {
     }
     let client_id = s.oidc_client_id.as_deref().map(str::trim).filter(|c| !c.is_empty());
     let client_id = client_id.ok_or_else(|| bad("--oidc-issuer needs --oidc-client-id"))?;
-    let client_secret = match &s.oidc_client_secret_file {
-        None => None,
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| bad(format!("cannot read the OIDC client secret file {}: {e}", p.display())))?;
-            let text = text.trim();
-            if text.is_empty() {
-                return Err(bad(format!("the OIDC client secret file {} is empty", p.display())));
-            }
-            Some(Secret(text.to_string()))
-        }
-    };
-    Ok(Some(Oidc { issuer: issuer.to_string(), client_id: client_id.to_string(), client_secret }))
+    let p = s.oidc_client_secret_file.as_ref().ok_or_else(|| bad("--oidc-issuer needs --oidc-client-secret-file"))?;
+    let text = std::fs::read_to_string(p)
+        .map_err(|e| bad(format!("cannot read the OIDC client secret file {}: {e}", p.display())))?;
+    if text.trim().is_empty() {
+        return Err(bad(format!("the OIDC client secret file {} is empty", p.display())));
+    }
+    let client_secret = Secret(text.trim().to_string());
+    let session = s.oidc_session_secs.unwrap_or(8 * 3600);
+    if !(1..=30 * 24 * 3600).contains(&session) {
+        return Err(bad("--oidc-session-secs must be between 1 and 2592000 (30 days)"));
+    }
+    Ok(Some(Oidc {
+        issuer: issuer.to_string(),
+        client_id: client_id.to_string(),
+        client_secret,
+        session: Duration::from_secs(session),
+    }))
 }
 
 /// A configuration the node refuses to start with.

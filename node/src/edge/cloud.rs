@@ -12,7 +12,7 @@
 //! Both cookies are signed (HMAC-SHA256) with a key derived from the cluster's token key,
 //! which Raft replicates: a session made through one node is accepted by every node, and a
 //! restart keeps it. A session names its socket, so it opens no other socket, and expires
-//! after [`SESSION_LIFETIME`].
+//! after the operator's `--oidc-session-secs` (8 hours by default).
 
 use std::time::Duration;
 use std::time::Instant;
@@ -39,8 +39,6 @@ use crate::edge::http::Body;
 /// The reserved paths on every cloud-auth socket's host.
 pub const CALLBACK: &str = "/.mysocket/callback";
 pub const SIGN_OUT: &str = "/.mysocket/signout";
-/// How long a session lasts.
-pub const SESSION_LIFETIME: Duration = Duration::from_secs(8 * 3600);
 /// How long a login may take at the provider.
 const LOGIN_LIFETIME: Duration = Duration::from_secs(600);
 const SESSION_COOKIE: &str = "mysocket_session";
@@ -179,10 +177,9 @@ impl Provider {
             ("code_verifier", verifier),
             ("client_id", &self.cfg.client_id),
         ];
-        let mut req = self.http.post(&m.token_endpoint).form(&form);
-        if let Some(secret) = &self.cfg.client_secret {
-            req = req.basic_auth(&self.cfg.client_id, Some(&secret.0));
-        }
+        let req = self.http.post(&m.token_endpoint).form(&form);
+        // client_secret_basic, the method every provider supports (RFC 6749 §2.3.1).
+        let req = req.basic_auth(&self.cfg.client_id, Some(&self.cfg.client_secret.0));
         let resp = req.send().await.map_err(|e| format!("cannot reach the provider's token endpoint: {e}"))?;
         let status = resp.status();
         #[derive(Deserialize)]
@@ -406,13 +403,11 @@ pub async fn callback(
         }
     };
     tracing::info!(socket_id = %socket, "cloud authentication: signed in");
-    let session = Session { s: *socket, e: email, x: now_secs() + SESSION_LIFETIME.as_secs() };
+    let lifetime = p.cfg.session.as_secs();
+    let session = Session { s: *socket, e: email, x: now_secs() + lifetime };
     let mut r = redirect(&login.back);
     let h = r.headers_mut();
-    h.append(
-        header::SET_COOKIE,
-        cookie(SESSION_COOKIE, &seal(token_key, &session), SESSION_LIFETIME.as_secs(), scheme),
-    );
+    h.append(header::SET_COOKIE, cookie(SESSION_COOKIE, &seal(token_key, &session), lifetime, scheme));
     h.append(header::SET_COOKIE, cookie(&name, "", 0, scheme));
     r
 }
@@ -501,7 +496,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_id_token_passes_only_signed_by_a_published_key_with_the_nonce_and_a_verified_email() {
-        let p = Provider::new(Oidc { issuer: "http://idp.test".into(), client_id: "edge".into(), client_secret: None });
+        let p = Provider::new(Oidc {
+            issuer: "http://idp.test".into(),
+            client_id: "edge".into(),
+            client_secret: crate::config::Secret("s".into()),
+            session: Duration::from_secs(60),
+        });
         let (published, jwk) = ec_key("k1");
         let (unpublished, _) = ec_key("k1");
         // The provider's keys as fetched a moment ago (so an unknown key is not fetched again).

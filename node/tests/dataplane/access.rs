@@ -372,11 +372,13 @@ async fn cloud_authentication_lets_only_allowed_verified_emails_through_on_every
     assert_eq!(status, 200, "an upgrade with a session: {body}");
     assert!(body.to_ascii_lowercase().contains("x-mysocket-email: alice@example.com"), "{body}");
 
-    // Bob is verified but not allowed: a 403 naming him, with a way out.
+    // Bob is verified but not allowed: a 403 naming him, with a way out, on every node.
     let bob = sign_in(&ip(2), &host, "bob@other.org").await;
-    let (status, body) = visit(&ip(3), &host, Some(&bob), None).await;
-    assert_eq!(status, 403);
-    assert!(body.contains("bob@other.org") && body.contains("/.mysocket/signout"), "{body}");
+    for n in [1, 2, 3] {
+        let (status, body) = visit(&ip(n), &host, Some(&bob), None).await;
+        assert_eq!(status, 403, "node {n}");
+        assert!(body.contains("bob@other.org") && body.contains("/.mysocket/signout"), "node {n}: {body}");
+    }
 
     // Carol's email is not verified: no session.
     let (path, login) = to_callback(&ip(1), &host, "carol@example.com").await;
@@ -464,6 +466,44 @@ async fn cloud_authentication_lets_only_allowed_verified_emails_through_on_every
             assert!(!log.contains(secret.as_str()), "node {n} logged {what}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_authentication_session_expires() {
+    let provider = Provider::start(free_port()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("oidc-secret");
+    std::fs::write(&secret, "test-client-secret\n").unwrap();
+    let c = TestCluster::builder()
+        .nodes(1)
+        .arg("--oidc-issuer")
+        .arg(&provider.issuer)
+        .arg("--oidc-client-id")
+        .arg("mysocket-edge")
+        .arg("--oidc-client-secret-file")
+        .arg(secret.to_str().unwrap())
+        .arg("--oidc-session-secs")
+        .arg("3")
+        .start()
+        .await;
+    let (key, u, api) = ssh_user(&c, dir.path(), 1, "ada").await;
+    let team = SocketCreate {
+        name: "team".into(),
+        cloud_authentication_enabled: true,
+        cloud_authentication_email_allowed_domains: vec!["example.com".into()],
+        ..Default::default()
+    };
+    let web = api.connect(&team).await.unwrap();
+    let _ssh = ssh_forward(&key, &u.user_name, &c.nodes[&1].ip, web.tunnels[0].local_port, origin().await);
+    let ip = c.nodes[&1].ip.clone();
+    let alice = sign_in(&ip, &web.dnsname, "alice@example.com").await;
+    eventually(Duration::from_secs(20), "the tunnel up", || {
+        let (ip, host, alice) = (ip.clone(), web.dnsname.clone(), alice.clone());
+        async move { (visit(&ip, &host, Some(&alice), None).await.0 == 200).then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(visit(&ip, &web.dnsname, Some(&alice), None).await.0, 302, "an expired session");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
