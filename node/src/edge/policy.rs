@@ -157,6 +157,15 @@ pub fn authorized_by(key: &str, s: &Socket, authorization: Option<&[u8]>) -> boo
     bool::from(u.as_bytes().ct_eq(want_u.as_bytes())) & crate::control::auth::basic_password_matches(key, stored, p)
 }
 
+/// The bucket a visitor counts against: its IPv4 address, or its IPv6 /64 (one host's or one
+/// customer's network, where every address of the /64 is the visitor's to pick).
+fn visitor_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        v4 => v4,
+    }
+}
+
 /// One socket's token buckets, one per visitor address.
 type PerVisitor = DefaultKeyedRateLimiter<IpAddr>;
 
@@ -184,7 +193,7 @@ impl Visits {
                 l
             }
         };
-        limiter.check_key(&ip.to_canonical()).map_err(|not_until| {
+        limiter.check_key(&visitor_key(ip)).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             Refusal::RateLimited { retry_after: (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1) }
         })
@@ -229,6 +238,29 @@ mod tests {
         let d = access(&[], &["127.0.0.7/32"]);
         assert_eq!(address(&d, ip("127.0.0.7")), Err(Refusal::Address));
         assert!(address(&d, ip("127.0.0.8")).is_ok());
+    }
+
+    #[test]
+    fn a_rate_counts_per_ipv4_address_and_per_ipv6_64() {
+        let s = Socket {
+            socket_id: Uuid::new_v4(),
+            user_id: Uuid::new_v4(),
+            name: "t".into(),
+            dnsname: "t.example".into(),
+            socket_type: mysocket_raft_store::SocketType::Tcp,
+            port: Some(20000),
+            access: Access { rate_limit: 2, ..Access::default() },
+            created_at_ms: 0,
+        };
+        let v = Visits::default();
+        let ip = |a: &str| a.parse::<IpAddr>().unwrap();
+        for a in ["10.0.0.1", "10.0.0.1", "2001:db8::1", "2001:db8::2", "10.0.0.2"] {
+            assert_eq!(v.count(&s, ip(a)), Ok(()), "{a}");
+        }
+        assert!(matches!(v.count(&s, ip("10.0.0.1")), Err(Refusal::RateLimited { retry_after: 1 })));
+        assert!(v.count(&s, ip("2001:db8::ffff")).is_err(), "the same /64");
+        assert_eq!(v.count(&s, ip("2001:db8:0:1::1")), Ok(()), "another /64");
+        assert!(v.count(&s, ip("::ffff:10.0.0.1")).is_err(), "an IPv4-mapped address is its IPv4 address");
     }
 
     #[test]
