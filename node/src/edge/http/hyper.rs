@@ -315,7 +315,11 @@ async fn admit(
     let Some(socket) = socket_for(&edge.node, req) else {
         return Err(Box::new(page(StatusCode::NOT_FOUND, "Not Found", "There is no socket with this name.")));
     };
-    let key = edge.node.read(|r| r.config().map(|c| c.token_key.clone())).unwrap_or_default();
+    // The cluster's token key keys the Basic-auth hashes and the session cookies.
+    let key = match socket.access.protected || socket.access.cloud_auth_enabled {
+        true => edge.node.read(|r| r.config().map(|c| c.token_key.clone())).unwrap_or_default(),
+        false => String::new(),
+    };
     let cookies: Vec<&[u8]> = req.headers().get_all(header::COOKIE).iter().map(|v| v.as_bytes()).collect();
     let visitor = Visitor {
         ip: peer.ip(),
