@@ -8,6 +8,7 @@
 
 mod checker;
 mod checks;
+mod cloud;
 mod nemesis;
 mod net;
 mod nodes;

@@ -20,6 +20,7 @@ use crate::checker::CheckResult;
 use crate::checks;
 use crate::checks::Anomaly;
 use crate::checks::Verdict;
+use crate::cloud;
 use crate::nemesis;
 use crate::nemesis::tracing_line as say;
 use crate::nemesis::Fault;
@@ -71,6 +72,8 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
 /// What is fixed before anything starts.
 struct Setup {
     binary: PathBuf,
+    /// The OpenID provider's program.
+    provider: PathBuf,
     seed: u64,
     nodes: usize,
     plan: nemesis::Plan,
@@ -79,8 +82,8 @@ struct Setup {
 }
 
 impl Setup {
-    /// Finds the node binary and the tools, draws the schedule, and writes it to a new report
-    /// folder.
+    /// Finds the node binary, the OpenID provider and the tools, draws the schedule, and
+    /// writes it to a new report folder.
     fn prepare(args: &Args) -> anyhow::Result<Setup> {
         let binary = match &args.mysocketd {
             Some(p) => p.clone(),
@@ -92,6 +95,7 @@ impl Setup {
                 std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]).output()?.status.success();
             anyhow::ensure!(found, "`{tool}` is missing (apt-get install iproute2 iptables openssh-client)");
         }
+        let provider = cloud::provider_binary()?;
         let seed = args.seed.unwrap_or_else(rand::random);
         let nodes = if args.quick { 3 } else { args.nodes };
         let plan = nemesis::schedule(seed, &args.nemesis, nodes, args.time, args.quick)?;
@@ -112,7 +116,7 @@ impl Setup {
             total_ms: plan.total_ms,
         };
         report::write_schedule(&dir, &schedule)?;
-        Ok(Setup { binary, seed, nodes, plan, dir })
+        Ok(Setup { binary, provider, seed, nodes, plan, dir })
     }
 }
 
@@ -133,16 +137,21 @@ fn report_dir(out: Option<PathBuf>, seed: u64) -> anyhow::Result<PathBuf> {
 struct Cluster {
     /// Before `net`: the processes stop before their namespaces go.
     nodes: Arc<Mutex<Nodes>>,
+    /// The OpenID provider, on the bridge's host address: before `net` too.
+    provider: cloud::Provider,
     net: Arc<Net>,
     fx: Arc<Fixture>,
 }
 
 impl Cluster {
-    /// The namespaces, the operator token and the node processes; then, once the cluster is
-    /// ready, the fixture.
+    /// The namespaces, the OpenID provider, the operator token and the node processes; then,
+    /// once the cluster is ready, the fixture.
     async fn start(args: &Args, setup: &Setup) -> anyhow::Result<Cluster> {
         let n = setup.nodes;
         let net = Arc::new(Net::setup(n)?);
+        let provider = cloud::Provider::start(&setup.provider, &setup.dir).await?;
+        let oidc_client_secret_file = setup.dir.join("oidc-client-secret");
+        std::fs::write(&oidc_client_secret_file, format!("{:032x}", rand::random::<u128>()))?;
         let (key, public) = keygen(&setup.dir)?;
         let secret = format!("{:032x}", rand::random::<u128>());
         let operator_token = format!("operator-{:032x}", rand::random::<u128>());
@@ -155,6 +164,8 @@ impl Cluster {
             nodes: n,
             secret,
             operator_token_file,
+            oidc_issuer: cloud::issuer(),
+            oidc_client_secret_file,
             planted_bug: args.planted_bug.clone(),
             snapshot_threshold: 20,
         })));
@@ -166,11 +177,13 @@ impl Cluster {
         }
         wait_ready(n, READY_TIMEOUT).await?;
         let fx = Fixture::create(key, public, args.tunnels).await.context("creating the fixture")?;
-        Ok(Cluster { nodes, net, fx: Arc::new(fx) })
+        Ok(Cluster { nodes, provider, net, fx: Arc::new(fx) })
     }
 
-    fn stop(self) {
+    /// Stops the nodes and the provider; the namespaces go as `self` drops.
+    fn stop(mut self) {
         self.nodes.lock().expect("nodes").stop_all();
+        self.provider.stop();
     }
 }
 
