@@ -38,7 +38,8 @@ struct Args {
     /// Seed of the fault schedule and the clients' choices (default: random, printed).
     #[arg(long)]
     seed: Option<u64>,
-    /// Client operations per second, all clients together (the SSH movers come on top).
+    /// Client operations per second, all clients together (the SSH movers, and the cloud
+    /// probers and their socket's keeper, come on top).
     #[arg(long, default_value_t = 40.0)]
     rate: f64,
     /// The node binary (default: `mysocketd` next to this binary).

@@ -181,9 +181,10 @@ mod tests {
         let counts = Counts::of(&ops);
         assert_eq!(counts[&OpKind::Claim], Counts { fail: 1, info: 1, ok: 1 });
         assert_eq!(counts[&OpKind::Probe], Counts { fail: 2, info: 0, ok: 2 });
+        assert_eq!(counts[&OpKind::CloudProbe], Counts { fail: 2, info: 0, ok: 1 });
         assert_eq!(
             counts.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
-            ["claim", "create_account", "create_socket", "probe", "read"]
+            ["claim", "cloud_probe", "create_account", "create_socket", "probe", "read"]
         );
     }
 

@@ -44,6 +44,9 @@ use crate::Args;
 const READERS: u64 = 4;
 const CREATORS: u64 = 2;
 const PROBERS: u64 = 3;
+/// Cloud probers: on top of `--rate` (like the keeper of their socket's tunnel), each at the
+/// pace of one of the others, so that the clients of the other checks keep theirs.
+const CLOUD_PROBERS: u64 = 2;
 
 /// How long the cluster may take to elect a leader and list every node, at the start and after
 /// healing.
@@ -279,7 +282,9 @@ async fn run_workload(ctx: &Arc<Ctx>, setup: &Setup, cluster: &Cluster) -> (Vec<
     (faults, total_ns)
 }
 
-/// The movers (two per tunnel), then the readers, creators and probers; client ids count from 1.
+/// The movers (two per tunnel), then the readers, creators and probers, then the keeper of the
+/// guarded socket's tunnel and the cloud probers; client ids count from 1 (the newer clients
+/// come last so that a seed's older clients keep their ids and choices).
 fn spawn_clients(ctx: &Arc<Ctx>, fx: &Arc<Fixture>) -> JoinSet<()> {
     let mut clients = JoinSet::new();
     let mut id = 0u64;
@@ -300,6 +305,10 @@ fn spawn_clients(ctx: &Arc<Ctx>, fx: &Arc<Fixture>) -> JoinSet<()> {
     }
     for _ in 0..PROBERS {
         clients.spawn(workload::prober(ctx.clone(), fx.clone(), next()));
+    }
+    clients.spawn(cloud::keeper(ctx.clone(), fx.clone(), next()));
+    for _ in 0..CLOUD_PROBERS {
+        clients.spawn(cloud::prober(ctx.clone(), fx.clone(), next()));
     }
     clients
 }
