@@ -7,8 +7,8 @@
 //!   node-to-node traffic only).
 //! - The keeper holds the guarded socket's tunnel over SSH like a mover, claiming it again
 //!   through another node when its session ends. Its service echoes the `X-Mysocket-Email` and
-//!   `X-Probe` fields it received: its answers say which probe reached the service and under
-//!   which identity.
+//!   `X-Probe` fields it received, so the checker (`checks::check_cloud`) can tell which probe
+//!   reached the service and under which identity.
 //! - Cloud probers request the guarded socket through random nodes as each [`Visitor`] in turn.
 
 use std::path::Path;
@@ -165,6 +165,17 @@ impl Visitor {
             Visitor::Forged => "forged",
             Visitor::Mallory => "mallory",
         }
+    }
+
+    /// Whether the visitor carries alice's valid session, the one way to the service.
+    pub fn signed_in(self) -> bool {
+        matches!(self, Visitor::Alice | Visitor::Mallory)
+    }
+
+    /// The visitor of a probe's tag, `<visitor>-<client>-<n>`.
+    pub fn of_tag(tag: &str) -> Option<Visitor> {
+        let name = tag.split('-').next()?;
+        Visitor::ALL.into_iter().find(|v| v.as_str() == name)
     }
 }
 
@@ -506,6 +517,7 @@ mod tests {
         let echo = Echo::of(&body, "s-1").unwrap();
         assert_eq!(echo.email.as_deref(), Some("alice@example.com, mallory@evil.test"));
         assert_eq!(echo.probe.as_deref(), Some("mallory-12-3"));
+        assert_eq!(Visitor::of_tag("mallory-12-3"), Some(Visitor::Mallory));
         assert_eq!(
             Echo::of(&answer("s-1 7 2", b"GET / HTTP/1.1\r\n\r\n"), "s-1"),
             Some(Echo { email: None, probe: None })

@@ -1,7 +1,8 @@
 //! `mysocket-jepsen`: runs a real cluster of `mysocketd` processes in network namespaces,
 //! drives clients against it while a seeded nemesis kills, pauses and partitions nodes, then
 //! checks the history: linearizable tunnel ownership, unique and durable sockets and accounts,
-//! converged replicas, correct routing and fencing on the data plane.
+//! converged replicas, correct routing and fencing on the data plane, and no request reaching a
+//! cloud-auth socket's service without an allowed identity.
 //!
 //! Exit code: 0 valid, 1 invalid (an anomaly was found), 2 unknown or harness failure
 //! (including a run too quiet to prove anything: see the coverage gates in `results.json`).

@@ -19,8 +19,10 @@ use tokio::task::JoinSet;
 use crate::checker::CheckResult;
 use crate::checks;
 use crate::checks::Anomaly;
+use crate::checks::CloudCounts;
 use crate::checks::Verdict;
 use crate::cloud;
+use crate::cloud::Visitor;
 use crate::nemesis;
 use crate::nemesis::tracing_line as say;
 use crate::nemesis::Fault;
@@ -344,6 +346,8 @@ struct Checked {
     recovery_ms: Vec<Option<u64>>,
     digests: Vec<DigestView>,
     linearizability: CheckResult,
+    /// The cloud probes by visitor.
+    cloud: BTreeMap<Visitor, CloudCounts>,
 }
 
 impl Checked {
@@ -358,6 +362,8 @@ impl Checked {
         anomalies.extend(a);
         let probes = checks::check_probes(history, &fx.tunnels, faults);
         anomalies.extend(probes.anomalies);
+        let cloud = checks::check_cloud(history);
+        anomalies.extend(cloud.anomalies);
         let verdicts = [
             ("linearizable-ownership", lin),
             ("sockets-unique-durable", sockets),
@@ -365,9 +371,10 @@ impl Checked {
             ("replicas-converge", convergence),
             ("routing", probes.routing),
             ("fencing", probes.fencing),
+            ("cloud-auth", cloud.verdict),
         ];
         let verdicts = verdicts.into_iter().map(|(name, v)| (name.to_string(), v)).collect();
-        Checked { verdicts, anomalies, recovery_ms: probes.recovery_ms, digests, linearizability }
+        Checked { verdicts, anomalies, recovery_ms: probes.recovery_ms, digests, linearizability, cloud: cloud.counts }
     }
 }
 
@@ -390,6 +397,7 @@ impl Run<'_> {
         Results {
             anomalies: checked.anomalies,
             checkers: checked.verdicts,
+            cloud_auth: Some(checked.cloud),
             counts: Counts::of(self.history),
             coverage,
             digests: checked.digests,
