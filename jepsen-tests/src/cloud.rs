@@ -70,8 +70,8 @@ pub fn provider_binary() -> anyhow::Result<PathBuf> {
     let bin = std::env::var_os("MYSOCKET_OIDC_PROVIDER").map(PathBuf::from).unwrap_or_else(|| PROVIDER_DEFAULT.into());
     anyhow::ensure!(
         bin.exists(),
-        "no OpenID provider at {}, which the cloud-authentication check needs: scripts/test.sh installs \
-         oidc-provider-mock there (or set MYSOCKET_OIDC_PROVIDER to one)",
+        "no OpenID provider at {}, which the cloud-authentication check needs: run scripts/test.sh, which \
+         installs oidc-provider-mock at {PROVIDER_DEFAULT} (or set MYSOCKET_OIDC_PROVIDER to one)",
         bin.display()
     );
     Ok(bin)
