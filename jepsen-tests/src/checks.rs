@@ -1,6 +1,8 @@
 //! The checkers that judge a history: tunnel ownership (linearizability, with the WGL
 //! checker), sockets and accounts (uniqueness and durability, against what every node lists at
-//! the end), replica convergence, and the data-plane probes (routing, fencing, recovery).
+//! the end), replica convergence, the data-plane probes (routing, fencing, recovery), and
+//! the cloud probes (no request reaches a cloud-auth socket's service without an allowed
+//! identity).
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -12,6 +14,8 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use crate::checker;
+use crate::cloud::Visitor;
+use crate::cloud::ALICE;
 use crate::nemesis::Fault;
 use crate::workload::api;
 use crate::workload::operator;
@@ -59,7 +63,8 @@ impl Verdict {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Anomaly {
-    /// `non-linearizable`, `lost-write`, `duplicate`, `diverged`, `misrouted`, `stale-holder`.
+    /// `non-linearizable`, `lost-write`, `duplicate`, `diverged`, `misrouted`, `stale-holder`,
+    /// `unauthorised-visitor`, `wrong-identity`.
     pub kind: String,
     pub detail: String,
 }
@@ -382,10 +387,85 @@ pub fn check_probes(history: &[Op], tunnels: &[TunnelFixture], faults: &[Fault])
     }
 }
 
+// ----- cloud authentication -----
+
+/// The cloud probes of one visitor: answered by the service, turned away by the edge (sent to
+/// the provider, 401, 403), or neither (no answer, a timeout, another status).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloudCounts {
+    pub other: u64,
+    pub served: u64,
+    pub turned_away: u64,
+}
+
+pub struct CloudReport {
+    pub verdict: Verdict,
+    pub anomalies: Vec<Anomaly>,
+    /// Every visitor's probes.
+    pub counts: BTreeMap<Visitor, CloudCounts>,
+}
+
+/// No request reached the guarded socket's service without alice's session, whether by what
+/// the probe sent or by the probe tag the service saw (`unauthorised-visitor`), and the service
+/// only ever got alice's email as `X-Mysocket-Email`: never a visitor's own, none, or two
+/// (`wrong-identity`). Zero tolerance, faults or not: a node cut off or restarted still has
+/// the socket's rules and its token key. Unknown when no probe with alice's session was served
+/// in the whole run, which would prove nothing.
+pub fn check_cloud(history: &[Op]) -> CloudReport {
+    let mut counts: BTreeMap<Visitor, CloudCounts> =
+        Visitor::ALL.into_iter().map(|v| (v, CloudCounts::default())).collect();
+    let mut anomalies = Vec::new();
+    let (mut unauthorised, mut wrong_identity) = (0, 0);
+    for op in history.iter().filter(|o| o.kind == OpKind::CloudProbe) {
+        let OpValue::Cloud { echo, probe, status, visitor, .. } = &op.value else { continue };
+        let c = counts.entry(*visitor).or_default();
+        let Some(echo) = echo else {
+            match status {
+                Some(302 | 401 | 403) => c.turned_away += 1,
+                _ => c.other += 1,
+            }
+            continue;
+        };
+        c.served += 1;
+        let at = format!("probe {probe} at {:.3}s through node {}", op.call as f64 / 1e9, op.node);
+        let seen = echo.probe.as_deref().and_then(Visitor::of_tag);
+        if !visitor.signed_in() || seen.is_some_and(|v| !v.signed_in()) {
+            unauthorised += 1;
+            if unauthorised <= 20 {
+                let seen = echo.probe.as_deref().unwrap_or("none");
+                anomalies.push(anomaly(
+                    "unauthorised-visitor",
+                    format!("{at} (as {visitor}) reached the service, which saw the probe tag {seen}"),
+                ));
+            }
+        }
+        if echo.email.as_deref() != Some(ALICE) {
+            wrong_identity += 1;
+            if wrong_identity <= 20 {
+                let email = echo.email.as_deref().unwrap_or("none");
+                anomalies.push(anomaly(
+                    "wrong-identity",
+                    format!("{at} (as {visitor}): the service got X-Mysocket-Email {email}, not {ALICE}"),
+                ));
+            }
+        }
+    }
+    let signed_in_served: u64 = counts.iter().filter(|(v, _)| v.signed_in()).map(|(_, c)| c.served).sum();
+    let verdict = if unauthorised + wrong_identity > 0 {
+        Verdict::Invalid
+    } else if signed_in_served == 0 {
+        Verdict::Unknown
+    } else {
+        Verdict::Valid
+    };
+    CloudReport { verdict, anomalies, counts }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::checker::Model;
+    use crate::cloud::Echo;
 
     fn op(
         client: u64,
@@ -537,5 +617,76 @@ mod tests {
         assert_eq!(fencing(&h, &[fault("lossy-link", vec![2], 8, 11)]), Verdict::Valid);
         // Long after node 1's fault healed, it must have caught up.
         assert_eq!(fencing(&h, &[fault("pause-random", vec![1], 3, 5)]), Verdict::Invalid);
+    }
+
+    /// A cloud probe as `visitor`, through node 1 at `call_s`: answered by the service with
+    /// `echo` (its email and probe tag), or, without one, by the edge with `status`.
+    fn cloud_op(visitor: Visitor, call_s: u64, status: u16, echo: Option<(Option<&str>, &str)>) -> Op {
+        let probe = format!("{visitor}-9-{call_s}");
+        let echo = echo.map(|(email, tag)| Echo { email: email.map(str::to_string), probe: Some(tag.to_string()) });
+        Op {
+            client: 9,
+            kind: OpKind::CloudProbe,
+            key: "g".into(),
+            node: 1,
+            call: call_s * S,
+            ret: Some(call_s * S + S / 100),
+            outcome: if echo.is_some() { Outcome::Ok } else { Outcome::Fail },
+            value: OpValue::Cloud { echo, error: None, probe, status: Some(status), visitor },
+        }
+    }
+
+    /// Every visitor once: alice and mallory served with alice's email, the others turned away.
+    fn guarded_history() -> Vec<Op> {
+        vec![
+            cloud_op(Visitor::Alice, 1, 200, Some((Some(ALICE), "alice-9-1"))),
+            cloud_op(Visitor::Anonymous, 2, 302, None),
+            cloud_op(Visitor::Bob, 3, 403, None),
+            cloud_op(Visitor::Forged, 4, 302, None),
+            cloud_op(Visitor::Mallory, 5, 200, Some((Some(ALICE), "mallory-9-5"))),
+            cloud_op(Visitor::Alice, 6, 502, None),
+        ]
+    }
+
+    #[test]
+    fn only_alice_reaching_the_service_as_alice_is_valid() {
+        let r = check_cloud(&guarded_history());
+        assert_eq!(r.verdict, Verdict::Valid, "{:?}", r.anomalies);
+        assert_eq!(r.counts[&Visitor::Alice], CloudCounts { other: 1, served: 1, turned_away: 0 });
+        assert_eq!(r.counts[&Visitor::Bob], CloudCounts { other: 0, served: 0, turned_away: 1 });
+        assert_eq!(r.counts[&Visitor::Mallory].served, 1);
+    }
+
+    #[test]
+    fn a_visitor_without_alices_session_reaching_the_service_is_caught() {
+        for visitor in [Visitor::Anonymous, Visitor::Bob, Visitor::Forged] {
+            let mut h = guarded_history();
+            h.push(cloud_op(visitor, 7, 200, Some((Some(ALICE), &format!("{visitor}-9-7")))));
+            let r = check_cloud(&h);
+            assert_eq!(r.verdict, Verdict::Invalid, "{visitor}");
+            assert_eq!(r.anomalies[0].kind, "unauthorised-visitor");
+        }
+        // Whatever answered alice's probe, the service saw bob's request.
+        let mut h = guarded_history();
+        h.push(cloud_op(Visitor::Alice, 7, 200, Some((Some(ALICE), "bob-9-8"))));
+        assert_eq!(check_cloud(&h).verdict, Verdict::Invalid);
+    }
+
+    #[test]
+    fn any_identity_but_alices_at_the_service_is_caught() {
+        for email in [Some("mallory@evil.test"), Some("alice@example.com, mallory@evil.test"), None] {
+            let mut h = guarded_history();
+            h.push(cloud_op(Visitor::Mallory, 7, 200, Some((email, "mallory-9-7"))));
+            let r = check_cloud(&h);
+            assert_eq!(r.verdict, Verdict::Invalid, "{email:?}");
+            assert_eq!(r.anomalies[0].kind, "wrong-identity");
+        }
+    }
+
+    #[test]
+    fn a_run_where_alice_was_never_served_proves_nothing() {
+        let h: Vec<Op> = guarded_history().into_iter().filter(|o| o.outcome != Outcome::Ok).collect();
+        assert_eq!(check_cloud(&h).verdict, Verdict::Unknown);
+        assert_eq!(check_cloud(&[]).verdict, Verdict::Unknown);
     }
 }

@@ -1,13 +1,15 @@
 //! `mysocket-jepsen`: runs a real cluster of `mysocketd` processes in network namespaces,
 //! drives clients against it while a seeded nemesis kills, pauses and partitions nodes, then
 //! checks the history: linearizable tunnel ownership, unique and durable sockets and accounts,
-//! converged replicas, correct routing and fencing on the data plane.
+//! converged replicas, correct routing and fencing on the data plane, and no request reaching a
+//! cloud-auth socket's service without an allowed identity.
 //!
 //! Exit code: 0 valid, 1 invalid (an anomaly was found), 2 unknown or harness failure
 //! (including a run too quiet to prove anything: see the coverage gates in `results.json`).
 
 mod checker;
 mod checks;
+mod cloud;
 mod nemesis;
 mod net;
 mod nodes;
@@ -37,7 +39,8 @@ struct Args {
     /// Seed of the fault schedule and the clients' choices (default: random, printed).
     #[arg(long)]
     seed: Option<u64>,
-    /// Client operations per second, all clients together (the SSH movers come on top).
+    /// Client operations per second, all clients together (the SSH movers, and the cloud
+    /// probers and their socket's keeper, come on top).
     #[arg(long, default_value_t = 40.0)]
     rate: f64,
     /// The node binary (default: `mysocketd` next to this binary).

@@ -9,7 +9,9 @@ use anyhow::bail;
 use anyhow::Context;
 
 const BRIDGE: &str = "msjbr0";
-const HOST_ADDR: &str = "10.99.0.254/24";
+/// The harness's address on the bridge: every node reaches it whatever the faults (the OpenID
+/// provider listens there).
+pub const HOST_IP: &str = "10.99.0.254";
 /// Most nodes a run may have (namespaces msj1..msj9).
 pub const MAX_NODES: usize = 9;
 
@@ -47,7 +49,7 @@ impl Net {
         }
         teardown_all();
         run(&["ip", "link", "add", BRIDGE, "type", "bridge"])?;
-        run(&["ip", "addr", "add", HOST_ADDR, "dev", BRIDGE])?;
+        run(&["ip", "addr", "add", &format!("{HOST_IP}/24"), "dev", BRIDGE])?;
         run(&["ip", "link", "set", BRIDGE, "up"])?;
         // Bridged frames must not go through the root namespace's iptables (a FORWARD policy of
         // DROP from a container runtime would eat them). Absent module: nothing to do.

@@ -8,6 +8,7 @@ use std::process::Stdio;
 
 use anyhow::Context;
 
+use crate::cloud;
 use crate::net;
 
 /// How the nodes are started; shared by every start and restart.
@@ -18,6 +19,10 @@ pub struct NodeSpec {
     pub secret: String,
     /// Every node's `--operator-token-file`.
     pub operator_token_file: PathBuf,
+    /// Every node's OpenID Connect provider (`--oidc-issuer`, the harness's provider) and the
+    /// file holding the client secret (`--oidc-client-secret-file`), for cloud authentication.
+    pub oidc_issuer: String,
+    pub oidc_client_secret_file: PathBuf,
     pub planted_bug: Option<String>,
     /// Entries between snapshots: small, so a node that was down catches up from a snapshot.
     pub snapshot_threshold: u64,
@@ -114,6 +119,12 @@ impl Nodes {
             "1000000".into(),
             "--tcp-ports".into(),
             "20000-29999".into(),
+            "--oidc-issuer".into(),
+            self.spec.oidc_issuer.clone(),
+            "--oidc-client-id".into(),
+            cloud::CLIENT_ID.into(),
+            "--oidc-client-secret-file".into(),
+            self.spec.oidc_client_secret_file.display().to_string(),
             "--log".into(),
             "info".into(),
         ]);

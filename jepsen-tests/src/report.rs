@@ -123,6 +123,16 @@ pub fn summary(r: &Results) -> String {
     for (k, c) in &r.counts {
         let _ = writeln!(s, "| {k} | {} | {} | {} |", c.ok, c.fail, c.info);
     }
+    if let Some(cloud) = &r.cloud_auth {
+        s.push_str(
+            "\n## Cloud authentication\n\nProbes of the guarded socket (alice@example.com only) by visitor: \
+             answered by the service, turned away by the edge, neither (no answer, another status).\n\n\
+             | visitor | served | turned away | other |\n|---|---:|---:|---:|\n",
+        );
+        for (v, c) in cloud {
+            let _ = writeln!(s, "| {v} | {} | {} | {} |", c.served, c.turned_away, c.other);
+        }
+    }
     s.push_str("\n## Faults\n\n| fault | nodes | start s | end s | error |\n|---|---|---:|---:|---|\n");
     for f in &r.faults {
         let _ = writeln!(
@@ -163,6 +173,8 @@ fn json(v: &impl serde::Serialize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checks::CloudCounts;
+    use crate::cloud::Visitor;
 
     /// `testdata/summary.md` is what the suite wrote for `testdata/results.json` before its
     /// results were typed, but for the harness errors, which were printed as `[String("…")]`.
@@ -170,5 +182,16 @@ mod tests {
     fn the_summary_of_a_run_is_unchanged() {
         let r: Results = serde_json::from_str(include_str!("../testdata/results.json")).unwrap();
         assert_eq!(summary(&r), include_str!("../testdata/summary.md"));
+    }
+
+    #[test]
+    fn the_summary_counts_the_cloud_probes_by_visitor() {
+        let mut r: Results = serde_json::from_str(include_str!("../testdata/results.json")).unwrap();
+        let counts = |served, turned_away, other| CloudCounts { other, served, turned_away };
+        r.cloud_auth = Some([(Visitor::Alice, counts(40, 0, 1)), (Visitor::Bob, counts(0, 41, 0))].into());
+        let s = summary(&r);
+        assert!(s.contains("| visitor | served | turned away | other |\n|---|---:|---:|---:|\n| alice | 40 | 0 | 1 |\n| bob | 0 | 41 | 0 |\n"), "{s}");
+        let back: Results = serde_json::from_str(&to_json(&r).unwrap()).unwrap();
+        assert_eq!(back, r, "results.json with the cloud probes reads back");
     }
 }

@@ -11,7 +11,9 @@ use serde::Serialize;
 
 use crate::checker::CheckResult;
 use crate::checks::Anomaly;
+use crate::checks::CloudCounts;
 use crate::checks::Verdict;
+use crate::cloud::Visitor;
 use crate::nemesis::Fault;
 use crate::nemesis::Observed;
 use crate::nemesis::Planned;
@@ -46,6 +48,10 @@ pub struct Results {
     pub anomalies: Vec<Anomaly>,
     /// Each checker's verdict by name (`linearizable-ownership`, `fencing`, …).
     pub checkers: BTreeMap<String, Verdict>,
+    /// The cloud probes by visitor, which the `cloud-auth` checker judged; absent from runs
+    /// made before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_auth: Option<BTreeMap<Visitor, CloudCounts>>,
     pub counts: BTreeMap<OpKind, Counts>,
     pub coverage: Coverage,
     /// Every node's digest as the convergence check last read them.
@@ -181,9 +187,10 @@ mod tests {
         let counts = Counts::of(&ops);
         assert_eq!(counts[&OpKind::Claim], Counts { fail: 1, info: 1, ok: 1 });
         assert_eq!(counts[&OpKind::Probe], Counts { fail: 2, info: 0, ok: 2 });
+        assert_eq!(counts[&OpKind::CloudProbe], Counts { fail: 2, info: 0, ok: 1 });
         assert_eq!(
             counts.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
-            ["claim", "create_account", "create_socket", "probe", "read"]
+            ["claim", "cloud_probe", "create_account", "create_socket", "probe", "read"]
         );
     }
 

@@ -19,7 +19,10 @@ use tokio::task::JoinSet;
 use crate::checker::CheckResult;
 use crate::checks;
 use crate::checks::Anomaly;
+use crate::checks::CloudCounts;
 use crate::checks::Verdict;
+use crate::cloud;
+use crate::cloud::Visitor;
 use crate::nemesis;
 use crate::nemesis::tracing_line as say;
 use crate::nemesis::Fault;
@@ -43,6 +46,9 @@ use crate::Args;
 const READERS: u64 = 4;
 const CREATORS: u64 = 2;
 const PROBERS: u64 = 3;
+/// Cloud probers: on top of `--rate` (like the keeper of their socket's tunnel), each at the
+/// pace of one of the others, so that the clients of the other checks keep theirs.
+const CLOUD_PROBERS: u64 = 2;
 
 /// How long the cluster may take to elect a leader and list every node, at the start and after
 /// healing.
@@ -71,6 +77,8 @@ pub async fn run(args: Args) -> anyhow::Result<i32> {
 /// What is fixed before anything starts.
 struct Setup {
     binary: PathBuf,
+    /// The OpenID provider's program.
+    provider: PathBuf,
     seed: u64,
     nodes: usize,
     plan: nemesis::Plan,
@@ -79,8 +87,8 @@ struct Setup {
 }
 
 impl Setup {
-    /// Finds the node binary and the tools, draws the schedule, and writes it to a new report
-    /// folder.
+    /// Finds the node binary, the OpenID provider and the tools, draws the schedule, and
+    /// writes it to a new report folder.
     fn prepare(args: &Args) -> anyhow::Result<Setup> {
         let binary = match &args.mysocketd {
             Some(p) => p.clone(),
@@ -92,6 +100,7 @@ impl Setup {
                 std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]).output()?.status.success();
             anyhow::ensure!(found, "`{tool}` is missing (apt-get install iproute2 iptables openssh-client)");
         }
+        let provider = cloud::provider_binary()?;
         let seed = args.seed.unwrap_or_else(rand::random);
         let nodes = if args.quick { 3 } else { args.nodes };
         let plan = nemesis::schedule(seed, &args.nemesis, nodes, args.time, args.quick)?;
@@ -112,7 +121,7 @@ impl Setup {
             total_ms: plan.total_ms,
         };
         report::write_schedule(&dir, &schedule)?;
-        Ok(Setup { binary, seed, nodes, plan, dir })
+        Ok(Setup { binary, provider, seed, nodes, plan, dir })
     }
 }
 
@@ -133,16 +142,21 @@ fn report_dir(out: Option<PathBuf>, seed: u64) -> anyhow::Result<PathBuf> {
 struct Cluster {
     /// Before `net`: the processes stop before their namespaces go.
     nodes: Arc<Mutex<Nodes>>,
+    /// The OpenID provider, on the bridge's host address: before `net` too.
+    provider: cloud::Provider,
     net: Arc<Net>,
     fx: Arc<Fixture>,
 }
 
 impl Cluster {
-    /// The namespaces, the operator token and the node processes; then, once the cluster is
-    /// ready, the fixture.
+    /// The namespaces, the OpenID provider, the operator token and the node processes; then,
+    /// once the cluster is ready, the fixture.
     async fn start(args: &Args, setup: &Setup) -> anyhow::Result<Cluster> {
         let n = setup.nodes;
         let net = Arc::new(Net::setup(n)?);
+        let provider = cloud::Provider::start(&setup.provider, &setup.dir).await?;
+        let oidc_client_secret_file = setup.dir.join("oidc-client-secret");
+        std::fs::write(&oidc_client_secret_file, format!("{:032x}", rand::random::<u128>()))?;
         let (key, public) = keygen(&setup.dir)?;
         let secret = format!("{:032x}", rand::random::<u128>());
         let operator_token = format!("operator-{:032x}", rand::random::<u128>());
@@ -155,6 +169,8 @@ impl Cluster {
             nodes: n,
             secret,
             operator_token_file,
+            oidc_issuer: cloud::issuer(),
+            oidc_client_secret_file,
             planted_bug: args.planted_bug.clone(),
             snapshot_threshold: 20,
         })));
@@ -166,11 +182,13 @@ impl Cluster {
         }
         wait_ready(n, READY_TIMEOUT).await?;
         let fx = Fixture::create(key, public, args.tunnels).await.context("creating the fixture")?;
-        Ok(Cluster { nodes, net, fx: Arc::new(fx) })
+        Ok(Cluster { nodes, provider, net, fx: Arc::new(fx) })
     }
 
-    fn stop(self) {
+    /// Stops the nodes and the provider; the namespaces go as `self` drops.
+    fn stop(mut self) {
         self.nodes.lock().expect("nodes").stop_all();
+        self.provider.stop();
     }
 }
 
@@ -266,7 +284,9 @@ async fn run_workload(ctx: &Arc<Ctx>, setup: &Setup, cluster: &Cluster) -> (Vec<
     (faults, total_ns)
 }
 
-/// The movers (two per tunnel), then the readers, creators and probers; client ids count from 1.
+/// The movers (two per tunnel), then the readers, creators and probers, then the keeper of the
+/// guarded socket's tunnel and the cloud probers; client ids count from 1 (the newer clients
+/// come last so that a seed's older clients keep their ids and choices).
 fn spawn_clients(ctx: &Arc<Ctx>, fx: &Arc<Fixture>) -> JoinSet<()> {
     let mut clients = JoinSet::new();
     let mut id = 0u64;
@@ -287,6 +307,10 @@ fn spawn_clients(ctx: &Arc<Ctx>, fx: &Arc<Fixture>) -> JoinSet<()> {
     }
     for _ in 0..PROBERS {
         clients.spawn(workload::prober(ctx.clone(), fx.clone(), next()));
+    }
+    clients.spawn(cloud::keeper(ctx.clone(), fx.clone(), next()));
+    for _ in 0..CLOUD_PROBERS {
+        clients.spawn(cloud::prober(ctx.clone(), fx.clone(), next()));
     }
     clients
 }
@@ -322,6 +346,8 @@ struct Checked {
     recovery_ms: Vec<Option<u64>>,
     digests: Vec<DigestView>,
     linearizability: CheckResult,
+    /// The cloud probes by visitor.
+    cloud: BTreeMap<Visitor, CloudCounts>,
 }
 
 impl Checked {
@@ -336,6 +362,8 @@ impl Checked {
         anomalies.extend(a);
         let probes = checks::check_probes(history, &fx.tunnels, faults);
         anomalies.extend(probes.anomalies);
+        let cloud = checks::check_cloud(history);
+        anomalies.extend(cloud.anomalies);
         let verdicts = [
             ("linearizable-ownership", lin),
             ("sockets-unique-durable", sockets),
@@ -343,9 +371,10 @@ impl Checked {
             ("replicas-converge", convergence),
             ("routing", probes.routing),
             ("fencing", probes.fencing),
+            ("cloud-auth", cloud.verdict),
         ];
         let verdicts = verdicts.into_iter().map(|(name, v)| (name.to_string(), v)).collect();
-        Checked { verdicts, anomalies, recovery_ms: probes.recovery_ms, digests, linearizability }
+        Checked { verdicts, anomalies, recovery_ms: probes.recovery_ms, digests, linearizability, cloud: cloud.counts }
     }
 }
 
@@ -368,6 +397,7 @@ impl Run<'_> {
         Results {
             anomalies: checked.anomalies,
             checkers: checked.verdicts,
+            cloud_auth: Some(checked.cloud),
             counts: Counts::of(self.history),
             coverage,
             digests: checked.digests,

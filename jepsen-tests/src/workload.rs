@@ -7,6 +7,7 @@
 //! - creators: create sockets (unique names, tcp ones get a port) and, now and then, the same
 //!   account through two nodes at once.
 //! - probers: public HTTP requests for the tunnels' sockets through a random node.
+//! - cloud probers and the keeper of the guarded socket's tunnel: see [`crate::cloud`].
 //!
 //! Every operation is one line of `history.jsonl`: `ok` (it happened), `fail` (it certainly did
 //! not) or `info` (unknown: a timeout or a lost connection; it may have happened).
@@ -33,6 +34,10 @@ use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 
+use crate::cloud;
+use crate::cloud::CloudFixture;
+use crate::cloud::Echo;
+use crate::cloud::Visitor;
 use crate::net;
 
 /// How long an operation may take before it counts as indeterminate.
@@ -55,6 +60,8 @@ pub enum Outcome {
 pub enum OpKind {
     /// A mover claims its tunnel over SSH (`tcpip-forward`).
     Claim,
+    /// A public request for the guarded (cloud-auth) socket, as one of [`Visitor`].
+    CloudProbe,
     /// The same new account through two nodes at once.
     CreateAccount,
     CreateSocket,
@@ -68,6 +75,7 @@ impl OpKind {
     pub fn as_str(self) -> &'static str {
         match self {
             OpKind::Claim => "claim",
+            OpKind::CloudProbe => "cloud_probe",
             OpKind::CreateAccount => "create_account",
             OpKind::CreateSocket => "create_socket",
             OpKind::Probe => "probe",
@@ -95,6 +103,19 @@ pub enum OpValue {
         error: Option<String>,
         node_id: u64,
         seq: u64,
+    },
+    /// A cloud probe: who it came as, the tag it sent (`X-Probe`), the answer's status (none
+    /// without an answer) and, when the answer was the service's, what the service echoed.
+    /// `visitor` is what no other variant has.
+    Cloud {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        echo: Option<Echo>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        probe: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<u16>,
+        visitor: Visitor,
     },
     /// A probe answered 200: the body names the socket, mover and claim that served it.
     Served {
@@ -181,22 +202,31 @@ impl Ctx {
         self.start.elapsed().as_nanos() as u64
     }
 
-    fn done(&self) -> bool {
+    pub fn done(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn record(&self, client: u64, kind: OpKind, key: &str, node: usize, call: u64, outcome: Outcome, value: OpValue) {
+    pub fn record(
+        &self,
+        client: u64,
+        kind: OpKind,
+        key: &str,
+        node: usize,
+        call: u64,
+        outcome: Outcome,
+        value: OpValue,
+    ) {
         let ret = (outcome != Outcome::Info).then(|| self.now());
         let op = Op { client, kind, key: key.into(), node, call, ret, outcome, value };
         self.ops.lock().expect("history").push(op);
     }
 
-    fn rng(&self, client: u64) -> StdRng {
+    pub fn rng(&self, client: u64) -> StdRng {
         StdRng::seed_from_u64(self.seed.wrapping_mul(1_000_003).wrapping_add(client))
     }
 
-    async fn think(&self, rng: &mut StdRng) {
+    pub async fn think(&self, rng: &mut StdRng) {
         let ms = self.think.as_millis() as u64;
         let jitter = rng.gen_range(ms / 2..=ms + ms / 2);
         tokio::time::sleep(Duration::from_millis(jitter)).await;
@@ -256,11 +286,13 @@ pub struct Fixture {
     pub token: String,
     pub tunnels: Vec<TunnelFixture>,
     pub creator_token: String,
+    /// The guarded socket and the visitors' sessions.
+    pub cloud: CloudFixture,
 }
 
 /// Retries a setup step: right after a write, a node may not have applied it yet (and the
 /// planted-bug builds answer from stale replicas on purpose).
-async fn patiently<T, F, Fut>(what: &str, mut f: F) -> anyhow::Result<T>
+pub async fn patiently<T, F, Fut>(what: &str, mut f: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ClientError>>,
@@ -303,18 +335,34 @@ impl Fixture {
                 relay_port: tn.local_port,
             });
         }
+        let cloud = CloudFixture::create(&owner).await?;
         patiently("create the creators' account", || a.create_user(&creator)).await?;
         let creator_token = patiently("log in", || a.login("creator@jepsen.test", "creator-password")).await?.token;
-        Ok(Fixture { key: Arc::new(key), public_key, user_name: u.user_name, token, tunnels: fx, creator_token })
+        Ok(Fixture { key: Arc::new(key), public_key, user_name: u.user_name, token, tunnels: fx, creator_token, cloud })
     }
 }
 
 // ----- movers -----
 
-/// The mover's stand-in for a service: every forwarded channel gets an HTTP answer naming the
-/// socket, the mover and the claim (session) it arrived through.
-struct Service {
+/// The stand-in for a service behind a tunnel: every forwarded channel gets an HTTP answer
+/// naming the socket, the client and the claim (session) it arrived through. The guarded
+/// socket's service also echoes the identity and probe fields it received
+/// ([`cloud::answer`]).
+pub struct Service {
     ident: String,
+    echo: bool,
+}
+
+impl Service {
+    /// A mover's service.
+    pub fn new(ident: String) -> Service {
+        Service { ident, echo: false }
+    }
+
+    /// The guarded socket's service.
+    pub fn echoing(ident: String) -> Service {
+        Service { ident, echo: true }
+    }
 }
 
 impl client::Handler for Service {
@@ -335,7 +383,7 @@ impl client::Handler for Service {
         _session: &mut client::Session,
     ) -> Result<(), Self::Error> {
         reply.accept().await;
-        let body = self.ident.clone();
+        let (ident, echo) = (self.ident.clone(), self.echo);
         tokio::spawn(async move {
             let mut s = channel.into_stream();
             let mut buf = Vec::new();
@@ -347,6 +395,7 @@ impl client::Handler for Service {
                     _ => break,
                 }
             }
+            let body = if echo { cloud::answer(&ident, &buf) } else { ident };
             let resp = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
@@ -359,19 +408,21 @@ impl client::Handler for Service {
 }
 
 /// A claim that failed before the forward request was sent certainly did not happen.
-enum ClaimError {
+pub enum ClaimError {
     NotSent(anyhow::Error),
     Unknown(anyhow::Error),
 }
 
-async fn claim(
+/// Connects to `node` over SSH as `user` and claims the tunnel whose relay port is
+/// `relay_port`; its forwarded channels go to `service`.
+pub async fn claim(
     node: usize,
     user: &str,
     key: Arc<PrivateKey>,
     relay_port: u16,
-    ident: String,
+    service: Service,
 ) -> Result<client::Handle<Service>, ClaimError> {
-    let h = connect(node, user, key, ident).await.map_err(ClaimError::NotSent)?;
+    let h = connect(node, user, key, service).await.map_err(ClaimError::NotSent)?;
     h.tcpip_forward("127.0.0.1", u32::from(relay_port)).await.map_err(|e| ClaimError::Unknown(e.into()))?;
     Ok(h)
 }
@@ -380,7 +431,7 @@ async fn connect(
     node: usize,
     user: &str,
     key: Arc<PrivateKey>,
-    ident: String,
+    service: Service,
 ) -> anyhow::Result<client::Handle<Service>> {
     let config = Arc::new(client::Config {
         keepalive_interval: Some(Duration::from_secs(2)),
@@ -389,7 +440,7 @@ async fn connect(
         nodelay: true,
         ..Default::default()
     });
-    let mut h = client::connect(config, (net::ip(node).as_str(), 2222), Service { ident }).await?;
+    let mut h = client::connect(config, (net::ip(node).as_str(), 2222), service).await?;
     let hash = h.best_supported_rsa_hash().await?.flatten();
     match h.authenticate_publickey(user, PrivateKeyWithHashAlg::new(key, hash)).await? {
         client::AuthResult::Success => {}
@@ -413,7 +464,7 @@ pub async fn mover(ctx: Arc<Ctx>, fx: Arc<Fixture>, tunnel: usize, client: u64) 
         let call = ctx.now();
         let attempt = tokio::time::timeout(
             CLAIM_TIMEOUT,
-            claim(node, &fx.user_name, fx.key.clone(), t.relay_port, ident.clone()),
+            claim(node, &fx.user_name, fx.key.clone(), t.relay_port, Service::new(ident)),
         )
         .await;
         let (outcome, error) = match attempt {
@@ -554,7 +605,8 @@ mod tests {
     use super::*;
 
     /// `testdata/history.jsonl` is what the suite wrote before its operations were typed: one
-    /// line of each kind and outcome.
+    /// line of each kind and outcome; then cloud probes (served, turned away, unanswered), as
+    /// the suite writes them since they were added.
     #[test]
     fn history_lines_read_and_write_back_unchanged() {
         let history = include_str!("../testdata/history.jsonl");
