@@ -76,3 +76,9 @@ fn early_acknowledgements_are_caught_as_lost_writes() {
 fn a_superseded_holder_serving_is_caught() {
     run_planted("stale-holder", &["stale-holder"]);
 }
+
+/// A cookie whose payload was changed (alice's, with a later expiry) must not open the socket.
+#[test]
+fn a_forged_session_reaching_the_service_is_caught() {
+    run_planted("forged-session", &["unauthorised-visitor"]);
+}

@@ -13,16 +13,19 @@ pub enum Bug {
     EarlyAck,
     /// A node serves and keeps tunnel sessions the cluster superseded or released (no fencing).
     StaleHolder,
+    /// The edge takes a cloud-authentication cookie without checking its signature.
+    ForgedSession,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 3] = [Bug::StaleRead, Bug::EarlyAck, Bug::StaleHolder];
+    pub const ALL: [Bug; 4] = [Bug::StaleRead, Bug::EarlyAck, Bug::StaleHolder, Bug::ForgedSession];
 
     pub fn name(self) -> &'static str {
         match self {
             Bug::StaleRead => "stale-read",
             Bug::EarlyAck => "early-ack",
             Bug::StaleHolder => "stale-holder",
+            Bug::ForgedSession => "forged-session",
         }
     }
 

@@ -227,7 +227,9 @@ fn open<T: serde::de::DeserializeOwned>(token_key: &str, value: &str) -> Option<
     let tag = B64.decode(tag).ok()?;
     let mut mac = cookie_mac(token_key);
     mac.update(body.as_bytes());
-    mac.verify_slice(&tag).ok()?;
+    if !crate::planted::on(crate::planted::Bug::ForgedSession) {
+        mac.verify_slice(&tag).ok()?;
+    }
     serde_json::from_slice(&B64.decode(body).ok()?).ok()
 }
 
