@@ -67,12 +67,13 @@ pub async fn join(node: NodeRef, peers: Vec<String>, stop: CancellationToken) {
 pub async fn run(node: NodeRef, stop: CancellationToken) {
     let mut metrics = node.raft.metrics();
     let mut leading = None;
+    let mut released_at = None;
     let mut token_checked = false;
     loop {
         if !token_checked {
             token_checked = check_operator_token(&node);
         }
-        if let Err(e) = duty_pass(&node, &mut leading).await {
+        if let Err(e) = duty_pass(&node, &mut leading, &mut released_at).await {
             tracing::debug!(error = %e, "duty pass");
         }
         tokio::select! {
@@ -164,8 +165,18 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
 /// How long the leader waits without an answer from a node before releasing its tunnels.
 const LIVENESS_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// `leading`: the term this node leads and since when (kept between passes by the caller).
-async fn duty_pass(node: &NodeRef, leading: &mut Option<(u64, Instant)>) -> anyhow::Result<()> {
+/// Between two attempts to release a silent node's tunnels: a pass runs on every change of
+/// Raft's metrics, and a leader that has lost its quorum but not yet stepped down would
+/// otherwise propose (and fail, and log) in a tight loop.
+const RELEASE_RETRY: Duration = Duration::from_secs(1);
+
+/// `leading`: the term this node leads and since when; `released_at`: when this node last
+/// proposed to release a silent node (both kept between passes by the caller).
+async fn duty_pass(
+    node: &NodeRef,
+    leading: &mut Option<(u64, Instant)>,
+    released_at: &mut Option<Instant>,
+) -> anyhow::Result<()> {
     let m = node.metrics();
     *leading = match *leading {
         _ if m.state != ServerState::Leader => None,
@@ -180,7 +191,8 @@ async fn duty_pass(node: &NodeRef, leading: &mut Option<(u64, Instant)>) -> anyh
     // A leader has heard from nobody when it starts: a node it has no answer from yet is
     // silent only once the leader has led that long (an election, or a leader restarted in
     // its term, must not release the tunnels of every live node).
-    if let (ServerState::Leader, Some((_, since))) = (m.state, *leading) {
+    let may_release = released_at.is_none_or(|at| at.elapsed() >= RELEASE_RETRY);
+    if let (ServerState::Leader, Some((_, since)), true) = (m.state, *leading, may_release) {
         if let Some(heartbeats) = &m.heartbeat {
             for (id, last) in heartbeats.iter() {
                 let silent = match last {
@@ -193,6 +205,7 @@ async fn duty_pass(node: &NodeRef, leading: &mut Option<(u64, Instant)>) -> anyh
                     // (paused, then resumed to find a new leader) must not have the new leader
                     // release a node that is alive; its proposal fails or never commits.
                     tracing::warn!(node = id, "node stopped answering; releasing its tunnels");
+                    *released_at = Some(Instant::now());
                     let cmd = Command::SetNodeAlive { node_id: *id, alive: false };
                     let req = mysocket_raft_store::Request {
                         request_id: Some(uuid::Uuid::new_v4().to_string()),
