@@ -514,7 +514,7 @@ read -r IPORT WNAME WPORT PNAME <<<"$("$CTL" socket ls --output json | python3 -
 import json, sys
 s = {x["name"]: x for x in json.load(sys.stdin)}
 print(s["bench-iperf"]["socket_tcp_ports"][0], s["bench-web"]["dnsname"], s["bench-webtcp"]["socket_tcp_ports"][0],
-      s["bench-webpolicy"]["dnsname"])')"
+      s.get("bench-webpolicy", {}).get("dnsname", "-"))')"
 if [[ "$VIA" == "tunnel up via 127.0.0.1 " ]]; then
   system "mysocket same-node" 127.0.0.1 "$IPORT" "http://127.0.0.1:8080/" "$WNAME"
   system "mysocket with rules" - - "http://127.0.0.1:8080/" "$PNAME"
