@@ -517,7 +517,11 @@ print(s["bench-iperf"]["socket_tcp_ports"][0], s["bench-web"]["dnsname"], s["ben
       s.get("bench-webpolicy", {}).get("dnsname", "-"))')"
 if [[ "$VIA" == "tunnel up via 127.0.0.1 " ]]; then
   system "mysocket same-node" 127.0.0.1 "$IPORT" "http://127.0.0.1:8080/" "$WNAME"
-  system "mysocket with rules" - - "http://127.0.0.1:8080/" "$PNAME"
+  if [[ "$PNAME" != - ]]; then
+    system "mysocket with rules" - - "http://127.0.0.1:8080/" "$PNAME"
+  else
+    na_row "mysocket with rules"
+  fi
   system "mysocket relayed" 127.0.0.2 "$IPORT" "http://127.0.0.2:8080/" "$WNAME"
   if command -v haproxy >/dev/null; then
     cat >"$WORK/haproxy.cfg" <<EOF
