@@ -217,6 +217,23 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `builder` with the cluster's identity provider (the client secret in `dir`), started.
+async fn with_provider(builder: Builder, provider: &Provider, dir: &std::path::Path) -> TestCluster {
+    let secret = dir.join("oidc-secret");
+    std::fs::write(&secret, "test-client-secret\n").unwrap();
+    let c = builder
+        .arg("--oidc-issuer")
+        .arg(&provider.issuer)
+        .arg("--oidc-client-id")
+        .arg("mysocket-edge")
+        .arg("--oidc-client-secret-file")
+        .arg(secret.to_str().unwrap())
+        .start()
+        .await;
+    c.wait_ready().await;
+    c
+}
+
 /// A client that follows no redirect and keeps no cookie: each step of a login is seen.
 fn plain() -> reqwest::Client {
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
@@ -296,20 +313,7 @@ async fn visit(node_ip: &str, host: &str, cookie: Option<&str>, extra: Option<(&
 async fn cloud_authentication_lets_only_allowed_verified_emails_through_on_every_node() {
     let provider = Provider::start(free_port()).await;
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("oidc-secret");
-    std::fs::write(&secret, "test-client-secret\n").unwrap();
-    let mut c = TestCluster::builder()
-        .nodes(3)
-        .log("trace")
-        .arg("--oidc-issuer")
-        .arg(&provider.issuer)
-        .arg("--oidc-client-id")
-        .arg("mysocket-edge")
-        .arg("--oidc-client-secret-file")
-        .arg(secret.to_str().unwrap())
-        .start()
-        .await;
-    c.wait_ready().await;
+    let mut c = with_provider(TestCluster::builder().nodes(3).log("trace"), &provider, dir.path()).await;
     let (key, u, api) = ssh_user(&c, dir.path(), 1, "ada").await;
     let team = SocketCreate {
         name: "team".into(),
@@ -472,20 +476,8 @@ async fn cloud_authentication_lets_only_allowed_verified_emails_through_on_every
 async fn a_cloud_authentication_session_expires() {
     let provider = Provider::start(free_port()).await;
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("oidc-secret");
-    std::fs::write(&secret, "test-client-secret\n").unwrap();
-    let c = TestCluster::builder()
-        .nodes(1)
-        .arg("--oidc-issuer")
-        .arg(&provider.issuer)
-        .arg("--oidc-client-id")
-        .arg("mysocket-edge")
-        .arg("--oidc-client-secret-file")
-        .arg(secret.to_str().unwrap())
-        .arg("--oidc-session-secs")
-        .arg("3")
-        .start()
-        .await;
+    let builder = TestCluster::builder().nodes(1).arg("--oidc-session-secs").arg("3");
+    let c = with_provider(builder, &provider, dir.path()).await;
     let (key, u, api) = ssh_user(&c, dir.path(), 1, "ada").await;
     let team = SocketCreate {
         name: "team".into(),
