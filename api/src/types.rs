@@ -160,6 +160,15 @@ pub struct SocketCreate {
     /// with a burst of as many at once; 0 or absent: no limit.
     #[serde(default)]
     pub rate_limit: u32,
+    /// The first label of the socket's name, chosen (`demo` → `demo.<domain>`): letters,
+    /// digits and inner hyphens, at most 63, unique in the cluster (409 when taken); absent:
+    /// a random `<adjective>-<noun>-<4 digits>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subdomain: Option<String>,
+    /// tcp and tls sockets: the public port, chosen from the cluster's range (409 when
+    /// taken); absent: a free one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 /// `PATCH /socket/{socket_id}`: the access rules to change; absent fields stay as they are.

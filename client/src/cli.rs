@@ -63,14 +63,21 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: TunnelCmd,
     },
-    /// Create a socket with a tunnel and serve a local port through it until Ctrl-C (which
-    /// deletes the socket again).
+    /// Serve a local port through a socket until Ctrl-C. With --name or --subdomain, the
+    /// account's socket of that name is reused and kept, so the URL stays the same every run;
+    /// otherwise (or with --temporary) a new socket is made and deleted again on exit.
+    ///
+    /// Example: mysocketctl connect --port 3000 --name demo --subdomain demo
     Connect {
         /// The local port to publish.
         #[arg(long)]
         port: u16,
         #[command(flatten)]
         spec: SocketSpec,
+        /// A new socket for this run only, deleted on exit (the original client's behaviour),
+        /// even with --name.
+        #[arg(long)]
+        temporary: bool,
         /// Where the local service listens.
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
@@ -105,9 +112,16 @@ pub enum AccountCmd {
 
 #[derive(clap::Args, Debug)]
 pub struct SocketSpec {
-    /// The socket's name, shown by `socket ls` and in the tunnel's banner.
-    #[arg(long, short = 'n', default_value = "mysocketctl")]
-    pub name: String,
+    /// The socket's name, shown by `socket ls` and in the tunnel's banner [default: mysocketctl].
+    #[arg(long, short = 'n')]
+    pub name: Option<String>,
+    /// The first label of the public name (`demo` gives demo.<domain>), unique in the
+    /// cluster; default: a random one.
+    #[arg(long)]
+    pub subdomain: Option<String>,
+    /// tcp and tls sockets: the public port, from the cluster's range; default: a free one.
+    #[arg(long = "public-port", alias = "public_port")]
+    pub public_port: Option<u16>,
     /// http, https, tcp or tls.
     #[arg(long = "type", short = 't', default_value = "http")]
     pub socket_type: String,
@@ -206,7 +220,7 @@ impl From<SocketChange> for mysocket_api::SocketUpdate {
 impl From<SocketSpec> for SocketCreate {
     fn from(s: SocketSpec) -> SocketCreate {
         SocketCreate {
-            name: s.name,
+            name: s.name.unwrap_or_else(|| "mysocketctl".to_string()),
             socket_type: Some(s.socket_type),
             protected_socket: s.protected,
             protected_username: s.username,
@@ -217,6 +231,8 @@ impl From<SocketSpec> for SocketCreate {
             ip_allow: s.visitors.ip_allow,
             ip_deny: s.visitors.ip_deny,
             rate_limit: s.visitors.rate_limit.unwrap_or(0),
+            subdomain: s.subdomain,
+            port: s.public_port,
         }
     }
 }

@@ -52,8 +52,9 @@ impl Ctl {
         ctl
     }
 
-    /// Starts `mysocketctl connect --port <port> --name <name>` against `api`; returns it once
-    /// its socket exists, with the socket's DNS name.
+    /// Starts `mysocketctl connect --port <port> --name <name> --temporary` (the original
+    /// client's connect: a new socket, deleted on exit) against `api`; returns it once its
+    /// socket exists, with the socket's DNS name.
     async fn connect(
         &self,
         api: &str,
@@ -62,8 +63,22 @@ impl Ctl {
         stdout: std::process::Stdio,
         stderr: std::process::Stdio,
     ) -> (std::process::Child, String) {
+        self.connect_with(api, port, name, &["--temporary"], stdout, stderr).await
+    }
+
+    /// `connect --port <port> --name <name>` and `extra`, once its socket exists.
+    async fn connect_with(
+        &self,
+        api: &str,
+        port: u16,
+        name: &str,
+        extra: &[&str],
+        stdout: std::process::Stdio,
+        stderr: std::process::Stdio,
+    ) -> (std::process::Child, String) {
         let child = Command::new(env!("CARGO_BIN_EXE_mysocketctl"))
             .args(["connect", "--port", &port.to_string(), "--name", name])
+            .args(extra)
             .env("MYSOCKET_API", api)
             .env("MYSOCKET_TOKEN_FILE", &self.token_file)
             .env("HOME", self.home.path())
@@ -539,4 +554,64 @@ async fn mysocketctl_speaks_https_to_an_api_signed_by_the_cluster_ca() {
     std::fs::write(&other, test_pki(std::slice::from_ref(&ip)).0).unwrap();
     let (code, _, err) = ctl.run(&["--cacert", other.to_str().unwrap(), "socket", "ls"]);
     assert_eq!(code, 1, "{err}");
+}
+
+/// `connect --name` keeps the account's socket: the same URL on every run, a chosen subdomain
+/// nobody else can take, and a chosen tcp port honoured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_with_a_name_keeps_its_url_across_runs() {
+    let c = TestCluster::builder().start().await;
+    let urls = [1u64, 2, 3].iter().map(|id| c.nodes[id].api_url()).collect::<Vec<_>>().join(",");
+    let ctl = Ctl::logged_in(urls.clone(), "kim");
+    let port = origin().await;
+    let (ctl, c) = (&ctl, &c);
+    let run = |n: usize| async move {
+        let stderr = std::fs::File::create(ctl.home.path().join(format!("connect-{n}.err"))).unwrap().into();
+        let extra = ["--subdomain", "demo"];
+        let (child, dnsname) =
+            ctl.connect_with(&ctl.urls, port, "demo", &extra, std::process::Stdio::null(), stderr).await;
+        assert_eq!(dnsname, "demo.localhost", "run {n}");
+        let ip = c.nodes[&2].ip.clone();
+        eventually(std::time::Duration::from_secs(20), "the chosen name through node 2", || {
+            let ip = ip.clone();
+            async move { (http_get(&ip, "demo.localhost").await == 200).then_some(()) }
+        })
+        .await;
+        child
+    };
+    let mut first = run(1).await;
+    let before = ctl.json(&["socket", "ls"]);
+    let sid = before[0]["socket_id"].as_str().unwrap().to_string();
+    Command::new("kill").arg("-INT").arg(first.id().to_string()).status().unwrap();
+    assert!(first.wait().unwrap().success());
+    let told = std::fs::read_to_string(ctl.home.path().join("connect-1.err")).unwrap();
+    assert!(told.contains("kept for the next run"), "{told}");
+    let after = ctl.json(&["socket", "ls"]);
+    assert_eq!(after.as_array().unwrap().len(), 1, "the socket stays: {after}");
+
+    // The second run reuses the socket and its tunnel: the same id, the same URL.
+    let mut second = run(2).await;
+    let again = ctl.json(&["socket", "ls"]);
+    assert_eq!(again.as_array().unwrap().len(), 1, "{again}");
+    assert_eq!(again[0]["socket_id"].as_str().unwrap(), sid);
+    assert_eq!(again[0]["tunnels"].as_array().unwrap().len(), 1, "the idle tunnel reused: {again}");
+    Command::new("kill").arg("-INT").arg(second.id().to_string()).status().unwrap();
+    assert!(second.wait().unwrap().success());
+
+    // Another account cannot take the name.
+    let other = Ctl::logged_in(urls, "lou");
+    let (code, _, err) = other.run(&["connect", "--port", &port.to_string(), "--subdomain", "demo"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("demo.localhost is taken"), "{err}");
+    // A reused socket of another type is refused with what to do.
+    let (code, _, err) = ctl.run(&["connect", "--port", &port.to_string(), "--name", "demo", "--type", "tcp"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is a http socket, not tcp") && err.contains("socket delete"), "{err}");
+
+    // A chosen public port for a tcp socket.
+    let db = ctl.json(&["socket", "create", "--name", "db", "--type", "tcp", "--public-port", "20777"]);
+    assert_eq!(db["socket_tcp_ports"], serde_json::json!([20777]), "{db}");
+    let (code, _, err) = other.run(&["socket", "create", "--name", "db", "--type", "tls", "--public-port", "20777"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("port 20777 is taken"), "{err}");
 }

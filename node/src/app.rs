@@ -60,6 +60,8 @@ struct Listeners {
     ssh: TcpListener,
     http: TcpListener,
     https: TcpListener,
+    /// The authoritative DNS server's UDP socket and TCP listener, with `--dns-listen`.
+    dns: Option<(tokio::net::UdpSocket, TcpListener)>,
 }
 
 impl Listeners {
@@ -70,6 +72,14 @@ impl Listeners {
             ssh: bind(cfg.ssh_addr, "SSH").await?,
             http: bind(cfg.http_addr, "public HTTP").await?,
             https: bind(cfg.https_addr, "public HTTPS").await?,
+            dns: match &cfg.dns {
+                Some(d) => Some(
+                    crate::edge::dns::bind(d.listen)
+                        .await
+                        .with_context(|| format!("cannot listen for DNS on {} (UDP and TCP)", d.listen))?,
+                ),
+                None => None,
+            },
         })
     }
 }
@@ -234,6 +244,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     spawn_duties(&node, &root, &tasks);
     spawn_data_plane(&edge, (listeners.ssh, listeners.http, listeners.https), started_ms, &root, &tasks);
     spawn_api(&node, listeners.api, &root, &tasks);
+    if let Some((udp, tcp)) = listeners.dns {
+        let (n, stop) = (node.clone(), root.child_token());
+        tasks.spawn(async move { crate::edge::dns::serve(n, udp, tcp, stop).await });
+    }
     drop(edge);
 
     tracing::info!(id = cfg.id, api = %cfg.api_addr, raft = %cfg.raft_addr, "node started");

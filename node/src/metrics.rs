@@ -132,6 +132,8 @@ pub struct Metrics {
     /// Per socket type and reason: see [`Metrics::visitor_refused`].
     visitors_refused: [[Counter; 5]; 4],
     orphans_released: Counter,
+    dns: ByLabel<7>,
+    acme: ByLabel<3>,
     state: StateGauges,
 }
 
@@ -237,6 +239,20 @@ impl Metrics {
             "reason",
             ["rate_limit", "hashing_queue", "slow_body", "per_source", "ssh_startups", "unauthenticated"],
         );
+        let dns = ByLabel::register(
+            r,
+            "dns_queries",
+            "DNS queries to this node's authoritative server, per answer: noerror, nxdomain (no such name), refused (outside the cluster's domain), formerr, notimp, servfail (the node out of touch with the cluster), dropped (past the per-source rate limit, unanswered)",
+            "answer",
+            ["noerror", "nxdomain", "refused", "formerr", "notimp", "servfail", "dropped"],
+        );
+        let acme = ByLabel::register(
+            r,
+            "acme_orders",
+            "ACME orders this node made: issued, failed, and challenges answered over HTTP-01 on the public HTTP port (served)",
+            "result",
+            ["issued", "failed", "served"],
+        );
         let visitors_f = Family::<Labels2, Counter>::default();
         r.register(
             "visitors_refused",
@@ -299,6 +315,8 @@ impl Metrics {
             refused,
             visitors_refused,
             orphans_released,
+            dns,
+            acme,
             state,
         }
     }
@@ -357,6 +375,16 @@ impl Metrics {
     /// `reason`: superseded, released, deleted or cut_off.
     pub fn tunnel_closed(&self, reason: &'static str) {
         self.tunnels_closed.get(reason).inc();
+    }
+
+    /// `answer`: see the `dns_queries` family.
+    pub fn dns_answer(&self, answer: &'static str) {
+        self.dns.get(answer).inc();
+    }
+
+    /// `result`: issued, failed or served.
+    pub fn acme(&self, result: &'static str) {
+        self.acme.get(result).inc();
     }
 
     pub fn orphan_released(&self) {

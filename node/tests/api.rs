@@ -79,6 +79,54 @@ async fn original_client_flows_work_through_any_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chosen_subdomain_or_port_is_unique_across_accounts() {
+    let c = TestCluster::builder().start().await;
+    let (a, _) = logged_in(&c, 1, 1).await;
+    let (b, _) = logged_in(&c, 2, 2).await;
+    let chosen = |name: &str, t: &str, sub: Option<&str>, port: Option<u16>| SocketCreate {
+        subdomain: sub.map(String::from),
+        port,
+        ..sock(name, t)
+    };
+    let demo = a.create_socket(&chosen("web", "http", Some("Demo"), None)).await.unwrap();
+    assert_eq!(demo.dnsname, "demo.localhost");
+    let db = a.connect(&chosen("db", "tcp", Some("db"), Some(20500))).await.unwrap();
+    assert_eq!((db.dnsname.as_str(), db.socket_tcp_ports.as_slice()), ("db.localhost", &[20500][..]));
+    let before = c.converged().await;
+
+    let status = |r: Result<mysocket_api::Socket, mysocket_api::ClientError>| {
+        let e = r.unwrap_err();
+        (e.status().unwrap(), e.to_string())
+    };
+    // Taken, by another account or the same one: 409 naming what is taken.
+    let (code, msg) = status(b.create_socket(&chosen("x", "http", Some("demo"), None)).await);
+    assert_eq!(code, StatusCode::CONFLICT, "{msg}");
+    assert!(msg.contains("demo.localhost is taken"), "{msg}");
+    let (code, msg) = status(b.create_socket(&chosen("x", "tls", None, Some(20500))).await);
+    assert_eq!(code, StatusCode::CONFLICT, "{msg}");
+    assert!(msg.contains("port 20500 is taken"), "{msg}");
+    // Not a label, reserved, outside the range, a port for an http socket.
+    for (req, want, why) in [
+        (chosen("x", "http", Some("a.b"), None), StatusCode::BAD_REQUEST, "one DNS label"),
+        (chosen("x", "http", Some("-x"), None), StatusCode::BAD_REQUEST, "one DNS label"),
+        (chosen("x", "http", Some(&"x".repeat(64)), None), StatusCode::BAD_REQUEST, "one DNS label"),
+        (chosen("x", "http", Some("ns1"), None), StatusCode::BAD_REQUEST, "reserved"),
+        (chosen("x", "http", Some("www"), None), StatusCode::BAD_REQUEST, "reserved"),
+        (chosen("x", "tcp", None, Some(19999)), StatusCode::BAD_REQUEST, "outside the cluster's range"),
+        (chosen("x", "http", None, Some(20001)), StatusCode::UNPROCESSABLE_ENTITY, "tcp and tls sockets"),
+    ] {
+        let (code, msg) = status(b.create_socket(&req).await);
+        assert_eq!(code, want, "{msg}");
+        assert!(msg.contains(why), "{msg} should say {why}");
+    }
+    assert_eq!(c.converged().await.digest, before.digest, "refused requests changed nothing");
+
+    // Deleted, the name is anyone's again.
+    a.delete_socket(&demo.socket_id).await.unwrap();
+    assert_eq!(b.create_socket(&chosen("x", "http", Some("demo"), None)).await.unwrap().dnsname, "demo.localhost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_are_isolated() {
     let c = TestCluster::builder().start().await;
     let (a, a_id) = logged_in(&c, 1, 1).await;

@@ -158,6 +158,10 @@ pub struct NodeRecord {
     pub ssh_addr: String,
     pub http_addr: String,
     pub https_addr: String,
+    /// Where visitors reach the node's public ports: what the cluster's DNS answers while the
+    /// node is alive.
+    #[serde(default)]
+    pub public_ips: Vec<std::net::IpAddr>,
     /// Leader-driven liveness: false once the leader stops hearing from the node.
     pub alive: bool,
     pub changed_at_ms: u64,
@@ -197,6 +201,91 @@ impl fmt::Debug for ClusterConfig {
     }
 }
 
+/// What the cluster holds for ACME: the account at the CA, the challenges it is answering,
+/// the certificates it obtained, which node may order now, and the last failure. One row.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcmeState {
+    /// The ACME account's credentials (instant-acme's JSON: the account URL and its private
+    /// key). A secret: never printed.
+    pub account: Option<String>,
+    /// The directory URL the account belongs to.
+    pub directory: Option<String>,
+    /// DNS-01: TXT values the cluster's DNS serves at `_acme-challenge.<name>`, by name.
+    pub dns_challenges: std::collections::BTreeMap<String, Vec<String>>,
+    /// HTTP-01: key authorisations served at `/.well-known/acme-challenge/<token>`, by token.
+    pub http_challenges: std::collections::BTreeMap<String, String>,
+    /// Certificates by the name they were ordered for (`*.<domain>` or a custom domain).
+    pub certificates: std::collections::BTreeMap<String, Certificate>,
+    /// The node ordering certificates, until when (ms since the epoch); another node takes
+    /// over once it lapses.
+    pub lease: Option<(NodeId, u64)>,
+    /// The last failure per name: when and what (for the dashboard and `/metrics`).
+    pub failures: std::collections::BTreeMap<String, (u64, String)>,
+}
+
+impl fmt::Debug for AcmeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AcmeState")
+            .field("directory", &self.directory)
+            .field("certificates", &self.certificates.keys().collect::<Vec<_>>())
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A certificate the cluster obtained over ACME.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Certificate {
+    /// PEM chain, leaf first.
+    pub chain_pem: String,
+    /// PEM private key. A secret: never printed.
+    pub key_pem: String,
+    pub not_before_ms: u64,
+    pub not_after_ms: u64,
+}
+
+impl fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Certificate").field("not_after_ms", &self.not_after_ms).finish_non_exhaustive()
+    }
+}
+
+/// A change to [`AcmeState`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AcmeChange {
+    /// Takes the ordering lease for `node_id` until `until_ms`, if nobody else holds one that
+    /// has not lapsed at the command's time.
+    Lease {
+        node_id: NodeId,
+        until_ms: u64,
+    },
+    /// The account at `directory` (replaces one at another directory).
+    Account {
+        directory: String,
+        credentials: String,
+    },
+    /// Starts (`Some`) or ends (`None`) serving a DNS-01 value for `name`.
+    DnsChallenge {
+        name: String,
+        value: String,
+        serve: bool,
+    },
+    /// Starts (`Some`) or ends (`None`) serving an HTTP-01 token.
+    HttpChallenge {
+        token: String,
+        key_authorization: Option<String>,
+    },
+    /// A certificate for `name`; clears the name's failure.
+    Issued {
+        name: String,
+        certificate: Certificate,
+    },
+    Failed {
+        name: String,
+        message: String,
+    },
+}
+
 /// Per-account limits, set by the proposing node's configuration and checked at apply time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SocketLimits {
@@ -222,6 +311,12 @@ pub struct NewSocket {
     pub dnsname_hint: String,
     /// Where to start looking for a free TCP port (tcp/tls only).
     pub port_hint: u16,
+    /// The user chose the label: `dnsname_hint` is taken as it is, or the socket is refused.
+    #[serde(default)]
+    pub label_chosen: bool,
+    /// The user chose the port: `port_hint` is taken as it is, or the socket is refused.
+    #[serde(default)]
+    pub port_chosen: bool,
     #[serde(flatten)]
     pub access: Access,
 }
@@ -306,6 +401,8 @@ pub enum Command {
     SetOperatorToken {
         hash: String,
     },
+    /// ACME state (accounts, challenges, certificates, the ordering lease).
+    Acme(AcmeChange),
     /// Several client requests in one log entry (group commit): applied in order, each with
     /// its own request id and clock, answered by [`Response::Batch`] in the same order. One
     /// entry instead of many saves Raft's per-entry work on every node.
@@ -365,6 +462,16 @@ impl fmt::Debug for Command {
                 write!(f, "ReleaseTunnel({tunnel_id}, node {node_id}, epoch {epoch})")
             }
             Command::SetOperatorToken { .. } => write!(f, "SetOperatorToken"),
+            Command::Acme(change) => match change {
+                AcmeChange::Lease { node_id, until_ms } => write!(f, "Acme(Lease({node_id}, {until_ms}))"),
+                AcmeChange::Account { directory, .. } => write!(f, "Acme(Account({directory}))"),
+                AcmeChange::DnsChallenge { name, serve, .. } => write!(f, "Acme(DnsChallenge({name}, {serve}))"),
+                AcmeChange::HttpChallenge { key_authorization, .. } => {
+                    write!(f, "Acme(HttpChallenge({}))", key_authorization.is_some())
+                }
+                AcmeChange::Issued { name, .. } => write!(f, "Acme(Issued({name}))"),
+                AcmeChange::Failed { name, .. } => write!(f, "Acme(Failed({name}))"),
+            },
             Command::Batch(list) => f.debug_list().entries(list.iter().map(|r| &r.cmd)).finish(),
         }
     }
@@ -463,6 +570,8 @@ mod tests {
             socket_type: SocketType::Http,
             dnsname_hint: "brave-otter-0001".into(),
             port_hint: 0,
+            label_chosen: false,
+            port_chosen: false,
             access: Access {
                 protected: true,
                 protected_username: Some("bob".into()),

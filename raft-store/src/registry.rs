@@ -35,6 +35,7 @@ pub enum RowKey {
     Node(NodeId),
     Retired(NodeId),
     Request(String),
+    Acme,
 }
 
 impl RowKey {
@@ -49,6 +50,7 @@ impl RowKey {
             RowKey::Node(id) => format!("node/{id:020}"),
             RowKey::Retired(id) => format!("retired/{id:020}"),
             RowKey::Request(id) => format!("req/{id}"),
+            RowKey::Acme => "acme".to_string(),
         }
     }
 
@@ -66,6 +68,7 @@ impl RowKey {
             "node" => RowKey::Node(num()?),
             "retired" => RowKey::Retired(num()?),
             "req" => RowKey::Request(key.to_string()),
+            "acme" => RowKey::Acme,
             _ => return None,
         })
     }
@@ -99,6 +102,7 @@ pub struct Registry {
     epochs: BTreeMap<Uuid, u64>,
     nodes: BTreeMap<NodeId, NodeRecord>,
     retired: BTreeSet<NodeId>,
+    acme: AcmeState,
     answered: BTreeMap<String, Answered>,
     next_seq: u64,
     /// Index of the last log entry applied to this registry (not a row: kept in the state
@@ -242,6 +246,17 @@ impl Registry {
         self.nodes.values()
     }
 
+    pub fn acme(&self) -> &AcmeState {
+        &self.acme
+    }
+
+    /// The DNS-01 values served at `_acme-challenge.<owner>` (`owner` in the zone of `domain`,
+    /// without it; the apex is `domain` itself). The wildcard's are served at the apex's.
+    pub fn acme_challenges(&self, owner: &str, domain: &str) -> Vec<String> {
+        let name = if owner == domain { domain.to_string() } else { format!("{owner}.{domain}") };
+        self.acme.dns_challenges.get(&name).cloned().unwrap_or_default()
+    }
+
     pub fn is_retired(&self, node_id: NodeId) -> bool {
         self.retired.contains(&node_id)
     }
@@ -353,6 +368,7 @@ impl Registry {
                 }
                 Ok(Response::Released(self.release_node(*node_id, dirty)))
             }
+            Command::Acme(change) => self.apply_acme(change, now, dirty),
             Command::CreateAccount { user_id, name, email, password_hash, sshkey, max_accounts } => {
                 let user_name = user_id.simple().to_string();
                 if let Some(max) = max_accounts {
@@ -465,6 +481,49 @@ impl Registry {
         }
     }
 
+    fn apply_acme(&mut self, change: &AcmeChange, now: u64, dirty: &mut Dirty) -> Result<Response, Rejection> {
+        let a = &mut self.acme;
+        match change {
+            AcmeChange::Lease { node_id, until_ms } => match a.lease {
+                Some((holder, until)) if holder != *node_id && until > now => {
+                    return Err(Rejection::Conflict(format!("node {holder} holds the ACME lease")));
+                }
+                _ => a.lease = Some((*node_id, *until_ms)),
+            },
+            AcmeChange::Account { directory, credentials } => {
+                a.directory = Some(directory.clone());
+                a.account = Some(credentials.clone());
+            }
+            AcmeChange::DnsChallenge { name, value, serve } => {
+                let values = a.dns_challenges.entry(name.clone()).or_default();
+                values.retain(|v| v != value);
+                if *serve {
+                    values.push(value.clone());
+                }
+                if values.is_empty() {
+                    a.dns_challenges.remove(name);
+                }
+            }
+            AcmeChange::HttpChallenge { token, key_authorization } => match key_authorization {
+                Some(k) => {
+                    a.http_challenges.insert(token.clone(), k.clone());
+                }
+                None => {
+                    a.http_challenges.remove(token);
+                }
+            },
+            AcmeChange::Issued { name, certificate } => {
+                a.failures.remove(name);
+                a.certificates.insert(name.clone(), certificate.clone());
+            }
+            AcmeChange::Failed { name, message } => {
+                a.failures.insert(name.clone(), (now, message.clone()));
+            }
+        }
+        dirty.insert(RowKey::Acme);
+        Ok(Response::Done)
+    }
+
     fn owned_socket(&self, user_id: &Uuid, socket_id: &Uuid) -> Result<&Socket, Rejection> {
         match self.sockets.get(socket_id) {
             Some(s) if &s.user_id == user_id => Ok(s),
@@ -507,8 +566,29 @@ impl Registry {
             return Err(Rejection::Limit(format!("an account may have at most {max} {kind} sockets")));
         }
 
-        let dnsname = self.free_dnsname(&new.dnsname_hint, &domain)?;
-        let port = if tcp_kind { Some(self.free_port(new.port_hint, pmin, pmax)?) } else { None };
+        let dnsname = if new.label_chosen {
+            let name = format!("{}.{domain}", new.dnsname_hint.to_ascii_lowercase());
+            if self.dnsnames.contains_key(&name) {
+                return Err(Rejection::Conflict(format!("the name {name} is taken")));
+            }
+            name
+        } else {
+            self.free_dnsname(&new.dnsname_hint, &domain)?
+        };
+        let port = match (tcp_kind, new.port_chosen) {
+            (false, _) => None,
+            (true, false) => Some(self.free_port(new.port_hint, pmin, pmax)?),
+            (true, true) if !(pmin..=pmax).contains(&new.port_hint) => {
+                return Err(Rejection::Invalid(format!(
+                    "port {} is outside the cluster's range {pmin}-{pmax}",
+                    new.port_hint
+                )));
+            }
+            (true, true) if self.ports.contains_key(&new.port_hint) => {
+                return Err(Rejection::Conflict(format!("port {} is taken", new.port_hint)));
+            }
+            (true, true) => Some(new.port_hint),
+        };
 
         let socket = Socket {
             socket_id: new.socket_id,
@@ -649,6 +729,7 @@ impl Registry {
             RowKey::Node(id) => j(self.nodes.get(id)),
             RowKey::Retired(id) => self.retired.contains(id).then(|| "true".to_string()),
             RowKey::Request(id) => j(self.answered.get(id)),
+            RowKey::Acme => (self.acme != AcmeState::default()).then(|| j(Some(&self.acme))).flatten(),
         }
     }
 
@@ -664,6 +745,7 @@ impl Registry {
         keys.extend(self.nodes.keys().map(|k| RowKey::Node(*k)));
         keys.extend(self.retired.iter().map(|k| RowKey::Retired(*k)));
         keys.extend(self.answered.keys().map(|k| RowKey::Request(k.clone())));
+        keys.push(RowKey::Acme);
         let mut rows: Vec<(String, String)> =
             keys.iter().filter_map(|k| self.row(k).map(|v| (k.encode(), v))).collect();
         rows.sort();
@@ -703,6 +785,7 @@ impl Registry {
                 RowKey::Request(id) => {
                     r.answered.insert(id, p(k, v)?);
                 }
+                RowKey::Acme => r.acme = p(k, v)?,
             }
         }
         r.reindex();

@@ -59,8 +59,8 @@ fn arb_cmd() -> impl Strategy<Value = Command> {
             sshkey: "k".into(),
             max_accounts: None,
         }),
-        (0u8..4, 0u8..8, stems, 0u16..3, types, 0u16..8, prop::option::of((0u8..12, 0u16..4))).prop_map(
-            |(u, s, stem, d, t, ph, first)| Command::CreateSocket {
+        (0u8..4, 0u8..8, stems, 0u16..3, types, 0u16..8, prop::option::of((0u8..12, 0u16..4)), any::<(bool, bool)>())
+            .prop_map(|(u, s, stem, d, t, ph, first, (label_chosen, port_chosen))| Command::CreateSocket {
                 user_id: uid(u),
                 socket: NewSocket {
                     socket_id: sid(s),
@@ -68,12 +68,13 @@ fn arb_cmd() -> impl Strategy<Value = Command> {
                     socket_type: t,
                     dnsname_hint: format!("{stem}-{d:04}"),
                     port_hint: PORT_MIN + ph,
+                    label_chosen,
+                    port_chosen,
                     access: Access::default(),
                 },
                 limits: limits(),
                 first_tunnel: first.map(|(t, p)| NewTunnel { tunnel_id: tid(t), local_port_hint: 10_000 + p }),
-            }
-        ),
+            }),
         (0u8..4, 0u8..8).prop_map(|(u, s)| Command::DeleteSocket { user_id: uid(u), socket_id: sid(s) }),
         (0u8..4, 0u8..8, 0u8..12, 0u16..4).prop_map(|(u, s, t, p)| Command::CreateTunnel {
             user_id: uid(u),
@@ -104,6 +105,7 @@ fn arb_cmd() -> impl Strategy<Value = Command> {
             ssh_addr: String::new(),
             http_addr: String::new(),
             https_addr: String::new(),
+            public_ips: vec![std::net::Ipv4Addr::new(127, 0, 0, n as u8).into()],
             alive: true,
             changed_at_ms: 0,
         })),
@@ -280,6 +282,8 @@ fn deleting_a_socket_frees_name_port_and_tunnels() {
             socket_type: SocketType::Tcp,
             dnsname_hint: "brave-otter-0001".into(),
             port_hint: PORT_MIN,
+            label_chosen: false,
+            port_chosen: false,
             access: Access::default(),
         },
         limits: limits(),
@@ -336,6 +340,8 @@ fn newest_claim_wins_and_only_the_holder_releases() {
                 socket_type: SocketType::Http,
                 dnsname_hint: "a-b-0000".into(),
                 port_hint: 0,
+                label_chosen: false,
+                port_chosen: false,
                 access: Access::default(),
             },
             limits: limits(),
@@ -369,6 +375,7 @@ fn newest_claim_wins_and_only_the_holder_releases() {
             ssh_addr: String::new(),
             http_addr: String::new(),
             https_addr: String::new(),
+            public_ips: Vec::new(),
             alive: true,
             changed_at_ms: 0,
         })),
@@ -407,4 +414,65 @@ fn the_account_cap_holds_and_an_operator_token_is_given_once() {
     assert!(matches!(r.apply(&acct(2), &mut d), Response::Account(_)));
     assert!(matches!(r.apply(&acct(3), &mut d), Response::Rejected(Rejection::Limit(_))));
     assert!(r.account(&uid(3)).is_none());
+}
+
+#[test]
+fn a_chosen_name_or_port_is_taken_exactly_or_refused_changing_nothing() {
+    let mut r = Registry::default();
+    let mut d = Dirty::new();
+    let q = |cmd| Request { request_id: None, at_ms: 0, cmd };
+    r.apply(&bootstrap(), &mut d);
+    for u in [1, 2] {
+        r.apply(
+            &q(Command::CreateAccount {
+                user_id: uid(u),
+                name: "n".into(),
+                email: format!("{u}@x.io"),
+                password_hash: "h".into(),
+                sshkey: "k".into(),
+                max_accounts: None,
+            }),
+            &mut d,
+        );
+    }
+    let mk = |u: u8, s: u8, t: SocketType, label: &str, port: Option<u16>| {
+        q(Command::CreateSocket {
+            user_id: uid(u),
+            socket: NewSocket {
+                socket_id: sid(s),
+                name: "s".into(),
+                socket_type: t,
+                dnsname_hint: label.into(),
+                port_hint: port.unwrap_or(PORT_MIN),
+                label_chosen: true,
+                port_chosen: port.is_some(),
+                access: Access::default(),
+            },
+            limits: limits(),
+            first_tunnel: None,
+        })
+    };
+    let Response::Socket(demo) = r.apply(&mk(1, 1, SocketType::Http, "Demo", None), &mut d) else { panic!() };
+    assert_eq!(demo.socket.dnsname, "demo.localhost", "the label as chosen, in lower case");
+    let Response::Socket(db) = r.apply(&mk(1, 2, SocketType::Tcp, "db", Some(PORT_MAX)), &mut d) else { panic!() };
+    assert_eq!(db.socket.port, Some(PORT_MAX));
+
+    let before = r.digest();
+    let refused = [
+        (mk(2, 3, SocketType::Http, "demo", None), "the name demo.localhost is taken"),
+        (mk(2, 3, SocketType::Tls, "other", Some(PORT_MAX)), "port 20003 is taken"),
+        (mk(2, 3, SocketType::Tcp, "other", Some(PORT_MAX + 1)), "outside the cluster's range"),
+    ];
+    for (cmd, why) in refused {
+        match r.apply(&cmd, &mut d) {
+            Response::Rejected(rej) => assert!(rej.to_string().contains(why), "{rej} for {why}"),
+            other => panic!("{why}: {other:?}"),
+        }
+    }
+    assert_eq!(r.digest(), before, "a refused claim changes nothing");
+
+    // Deleting the socket frees the name for anyone.
+    r.apply(&q(Command::DeleteSocket { user_id: uid(1), socket_id: sid(1) }), &mut d);
+    let Response::Socket(again) = r.apply(&mk(2, 3, SocketType::Http, "demo", None), &mut d) else { panic!() };
+    assert_eq!((again.socket.dnsname.as_str(), again.socket.user_id), ("demo.localhost", uid(2)));
 }

@@ -107,6 +107,7 @@ impl Builder {
         self
     }
 
+    /// A flag every node gets; `{ip}` in it is replaced by the node's address.
     pub fn arg(mut self, a: &str) -> Self {
         self.extra.push(a.to_string());
         self
@@ -225,7 +226,7 @@ impl TestCluster {
             // sets its own after these.
             .args(["--login-rate", "100000", "--signup-rate", "1000000", "--write-rate", "100000"])
             .args(["--max-connections-per-source", "100000"])
-            .args(&self.extra)
+            .args(self.extra.iter().map(|a| a.replace("{ip}", &ip)))
             .args(&args)
             .env_remove("MYSOCKET_CONFIG")
             .stdin(Stdio::null())

@@ -140,12 +140,29 @@ fn new_socket(node: &NodeRef, req: &SocketCreate) -> ApiResult<NewSocket> {
     };
     let access = crate::api::access::for_create(node, socket_type, req)?;
     let (pmin, pmax) = node.config.tcp_ports;
+    let label = req.subdomain.as_deref().map(validate::subdomain).transpose()?;
+    if let Some(p) = req.port {
+        if !socket_type.needs_port() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "port applies to tcp and tls sockets; {} sockets answer on the cluster's HTTP and HTTPS ports",
+                    socket_type.as_str()
+                ),
+            ));
+        }
+        if !(pmin..=pmax).contains(&p) {
+            return Err(ApiError::bad(format!("port {p} is outside the cluster's range {pmin}-{pmax}")));
+        }
+    }
     Ok(NewSocket {
         socket_id: Uuid::new_v4(),
         name,
         socket_type,
-        dnsname_hint: dnsname_hint(),
-        port_hint: rand::thread_rng().gen_range(pmin..=pmax),
+        label_chosen: label.is_some(),
+        dnsname_hint: label.unwrap_or_else(dnsname_hint),
+        port_chosen: req.port.is_some(),
+        port_hint: req.port.unwrap_or_else(|| rand::thread_rng().gen_range(pmin..=pmax)),
         access,
     })
 }

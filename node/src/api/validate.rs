@@ -19,6 +19,50 @@ pub fn name(s: &str) -> Result<String, ApiError> {
     Ok(s.to_string())
 }
 
+/// Labels a user may not choose: the cluster's own names (its name servers among them) and
+/// names people take for the operator's.
+const RESERVED_LABELS: &[&str] = &[
+    "www",
+    "api",
+    "admin",
+    "console",
+    "dashboard",
+    "mail",
+    "smtp",
+    "imap",
+    "pop",
+    "autoconfig",
+    "autodiscover",
+    "localhost",
+    "mysocket",
+    "status",
+    "cluster",
+    "edge",
+    "acme",
+    "wildcard",
+];
+
+/// A chosen subdomain: one DNS label in lower case, not reserved. Names of the cluster's name
+/// servers (`ns`, `ns1`, `ns2`, ...) are reserved too.
+pub fn subdomain(s: &str) -> Result<String, ApiError> {
+    let label = s.trim().to_ascii_lowercase();
+    let shape = !label.is_empty()
+        && label.len() <= 63
+        && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !label.starts_with('-')
+        && !label.ends_with('-');
+    if !shape {
+        return Err(ApiError::bad(format!(
+            "subdomain {s:?} must be one DNS label: 1 to 63 letters, digits and hyphens, not starting or ending with a hyphen"
+        )));
+    }
+    let name_server = label.strip_prefix("ns").is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+    if name_server || RESERVED_LABELS.contains(&label.as_str()) {
+        return Err(ApiError::bad(format!("subdomain {label:?} is reserved; choose another")));
+    }
+    Ok(label)
+}
+
 pub fn email(s: &str) -> Result<String, ApiError> {
     let s = s.trim();
     let err = || ApiError::bad(format!("{s:?} is not a valid email address"));

@@ -188,6 +188,19 @@ pub struct Settings {
     /// eight hours).
     #[arg(long, env = "MYSOCKET_OIDC_SESSION_SECS")]
     pub oidc_session_secs: Option<u64>,
+    /// Authoritative DNS for the cluster's domain, UDP and TCP, on this address (port 53 in
+    /// production; the local cluster uses 5353). Off when not given.
+    #[arg(long, env = "MYSOCKET_DNS_LISTEN")]
+    pub dns_listen: Option<SocketAddr>,
+    /// DNS queries a second one source address may send (a burst of as many at once) before
+    /// its queries are dropped unanswered (default 100).
+    #[arg(long, env = "MYSOCKET_DNS_RATE_LIMIT")]
+    pub dns_rate_limit: Option<u32>,
+    /// The addresses visitors reach this node's public ports at, comma separated (IPv4 and
+    /// IPv6): what the cluster's DNS answers for its names while this node is live. Default:
+    /// the public HTTP listener's address, unless it binds all interfaces.
+    #[arg(long, env = "MYSOCKET_PUBLIC_IP", value_delimiter = ',')]
+    pub public_ip: Option<Vec<std::net::IpAddr>>,
     /// Log filter, e.g. `info` or `mysocket_node=debug` (default info).
     #[arg(long, env = "MYSOCKET_LOG")]
     pub log: Option<String>,
@@ -348,6 +361,43 @@ pub struct Config {
     pub snapshot_chunk: usize,
     /// The identity provider of cloud authentication, if the operator gave one.
     pub oidc: Option<Oidc>,
+    /// Where visitors reach this node, as the cluster's DNS lists it (may be empty: then no
+    /// name of the cluster points here).
+    pub public_ips: Vec<std::net::IpAddr>,
+    /// The authoritative DNS server, if this node runs one.
+    pub dns: Option<Dns>,
+}
+
+/// `--dns-listen` and its rate limit.
+#[derive(Clone, Debug)]
+pub struct Dns {
+    pub listen: SocketAddr,
+    /// Queries a second per source address.
+    pub rate_limit: u32,
+}
+
+/// `--public-ip`, or the public HTTP listener's address; `--dns-listen` with its limit.
+fn dns(s: &Settings, http_addr: SocketAddr) -> Result<(Vec<std::net::IpAddr>, Option<Dns>), ConfigError> {
+    let public_ips = match &s.public_ip {
+        Some(ips) => {
+            if let Some(ip) = ips.iter().find(|ip| ip.is_unspecified() || ip.is_multicast()) {
+                return Err(bad(format!("--public-ip {ip} is not an address visitors can reach")));
+            }
+            ips.clone()
+        }
+        None if http_addr.ip().is_unspecified() => Vec::new(),
+        None => vec![http_addr.ip()],
+    };
+    let rate_limit = s.dns_rate_limit.unwrap_or(100);
+    if rate_limit == 0 {
+        return Err(bad("--dns-rate-limit must be at least 1 query a second"));
+    }
+    let dns = match s.dns_listen {
+        Some(listen) => Some(Dns { listen, rate_limit }),
+        None if s.dns_rate_limit.is_some() => return Err(bad("--dns-rate-limit needs --dns-listen")),
+        None => None,
+    };
+    Ok((public_ips, dns))
 }
 
 /// The cluster's OpenID Connect provider, as the operator configured it.
@@ -755,6 +805,7 @@ impl Config {
         let limits = Limits::from(&s)?;
         let (api_tls, internal_tls, public_tls) = tls(&s)?;
         let (heartbeat, election_timeout, snapshot_threshold, snapshot_chunk) = raft(&s)?;
+        let (public_ips, dns) = dns(&s, listen.http_addr)?;
         Ok(Config {
             id,
             data_dir,
@@ -791,6 +842,8 @@ impl Config {
             planted_bug: s.planted_bug.clone(),
             snapshot_chunk,
             oidc: oidc(&s)?,
+            public_ips,
+            dns,
         })
     }
 

@@ -199,7 +199,9 @@ async fn duty_pass(
                     Some(t) => t.elapsed() > LIVENESS_TIMEOUT,
                     None => since.elapsed() > LIVENESS_TIMEOUT,
                 };
-                let holds = node.read(|r| r.sessions_on(*id) > 0);
+                // Released once: holding sessions, or still listed as alive (which the
+                // cluster's DNS answers with).
+                let holds = node.read(|r| r.sessions_on(*id) > 0 || r.node(*id).is_some_and(|n| n.alive));
                 if *id != node.id && silent && holds {
                     // Proposed here, never forwarded: a leader that lost its term meanwhile
                     // (paused, then resumed to find a new leader) must not have the new leader
@@ -240,6 +242,7 @@ async fn duty_pass(
         ssh_addr: cfg.advertised(cfg.ssh_addr),
         http_addr: cfg.advertised(cfg.http_addr),
         https_addr: cfg.advertised(cfg.https_addr),
+        public_ips: cfg.public_ips.clone(),
         alive: true,
         changed_at_ms: 0,
     };
@@ -251,6 +254,7 @@ async fn duty_pass(
                 && n.ssh_addr == me.ssh_addr
                 && n.http_addr == me.http_addr
                 && n.https_addr == me.https_addr
+                && n.public_ips == me.public_ips
         })
     });
     if registered != Some(true) && !node.read(|r| r.is_retired(node.id)) {

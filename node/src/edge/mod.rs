@@ -5,10 +5,11 @@
 //! a relay to its holder — and pools idle connections; [`http`] forwards requests (headers,
 //! pages, the hand-written HTTP/1 path and hyper's); [`log`] writes the tunnel owner's access
 //! log; [`certs`] presents the cluster's certificates; [`relay`] serves relays other nodes open
-//! to tunnels held here.
+//! to tunnels held here; [`dns`] answers for the cluster's domain with the live nodes.
 
 pub mod certs;
 pub mod cloud;
+pub mod dns;
 pub mod http;
 pub mod listen;
 pub mod log;

@@ -159,7 +159,7 @@ pub fn authorized_by(key: &str, s: &Socket, authorization: Option<&[u8]>) -> boo
 
 /// The bucket a visitor counts against: its IPv4 address, or its IPv6 /64 (one host's or one
 /// customer's network, where every address of the /64 is the visitor's to pick).
-fn visitor_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn visitor_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
         v4 => v4,

@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - `access`: address lists, rate limits and cloud authentication (a real OpenID provider).
+//! - `dns`: the cluster's authoritative DNS, asked with `dig` on every node.
 //! - `tunnel`: `ssh -R` claims a socket's tunnel; who may, where, how many, and which wins.
 //! - `failover`: a holder killed, paused, restarted or cut off from the majority.
 //! - `relay`: nodes relaying to the holder, bodies and upgrades across, upstream reuse.
@@ -15,6 +16,7 @@
 //! - `support`: tunnels, requests and metrics the tests share.
 
 mod access;
+mod dns;
 mod failover;
 mod garbage;
 mod http;
