@@ -482,13 +482,19 @@ impl Registry {
     }
 
     fn apply_acme(&mut self, change: &AcmeChange, now: u64, dirty: &mut Dirty) -> Result<Response, Rejection> {
+        // A lease lapses at its time, or when its holder is marked dead or removed.
+        let live = |id: &NodeId| self.nodes.get(id).is_some_and(|n| n.alive) && !self.retired.contains(id);
+        let held_elsewhere = match (self.acme.lease, change) {
+            (Some((holder, until)), AcmeChange::Lease { node_id, .. }) => {
+                (holder != *node_id && until > now && live(&holder)).then_some(holder)
+            }
+            _ => None,
+        };
         let a = &mut self.acme;
         match change {
-            AcmeChange::Lease { node_id, until_ms } => match a.lease {
-                Some((holder, until)) if holder != *node_id && until > now => {
-                    return Err(Rejection::Conflict(format!("node {holder} holds the ACME lease")));
-                }
-                _ => a.lease = Some((*node_id, *until_ms)),
+            AcmeChange::Lease { node_id, until_ms } => match held_elsewhere {
+                Some(holder) => return Err(Rejection::Conflict(format!("node {holder} holds the ACME lease"))),
+                None => a.lease = Some((*node_id, *until_ms)),
             },
             AcmeChange::Account { directory, credentials } => {
                 a.directory = Some(directory.clone());

@@ -201,6 +201,18 @@ pub struct Settings {
     /// the public HTTP listener's address, unless it binds all interfaces.
     #[arg(long, env = "MYSOCKET_PUBLIC_IP", value_delimiter = ',')]
     pub public_ip: Option<Vec<std::net::IpAddr>>,
+    /// ACME directory URL (RFC 8555), e.g. Let's Encrypt's: the cluster obtains a wildcard
+    /// certificate for `*.DOMAIN` and DOMAIN over DNS-01 answered by its own DNS, and one per
+    /// custom domain over HTTP-01, and renews them. Needs --acme-email.
+    #[arg(long, env = "MYSOCKET_ACME_DIRECTORY")]
+    pub acme_directory: Option<String>,
+    /// Contact email of the cluster's ACME account.
+    #[arg(long, env = "MYSOCKET_ACME_EMAIL")]
+    pub acme_email: Option<String>,
+    /// PEM file of the CA that signed the ACME server's own HTTPS certificate (a test CA such
+    /// as Pebble's); default: the system's roots.
+    #[arg(long, env = "MYSOCKET_ACME_CA_ROOT")]
+    pub acme_ca_root: Option<PathBuf>,
     /// Log filter, e.g. `info` or `mysocket_node=debug` (default info).
     #[arg(long, env = "MYSOCKET_LOG")]
     pub log: Option<String>,
@@ -366,6 +378,41 @@ pub struct Config {
     pub public_ips: Vec<std::net::IpAddr>,
     /// The authoritative DNS server, if this node runs one.
     pub dns: Option<Dns>,
+    /// Certificates over ACME, if the operator gave a directory.
+    pub acme: Option<Acme>,
+}
+
+/// `--acme-directory`, `--acme-email`, `--acme-ca-root`.
+#[derive(Clone, Debug)]
+pub struct Acme {
+    pub directory: String,
+    pub email: String,
+    pub ca_root: Option<PathBuf>,
+}
+
+fn acme(s: &Settings) -> Result<Option<Acme>, ConfigError> {
+    let Some(directory) = s.acme_directory.as_deref().map(str::trim) else {
+        if s.acme_email.is_some() || s.acme_ca_root.is_some() {
+            return Err(bad("--acme-email and --acme-ca-root need --acme-directory"));
+        }
+        return Ok(None);
+    };
+    let host = directory.strip_prefix("https://").or_else(|| directory.strip_prefix("http://"));
+    if host.is_none_or(|h| h.is_empty() || h.contains(char::is_whitespace)) {
+        return Err(bad(format!("--acme-directory {directory:?} is not an http(s) URL")));
+    }
+    let email = s.acme_email.as_deref().map(str::trim).unwrap_or_default();
+    let (local, domain) = email.split_once('@').unwrap_or_default();
+    if local.is_empty() || !domain.contains('.') || email.contains(char::is_whitespace) {
+        return Err(bad("--acme-directory needs --acme-email, the ACME account's contact (an email address)"));
+    }
+    if let Some(p) = &s.acme_ca_root {
+        let pem = std::fs::read(p).map_err(|e| bad(format!("cannot read --acme-ca-root {}: {e}", p.display())))?;
+        if tls::pem_certs(&pem).map(|c| c.is_empty()).unwrap_or(true) {
+            return Err(bad(format!("--acme-ca-root {} holds no PEM certificate", p.display())));
+        }
+    }
+    Ok(Some(Acme { directory: directory.to_string(), email: email.to_string(), ca_root: s.acme_ca_root.clone() }))
 }
 
 /// `--dns-listen` and its rate limit.
@@ -844,6 +891,7 @@ impl Config {
             oidc: oidc(&s)?,
             public_ips,
             dns,
+            acme: acme(&s)?,
         })
     }
 

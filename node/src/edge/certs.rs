@@ -47,6 +47,9 @@ pub struct SniCerts {
     /// The operator's certificate, served for every name when given.
     operator: Option<Arc<CertifiedKey>>,
     cache: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    /// Certificates obtained over ACME, parsed, by their name in the registry, with the expiry
+    /// they were parsed at (a renewal replaces them).
+    acme: Mutex<HashMap<String, (u64, Arc<CertifiedKey>)>>,
 }
 
 impl std::fmt::Debug for SniCerts {
@@ -77,7 +80,41 @@ impl SniCerts {
             fallback,
             operator,
             cache: Mutex::new(HashMap::new()),
+            acme: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The unexpired ACME certificate for `name`: its own (a custom domain), or the cluster's
+    /// wildcard for the apex and the names one label below it.
+    fn acme_cert(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let under = name == self.domain || name.split_once('.').is_some_and(|(_, parent)| parent == self.domain);
+        let wildcard = under.then(|| crate::edge::acme::wildcard(&self.domain));
+        let now = crate::control::now_ms();
+        let (key, not_after) = self.node.read(|r| {
+            let certs = &r.acme().certificates;
+            [Some(name.to_string()), wildcard]
+                .into_iter()
+                .flatten()
+                .find_map(|k| certs.get(&k).filter(|c| c.not_after_ms > now).map(|c| (k, c.not_after_ms)))
+        })?;
+        if let Some((at, c)) = self.acme.lock().expect("acme certs").get(&key) {
+            if *at == not_after {
+                return Some(c.clone());
+            }
+        }
+        let (chain, pem) =
+            self.node.read(|r| r.acme().certificates.get(&key).map(|c| (c.chain_pem.clone(), c.key_pem.clone())))?;
+        let parsed = pem_certs(chain.as_bytes()).and_then(|chain| certified(chain, &pem_key(pem.as_bytes())?));
+        match parsed {
+            Ok(c) => {
+                self.acme.lock().expect("acme certs").insert(key, (not_after, c.clone()));
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!(name = %key, error = %e, "the ACME certificate does not load; serving the cluster CA's");
+                None
+            }
+        }
     }
 
     fn mint(&self, name: &str) -> Result<Arc<CertifiedKey>, String> {
@@ -96,6 +133,9 @@ impl ResolvesServerCert for SniCerts {
             return Some(c.clone());
         }
         let Some(name) = hello.server_name().map(str::to_ascii_lowercase) else { return Some(self.fallback.clone()) };
+        if let Some(c) = self.acme_cert(&name) {
+            return Some(c);
+        }
         if let Some(c) = self.cache.lock().expect("cert cache").get(&name) {
             return Some(c.clone());
         }

@@ -4,9 +4,10 @@
 //! decided, for every path), with [`cloud`] for the identity provider's logins; [`upstream`] finds the way to the service — a tunnel held here or
 //! a relay to its holder — and pools idle connections; [`http`] forwards requests (headers,
 //! pages, the hand-written HTTP/1 path and hyper's); [`log`] writes the tunnel owner's access
-//! log; [`certs`] presents the cluster's certificates; [`relay`] serves relays other nodes open
+//! log; [`certs`] presents the cluster's certificates, [`acme`] obtains them from a public CA; [`relay`] serves relays other nodes open
 //! to tunnels held here; [`dns`] answers for the cluster's domain with the live nodes.
 
+pub mod acme;
 pub mod certs;
 pub mod cloud;
 pub mod dns;

@@ -5,6 +5,7 @@
 //! # Layout
 //! - `access`: address lists, rate limits and cloud authentication (a real OpenID provider).
 //! - `dns`: the cluster's authoritative DNS, asked with `dig` on every node.
+//! - `acme`: certificates from Pebble over DNS-01, renewed, and renewed again after a kill.
 //! - `tunnel`: `ssh -R` claims a socket's tunnel; who may, where, how many, and which wins.
 //! - `failover`: a holder killed, paused, restarted or cut off from the majority.
 //! - `relay`: nodes relaying to the holder, bodies and upgrades across, upstream reuse.
@@ -16,6 +17,7 @@
 //! - `support`: tunnels, requests and metrics the tests share.
 
 mod access;
+mod acme;
 mod dns;
 mod failover;
 mod garbage;
