@@ -169,6 +169,10 @@ pub struct SocketCreate {
     /// taken); absent: a free one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// A domain of your own (`app.example.com`) the socket answers to once you prove control
+    /// of it (see `custom_domain` in the answer); unique in the cluster (409 when claimed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_domain: Option<String>,
 }
 
 /// `PATCH /socket/{socket_id}`: the access rules to change; absent fields stay as they are.
@@ -193,6 +197,26 @@ pub struct SocketUpdate {
     pub ip_deny: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<u32>,
+    /// Claims this custom domain instead of the socket's current one (unverified until the
+    /// proof is found); an empty value gives it up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_domain: Option<String>,
+}
+
+/// A socket's custom domain and how to prove control of it: either DNS record below, at the
+/// domain's own DNS provider. The cluster looks for it every few seconds.
+#[derive(utoipa::ToSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomDomain {
+    pub name: String,
+    /// True once the proof was found: the domain then routes to the socket on every node and
+    /// gets a certificate.
+    pub verified: bool,
+    /// A TXT record of this name ...
+    pub txt_name: String,
+    /// ... holding this value;
+    pub txt_value: String,
+    /// or a CNAME from `name` to this (the socket's name).
+    pub cname_target: String,
 }
 
 /// A socket as the API shows it.
@@ -221,6 +245,8 @@ pub struct Socket {
     /// Requests or new connections per second per visitor address; 0: no limit.
     #[serde(default)]
     pub rate_limit: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_domain: Option<CustomDomain>,
     pub tunnels: Vec<Tunnel>,
     pub user_name: String,
 }

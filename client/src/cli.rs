@@ -122,6 +122,10 @@ pub struct SocketSpec {
     /// tcp and tls sockets: the public port, from the cluster's range; default: a free one.
     #[arg(long = "public-port", alias = "public_port")]
     pub public_port: Option<u16>,
+    /// A domain of yours (app.example.com) the socket answers to once you prove control of it:
+    /// the command prints the DNS record to set.
+    #[arg(long)]
+    pub domain: Option<String>,
     /// http, https, tcp or tls.
     #[arg(long = "type", short = 't', default_value = "http")]
     pub socket_type: String,
@@ -194,6 +198,9 @@ pub struct SocketChange {
     /// Requests or new connections per second per visitor address; 0: no limit.
     #[arg(long = "rate-limit", alias = "rate_limit")]
     pub rate_limit: Option<u32>,
+    /// A custom domain to claim instead of the socket's current one ('' gives it up).
+    #[arg(long)]
+    pub domain: Option<String>,
 }
 
 /// An empty value given to a list flag (`--ip-allow ''`) clears the list.
@@ -213,6 +220,7 @@ impl From<SocketChange> for mysocket_api::SocketUpdate {
             ip_allow: cleared(c.ip_allow),
             ip_deny: cleared(c.ip_deny),
             rate_limit: c.rate_limit,
+            custom_domain: c.domain,
         }
     }
 }
@@ -233,6 +241,7 @@ impl From<SocketSpec> for SocketCreate {
             rate_limit: s.visitors.rate_limit.unwrap_or(0),
             subdomain: s.subdomain,
             port: s.public_port,
+            custom_domain: s.domain,
         }
     }
 }

@@ -56,13 +56,26 @@ pub fn sockets(socks: &[Socket]) -> String {
     t.render()
 }
 
+/// A socket, and what to do about its custom domain if it has one not verified yet.
 pub fn socket(s: &Socket) -> String {
-    sockets(std::slice::from_ref(s))
+    sockets(std::slice::from_ref(s)) + &domain(s)
 }
 
 /// A socket, its access rules, then its tunnels.
 pub fn socket_and_tunnels(s: &Socket) -> String {
     format!("{}\n{}\n{}", socket(s), access(s), tunnels(&s.tunnels))
+}
+
+/// The custom domain's state, with the DNS record that proves control of it while unverified.
+pub fn domain(s: &Socket) -> String {
+    match &s.custom_domain {
+        None => String::new(),
+        Some(d) if d.verified => format!("\nCUSTOM DOMAIN  {} (verified)\n", d.name),
+        Some(d) => format!(
+            "\nCUSTOM DOMAIN  {} (not verified yet). At your DNS provider, set either\n  {}  TXT    \"{}\"\n  {}  CNAME  {}\nThe cluster checks every few seconds; `mysocketctl socket show` tells when it is verified.\n",
+            d.name, d.txt_name, d.txt_value, d.name, d.cname_target
+        ),
+    }
 }
 
 /// Who may reach a socket, one rule a line, in the order the edge applies them.

@@ -246,6 +246,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     spawn_api(&node, listeners.api, &root, &tasks);
     let (n, stop) = (node.clone(), root.child_token());
     tasks.spawn(async move { crate::edge::acme::run(n, stop).await });
+    let (n, stop) = (node.clone(), root.child_token());
+    tasks.spawn(async move { crate::edge::domains::verify(n, stop).await });
     if let Some((udp, tcp)) = listeners.dns {
         let (n, stop) = (node.clone(), root.child_token());
         tasks.spawn(async move { crate::edge::dns::serve(n, udp, tcp, stop).await });

@@ -89,6 +89,20 @@ pub struct Socket {
     #[serde(flatten)]
     pub access: Access,
     pub created_at_ms: u64,
+    /// A name of the owner's (`app.example.com`) the socket also answers to once verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_domain: Option<CustomDomain>,
+}
+
+/// A custom domain of a socket: routed (HTTP by Host, HTTPS and tls by SNI) and given a
+/// certificate only once its owner has shown control of it, by a TXT record
+/// `_mysocket-challenge.<name>` holding `token` or a CNAME from `name` to the socket's name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomDomain {
+    /// Lower case, without the final dot.
+    pub name: String,
+    pub token: String,
+    pub verified: bool,
 }
 
 /// Who may reach a socket: the rules the edge applies on the node where a connection arrives,
@@ -319,6 +333,9 @@ pub struct NewSocket {
     pub port_chosen: bool,
     #[serde(flatten)]
     pub access: Access,
+    /// Claimed now, verified later.
+    #[serde(default)]
+    pub custom_domain: Option<CustomDomain>,
 }
 
 /// A new tunnel: its id and where to start looking for a free relay port.
@@ -372,6 +389,17 @@ pub enum Command {
         user_id: Uuid,
         socket_id: Uuid,
         access: Access,
+    },
+    /// Claims a custom domain for a socket (unverified), or gives it up (`None`).
+    SetSocketDomain {
+        user_id: Uuid,
+        socket_id: Uuid,
+        domain: Option<CustomDomain>,
+    },
+    /// The leader found the proof of control of a socket's custom domain `name`.
+    VerifyDomain {
+        socket_id: Uuid,
+        name: String,
     },
     CreateTunnel {
         user_id: Uuid,
@@ -449,6 +477,8 @@ impl fmt::Debug for Command {
             }
             Command::DeleteSocket { user_id, socket_id } => write!(f, "DeleteSocket({user_id}, {socket_id})"),
             Command::SetSocketAccess { user_id, socket_id, .. } => write!(f, "SetSocketAccess({user_id}, {socket_id})"),
+            Command::SetSocketDomain { user_id, socket_id, .. } => write!(f, "SetSocketDomain({user_id}, {socket_id})"),
+            Command::VerifyDomain { socket_id, name } => write!(f, "VerifyDomain({socket_id}, {name})"),
             Command::CreateTunnel { user_id, socket_id, tunnel, .. } => {
                 write!(f, "CreateTunnel({user_id}, {socket_id}, {})", tunnel.tunnel_id)
             }
@@ -572,6 +602,7 @@ mod tests {
             port_hint: 0,
             label_chosen: false,
             port_chosen: false,
+            custom_domain: None,
             access: Access {
                 protected: true,
                 protected_username: Some("bob".into()),

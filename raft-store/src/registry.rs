@@ -114,6 +114,8 @@ pub struct Registry {
     user_names: BTreeMap<String, Uuid>,
     dnsnames: BTreeMap<String, Uuid>,
     ports: BTreeMap<u16, Uuid>,
+    /// Custom domains claimed, verified or not: unique in the cluster.
+    custom_domains: BTreeMap<String, Uuid>,
     relay_ports: BTreeMap<(Uuid, u16), Uuid>,
     /// `(user, socket)`: an account's sockets without scanning every socket.
     user_sockets: BTreeSet<(Uuid, Uuid)>,
@@ -177,6 +179,32 @@ impl Registry {
             self.dnsnames.get(dnsname)
         };
         id.and_then(|id| self.sockets.get(id))
+    }
+
+    /// The socket a visitor's Host or SNI names: by its name in the cluster's domain, or by
+    /// its custom domain once verified.
+    pub fn socket_by_host(&self, host: &str) -> Option<&Socket> {
+        if let Some(s) = self.socket_by_dnsname(host) {
+            return Some(s);
+        }
+        let id = self.custom_domains.get(&host.to_ascii_lowercase())?;
+        self.sockets.get(id).filter(|s| s.custom_domain.as_ref().is_some_and(|d| d.verified))
+    }
+
+    /// Sockets with a custom domain not verified yet.
+    pub fn unverified_domains(&self) -> impl Iterator<Item = &Socket> {
+        self.custom_domains
+            .values()
+            .filter_map(|id| self.sockets.get(id))
+            .filter(|s| s.custom_domain.as_ref().is_some_and(|d| !d.verified))
+    }
+
+    /// Sockets with a verified custom domain.
+    pub fn verified_domains(&self) -> impl Iterator<Item = &Socket> {
+        self.custom_domains
+            .values()
+            .filter_map(|id| self.sockets.get(id))
+            .filter(|s| s.custom_domain.as_ref().is_some_and(|d| d.verified))
     }
 
     pub fn socket_by_port(&self, port: u16) -> Option<&Socket> {
@@ -415,8 +443,34 @@ impl Registry {
                 dirty.insert(RowKey::Socket(*socket_id));
                 Ok(Response::Socket(self.socket_view(socket_id).expect("owned above")))
             }
+            Command::SetSocketDomain { user_id, socket_id, domain } => {
+                let old = self.owned_socket(user_id, socket_id)?.custom_domain.clone();
+                if let Some(d) = domain {
+                    self.domain_free(&d.name, Some(socket_id))?;
+                }
+                if let Some(old) = old {
+                    self.custom_domains.remove(&old.name);
+                }
+                if let Some(d) = domain {
+                    self.custom_domains.insert(d.name.clone(), *socket_id);
+                }
+                self.sockets.get_mut(socket_id).expect("owned above").custom_domain = domain.clone();
+                dirty.insert(RowKey::Socket(*socket_id));
+                Ok(Response::Socket(self.socket_view(socket_id).expect("owned above")))
+            }
+            Command::VerifyDomain { socket_id, name } => {
+                match self.sockets.get_mut(socket_id).and_then(|s| s.custom_domain.as_mut()) {
+                    Some(d) if &d.name == name => d.verified = true,
+                    _ => return Err(Rejection::NotFound(format!("no socket claims {name}"))),
+                }
+                dirty.insert(RowKey::Socket(*socket_id));
+                Ok(Response::Done)
+            }
             Command::DeleteSocket { user_id, socket_id } => {
                 let s = self.owned_socket(user_id, socket_id)?.clone();
+                if let Some(d) = &s.custom_domain {
+                    self.custom_domains.remove(&d.name);
+                }
                 let mut ended = Vec::new();
                 for t in self.tunnels_of(socket_id) {
                     ended.extend(self.remove_tunnel(&t, dirty));
@@ -530,6 +584,21 @@ impl Registry {
         Ok(Response::Done)
     }
 
+    /// A custom domain may be claimed: by nobody else, and not a name of the cluster's.
+    fn domain_free(&self, name: &str, by: Option<&Uuid>) -> Result<(), Rejection> {
+        match self.custom_domains.get(name) {
+            Some(id) if Some(id) != by => {
+                return Err(Rejection::Conflict(format!("the domain {name} is claimed by another socket")))
+            }
+            _ => {}
+        }
+        let domain = self.config.as_ref().map(|c| c.domain.as_str()).unwrap_or_default();
+        if name == domain || name.ends_with(&format!(".{domain}")) {
+            return Err(Rejection::Invalid(format!("{name} is in the cluster's domain: choose a subdomain instead")));
+        }
+        Ok(())
+    }
+
     fn owned_socket(&self, user_id: &Uuid, socket_id: &Uuid) -> Result<&Socket, Rejection> {
         match self.sockets.get(socket_id) {
             Some(s) if &s.user_id == user_id => Ok(s),
@@ -605,11 +674,16 @@ impl Registry {
             port,
             access: new.access.clone(),
             created_at_ms: now,
+            custom_domain: new.custom_domain.clone().map(|d| CustomDomain { verified: false, ..d }),
         };
-        // The tunnel's relay port is checked before anything is written, so a rejection
-        // changes nothing.
+        // The tunnel's relay port and the custom domain are checked before anything is
+        // written, so a rejection changes nothing.
         if let Some(t) = first_tunnel {
             self.free_relay_port(user_id, t.local_port_hint)?;
+        }
+        if let Some(d) = &new.custom_domain {
+            self.domain_free(&d.name, None)?;
+            self.custom_domains.insert(d.name.clone(), new.socket_id);
         }
         self.dnsnames.insert(dnsname.to_ascii_lowercase(), new.socket_id);
         if let Some(p) = port {
@@ -803,6 +877,11 @@ impl Registry {
         self.user_names = self.accounts.values().map(|a| (a.user_name.clone(), a.user_id)).collect();
         self.dnsnames = self.sockets.values().map(|s| (s.dnsname.to_ascii_lowercase(), s.socket_id)).collect();
         self.ports = self.sockets.values().filter_map(|s| s.port.map(|p| (p, s.socket_id))).collect();
+        self.custom_domains = self
+            .sockets
+            .values()
+            .filter_map(|s| s.custom_domain.as_ref().map(|d| (d.name.clone(), s.socket_id)))
+            .collect();
         self.relay_ports = self.tunnels.values().map(|t| ((t.user_id, t.local_port), t.tunnel_id)).collect();
         self.user_sockets = self.sockets.values().map(|s| (s.user_id, s.socket_id)).collect();
         self.socket_tunnels = self.tunnels.values().map(|t| (t.socket_id, t.tunnel_id)).collect();

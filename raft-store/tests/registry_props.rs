@@ -70,12 +70,24 @@ fn arb_cmd() -> impl Strategy<Value = Command> {
                     port_hint: PORT_MIN + ph,
                     label_chosen,
                     port_chosen,
+                    custom_domain: (stem == "brave-otter").then(|| CustomDomain {
+                        name: format!("app{d}.example.com"),
+                        token: "t".into(),
+                        verified: false,
+                    }),
                     access: Access::default(),
                 },
                 limits: limits(),
                 first_tunnel: first.map(|(t, p)| NewTunnel { tunnel_id: tid(t), local_port_hint: 10_000 + p }),
             }),
         (0u8..4, 0u8..8).prop_map(|(u, s)| Command::DeleteSocket { user_id: uid(u), socket_id: sid(s) }),
+        (0u8..4, 0u8..8, prop::option::of(0u16..3)).prop_map(|(u, s, d)| Command::SetSocketDomain {
+            user_id: uid(u),
+            socket_id: sid(s),
+            domain: d.map(|d| CustomDomain { name: format!("app{d}.example.com"), token: "t".into(), verified: false }),
+        }),
+        (0u8..8, 0u16..3)
+            .prop_map(|(s, d)| Command::VerifyDomain { socket_id: sid(s), name: format!("app{d}.example.com") }),
         (0u8..4, 0u8..8, 0u8..12, 0u16..4).prop_map(|(u, s, t, p)| Command::CreateTunnel {
             user_id: uid(u),
             socket_id: sid(s),
@@ -129,11 +141,16 @@ fn check_invariants(r: &Registry) {
         assert_eq!(a.user_name, a.user_id.simple().to_string());
     }
     let mut names = BTreeSet::new();
+    let mut domains = BTreeSet::new();
     let mut ports = BTreeSet::new();
     let mut per_user: BTreeMap<(Uuid, bool), u32> = BTreeMap::new();
     for s in r.sockets() {
         assert!(names.insert(s.dnsname.to_ascii_lowercase()), "dnsname {} given twice", s.dnsname);
         assert!(s.dnsname.ends_with(".localhost"));
+        if let Some(d) = &s.custom_domain {
+            assert!(domains.insert(d.name.clone()), "custom domain {} claimed twice", d.name);
+            assert_eq!(r.socket_by_host(&d.name).map(|x| x.socket_id), d.verified.then_some(s.socket_id));
+        }
         assert!(r.account(&s.user_id).is_some(), "socket without account");
         match (s.socket_type.needs_port(), s.port) {
             (true, Some(p)) => {
@@ -284,6 +301,7 @@ fn deleting_a_socket_frees_name_port_and_tunnels() {
             port_hint: PORT_MIN,
             label_chosen: false,
             port_chosen: false,
+            custom_domain: None,
             access: Access::default(),
         },
         limits: limits(),
@@ -342,6 +360,7 @@ fn newest_claim_wins_and_only_the_holder_releases() {
                 port_hint: 0,
                 label_chosen: false,
                 port_chosen: false,
+                custom_domain: None,
                 access: Access::default(),
             },
             limits: limits(),
@@ -446,6 +465,7 @@ fn a_chosen_name_or_port_is_taken_exactly_or_refused_changing_nothing() {
                 port_hint: port.unwrap_or(PORT_MIN),
                 label_chosen: true,
                 port_chosen: port.is_some(),
+                custom_domain: None,
                 access: Access::default(),
             },
             limits: limits(),

@@ -117,6 +117,7 @@ fn rules(want: &SocketCreate) -> SocketUpdate {
         ip_allow: Some(want.ip_allow.clone()),
         ip_deny: Some(want.ip_deny.clone()),
         rate_limit: Some(want.rate_limit),
+        custom_domain: want.custom_domain.clone(),
     }
 }
 

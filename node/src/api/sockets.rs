@@ -99,6 +99,13 @@ fn socket_json(node: &NodeRef, reg: &Registry, v: &SocketView) -> SocketJson {
         ip_allow: s.access.ip_allow.clone(),
         ip_deny: s.access.ip_deny.clone(),
         rate_limit: s.access.rate_limit,
+        custom_domain: s.custom_domain.as_ref().map(|d| mysocket_api::CustomDomain {
+            name: d.name.clone(),
+            verified: d.verified,
+            txt_name: format!("{}.{}", crate::edge::domains::TXT_LABEL, d.name),
+            txt_value: d.token.clone(),
+            cname_target: s.dnsname.clone(),
+        }),
         tunnels: v.tunnels.iter().map(|t| tunnel_json(node, reg, t)).collect(),
         user_name: reg.account(&s.user_id).map(|a| a.user_name.clone()).unwrap_or_default(),
     }
@@ -164,6 +171,16 @@ fn new_socket(node: &NodeRef, req: &SocketCreate) -> ApiResult<NewSocket> {
         port_chosen: req.port.is_some(),
         port_hint: req.port.unwrap_or_else(|| rand::thread_rng().gen_range(pmin..=pmax)),
         access,
+        custom_domain: req.custom_domain.as_deref().map(claim).transpose()?,
+    })
+}
+
+/// A custom domain as claimed: its name and a fresh proof token, not verified.
+fn claim(name: &str) -> ApiResult<mysocket_raft_store::CustomDomain> {
+    Ok(mysocket_raft_store::CustomDomain {
+        name: validate::custom_domain(name)?,
+        token: format!("mysocket-{}", Uuid::new_v4().simple()),
+        verified: false,
     })
 }
 
@@ -251,6 +268,20 @@ pub(crate) async fn update(
     let (socket_type, now) =
         node.read(|reg| owned_view(reg, &me, &sid).map(|v| (v.socket.socket_type, v.socket.access)))?;
     let access = crate::api::access::for_update(&node, socket_type, &now, &req)?;
+    if let Some(name) = req.custom_domain.as_deref().map(str::trim) {
+        let domain = if name.is_empty() { None } else { Some(claim(name)?) };
+        let unchanged = node.read(|r| {
+            r.socket(&sid).and_then(|s| s.custom_domain.as_ref()).map(|d| d.name.clone())
+                == domain.as_ref().map(|d| d.name.clone())
+        });
+        if !unchanged {
+            let cmd = Command::SetSocketDomain { user_id: me, socket_id: sid, domain };
+            match node.write_as(cmd, request_id(&headers, &me.to_string())?.map(|id| format!("{id}/domain"))).await? {
+                RegResponse::Socket(_) => {}
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
     let cmd = Command::SetSocketAccess { user_id: me, socket_id: sid, access };
     match node.write_as(cmd, request_id(&headers, &me.to_string())?).await? {
         RegResponse::Socket(v) => Ok(Json(node.read(|reg| socket_json(&node, reg, &v)))),

@@ -63,6 +63,24 @@ pub fn subdomain(s: &str) -> Result<String, ApiError> {
     Ok(label)
 }
 
+/// A custom domain: a DNS name of at least two labels, lower case, without the final dot.
+pub fn custom_domain(s: &str) -> Result<String, ApiError> {
+    let name = s.trim().trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    let labels: Vec<&str> = name.split('.').collect();
+    let tld_ok = labels.last().is_some_and(|t| t.bytes().any(|b| b.is_ascii_lowercase()));
+    if name.len() > 253 || labels.len() < 2 || !labels.iter().all(|l| label_ok(l)) || !tld_ok {
+        return Err(ApiError::bad(format!("custom_domain {s:?} is not a DNS name such as app.example.com")));
+    }
+    Ok(name)
+}
+
 pub fn email(s: &str) -> Result<String, ApiError> {
     let s = s.trim();
     let err = || ApiError::bad(format!("{s:?} is not a valid email address"));

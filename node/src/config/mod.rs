@@ -196,6 +196,10 @@ pub struct Settings {
     /// its queries are dropped unanswered (default 100).
     #[arg(long, env = "MYSOCKET_DNS_RATE_LIMIT")]
     pub dns_rate_limit: Option<u32>,
+    /// The resolver that custom domains' proofs (TXT, CNAME) are looked up with, `IP:PORT`;
+    /// default: the system's (/etc/resolv.conf).
+    #[arg(long, env = "MYSOCKET_DNS_RESOLVER")]
+    pub dns_resolver: Option<SocketAddr>,
     /// The addresses visitors reach this node's public ports at, comma separated (IPv4 and
     /// IPv6): what the cluster's DNS answers for its names while this node is live. Default:
     /// the public HTTP listener's address, unless it binds all interfaces.
@@ -380,6 +384,8 @@ pub struct Config {
     pub dns: Option<Dns>,
     /// Certificates over ACME, if the operator gave a directory.
     pub acme: Option<Acme>,
+    /// `--dns-resolver`: where custom domains are checked; `None`: the system's resolver.
+    pub dns_resolver: Option<SocketAddr>,
 }
 
 /// `--acme-directory`, `--acme-email`, `--acme-ca-root`.
@@ -892,6 +898,7 @@ impl Config {
             public_ips,
             dns,
             acme: acme(&s)?,
+            dns_resolver: s.dns_resolver,
         })
     }
 

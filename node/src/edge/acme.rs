@@ -10,7 +10,9 @@
 //! `mysocket_acme_orders_total{result="failed"}` and logged with what to check. Until a name
 //! has a certificate the cluster CA's serves it.
 
+use std::collections::HashMap;
 use std::time::Duration;
+use std::time::Instant;
 
 use instant_acme::Account;
 use instant_acme::AccountCredentials;
@@ -37,8 +39,6 @@ const LEASE: Duration = Duration::from_secs(20);
 /// Waits between failed orders: doubling from the first to the last.
 const RETRY_FIRST: Duration = Duration::from_secs(2);
 const RETRY_LAST: Duration = Duration::from_secs(600);
-/// How often the leader looks again when nothing is due (new names, a lapsed lease).
-const LOOK_AGAIN: Duration = Duration::from_secs(30);
 
 /// The certificate's name in the registry for the cluster's domain: the wildcard (it covers
 /// the apex too).
@@ -70,30 +70,40 @@ fn due(reg: &Registry, name: &str, now: u64) -> Duration {
     Duration::from_millis(renew_at.saturating_sub(now))
 }
 
-/// Orders and renews the cluster's certificates while this node leads.
+/// A certificate to order: its name in the registry, the names it is for, and the challenge
+/// that proves them.
+struct Want {
+    cert: String,
+    names: Vec<String>,
+    challenge: ChallengeType,
+}
+
+/// Orders and renews the cluster's certificates while this node leads: the wildcard first,
+/// then each verified custom domain's; a name that failed waits its turn (doubling) while the
+/// others go on.
 pub async fn run(node: NodeRef, stop: CancellationToken) {
     let Some(cfg) = node.config.acme.clone() else { return };
-    let mut failures = 0u32;
+    let mut failing: HashMap<String, (u32, Instant)> = HashMap::new();
     loop {
-        let wait = match next_step(&node) {
+        let wait = match next(&node, &failing) {
             None => Duration::from_secs(1),
-            Some((_, _, wait)) if !wait.is_zero() => wait.min(LOOK_AGAIN),
-            Some((name, domain, _)) => match order(&node, &cfg, &name, &domain).await {
+            Some(want) => match order(&node, &cfg, &want).await {
                 Ok(()) => {
-                    failures = 0;
+                    failing.remove(&want.cert);
                     crate::metrics::get().acme("issued");
                     Duration::from_millis(100)
                 }
                 Err(Failure::NotOurs) => Duration::from_secs(1),
                 Err(Failure::Failed(why)) => {
-                    failures += 1;
                     crate::metrics::get().acme("failed");
-                    let hint = hint(&why, &cfg);
-                    tracing::warn!(name = %name, error = %why, "ACME: no certificate; {hint}");
-                    let cmd =
-                        Command::Acme(AcmeChange::Failed { name: name.clone(), message: format!("{why} ({hint})") });
-                    let _ = write(&node, cmd).await;
-                    (RETRY_FIRST * 2u32.saturating_pow(failures.saturating_sub(1).min(16))).min(RETRY_LAST)
+                    let hint = hint(&why, &cfg, want.challenge);
+                    tracing::warn!(name = %want.cert, error = %why, "ACME: no certificate; {hint}");
+                    let message = format!("{why} ({hint})");
+                    let _ = write(&node, Command::Acme(AcmeChange::Failed { name: want.cert.clone(), message })).await;
+                    let n = failing.get(&want.cert).map_or(1, |(n, _)| n + 1);
+                    let wait = (RETRY_FIRST * 2u32.saturating_pow((n - 1).min(16))).min(RETRY_LAST);
+                    failing.insert(want.cert.clone(), (n, Instant::now() + wait));
+                    Duration::from_millis(100)
                 }
             },
         };
@@ -104,24 +114,42 @@ pub async fn run(node: NodeRef, stop: CancellationToken) {
     }
 }
 
-/// What the leader should order next: the certificate's name, the domain it is for, and how
-/// long until it is due. `None` while this node does not lead or the cluster has no domain.
-fn next_step(node: &NodeRef) -> Option<(String, String, Duration)> {
+/// The first certificate due that is not waiting after a failure; `None` while this node does
+/// not lead, the cluster has no domain, or nothing is due.
+fn next(node: &NodeRef, failing: &HashMap<String, (u32, Instant)>) -> Option<Want> {
     if node.leader().map(|(id, _)| id) != Some(node.id) {
         return None;
     }
+    let waiting = |name: &str| failing.get(name).is_some_and(|(_, at)| *at > Instant::now());
     node.read(|reg| {
         let domain = reg.config()?.domain.clone();
-        let name = wildcard(&domain);
-        let wait = due(reg, &name, now_ms());
-        Some((name, domain, wait))
+        let now = now_ms();
+        let wildcard = wildcard(&domain);
+        if due(reg, &wildcard, now).is_zero() && !waiting(&wildcard) {
+            return Some(Want {
+                cert: wildcard.clone(),
+                names: vec![wildcard, domain],
+                challenge: ChallengeType::Dns01,
+            });
+        }
+        reg.verified_domains().filter_map(|s| s.custom_domain.as_ref()).find_map(|d| {
+            (due(reg, &d.name, now).is_zero() && !waiting(&d.name)).then(|| Want {
+                cert: d.name.clone(),
+                names: vec![d.name.clone()],
+                challenge: ChallengeType::Http01,
+            })
+        })
     })
 }
 
 /// What an operator should check for an error.
-fn hint(why: &str, cfg: &Acme) -> String {
+fn hint(why: &str, cfg: &Acme, challenge: ChallengeType) -> String {
     let w = why.to_ascii_lowercase();
-    if w.contains("dns") || w.contains("txt") || w.contains("nxdomain") || w.contains("servfail") {
+    if challenge == ChallengeType::Http01
+        && (w.contains("connection") || w.contains("unauthorized") || w.contains("404"))
+    {
+        "check that the custom domain resolves to the nodes' public addresses and their public HTTP port is reachable as port 80".into()
+    } else if w.contains("dns") || w.contains("txt") || w.contains("nxdomain") || w.contains("servfail") {
         "check that the domain is delegated to the cluster (NS records for ns<id>.<domain> at the parent, with their addresses) and that port 53 of the nodes answers".into()
     } else if w.contains("connect") || w.contains("request failure") || w.contains("certificate") || w.contains("tls") {
         format!("check that this node reaches {} (and --acme-ca-root for a private CA)", cfg.directory)
@@ -192,33 +220,35 @@ async fn account(node: &NodeRef, cfg: &Acme) -> Result<Account, Failure> {
     Ok(account)
 }
 
-/// Orders the certificate `name` (`*.<domain>` and `<domain>`), answering DNS-01, and stores
-/// it. The challenge values are withdrawn whatever happens.
-async fn order(node: &NodeRef, cfg: &Acme, name: &str, domain: &str) -> Result<(), Failure> {
+/// What an order put up for the CA's validator, withdrawn whatever happens.
+enum Served {
+    Dns { owner: String, value: String },
+    Http { token: String },
+}
+
+/// Orders the certificate `want`, answering its challenges, and stores it.
+async fn order(node: &NodeRef, cfg: &Acme, want: &Want) -> Result<(), Failure> {
     lease(node).await?;
     let started = std::time::Instant::now();
-    tracing::info!(name, "ACME: ordering a certificate");
+    tracing::info!(name = %want.cert, "ACME: ordering a certificate");
     let account = account(node, cfg).await?;
     let mut served = Vec::new();
-    let result = order_with(node, &account, name, domain, &mut served).await;
-    for (owner, value) in served {
-        let _ = write(node, Command::Acme(AcmeChange::DnsChallenge { name: owner, value, serve: false })).await;
+    let result = order_with(node, &account, want, &mut served).await;
+    for s in served {
+        let change = match s {
+            Served::Dns { owner, value } => AcmeChange::DnsChallenge { name: owner, value, serve: false },
+            Served::Http { token } => AcmeChange::HttpChallenge { token, key_authorization: None },
+        };
+        let _ = write(node, Command::Acme(change)).await;
     }
     if result.is_ok() {
-        tracing::info!(name, took_ms = started.elapsed().as_millis() as u64, "ACME: certificate issued");
+        tracing::info!(name = %want.cert, took_ms = started.elapsed().as_millis() as u64, "ACME: certificate issued");
     }
     result
 }
 
-async fn order_with(
-    node: &NodeRef,
-    account: &Account,
-    name: &str,
-    domain: &str,
-    served: &mut Vec<(String, String)>,
-) -> Result<(), Failure> {
-    let names = [name.to_string(), domain.to_string()];
-    let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
+async fn order_with(node: &NodeRef, account: &Account, want: &Want, served: &mut Vec<Served>) -> Result<(), Failure> {
+    let identifiers: Vec<Identifier> = want.names.iter().map(|n| Identifier::Dns(n.clone())).collect();
     let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
     let mut authorizations = order.authorizations();
     while let Some(authz) = authorizations.next().await {
@@ -229,19 +259,30 @@ async fn order_with(
             other => return Err(Failure::Failed(format!("authorization is {other:?}"))),
         }
         let mut challenge = authz
-            .challenge(ChallengeType::Dns01)
-            .ok_or_else(|| Failure::Failed("the CA offers no DNS-01 challenge".into()))?;
+            .challenge(want.challenge.clone())
+            .ok_or_else(|| Failure::Failed(format!("the CA offers no {:?} challenge", want.challenge)))?;
         let owner = match challenge.identifier().identifier {
             Identifier::Dns(d) => d.clone(),
             other => return Err(Failure::Failed(format!("unexpected identifier {other:?}"))),
         };
-        let value = challenge.key_authorization().dns_value();
+        let key_authorization = challenge.key_authorization();
+        let (change, put) = match want.challenge {
+            ChallengeType::Http01 => {
+                let token = challenge.token.clone();
+                let key_authorization = Some(key_authorization.as_str().to_string());
+                (AcmeChange::HttpChallenge { token: token.clone(), key_authorization }, Served::Http { token })
+            }
+            _ => {
+                let value = key_authorization.dns_value();
+                let served = Served::Dns { owner: owner.clone(), value: value.clone() };
+                (AcmeChange::DnsChallenge { name: owner.clone(), value, serve: true }, served)
+            }
+        };
         lease(node).await?;
-        let cmd = Command::Acme(AcmeChange::DnsChallenge { name: owner.clone(), value: value.clone(), serve: true });
-        let (_, index) = write(node, cmd).await?;
-        served.push((owner.clone(), value));
+        let (_, index) = write(node, Command::Acme(change)).await?;
+        served.push(put);
         replicated(node, index).await;
-        tracing::info!(name = %owner, "ACME: answering the DNS-01 challenge");
+        tracing::info!(name = %owner, challenge = ?want.challenge, "ACME: answering the challenge");
         challenge.set_ready().await?;
     }
     let status = order.poll_ready(&RetryPolicy::new().timeout(Duration::from_secs(90))).await?;
@@ -251,14 +292,14 @@ async fn order_with(
     }
     lease(node).await?;
     let key = rcgen::KeyPair::generate().map_err(|e| Failure::Failed(e.to_string()))?;
-    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(|e| Failure::Failed(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::new(want.names.clone()).map_err(|e| Failure::Failed(e.to_string()))?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     let csr = params.serialize_request(&key).map_err(|e| Failure::Failed(e.to_string()))?;
     order.finalize_csr(csr.der()).await?;
     let chain_pem = order.poll_certificate(&RetryPolicy::new().timeout(Duration::from_secs(60))).await?;
     let (not_before_ms, not_after_ms) = validity(&chain_pem)?;
     let certificate = Certificate { chain_pem, key_pem: key.serialize_pem(), not_before_ms, not_after_ms };
-    write(node, Command::Acme(AcmeChange::Issued { name: name.to_string(), certificate })).await?;
+    write(node, Command::Acme(AcmeChange::Issued { name: want.cert.clone(), certificate })).await?;
     Ok(())
 }
 

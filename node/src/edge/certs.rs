@@ -91,6 +91,10 @@ impl SniCerts {
         let wildcard = under.then(|| crate::edge::acme::wildcard(&self.domain));
         let now = crate::control::now_ms();
         let (key, not_after) = self.node.read(|r| {
+            // A custom domain's certificate only while a socket answers to it.
+            if !under && r.socket_by_host(name).is_none() {
+                return None;
+            }
             let certs = &r.acme().certificates;
             [Some(name.to_string()), wildcard]
                 .into_iter()
@@ -139,7 +143,7 @@ impl ResolvesServerCert for SniCerts {
         if let Some(c) = self.cache.lock().expect("cert cache").get(&name) {
             return Some(c.clone());
         }
-        let ours = name == self.domain || self.node.read(|r| r.socket_by_dnsname(&name).is_some());
+        let ours = name == self.domain || self.node.read(|r| r.socket_by_host(&name).is_some());
         if !ours {
             return Some(self.fallback.clone());
         }

@@ -5,12 +5,14 @@
 //! a relay to its holder — and pools idle connections; [`http`] forwards requests (headers,
 //! pages, the hand-written HTTP/1 path and hyper's); [`log`] writes the tunnel owner's access
 //! log; [`certs`] presents the cluster's certificates, [`acme`] obtains them from a public CA; [`relay`] serves relays other nodes open
-//! to tunnels held here; [`dns`] answers for the cluster's domain with the live nodes.
+//! to tunnels held here; [`dns`] answers for the cluster's domain with the live nodes;
+//! [`domains`] verifies custom domains.
 
 pub mod acme;
 pub mod certs;
 pub mod cloud;
 pub mod dns;
+pub mod domains;
 pub mod http;
 pub mod listen;
 pub mod log;

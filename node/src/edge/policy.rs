@@ -251,6 +251,7 @@ mod tests {
             port: Some(20000),
             access: Access { rate_limit: 2, ..Access::default() },
             created_at_ms: 0,
+            custom_domain: None,
         };
         let v = Visits::default();
         let ip = |a: &str| a.parse::<IpAddr>().unwrap();

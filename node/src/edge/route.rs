@@ -42,7 +42,7 @@ pub fn with_socket_named<T>(node: &NodeRef, host: &str, f: impl FnOnce(&Socket, 
     let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host).trim_end_matches('.');
     node.read(|r| {
         let key = r.config().map(|c| c.token_key.as_str()).unwrap_or("");
-        r.socket_by_dnsname(name)
+        r.socket_by_host(name)
             .filter(|s| matches!(s.socket_type, SocketType::Http | SocketType::Https))
             .map(|s| f(s, key))
     })

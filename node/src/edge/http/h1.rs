@@ -599,6 +599,10 @@ fn prepare(edge: &Edge, buf: &[u8], peer: SocketAddr, peer_ip: &str, scheme: &st
         }
     }
     let Some(host) = host.and_then(|h| std::str::from_utf8(h).ok()) else { return Prepared::Other };
+    // ACME's HTTP-01 validator: answered by hyper's path.
+    if path.starts_with(crate::edge::domains::ACME_PATH) && crate::edge::domains::http01(&edge.node, path).is_some() {
+        return Prepared::Other;
+    }
     let visitor = crate::edge::policy::Visitor { ip: peer.ip(), authorization, cookies: &cookies };
     let routed = crate::edge::route::with_socket_named(&edge.node, host, |s, key| {
         // The reserved paths of cloud authentication are served by hyper's path.

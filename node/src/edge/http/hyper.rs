@@ -312,6 +312,9 @@ async fn admit(
     if let Err(why) = one_host(req) {
         return Err(Box::new(closing(page(StatusCode::BAD_REQUEST, "Bad Request", why))));
     }
+    if let Some(answer) = crate::edge::domains::http01(&edge.node, req.uri().path()) {
+        return Err(Box::new(crate::edge::domains::http01_response(answer)));
+    }
     let Some(socket) = socket_for(&edge.node, req) else {
         return Err(Box::new(page(StatusCode::NOT_FOUND, "Not Found", "There is no socket with this name.")));
     };
