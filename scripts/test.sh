@@ -18,6 +18,11 @@ command -v ssh >/dev/null && command -v ssh-keygen >/dev/null || NEED_PKGS+=(ope
 # The fault-injection suite: network namespaces (ip) and partitions (iptables).
 command -v ip >/dev/null || NEED_PKGS+=(iproute2)
 command -v iptables >/dev/null || NEED_PKGS+=(iptables)
+# The DNS and ACME tests: dig (bind9-dnsutils), Pebble and its challenge test server (pebble),
+# and a recursive resolver that follows the delegations (unbound).
+command -v dig >/dev/null || NEED_PKGS+=(bind9-dnsutils)
+command -v pebble >/dev/null && command -v pebble-challtestsrv >/dev/null || NEED_PKGS+=(pebble)
+command -v unbound >/dev/null || [[ -x /usr/sbin/unbound ]] || NEED_PKGS+=(unbound)
 # The deployment check (deploy/check-deploy.py) reads YAML: Python 3 with PyYAML.
 python3 -c 'import yaml' 2>/dev/null || /usr/bin/python3 -c 'import yaml' 2>/dev/null || NEED_PKGS+=(python3 python3-yaml)
 if ((${#NEED_PKGS[@]})); then

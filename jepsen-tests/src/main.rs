@@ -10,6 +10,7 @@
 mod checker;
 mod checks;
 mod cloud;
+mod dns;
 mod nemesis;
 mod net;
 mod nodes;

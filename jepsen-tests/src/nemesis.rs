@@ -82,8 +82,9 @@ pub fn schedule(seed: u64, families: &[String], nodes: usize, total_secs: u64, q
         let mut order: Vec<usize> = (0..kinds.len()).collect();
         order.shuffle(&mut rng);
         for i in order {
-            faults.push(Planned { at_ms: at, kind: kinds[i][0].to_string(), duration_ms: 5_000 });
-            at += 5_000 + 7_000;
+            // Longer than the DNS checker's grace, so a node lost that long must have left the answers.
+            faults.push(Planned { at_ms: at, kind: kinds[i][0].to_string(), duration_ms: 10_000 });
+            at += 10_000 + 7_000;
         }
     } else {
         let end = total_secs.saturating_mul(1000).saturating_sub(tail);
@@ -95,7 +96,7 @@ pub fn schedule(seed: u64, families: &[String], nodes: usize, total_secs: u64, q
             }
             let family = cycle.pop().expect("refilled above");
             let kind = kinds[family][rng.gen_range(0..kinds[family].len())];
-            let duration = rng.gen_range(4_000..10_000);
+            let duration = rng.gen_range(4_000..14_000);
             let heal = rng.gen_range(6_000..12_000);
             if at + duration > end && faults.len() >= kinds.len() {
                 break;

@@ -86,6 +86,8 @@ impl Nodes {
             net::ip(i),
             "--data-dir".into(),
             self.spec.dir.join(format!("node-{id}")).display().to_string(),
+            "--dns-listen".into(),
+            format!("{}:{}", net::ip(i), crate::dns::PORT),
         ];
         if self.joined[i] {
             let peers: Vec<String> =

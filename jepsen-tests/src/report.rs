@@ -133,6 +133,18 @@ pub fn summary(r: &Results) -> String {
             let _ = writeln!(s, "| {v} | {} | {} | {} |", c.served, c.turned_away, c.other);
         }
     }
+    if let Some(d) = &r.dns {
+        let _ = write!(
+            s,
+            "\n## DNS\n\nQueries for a socket's name to random nodes: {} answered, {} SERVFAIL (a node out of touch \
+             with the cluster), {} without an answer or with another code. No answer may list a node the majority \
+             had lost for more than {} s.\n",
+            d.answered,
+            d.servfail,
+            d.other,
+            crate::dns::GRACE_NS / 1_000_000_000
+        );
+    }
     s.push_str("\n## Faults\n\n| fault | nodes | start s | end s | error |\n|---|---|---:|---:|---|\n");
     for f in &r.faults {
         let _ = writeln!(

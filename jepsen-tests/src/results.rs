@@ -52,6 +52,9 @@ pub struct Results {
     /// made before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud_auth: Option<BTreeMap<Visitor, CloudCounts>>,
+    /// The DNS probes by answer (runs before the cluster answered DNS have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<crate::dns::DnsCounts>,
     pub counts: BTreeMap<OpKind, Counts>,
     pub coverage: Coverage,
     /// Every node's digest as the convergence check last read them.

@@ -49,6 +49,8 @@ const PROBERS: u64 = 3;
 /// Cloud probers: on top of `--rate` (like the keeper of their socket's tunnel), each at the
 /// pace of one of the others, so that the clients of the other checks keep theirs.
 const CLOUD_PROBERS: u64 = 2;
+/// DNS probers: each asks a random node's DNS for a socket's name, at the same pace.
+const DNS_PROBERS: u64 = 2;
 
 /// How long the cluster may take to elect a leader and list every node, at the start and after
 /// healing.
@@ -312,6 +314,9 @@ fn spawn_clients(ctx: &Arc<Ctx>, fx: &Arc<Fixture>) -> JoinSet<()> {
     for _ in 0..CLOUD_PROBERS {
         clients.spawn(cloud::prober(ctx.clone(), fx.clone(), next()));
     }
+    for _ in 0..DNS_PROBERS {
+        clients.spawn(crate::dns::prober(ctx.clone(), fx.clone(), next()));
+    }
     clients
 }
 
@@ -348,6 +353,7 @@ struct Checked {
     linearizability: CheckResult,
     /// The cloud probes by visitor.
     cloud: BTreeMap<Visitor, CloudCounts>,
+    dns: crate::dns::DnsCounts,
 }
 
 impl Checked {
@@ -364,6 +370,8 @@ impl Checked {
         anomalies.extend(probes.anomalies);
         let cloud = checks::check_cloud(history);
         anomalies.extend(cloud.anomalies);
+        let dns = crate::dns::check_dns(history, faults, nodes);
+        anomalies.extend(dns.anomalies);
         let verdicts = [
             ("linearizable-ownership", lin),
             ("sockets-unique-durable", sockets),
@@ -372,9 +380,18 @@ impl Checked {
             ("routing", probes.routing),
             ("fencing", probes.fencing),
             ("cloud-auth", cloud.verdict),
+            ("dns-live-nodes", dns.verdict),
         ];
         let verdicts = verdicts.into_iter().map(|(name, v)| (name.to_string(), v)).collect();
-        Checked { verdicts, anomalies, recovery_ms: probes.recovery_ms, digests, linearizability, cloud: cloud.counts }
+        Checked {
+            verdicts,
+            anomalies,
+            recovery_ms: probes.recovery_ms,
+            digests,
+            linearizability,
+            cloud: cloud.counts,
+            dns: dns.counts,
+        }
     }
 }
 
@@ -398,6 +415,7 @@ impl Run<'_> {
             anomalies: checked.anomalies,
             checkers: checked.verdicts,
             cloud_auth: Some(checked.cloud),
+            dns: Some(checked.dns),
             counts: Counts::of(self.history),
             coverage,
             digests: checked.digests,

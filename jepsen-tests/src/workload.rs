@@ -62,6 +62,8 @@ pub enum OpKind {
     Claim,
     /// A public request for the guarded (cloud-auth) socket, as one of [`Visitor`].
     CloudProbe,
+    /// An `A` query for a socket's name to a node's DNS.
+    DnsProbe,
     /// The same new account through two nodes at once.
     CreateAccount,
     CreateSocket,
@@ -76,6 +78,7 @@ impl OpKind {
         match self {
             OpKind::Claim => "claim",
             OpKind::CloudProbe => "cloud_probe",
+            OpKind::DnsProbe => "dns_probe",
             OpKind::CreateAccount => "create_account",
             OpKind::CreateSocket => "create_socket",
             OpKind::Probe => "probe",
@@ -124,6 +127,12 @@ pub enum OpValue {
         seq: Option<u64>,
         socket_id: Option<String>,
         status: u16,
+    },
+    /// A DNS probe: the answer's code (`NOERROR`, `SERVFAIL`, …; `timeout` without one) and
+    /// the slots of the nodes it listed.
+    Dns {
+        answer: String,
+        listed: Vec<usize>,
     },
     /// A created socket; `port` only for tcp sockets.
     Socket {

@@ -82,3 +82,8 @@ fn a_superseded_holder_serving_is_caught() {
 fn a_forged_session_reaching_the_service_is_caught() {
     run_planted("forged-session", &["unauthorised-visitor"]);
 }
+
+#[test]
+fn dead_nodes_in_the_dns_answers_are_caught() {
+    run_planted("dead-nodes-answered", &["dead-node-answered"]);
+}

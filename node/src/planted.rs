@@ -15,10 +15,13 @@ pub enum Bug {
     StaleHolder,
     /// The edge takes a cloud-authentication cookie without checking its signature.
     ForgedSession,
+    /// The cluster's DNS lists every registered node, dead or alive.
+    DeadNodesAnswered,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 4] = [Bug::StaleRead, Bug::EarlyAck, Bug::StaleHolder, Bug::ForgedSession];
+    pub const ALL: [Bug; 5] =
+        [Bug::StaleRead, Bug::EarlyAck, Bug::StaleHolder, Bug::ForgedSession, Bug::DeadNodesAnswered];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -26,6 +29,7 @@ impl Bug {
             Bug::EarlyAck => "early-ack",
             Bug::StaleHolder => "stale-holder",
             Bug::ForgedSession => "forged-session",
+            Bug::DeadNodesAnswered => "dead-nodes-answered",
         }
     }
 

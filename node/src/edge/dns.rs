@@ -88,7 +88,8 @@ impl<'a> Zone<'a> {
         let apex = Name::from_ascii(format!("{domain}.")).ok()?;
         let nodes = reg
             .nodes()
-            .filter(|n| n.alive && !n.public_ips.is_empty() && !reg.is_retired(n.node_id))
+            .filter(|n| n.alive || crate::planted::on(crate::planted::Bug::DeadNodesAnswered))
+            .filter(|n| !n.public_ips.is_empty() && !reg.is_retired(n.node_id))
             .map(|n| (n.node_id, n.public_ips.clone()))
             .collect();
         Some(Zone { reg, apex, domain, nodes })

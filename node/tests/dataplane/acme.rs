@@ -289,7 +289,7 @@ async fn a_custom_domain_routes_and_gets_a_certificate_once_verified() {
     );
     std::fs::write(work.path().join("unbound.conf"), conf).unwrap();
     let _resolver = Running(
-        Command::new("unbound")
+        Command::new(if std::path::Path::new("/usr/sbin/unbound").exists() { "/usr/sbin/unbound" } else { "unbound" })
             .args(["-d", "-c", work.path().join("unbound.conf").to_str().unwrap()])
             .stdout(log("unbound.out"))
             .stderr(log("unbound.err"))
