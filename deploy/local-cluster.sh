@@ -36,7 +36,7 @@ start_node() {
   mkdir -p "$DIR"
   "$BIN" --id "$id" --host "$ip" --data-dir "$DIR/node-$id" \
     --cluster-secret-file "$DIR/cluster-secret" --operator-token-file "$DIR/operator-token" \
-    --initial-cluster "$INITIAL" \
+    --initial-cluster "$INITIAL" --dns-listen "$ip:5353" \
     --login-rate 100000 --signup-rate 100000 --write-rate 100000 --max-connections-per-source 100000 \
     >>"$DIR/node-$id.log" 2>&1 &
   echo $! > "$(pidfile "$id")"
@@ -92,6 +92,7 @@ The cluster is up. Data and logs: $DIR
 Next:
   $CTL --help                       # the CLI
   curl http://127.0.0.1:7070/cluster    # leader, term, nodes
+  dig @127.0.0.1 -p 5353 localhost NS   # the cluster's DNS: each node answers with the live nodes
   export MYSOCKET_OPERATOR_TOKEN_FILE=$DIR/operator-token   # the operator's credential
   $CTL cluster status                   # each node's role, applied index, tunnels
   deploy/local-cluster.sh status        # this summary again

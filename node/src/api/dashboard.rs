@@ -146,6 +146,7 @@ async fn detail(node: &NodeRef) -> Response {
          <tr><th>tunnels</th><td class=n>{tunnels}</td></tr>\
          <tr><th>tunnels connected</th><td class=n>{connected}</td></tr></table>"
     );
+    certificates(node, &mut h);
     h.push_str(
         "<h2>This node's traffic</h2><table id=traffic><tr><th>port</th><th>connections open</th>\
          <th>accepted since start</th></tr>",
@@ -171,9 +172,56 @@ async fn detail(node: &NodeRef) -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], h).into_response()
 }
 
+/// A span of milliseconds, roughly: `3 d 4 h`, `2 h 13 min`, `41 s`.
+fn span(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86400 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} d {} h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// The certificates obtained over ACME: the cluster's wildcard by name, custom domains' in
+/// aggregate (their names are the accounts'), and the last failures with what to fix.
+fn certificates(node: &NodeRef, h: &mut String) {
+    let Some(acme) = &node.config.acme else { return };
+    let now = crate::control::now_ms();
+    let (domain, state) = node.read(|r| (r.config().map(|c| c.domain.clone()).unwrap_or_default(), r.acme().clone()));
+    let wildcard = crate::edge::acme::wildcard(&domain);
+    let _ = write!(h, "<h2>Certificates (ACME: {})</h2><table id=certificates>", esc(&acme.directory));
+    h.push_str("<tr><th>name</th><th>expires in</th><th>last failure</th></tr>");
+    let failure = |name: &str| match state.failures.get(name) {
+        Some((at, why)) => format!("<td class=down>{} ago: {}</td>", span(now.saturating_sub(*at)), esc(why)),
+        None => "<td>-</td>".to_string(),
+    };
+    let expires = match state.certificates.get(&wildcard) {
+        Some(c) if c.not_after_ms > now => format!("<td class=n>{}</td>", span(c.not_after_ms - now)),
+        Some(_) => "<td class=down>expired</td>".to_string(),
+        None => "<td class=down>none yet (the cluster CA's is served)</td>".to_string(),
+    };
+    let _ = write!(h, "<tr><td>{}</td>{expires}{}</tr>", esc(&wildcard), failure(&wildcard));
+    let custom: Vec<&String> = state.certificates.keys().filter(|k| **k != wildcard).collect();
+    let failing = state.failures.keys().filter(|k| **k != wildcard).count();
+    let _ = write!(
+        h,
+        "<tr><td>custom domains</td><td class=n>{} with a certificate</td><td{}>{failing} failing</td></tr></table>",
+        custom.len(),
+        if failing > 0 { " class=down" } else { "" }
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::esc;
+
+    #[test]
+    fn spans_read_as_people_say_them() {
+        assert_eq!(super::span(41_000), "41 s");
+        assert_eq!(super::span(7_980_000), "2 h 13 min");
+        assert_eq!(super::span(277_200_000), "3 d 5 h");
+    }
 
     #[test]
     fn markup_in_text_is_escaped() {

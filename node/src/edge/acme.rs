@@ -56,8 +56,18 @@ enum Failure {
 }
 
 impl From<instant_acme::Error> for Failure {
+    /// The error with its causes (a refused connection, a certificate not trusted, …).
     fn from(e: instant_acme::Error) -> Failure {
-        Failure::Failed(e.to_string())
+        let mut why = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            let c_text = c.to_string();
+            if !why.contains(&c_text) {
+                why = format!("{why}: {c_text}");
+            }
+            cause = c.source();
+        }
+        Failure::Failed(why)
     }
 }
 
