@@ -168,14 +168,7 @@ mod tests {
     }
 
     fn fault(kind: &str, nodes: Vec<usize>, start_s: u64, end_s: u64) -> Fault {
-        Fault {
-            kind: kind.into(),
-            start: start_s * 1_000_000_000,
-            end: Some(end_s * 1_000_000_000),
-            nodes,
-            detail: String::new(),
-            error: None,
-        }
+        Fault::at(kind, nodes, start_s, end_s)
     }
 
     #[test]

@@ -56,6 +56,21 @@ pub struct Fault {
     pub error: Option<String>,
 }
 
+#[cfg(test)]
+impl Fault {
+    /// A fault of the checkers' tests: `kind` on `nodes`, from `start_s` to `end_s` seconds.
+    pub fn at(kind: &str, nodes: Vec<usize>, start_s: u64, end_s: u64) -> Fault {
+        Fault {
+            kind: kind.into(),
+            start: start_s * 1_000_000_000,
+            end: Some(end_s * 1_000_000_000),
+            nodes,
+            detail: String::new(),
+            error: None,
+        }
+    }
+}
+
 pub struct Plan {
     pub faults: Vec<Planned>,
     /// Run length: the last heal plus a tail of normal operation.

@@ -103,15 +103,7 @@ async fn strangers_and_accounts_cannot_administer_the_cluster() {
     assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Basic"));
     let r = http.get(format!("{base}/operator")).basic_auth("x", Some(&token)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "an account's token is not the operator's");
-    let page = http
-        .get(format!("{base}/operator"))
-        .basic_auth("ops", Some(&c.operator_token))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = c.operator_page(2).await;
     assert!(page.contains(&format!("<td>{}:7070</td>", c.node_ip(3))), "{page}");
 }
 

@@ -304,6 +304,17 @@ impl TestCluster {
         self.api(id).with_token(self.operator_token.clone())
     }
 
+    /// The operators' dashboard of node `id`, as a browser given the operator token gets it.
+    pub async fn operator_page(&self, id: u64) -> String {
+        let r = reqwest::Client::new()
+            .get(format!("{}/operator", self.nodes[&id].api_url()))
+            .basic_auth("ops", Some(&self.operator_token))
+            .send()
+            .await
+            .expect("the dashboard");
+        r.text().await.expect("the dashboard's page")
+    }
+
     /// Waits until every running node answers `/readyz` with 200.
     pub async fn wait_ready(&self) {
         for id in self.running() {

@@ -182,15 +182,7 @@ async fn the_cluster_gets_renews_and_serves_a_publicly_trusted_wildcard() {
     assert!(sample(&m, r#"mysocket_acme_orders_total{result="issued"}"#) >= 1.0, "issued counted");
     assert!(sample(&m, r#"mysocket_acme_orders_total{result="failed"}"#) >= 1.0, "failures counted");
     // The operators' dashboard shows the certificate.
-    let page = reqwest::Client::new()
-        .get(format!("{}/operator", c.nodes[&2].api_url()))
-        .basic_auth("ops", Some(&c.operator_token))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = c.operator_page(2).await;
     let table = page.split("id=certificates>").nth(1).expect("the certificates table");
     assert!(table.contains("*.acme.test</td><td class=n>") && table.contains(" s</td>"), "{table}");
 
