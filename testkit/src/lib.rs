@@ -2,8 +2,8 @@
 //!
 //! The harness the workspace's integration tests share (a dev-dependency only).
 //! `TestCluster`: real `mysocketd` processes on their own loopback addresses. Each test process
-//! gets its own 127.A.B.0/24 block (from its pid) and each cluster in it a slot of eight
-//! addresses, so tests run in parallel without port clashes. Also origins (services behind a
+//! gets its own 127.A.B.0/24 block (from its pid; A is 1 to 254, and 255 for a process's 32nd
+//! cluster on) and each cluster in it a slot of eight addresses, so tests run in parallel without port clashes. Also origins (services behind a
 //! tunnel), SSH keys, test PKI, and `http_answer`: the one reader of HTTP/1.x answers for
 //! tests that speak HTTP by hand.
 
@@ -115,10 +115,13 @@ impl Builder {
 
     /// Starts the nodes and waits until the cluster is ready (leader, bootstrap done).
     pub async fn start(self) -> TestCluster {
-        let slot = SLOT.fetch_add(1, Ordering::SeqCst);
-        assert!(slot < 31, "too many clusters in one test process");
+        let n = SLOT.fetch_add(1, Ordering::SeqCst);
+        assert!(n < 62, "too many clusters in one test process");
         let pid = std::process::id();
-        let base = format!("127.{}.{}", 1 + (pid >> 8) % 254, pid & 0xff);
+        // 31 slots in the process's 127.A.B.0/24; a process with more clusters goes on in
+        // 127.255.B.0/24 (no process's first block is there).
+        let (a, slot) = if n < 31 { (1 + (pid >> 8) % 254, n) } else { (255, n - 31) };
+        let base = format!("127.{a}.{}", pid & 0xff);
         let dir = tempfile::Builder::new().prefix("mysocket-test-").tempdir().expect("temp dir");
         let secret = format!("test-secret-{pid}-{slot}-0123456789");
         std::fs::write(dir.path().join("secret"), &secret).unwrap();

@@ -297,3 +297,112 @@ pub async fn serve(node: NodeRef, udp: UdpSocket, tcp: TcpListener, stop: Cancel
     stop.cancelled().await;
     let _ = server.shutdown_gracefully().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use mysocket_raft_store::*;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn apply(reg: &mut Registry, cmd: Command) {
+        reg.apply(&mysocket_raft_store::Request { request_id: None, at_ms: 1, cmd }, &mut Default::default());
+    }
+
+    fn node(id: u64, ips: &[&str]) -> Command {
+        Command::RegisterNode(NodeRecord {
+            node_id: id,
+            raft_addr: String::new(),
+            api_addr: String::new(),
+            ssh_addr: String::new(),
+            http_addr: String::new(),
+            https_addr: String::new(),
+            public_ips: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
+            alive: true,
+            changed_at_ms: 0,
+        })
+    }
+
+    /// A zone of three nodes (node 2 with IPv4 and IPv6, node 3 dead) and one socket.
+    fn registry() -> Registry {
+        let mut reg = Registry::default();
+        let config = ClusterConfig {
+            domain: "edge.test".into(),
+            tcp_port_min: 20000,
+            tcp_port_max: 20010,
+            ssh_host_key: String::new(),
+            tls_ca_cert: String::new(),
+            tls_ca_key: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            token_key: String::new(),
+            operator_token_hash: String::new(),
+            created_at_ms: 0,
+        };
+        apply(&mut reg, Command::Bootstrap(config));
+        apply(&mut reg, node(1, &["192.0.2.1"]));
+        apply(&mut reg, node(2, &["192.0.2.2", "2001:db8::2"]));
+        apply(&mut reg, node(3, &["192.0.2.3"]));
+        apply(&mut reg, Command::SetNodeAlive { node_id: 3, alive: false });
+        let user_id = Uuid::new_v4();
+        let account = Command::CreateAccount {
+            user_id,
+            name: "a".into(),
+            email: "a@example.com".into(),
+            password_hash: String::new(),
+            sshkey: String::new(),
+            max_accounts: None,
+        };
+        apply(&mut reg, account);
+        let socket = NewSocket {
+            socket_id: Uuid::new_v4(),
+            name: "demo".into(),
+            socket_type: SocketType::Http,
+            dnsname_hint: "demo".into(),
+            port_hint: 0,
+            label_chosen: true,
+            port_chosen: false,
+            access: Access::default(),
+            custom_domain: None,
+        };
+        apply(&mut reg, Command::CreateSocket { user_id, socket, limits: SocketLimits::default(), first_tunnel: None });
+        reg
+    }
+
+    fn data(l: Lookup) -> Vec<String> {
+        match l {
+            Lookup::Records(r) => r.iter().map(|r| r.data.to_string()).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_zone_answers_with_the_live_nodes_only() {
+        let reg = registry();
+        let zone = Zone::of(&reg).unwrap();
+        assert_eq!(data(zone.lookup("DEMO.edge.test.", RecordType::A)), ["192.0.2.1", "192.0.2.2"]);
+        assert_eq!(data(zone.lookup("demo.edge.test", RecordType::AAAA)), ["2001:db8::2"]);
+        assert_eq!(data(zone.lookup("edge.test", RecordType::NS)), ["ns1.edge.test.", "ns2.edge.test."]);
+        assert_eq!(data(zone.lookup("ns2.edge.test", RecordType::ANY)), ["192.0.2.2", "2001:db8::2"]);
+        assert_eq!(zone.lookup("ns3.edge.test", RecordType::A), Lookup::NxDomain, "a dead node's name server");
+        assert_eq!(zone.lookup("other.edge.test", RecordType::A), Lookup::NxDomain);
+        assert_eq!(zone.lookup("a.demo.edge.test", RecordType::A), Lookup::NxDomain);
+        assert_eq!(data(zone.lookup("demo.edge.test", RecordType::MX)), Vec::<String>::new(), "NODATA");
+        for outside in ["edge.test.example", "xedge.test", "test", "example.com"] {
+            assert_eq!(zone.lookup(outside, RecordType::A), Lookup::Refused, "{outside}");
+        }
+    }
+
+    #[test]
+    fn acme_challenges_are_served_while_an_order_waits() {
+        let mut reg = registry();
+        assert_eq!(Zone::of(&reg).unwrap().lookup("_acme-challenge.edge.test", RecordType::TXT), Lookup::NxDomain);
+        for value in ["one", "two"] {
+            let change = AcmeChange::DnsChallenge { name: "edge.test".into(), value: value.into(), serve: true };
+            apply(&mut reg, Command::Acme(change));
+        }
+        let zone = Zone::of(&reg).unwrap();
+        assert_eq!(data(zone.lookup("_acme-challenge.edge.test", RecordType::TXT)), ["one", "two"]);
+        assert_eq!(zone.lookup("_acme-challenge.demo.edge.test", RecordType::TXT), Lookup::NxDomain);
+    }
+}

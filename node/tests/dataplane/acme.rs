@@ -19,9 +19,9 @@ use mysocket_testkit::*;
 use crate::support::*;
 
 const DOMAIN: &str = "acme.test";
-/// Pebble's address: outside every test cluster's range (the custom-domain test's Pebble, its
+/// Pebble's address: outside every test cluster's range (127.1–255.*) (the custom-domain test's Pebble, its
 /// resolver and the user's DNS server at .11, .12 and .13).
-const PEBBLE: &str = "127.254.0.1";
+const PEBBLE: &str = "127.0.200.1";
 /// Seconds Pebble's certificates are valid: a renewal every 30 s or so.
 const VALIDITY: u64 = 45;
 
@@ -244,7 +244,7 @@ impl Drop for Running {
 /// `pebble-challtestsrv`'s management API: sets a record of the user's zone.
 async fn user_dns(call: &str, body: serde_json::Value) {
     eventually(Duration::from_secs(10), &format!("pebble-challtestsrv's {call}"), || {
-        let req = reqwest::Client::new().post(format!("http://127.254.0.13:8055/{call}")).json(&body);
+        let req = reqwest::Client::new().post(format!("http://127.0.200.13:8055/{call}")).json(&body);
         async move { req.send().await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
     })
     .await;
@@ -253,7 +253,7 @@ async fn user_dns(call: &str, body: serde_json::Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_custom_domain_routes_and_gets_a_certificate_once_verified() {
     const DOMAIN: &str = "custom.test";
-    let (pebble_at, resolver, user) = ("127.254.0.11", "127.254.0.12", "127.254.0.13");
+    let (pebble_at, resolver, user) = ("127.0.200.11", "127.0.200.12", "127.0.200.13");
     let work = tempfile::tempdir().unwrap();
     let ca = pebble_tls(work.path(), pebble_at);
     let c = TestCluster::builder()
