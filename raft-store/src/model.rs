@@ -105,6 +105,16 @@ pub struct CustomDomain {
     pub verified: bool,
 }
 
+impl CustomDomain {
+    /// The label of the TXT record that proves control of a custom domain.
+    pub const TXT_LABEL: &'static str = "_mysocket-challenge";
+
+    /// Where the TXT record that proves control goes.
+    pub fn txt_name(&self) -> String {
+        format!("{}.{}", Self::TXT_LABEL, self.name)
+    }
+}
+
 /// Who may reach a socket: the rules the edge applies on the node where a connection arrives,
 /// in this order: the address lists, the rate limit, Basic auth, cloud authentication.
 /// Stored flat in a socket's row (`#[serde(flatten)]`), as before the lists and the limit
@@ -244,6 +254,13 @@ impl fmt::Debug for AcmeState {
             .field("certificates", &self.certificates.keys().collect::<Vec<_>>())
             .field("lease", &self.lease)
             .finish_non_exhaustive()
+    }
+}
+
+impl AcmeState {
+    /// The name of the cluster's certificate for `domain`: the wildcard (it covers the apex).
+    pub fn wildcard(domain: &str) -> String {
+        format!("*.{domain}")
     }
 }
 

@@ -189,7 +189,7 @@ fn certificates(node: &NodeRef, h: &mut String) {
     let Some(acme) = &node.config.acme else { return };
     let now = crate::control::now_ms();
     let (domain, state) = node.read(|r| (r.config().map(|c| c.domain.clone()).unwrap_or_default(), r.acme().clone()));
-    let wildcard = crate::edge::acme::wildcard(&domain);
+    let wildcard = mysocket_raft_store::AcmeState::wildcard(&domain);
     let _ = write!(h, "<h2>Certificates (ACME: {})</h2><table id=certificates>", esc(&acme.directory));
     h.push_str("<tr><th>name</th><th>expires in</th><th>last failure</th></tr>");
     let failure = |name: &str| match state.failures.get(name) {

@@ -102,7 +102,7 @@ fn socket_json(node: &NodeRef, reg: &Registry, v: &SocketView) -> SocketJson {
         custom_domain: s.custom_domain.as_ref().map(|d| mysocket_api::CustomDomain {
             name: d.name.clone(),
             verified: d.verified,
-            txt_name: format!("{}.{}", crate::edge::domains::TXT_LABEL, d.name),
+            txt_name: d.txt_name(),
             txt_value: d.token.clone(),
             cname_target: s.dnsname.clone(),
         }),

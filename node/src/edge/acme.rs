@@ -24,6 +24,7 @@ use instant_acme::NewOrder;
 use instant_acme::OrderStatus;
 use instant_acme::RetryPolicy;
 use mysocket_raft_store::AcmeChange;
+use mysocket_raft_store::AcmeState;
 use mysocket_raft_store::Certificate;
 use mysocket_raft_store::Command;
 use mysocket_raft_store::Registry;
@@ -43,7 +44,7 @@ const RETRY_LAST: Duration = Duration::from_secs(600);
 /// The certificate's name in the registry for the cluster's domain: the wildcard (it covers
 /// the apex too).
 pub fn wildcard(domain: &str) -> String {
-    format!("*.{domain}")
+    AcmeState::wildcard(domain)
 }
 
 /// Why an order did not end with a certificate.

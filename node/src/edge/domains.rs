@@ -25,8 +25,6 @@ use tokio_util::sync::CancellationToken;
 use crate::control::NodeRef;
 use crate::edge::http::Body;
 
-/// The label of the TXT record that proves control of a custom domain.
-pub const TXT_LABEL: &str = "_mysocket-challenge";
 /// Where ACME's HTTP-01 validator asks (RFC 8555 §8.3).
 pub const ACME_PATH: &str = "/.well-known/acme-challenge/";
 /// Between two looks at the unverified domains.
@@ -72,7 +70,8 @@ fn resolver(node: &NodeRef) -> Result<Resolver<TokioRuntimeProvider>, String> {
 
 /// Whether `name` carries the proof: `token` in its TXT record, or a CNAME to `target`.
 async fn proven(resolver: &Resolver<TokioRuntimeProvider>, name: &str, token: &str, target: &str) -> bool {
-    if let Ok(txt) = resolver.lookup(format!("{TXT_LABEL}.{name}."), RecordType::TXT).await {
+    let txt_label = mysocket_raft_store::CustomDomain::TXT_LABEL;
+    if let Ok(txt) = resolver.lookup(format!("{txt_label}.{name}."), RecordType::TXT).await {
         let found = txt.answers().iter().any(|r| match &r.data {
             RData::TXT(t) => t.txt_data.iter().any(|d| d.as_ref() == token.as_bytes()),
             _ => false,
