@@ -268,4 +268,28 @@ impl ApiClient {
     pub async fn delete_tunnel(&self, socket_id: &str, tunnel_id: &str) -> Result<(), ClientError> {
         self.call::<(), ()>(Method::DELETE, &format!("/socket/{socket_id}/tunnel/{tunnel_id}"), None).await
     }
+
+    /// `GET /credentials`: the caller's tokens and API keys, or (an operator) `account`'s.
+    pub async fn credentials(&self, account: Option<&str>) -> Result<Vec<CredentialView>, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/credentials{}", account_query(account)), None).await
+    }
+
+    /// `POST /apikeys`: a new API key, whose secret this answer alone holds.
+    pub async fn create_api_key(&self, k: &ApiKeyCreate) -> Result<ApiKeyCreated, ClientError> {
+        self.call(Method::POST, "/apikeys", Some(k)).await
+    }
+
+    /// `DELETE /credentials/{id}`: revokes a token or API key of the caller (or, for an
+    /// operator, of `account`).
+    pub async fn revoke_credential(&self, id: &str, account: Option<&str>) -> Result<(), ClientError> {
+        self.call::<(), ()>(Method::DELETE, &format!("/credentials/{id}{}", account_query(account)), None).await
+    }
+}
+
+/// `?account=<value>`, encoded, or nothing.
+fn account_query(account: Option<&str>) -> String {
+    match account {
+        Some(a) => format!("?account={}", form_urlencoded::byte_serialize(a.as_bytes()).collect::<String>()),
+        None => String::new(),
+    }
 }

@@ -271,3 +271,41 @@ pub struct TunnelHolder {
     pub node_id: u64,
     pub epoch: u64,
 }
+
+/// A login token or an API key of an account, as `GET /credentials` lists it; the secret is
+/// never shown again.
+#[derive(utoipa::ToSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialView {
+    pub id: String,
+    /// `token` (from a login) or `api_key`.
+    pub kind: String,
+    /// An API key's name; `login` or `refresh` for a token.
+    pub name: String,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    /// RFC 3339, UTC; `null`: until revoked.
+    pub expires_at: Option<String>,
+    /// The credential this request was made with.
+    #[serde(default)]
+    pub current: bool,
+}
+
+/// `POST /apikeys`.
+#[derive(utoipa::ToSchema, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyCreate {
+    /// 1 to 64 letters, digits, `-`, `_` or `.`; unique among the account's keys.
+    pub name: String,
+    /// Days until the key stops working (1 to 3650); absent: until revoked.
+    #[serde(default)]
+    pub expires_in_days: Option<u32>,
+}
+
+/// The answer to `POST /apikeys`: the key itself, shown this once.
+#[derive(utoipa::ToSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyCreated {
+    /// `mysk_...`: send it as `x-access-token` (mysocketctl: MYSOCKET_API_KEY).
+    pub key: String,
+    #[serde(flatten)]
+    pub credential: CredentialView,
+}

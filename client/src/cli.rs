@@ -90,6 +90,77 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: ClusterCmd,
     },
+    /// API keys for scripts and CI: made once, shown once, used as MYSOCKET_API_KEY.
+    Apikey {
+        #[command(subcommand)]
+        cmd: ApikeyCmd,
+    },
+    /// Your login tokens (one per login): list them, revoke one you no longer trust.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+}
+
+/// Whose credentials: yours, or with the operator credential any account's.
+#[derive(clap::Args, Debug)]
+pub struct Whose {
+    /// Operators: the account (email or user id) whose credentials these are.
+    #[arg(long)]
+    pub account: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ApikeyCmd {
+    /// Make an API key; it is printed once and never shown again.
+    ///
+    /// Example: MYSOCKET_API_KEY=$(mysocketctl apikey create --name ci -o json | jq -r .key)
+    Create {
+        /// A name to know it by (letters, digits, '-', '_', '.'), unique among your keys.
+        #[arg(long, short = 'n')]
+        name: String,
+        /// Days until it stops working; default: until revoked.
+        #[arg(long = "expires-in-days", alias = "expires_in_days")]
+        expires_in_days: Option<u32>,
+    },
+    /// List API keys (never their secrets).
+    ///
+    /// Example: mysocketctl apikey ls
+    Ls {
+        #[command(flatten)]
+        whose: Whose,
+    },
+    /// Revoke an API key: every node refuses it from then on.
+    ///
+    /// Example: mysocketctl apikey revoke --id 6f1c...
+    Revoke {
+        /// The key's id, from `apikey ls`.
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        whose: Whose,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// List login tokens; the one this command used is marked.
+    ///
+    /// Example: mysocketctl token ls
+    Ls {
+        #[command(flatten)]
+        whose: Whose,
+    },
+    /// Revoke a login token: every node refuses it from then on.
+    ///
+    /// Example: mysocketctl token revoke --id 2b9e...
+    Revoke {
+        /// The token's id, from `token ls`.
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        whose: Whose,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -2,7 +2,9 @@
 //! text for people, most of it plain ASCII tables like the original client's. The text views
 //! here only build strings; [`Output::print`] picks one and prints it.
 
+use mysocket_api::ApiKeyCreated;
 use mysocket_api::ClusterView;
+use mysocket_api::CredentialView;
 use mysocket_api::Socket;
 use mysocket_api::Tunnel;
 use mysocket_api::User;
@@ -152,5 +154,29 @@ pub fn account_created(u: &User) -> String {
         "Account created: {} <{}>\nuser id:  {}\nssh user: {}\nNext: mysocketctl login --email {}\n\
          (If this email already had an account, nothing changed: log in with its password.)\n",
         u.name, u.email, u.user_id, u.user_name, u.email
+    )
+}
+
+pub fn credentials(list: &[CredentialView]) -> String {
+    let mut t = Table::new(["ID", "NAME", "CREATED", "EXPIRES", ""]);
+    for c in list {
+        t.row([
+            c.id.clone(),
+            c.name.clone(),
+            c.created_at.clone(),
+            c.expires_at.clone().unwrap_or_else(|| "never".into()),
+            if c.current { "(this one)".into() } else { String::new() },
+        ]);
+    }
+    t.render()
+}
+
+pub fn api_key_created(k: &ApiKeyCreated) -> String {
+    format!(
+        "API key {:?} created (id {}), expires {}:\n\n  {}\n\nIt is shown this once. Use it as MYSOCKET_API_KEY, or as the x-access-token header.\n",
+        k.credential.name,
+        k.credential.id,
+        k.credential.expires_at.as_deref().unwrap_or("never"),
+        k.key
     )
 }

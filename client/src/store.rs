@@ -14,7 +14,11 @@ fn token_file() -> PathBuf {
     home.join(".mysocketio_token")
 }
 
+/// The credential commands run with: MYSOCKET_API_KEY if set, else the token `login` kept.
 pub fn read_token() -> Result<String, Failure> {
+    if let Some(k) = std::env::var("MYSOCKET_API_KEY").ok().filter(|k| !k.trim().is_empty()) {
+        return Ok(k.trim().to_string());
+    }
     let p = token_file();
     let t = std::fs::read_to_string(&p)
         .map_err(|_| fail(3, format!("not logged in (no token in {}); run: mysocketctl login", p.display())))?;

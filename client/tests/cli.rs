@@ -19,8 +19,14 @@ impl Ctl {
 
     /// `run` with another API URL (list).
     fn run_at(&self, urls: &str, args: &[&str]) -> (i32, String, String) {
+        self.run_with(urls, &[], args)
+    }
+
+    /// `run` with another API URL (list) and more environment.
+    fn run_with(&self, urls: &str, env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_mysocketctl"))
             .args(args)
+            .envs(env.iter().copied())
             .env("MYSOCKET_API", urls)
             .env("MYSOCKET_TOKEN_FILE", &self.token_file)
             .env("HOME", self.home.path())
@@ -614,4 +620,66 @@ async fn connect_with_a_name_keeps_its_url_across_runs() {
     let (code, _, err) = other.run(&["socket", "create", "--name", "db", "--type", "tls", "--public-port", "20777"]);
     assert_ne!(code, 0);
     assert!(err.contains("port 20777 is taken"), "{err}");
+}
+
+/// `apikey create` shows a key once; with MYSOCKET_API_KEY (and no login) every command works
+/// as the account; `apikey ls` never shows a secret; `apikey revoke` stops it on every node;
+/// `token ls`/`token revoke`, and an operator's `--account`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_key_drives_the_cli_until_it_is_revoked() {
+    let c = TestCluster::builder().start().await;
+    let ctl = Ctl::logged_in(c.nodes[&1].api_url(), "keyed");
+    let made = ctl.json(&["apikey", "create", "--name", "ci", "--expires-in-days", "7"]);
+    let key = made["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("mysk_") && made["expires_at"].is_string(), "{made}");
+    let shown = ctl.ok(&["apikey", "create", "--name", "deploy"]);
+    assert!(shown.contains("shown this once") && shown.contains("mysk_"), "{shown}");
+
+    // The key alone (no token file), through another node.
+    std::fs::remove_file(&ctl.token_file).unwrap();
+    let node2 = c.nodes[&2].api_url();
+    let env = [("MYSOCKET_API_KEY", key.as_str())];
+    let (code, out, err) = ctl.run_with(&node2, &env, &["socket", "create", "--name", "by-key", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("by-key"), "{out}");
+    let (code, out, err) = ctl.run_with(&node2, &env, &["account", "show"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("keyed@example.com"), "{out}");
+    let (code, listed, err) = ctl.run_with(&node2, &env, &["apikey", "ls"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(listed.contains("ci") && listed.contains("deploy") && !listed.contains(&key[38..]), "{listed}");
+
+    // Revoked: refused on every node (exit 3, not logged in).
+    let id = made["id"].as_str().unwrap();
+    let (code, out, err) = ctl.run_with(&node2, &env, &["apikey", "revoke", "--id", id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("revoked"), "{out}");
+    for n in 1..=3u64 {
+        let (code, _, err) = ctl.run_with(&c.nodes[&n].api_url(), &env, &["socket", "ls"]);
+        assert_eq!(code, 3, "node {n} still takes a revoked key: {err}");
+    }
+
+    // Tokens: a fresh login is listed, and the operator sees and revokes it.
+    ctl.ok(&["login", "--email", "keyed@example.com", "--password", "keyed-password"]);
+    let tokens = ctl.json(&["token", "ls"]);
+    let mine = tokens.as_array().unwrap().iter().find(|t| t["current"] == true).expect("this token is marked").clone();
+    let op_file = ctl.home.path().join("operator-token");
+    std::fs::write(&op_file, &c.operator_token).unwrap();
+    let op = op_file.to_str().unwrap();
+    let seen = ctl.json(&["token", "ls", "--account", "keyed@example.com", "--operator-token-file", op]);
+    assert!(seen.as_array().unwrap().iter().any(|t| t["id"] == mine["id"]), "{seen}");
+    let (code, _, err) = ctl.run(&["token", "ls", "--account", "keyed@example.com"]);
+    assert_eq!(code, 3, "--account without the operator credential: {err}");
+    ctl.ok(&[
+        "token",
+        "revoke",
+        "--id",
+        mine["id"].as_str().unwrap(),
+        "--account",
+        "keyed@example.com",
+        "--operator-token-file",
+        op,
+    ]);
+    let (code, _, err) = ctl.run(&["socket", "ls"]);
+    assert_eq!(code, 3, "a revoked login token still works: {err}");
 }

@@ -306,7 +306,11 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let mid = c.converged().await;
     let e = a.create_socket(&sock("three", "http")).await.unwrap_err();
     assert_eq!(e.status(), Some(StatusCode::FORBIDDEN), "{e}");
-    // Unknown fields are tolerated, as the original client sends extra ones.
+    let after = c.converged().await;
+    assert_eq!(after.digest, mid.digest, "refused requests changed state");
+    assert_eq!(after.accounts, before.accounts);
+    // Unknown fields are tolerated, as the original client sends extra ones (a login records
+    // its token, so this comes after the digest is compared).
     let (status, _) = raw(
         Method::POST,
         format!("{base}/login"),
@@ -318,9 +322,6 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    let after = c.converged().await;
-    assert_eq!(after.digest, mid.digest, "refused requests changed state");
-    assert_eq!(after.accounts, before.accounts);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,4 +371,153 @@ async fn openapi_document_matches_the_routes_and_the_committed_copy() {
             assert!(!text.contains("no such endpoint"), "{method} {path} is documented but not routed");
         }
     }
+}
+
+/// Sends `x-access-token: <cred>` to every node and returns the statuses of `GET /socket`.
+async fn statuses(c: &TestCluster, cred: &str) -> Vec<StatusCode> {
+    let mut out = Vec::new();
+    for id in 1..=3 {
+        out.push(raw(reqwest::Method::GET, format!("{}/socket", c.nodes[&id].api_url()), Some(cred), None).await.0);
+    }
+    out
+}
+
+/// Polls until every node refuses `cred`; returns how long that took from `since`.
+async fn refused_everywhere(c: &TestCluster, cred: &str, since: std::time::Instant) -> Duration {
+    loop {
+        if statuses(c, cred).await.iter().all(|s| *s == StatusCode::UNAUTHORIZED) {
+            return since.elapsed();
+        }
+        assert!(since.elapsed() < Duration::from_secs(5), "a revoked credential still works");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// API keys and login tokens: made, listed (never their secrets), used through every node at
+/// once, revoked by their owner or an operator and then refused by every node within a
+/// second; another account can neither see nor revoke them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_and_tokens_are_listed_and_revoked_on_every_node() {
+    let c = TestCluster::builder().start().await;
+    let (alice, _) = logged_in(&c, 1, 1).await;
+    let (bob, _) = logged_in(&c, 2, 2).await;
+    let t1 = alice.token().unwrap().to_string();
+    let t2 = c.api(3).login(&user(1).email, &user(1).password).await.unwrap().token;
+
+    // A key made through node 1 works at once through every node.
+    let made =
+        alice.create_api_key(&mysocket_api::ApiKeyCreate { name: "ci".into(), expires_in_days: None }).await.unwrap();
+    assert!(made.key.starts_with("mysk_"), "{}", made.key);
+    assert_eq!(made.credential.expires_at, None);
+    assert_eq!(statuses(&c, &made.key).await, [StatusCode::OK; 3]);
+    let with_key = c.api(2).with_token(made.key.clone());
+    with_key.create_socket(&sock("from-ci", "http")).await.unwrap();
+    assert_eq!(alice.sockets().await.unwrap().len(), 1, "the key acts as its account");
+    assert_eq!(with_key.get_user("me").await.unwrap().email, user(1).email);
+    let later = alice
+        .create_api_key(&mysocket_api::ApiKeyCreate { name: "nightly".into(), expires_in_days: Some(30) })
+        .await
+        .unwrap();
+    assert!(later.credential.expires_at.is_some());
+
+    // Refused, changing nothing: a taken name, a bad name, a bad expiry, unknown fields.
+    let before = c.converged().await.digest;
+    let e = alice.create_api_key(&mysocket_api::ApiKeyCreate { name: "ci".into(), expires_in_days: None }).await;
+    assert_eq!(e.unwrap_err().status(), Some(StatusCode::CONFLICT));
+    for (name, days) in
+        [("", None), ("has space", None), ("x".repeat(65).as_str(), None), ("ok", Some(0)), ("ok", Some(4000))]
+    {
+        let e = alice.create_api_key(&mysocket_api::ApiKeyCreate { name: name.into(), expires_in_days: days }).await;
+        assert_eq!(e.unwrap_err().status(), Some(StatusCode::BAD_REQUEST), "{name:?} {days:?}");
+    }
+    let url = |id: u64, path: &str| format!("{}{path}", c.nodes[&id].api_url());
+    let (s, v) =
+        raw(reqwest::Method::POST, url(1, "/apikeys"), Some(&t1), Some(br#"{"name":"x","admin":true}"#.to_vec())).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, _) = raw(reqwest::Method::POST, url(1, "/apikeys"), None, Some(br#"{"name":"x"}"#.to_vec())).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = raw(
+        reqwest::Method::POST,
+        url(1, "/apikeys"),
+        Some(c.operator_token.as_str()),
+        Some(br#"{"name":"x"}"#.to_vec()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(c.converged().await.digest, before, "a refused request changed state");
+
+    // The owner's list: both tokens and both keys, the one in use marked, no secret anywhere.
+    let (s, listed) = raw(reqwest::Method::GET, url(3, "/credentials"), Some(&t2), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = listed.to_string();
+    assert!(!text.contains(&made.key[38..]) && !text.contains("secret") && !text.contains("hash"), "{text}");
+    let kinds: Vec<(&str, &str, bool)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["kind"].as_str().unwrap(), c["name"].as_str().unwrap(), c["current"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [("token", "login", false), ("token", "login", false), ("api_key", "ci", false), ("api_key", "nightly", false)]
+            .iter()
+            .enumerate()
+            .map(|(i, (k, n, _))| (*k, *n, i == 1))
+            .collect::<Vec<_>>(),
+        "{text}"
+    );
+    let id_of = |name: &str, kind: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["kind"] == kind && c["name"] == name)
+            .map(|c| c["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let t1_id = id_of("login", "token")[0].clone();
+
+    // Another account sees none of them and cannot revoke them (404, as for a missing one),
+    // nor name an account.
+    assert!(bob.credentials(None).await.unwrap().iter().all(|c| c.kind == "token"));
+    assert_eq!(bob.credentials(None).await.unwrap().len(), 1);
+    let e = bob.revoke_credential(&made.credential.id, None).await.unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::NOT_FOUND));
+    let e = bob.credentials(Some(&user(1).email)).await.unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::FORBIDDEN));
+    assert_eq!(statuses(&c, &made.key).await, [StatusCode::OK; 3], "another account revoked a key");
+
+    // Revoked through node 1: refused by every node within a second.
+    let start = std::time::Instant::now();
+    alice.revoke_credential(&made.credential.id, None).await.unwrap();
+    let took = refused_everywhere(&c, &made.key, start).await;
+    assert!(took < Duration::from_secs(1), "revocation took {took:?}");
+    eprintln!("API key refused by all three nodes {took:?} after the revocation was sent");
+    let e = alice.revoke_credential(&made.credential.id, None).await.unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::NOT_FOUND), "revoked twice");
+    // A guessed secret for a live key's id is no key.
+    let guessed = format!("{}{}", &later.key[..38], "0".repeat(64));
+    assert_eq!(statuses(&c, &guessed).await, [StatusCode::UNAUTHORIZED; 3]);
+
+    // A login token revoked by its owner (with another token), then one by the operator.
+    let start = std::time::Instant::now();
+    c.api(2).with_token(t2.clone()).revoke_credential(&t1_id, None).await.unwrap();
+    refused_everywhere(&c, &t1, start).await;
+    assert_eq!(statuses(&c, &t2).await, [StatusCode::OK; 3]);
+    let op = c.operator(3);
+    let seen = op.credentials(Some(&user(1).email)).await.unwrap();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let t2_id = seen.iter().find(|c| c.kind == "token").unwrap().id.clone();
+    let e = op.revoke_credential(&t2_id, Some("nobody@example.com")).await.unwrap_err();
+    assert_eq!(e.status(), Some(StatusCode::NOT_FOUND));
+    let start = std::time::Instant::now();
+    op.revoke_credential(&t2_id, Some(&user(1).email)).await.unwrap();
+    refused_everywhere(&c, &t2, start).await;
+    assert_eq!(statuses(&c, &later.key).await, [StatusCode::OK; 3], "only what was revoked is refused");
+    let (s, _) =
+        raw(reqwest::Method::GET, url(2, "/credentials?account=x&account=y"), Some(c.operator_token.as_str()), None)
+            .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = raw(reqwest::Method::GET, url(2, "/credentials"), Some(c.operator_token.as_str()), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
 }

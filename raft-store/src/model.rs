@@ -152,6 +152,51 @@ impl Access {
     }
 }
 
+/// Whether a credential is a login token or an API key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    /// Issued by `POST /login` (or a refresh): a JWT that carries this credential's id.
+    Token,
+    /// Made by its owner for scripts and CI: `mysk_<id>_<secret>`, of which only the
+    /// secret's SHA-256 is kept.
+    ApiKey,
+}
+
+/// A credential an account holds. Every node accepts it while the registry holds it (and it
+/// has not expired), so revoking it, one Raft entry, applies on every node at once.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub kind: CredentialKind,
+    /// What its owner called it (an API key), or how it came (`login`, `refresh`).
+    pub name: String,
+    pub created_at_ms: u64,
+    /// Never accepted at or after this time; `None`: until revoked (API keys only).
+    pub expires_at_ms: Option<u64>,
+    /// API keys: the SHA-256 (hex) of the secret. Never leaves the cluster.
+    #[serde(default)]
+    pub secret_hash: Option<String>,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Most login tokens an account holds: a login past it drops the oldest.
+pub const MAX_TOKENS_PER_ACCOUNT: usize = 100;
+/// Most API keys an account holds: one more is refused until one is revoked.
+pub const MAX_API_KEYS_PER_ACCOUNT: usize = 50;
+
 /// One SSH reverse-forward slot of a socket.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tunnel {
@@ -448,6 +493,15 @@ pub enum Command {
     },
     /// ACME state (accounts, challenges, certificates, the ordering lease).
     Acme(AcmeChange),
+    /// Records a login token or an API key. The account's expired credentials go; past
+    /// [`MAX_TOKENS_PER_ACCOUNT`] the oldest token goes, past [`MAX_API_KEYS_PER_ACCOUNT`]
+    /// a key is refused, and an API key's name is unique among the account's keys.
+    IssueCredential(Credential),
+    /// Revokes one of `user_id`'s credentials.
+    RevokeCredential {
+        user_id: Uuid,
+        id: Uuid,
+    },
     /// Several client requests in one log entry (group commit): applied in order, each with
     /// its own request id and clock, answered by [`Response::Batch`] in the same order. One
     /// entry instead of many saves Raft's per-entry work on every node.
@@ -509,6 +563,8 @@ impl fmt::Debug for Command {
                 write!(f, "ReleaseTunnel({tunnel_id}, node {node_id}, epoch {epoch})")
             }
             Command::SetOperatorToken { .. } => write!(f, "SetOperatorToken"),
+            Command::IssueCredential(c) => write!(f, "IssueCredential({}, {:?}, {})", c.user_id, c.kind, c.id),
+            Command::RevokeCredential { user_id, id } => write!(f, "RevokeCredential({user_id}, {id})"),
             Command::Acme(change) => match change {
                 AcmeChange::Lease { node_id, until_ms } => write!(f, "Acme(Lease({node_id}, {until_ms}))"),
                 AcmeChange::Account { directory, .. } => write!(f, "Acme(Account({directory}))"),
@@ -585,6 +641,7 @@ pub enum Response {
     Rejected(Rejection),
     /// The answers to a [`Command::Batch`], in its order.
     Batch(Vec<Response>),
+    Credential(Credential),
 }
 
 impl Response {

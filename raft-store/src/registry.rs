@@ -36,6 +36,7 @@ pub enum RowKey {
     Retired(NodeId),
     Request(String),
     Acme,
+    Credential(Uuid),
 }
 
 impl RowKey {
@@ -51,6 +52,7 @@ impl RowKey {
             RowKey::Retired(id) => format!("retired/{id:020}"),
             RowKey::Request(id) => format!("req/{id}"),
             RowKey::Acme => "acme".to_string(),
+            RowKey::Credential(id) => format!("cred/{id}"),
         }
     }
 
@@ -69,6 +71,7 @@ impl RowKey {
             "retired" => RowKey::Retired(num()?),
             "req" => RowKey::Request(key.to_string()),
             "acme" => RowKey::Acme,
+            "cred" => RowKey::Credential(uuid()?),
             _ => return None,
         })
     }
@@ -103,6 +106,7 @@ pub struct Registry {
     nodes: BTreeMap<NodeId, NodeRecord>,
     retired: BTreeSet<NodeId>,
     acme: AcmeState,
+    credentials: BTreeMap<Uuid, Credential>,
     answered: BTreeMap<String, Answered>,
     next_seq: u64,
     /// Index of the last log entry applied to this registry (not a row: kept in the state
@@ -121,6 +125,8 @@ pub struct Registry {
     user_sockets: BTreeSet<(Uuid, Uuid)>,
     /// `(socket, tunnel)`: a socket's tunnels without scanning every tunnel.
     socket_tunnels: BTreeSet<(Uuid, Uuid)>,
+    /// `(user, credential)`: an account's tokens and keys.
+    user_credentials: BTreeSet<(Uuid, Uuid)>,
     answered_order: BTreeMap<u64, String>,
 }
 
@@ -285,6 +291,18 @@ impl Registry {
         self.acme.dns_challenges.get(&name).cloned().unwrap_or_default()
     }
 
+    pub fn credential(&self, id: &Uuid) -> Option<&Credential> {
+        self.credentials.get(id)
+    }
+
+    /// An account's tokens and API keys, oldest first.
+    pub fn credentials_of(&self, user_id: &Uuid) -> Vec<&Credential> {
+        let mut v: Vec<&Credential> =
+            self.user_credentials.range(id_range(user_id)).filter_map(|(_, c)| self.credentials.get(c)).collect();
+        v.sort_by_key(|c| (c.created_at_ms, c.id));
+        v
+    }
+
     pub fn is_retired(&self, node_id: NodeId) -> bool {
         self.retired.contains(&node_id)
     }
@@ -397,6 +415,14 @@ impl Registry {
                 Ok(Response::Released(self.release_node(*node_id, dirty)))
             }
             Command::Acme(change) => self.apply_acme(change, now, dirty),
+            Command::IssueCredential(c) => self.issue_credential(c, now, dirty),
+            Command::RevokeCredential { user_id, id } => match self.credentials.get(id) {
+                Some(c) if &c.user_id == user_id => {
+                    self.drop_credential(id, dirty);
+                    Ok(Response::Done)
+                }
+                _ => Err(Rejection::NotFound("no such token or API key".into())),
+            },
             Command::CreateAccount { user_id, name, email, password_hash, sshkey, max_accounts } => {
                 let user_name = user_id.simple().to_string();
                 if let Some(max) = max_accounts {
@@ -782,6 +808,55 @@ impl Registry {
         ended
     }
 
+    fn issue_credential(&mut self, c: &Credential, now: u64, dirty: &mut Dirty) -> Result<Response, Rejection> {
+        if !self.accounts.contains_key(&c.user_id) {
+            return Err(Rejection::NotFound("account not found".into()));
+        }
+        if self.credentials.contains_key(&c.id) {
+            return Err(Rejection::Conflict("credential id already exists".into()));
+        }
+        let held: Vec<Credential> = self.credentials_of(&c.user_id).into_iter().cloned().collect();
+        for old in held.iter().filter(|o| o.expires_at_ms.is_some_and(|e| e <= now)) {
+            self.drop_credential(&old.id, dirty);
+        }
+        let live: Vec<&Credential> =
+            held.iter().filter(|o| o.kind == c.kind && o.expires_at_ms.is_none_or(|e| e > now)).collect();
+        match c.kind {
+            CredentialKind::ApiKey => {
+                if live.iter().any(|o| o.name == c.name) {
+                    return Err(Rejection::Conflict(format!(
+                        "you have an API key named {:?} already; revoke it first or choose another name",
+                        c.name
+                    )));
+                }
+                if live.len() >= MAX_API_KEYS_PER_ACCOUNT {
+                    return Err(Rejection::Limit(format!(
+                        "an account holds at most {MAX_API_KEYS_PER_ACCOUNT} API keys; revoke one first"
+                    )));
+                }
+            }
+            CredentialKind::Token => {
+                let excess = (live.len() + 1).saturating_sub(MAX_TOKENS_PER_ACCOUNT);
+                for old in live.iter().take(excess) {
+                    self.drop_credential(&old.id, dirty);
+                }
+            }
+        }
+        let mut c = c.clone();
+        c.created_at_ms = now;
+        self.user_credentials.insert((c.user_id, c.id));
+        self.credentials.insert(c.id, c.clone());
+        dirty.insert(RowKey::Credential(c.id));
+        Ok(Response::Credential(c))
+    }
+
+    fn drop_credential(&mut self, id: &Uuid, dirty: &mut Dirty) {
+        if let Some(c) = self.credentials.remove(id) {
+            self.user_credentials.remove(&(c.user_id, c.id));
+            dirty.insert(RowKey::Credential(c.id));
+        }
+    }
+
     fn release_node(&mut self, node_id: NodeId, dirty: &mut Dirty) -> Vec<TunnelSession> {
         let held: Vec<Uuid> = self.sessions.values().filter(|s| s.node_id == node_id).map(|s| s.tunnel_id).collect();
         held.iter()
@@ -810,6 +885,7 @@ impl Registry {
             RowKey::Retired(id) => self.retired.contains(id).then(|| "true".to_string()),
             RowKey::Request(id) => j(self.answered.get(id)),
             RowKey::Acme => (self.acme != AcmeState::default()).then(|| j(Some(&self.acme))).flatten(),
+            RowKey::Credential(id) => j(self.credentials.get(id)),
         }
     }
 
@@ -826,6 +902,7 @@ impl Registry {
         keys.extend(self.retired.iter().map(|k| RowKey::Retired(*k)));
         keys.extend(self.answered.keys().map(|k| RowKey::Request(k.clone())));
         keys.push(RowKey::Acme);
+        keys.extend(self.credentials.keys().map(|k| RowKey::Credential(*k)));
         let mut rows: Vec<(String, String)> =
             keys.iter().filter_map(|k| self.row(k).map(|v| (k.encode(), v))).collect();
         rows.sort();
@@ -866,6 +943,9 @@ impl Registry {
                     r.answered.insert(id, p(k, v)?);
                 }
                 RowKey::Acme => r.acme = p(k, v)?,
+                RowKey::Credential(id) => {
+                    r.credentials.insert(id, p(k, v)?);
+                }
             }
         }
         r.reindex();
@@ -885,6 +965,7 @@ impl Registry {
         self.relay_ports = self.tunnels.values().map(|t| ((t.user_id, t.local_port), t.tunnel_id)).collect();
         self.user_sockets = self.sockets.values().map(|s| (s.user_id, s.socket_id)).collect();
         self.socket_tunnels = self.tunnels.values().map(|t| (t.socket_id, t.tunnel_id)).collect();
+        self.user_credentials = self.credentials.values().map(|c| (c.user_id, c.id)).collect();
         self.answered_order = self.answered.iter().map(|(id, a)| (a.seq, id.clone())).collect();
         self.next_seq = self.answered.values().map(|a| a.seq + 1).max().unwrap_or(0);
     }

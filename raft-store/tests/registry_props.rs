@@ -122,7 +122,23 @@ fn arb_cmd() -> impl Strategy<Value = Command> {
             changed_at_ms: 0,
         })),
         (1u64..4).prop_map(|n| Command::RetireNode { node_id: n }),
+        (0u8..4, 0u8..6, any::<bool>(), prop::option::of(0u64..1000), 0u8..3).prop_map(|(u, c, key, exp, name)| {
+            Command::IssueCredential(Credential {
+                id: cid(c),
+                user_id: uid(u),
+                kind: if key { CredentialKind::ApiKey } else { CredentialKind::Token },
+                name: format!("k{name}"),
+                created_at_ms: 0,
+                expires_at_ms: exp,
+                secret_hash: key.then(|| "ab".repeat(32)),
+            })
+        }),
+        (0u8..4, 0u8..6).prop_map(|(u, c)| Command::RevokeCredential { user_id: uid(u), id: cid(c) }),
     ]
+}
+
+fn cid(n: u8) -> Uuid {
+    Uuid::from_u128(0xc000 + u128::from(n))
 }
 
 fn arb_requests() -> impl Strategy<Value = Vec<Request>> {
@@ -495,4 +511,83 @@ fn a_chosen_name_or_port_is_taken_exactly_or_refused_changing_nothing() {
     r.apply(&q(Command::DeleteSocket { user_id: uid(1), socket_id: sid(1) }), &mut d);
     let Response::Socket(again) = r.apply(&mk(2, 3, SocketType::Http, "demo", None), &mut d) else { panic!() };
     assert_eq!((again.socket.dnsname.as_str(), again.socket.user_id), ("demo.localhost", uid(2)));
+}
+
+/// An account's credentials: an API key's name is unique among its keys, at most
+/// MAX_API_KEYS_PER_ACCOUNT keys (refused past it, changing nothing), at most
+/// MAX_TOKENS_PER_ACCOUNT tokens (the oldest dropped), expired ones dropped at the next issue,
+/// and only the owner revokes.
+#[test]
+fn credentials_are_capped_pruned_and_revoked_only_by_their_owner() {
+    let mut r = Registry::default();
+    let mut d = Dirty::new();
+    r.apply(&bootstrap(), &mut d);
+    let at = |at_ms, cmd| Request { request_id: None, at_ms, cmd };
+    for u in [1, 2] {
+        let acct = Command::CreateAccount {
+            user_id: uid(u),
+            name: "n".into(),
+            email: format!("{u}@x.io"),
+            password_hash: "h".into(),
+            sshkey: "k".into(),
+            max_accounts: None,
+        };
+        r.apply(&at(0, acct), &mut d);
+    }
+    let cred = |n: u128, kind, name: &str, expires: Option<u64>| {
+        Command::IssueCredential(Credential {
+            id: Uuid::from_u128(n),
+            user_id: uid(1),
+            kind,
+            name: name.into(),
+            created_at_ms: 0,
+            expires_at_ms: expires,
+            secret_hash: None,
+        })
+    };
+    // Keys: a name once; the cap refuses, changing nothing.
+    assert!(matches!(r.apply(&at(1, cred(1, CredentialKind::ApiKey, "ci", None)), &mut d), Response::Credential(_)));
+    let again = r.apply(&at(2, cred(2, CredentialKind::ApiKey, "ci", None)), &mut d);
+    assert!(matches!(again, Response::Rejected(Rejection::Conflict(_))), "{again:?}");
+    for i in 1..MAX_API_KEYS_PER_ACCOUNT as u128 {
+        let name = format!("k{i}");
+        assert!(matches!(
+            r.apply(&at(3, cred(100 + i, CredentialKind::ApiKey, &name, None)), &mut d),
+            Response::Credential(_)
+        ));
+    }
+    let digest = r.digest();
+    let over = r.apply(&at(4, cred(999, CredentialKind::ApiKey, "one-more", None)), &mut d);
+    assert!(matches!(over, Response::Rejected(Rejection::Limit(_))), "{over:?}");
+    assert_eq!(r.digest(), digest);
+    // Tokens: past the cap the oldest goes; expired ones go at the next issue.
+    for i in 0..MAX_TOKENS_PER_ACCOUNT as u128 {
+        r.apply(&at(10 + i as u64, cred(1000 + i, CredentialKind::Token, "login", Some(1_000_000))), &mut d);
+    }
+    r.apply(&at(500, cred(5000, CredentialKind::Token, "login", Some(1_000_000))), &mut d);
+    assert!(r.credential(&Uuid::from_u128(1000)).is_none(), "the oldest token was dropped");
+    assert!(r.credential(&Uuid::from_u128(1001)).is_some());
+    let tokens = |r: &Registry| r.credentials_of(&uid(1)).iter().filter(|c| c.kind == CredentialKind::Token).count();
+    assert_eq!(tokens(&r), MAX_TOKENS_PER_ACCOUNT);
+    r.apply(&at(2_000_000, cred(6000, CredentialKind::Token, "login", Some(3_000_000))), &mut d);
+    assert_eq!(tokens(&r), 1, "expired tokens were dropped");
+    // Only the owner revokes; a revoked id is gone.
+    let theirs = r.apply(&at(5, Command::RevokeCredential { user_id: uid(2), id: Uuid::from_u128(1) }), &mut d);
+    assert!(matches!(theirs, Response::Rejected(Rejection::NotFound(_))));
+    assert_eq!(
+        r.apply(&at(5, Command::RevokeCredential { user_id: uid(1), id: Uuid::from_u128(1) }), &mut d),
+        Response::Done
+    );
+    assert!(r.credential(&Uuid::from_u128(1)).is_none());
+    // No account, no credential.
+    let nobody = Command::IssueCredential(Credential {
+        id: Uuid::from_u128(7),
+        user_id: uid(3),
+        kind: CredentialKind::Token,
+        name: "login".into(),
+        created_at_ms: 0,
+        expires_at_ms: None,
+        secret_hash: None,
+    });
+    assert!(matches!(r.apply(&at(6, nobody), &mut d), Response::Rejected(Rejection::NotFound(_))));
 }

@@ -22,8 +22,12 @@ pub async fn run(cmd: AccountCmd, ctx: &Context) -> Result<(), Failure> {
         }
         AccountCmd::Show => {
             let token = store::read_token()?;
-            let id = mysocket_api::token_user_id(&token)
-                .ok_or_else(|| fail(3, "the stored token is unreadable; log in again"))?;
+            // An API key does not carry its account's id: `me` names the caller's account.
+            let id = match mysocket_api::token_user_id(&token) {
+                Some(id) => id,
+                None if token.starts_with("mysk_") => "me".to_string(),
+                None => return Err(fail(3, "the stored token is unreadable; log in again")),
+            };
             let u = ctx.anon().clone().with_token(token).get_user(&id).await?;
             ctx.output.print(&u, output::account);
         }

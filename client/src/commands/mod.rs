@@ -5,6 +5,7 @@
 mod account;
 mod cluster;
 mod connect;
+mod credentials;
 mod login;
 mod serve;
 mod socket;
@@ -27,6 +28,8 @@ pub async fn run(cmd: Cmd, ctx: &Context) -> Result<(), Failure> {
             connect::run(port, spec, temporary, host, identity, ctx).await
         }
         Cmd::Cluster { cmd } => cluster::run(cmd, ctx).await,
+        Cmd::Apikey { cmd } => credentials::apikey(cmd, ctx).await,
+        Cmd::Token { cmd } => credentials::token(cmd, ctx).await,
     }
 }
 

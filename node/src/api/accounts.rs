@@ -9,6 +9,8 @@ use axum::http::StatusCode;
 use axum::Json;
 use mysocket_api::types::*;
 use mysocket_raft_store::Command;
+use mysocket_raft_store::Credential;
+use mysocket_raft_store::CredentialKind;
 use mysocket_raft_store::Rejection;
 use mysocket_raft_store::Response as RegResponse;
 use uuid::Uuid;
@@ -37,7 +39,7 @@ pub(crate) async fn create_user(
     headers: HeaderMap,
     Body(req): Body<UserCreate>,
 ) -> ApiResult<Json<User>> {
-    let operator = caller(&node, &headers).ok() == Some(Caller::Operator);
+    let operator = caller(&node, &headers).await.ok() == Some(Caller::Operator);
     if !operator {
         node.limits.signup(peer.ip())?;
     }
@@ -124,19 +126,65 @@ pub enum Caller {
 }
 
 /// The caller a request's credential proves; a credential that proves nothing is 401.
-pub fn caller(node: &NodeRef, headers: &HeaderMap) -> ApiResult<Caller> {
-    let Some(token) = credential(headers) else { return Ok(Caller::Anonymous) };
-    let operator = node.read(|r| r.config().map(|c| auth::is_operator_token(&c.operator_token_hash, &token)));
-    if operator == Some(true) {
-        return Ok(Caller::Operator);
-    }
-    let claims = auth::verify_token(&token_key(node)?, &token).ok_or_else(ApiError::unauthorized)?;
-    claims.user_id.parse::<Uuid>().map(Caller::Account).map_err(|_| ApiError::unauthorized())
+pub async fn caller(node: &NodeRef, headers: &HeaderMap) -> ApiResult<Caller> {
+    Ok(caller_and_credential(node, headers).await?.0)
 }
 
-/// The account id a request's token proves, from `x-access-token` or `Authorization: Bearer`.
-pub fn authenticate(node: &NodeRef, headers: &HeaderMap) -> ApiResult<Uuid> {
-    match caller(node, headers)? {
+/// The caller, and for an account the id of the token or API key it came with. A token or
+/// key is accepted while the registry holds it: revoked (or dropped as the account's oldest),
+/// it is refused by every node once the revocation is applied there. One the local replica
+/// does not know yet (issued through another node a moment ago) is looked up again after a
+/// linearizable read.
+pub async fn caller_and_credential(node: &NodeRef, headers: &HeaderMap) -> ApiResult<(Caller, Option<Uuid>)> {
+    let Some(given) = credential(headers) else { return Ok((Caller::Anonymous, None)) };
+    let operator = node.read(|r| r.config().map(|c| auth::is_operator_token(&c.operator_token_hash, &given)));
+    if operator == Some(true) {
+        return Ok((Caller::Operator, None));
+    }
+    let now = crate::control::now_ms();
+    let (id, proof) = match auth::parse_api_key(&given) {
+        Some((id, secret)) => (id, Proof::Key(secret.to_string())),
+        None => {
+            let claims = auth::verify_token(&token_key(node)?, &given).ok_or_else(ApiError::unauthorized)?;
+            let user = claims.user_id.parse::<Uuid>().map_err(|_| ApiError::unauthorized())?;
+            let id = claims.jti.as_deref().and_then(|j| j.parse::<Uuid>().ok()).ok_or_else(ApiError::unauthorized)?;
+            (id, Proof::Token(user))
+        }
+    };
+    let check = |c: &Credential| match &proof {
+        Proof::Key(secret) => {
+            c.kind == CredentialKind::ApiKey
+                && c.secret_hash.as_deref().is_some_and(|h| auth::api_key_matches(h, secret))
+        }
+        Proof::Token(user) => c.kind == CredentialKind::Token && &c.user_id == user,
+    };
+    let lookup = || {
+        node.read(|r| {
+            r.credential(&id)
+                .filter(|c| check(c) && c.expires_at_ms.is_none_or(|e| e > now) && r.account(&c.user_id).is_some())
+                .map(|c| c.user_id)
+        })
+    };
+    let found = match lookup() {
+        Some(user) => Some(user),
+        None if node.read(|r| r.credential(&id).is_none()) => {
+            node.linearizable().await?;
+            lookup()
+        }
+        None => None,
+    };
+    found.map(|user| (Caller::Account(user), Some(id))).ok_or_else(ApiError::unauthorized)
+}
+
+/// What a request's credential says of itself: an API key's secret, or a signed token's account.
+enum Proof {
+    Key(String),
+    Token(Uuid),
+}
+
+/// The account id a request's token or API key proves.
+pub async fn authenticate(node: &NodeRef, headers: &HeaderMap) -> ApiResult<Uuid> {
+    match caller(node, headers).await? {
         Caller::Account(id) => Ok(id),
         Caller::Anonymous => Err(ApiError::unauthorized()),
         Caller::Operator => Err(ApiError::new(
@@ -147,8 +195,8 @@ pub fn authenticate(node: &NodeRef, headers: &HeaderMap) -> ApiResult<Uuid> {
 }
 
 /// Refuses anyone but an operator: 401 without a valid credential, 403 for an account.
-pub fn require_operator(node: &NodeRef, headers: &HeaderMap) -> ApiResult<()> {
-    match caller(node, headers) {
+pub async fn require_operator(node: &NodeRef, headers: &HeaderMap) -> ApiResult<()> {
+    match caller(node, headers).await {
         Ok(Caller::Operator) => Ok(()),
         Ok(Caller::Account(_)) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -183,7 +231,7 @@ impl axum::extract::FromRequestParts<NodeRef> for Operator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, node: &NodeRef) -> Result<Self, ApiError> {
-        require_operator(node, &parts.headers).map(|()| Operator)
+        require_operator(node, &parts.headers).await.map(|()| Operator)
     }
 }
 
@@ -218,19 +266,39 @@ pub(crate) async fn login(
         node.limits.login_failed(&req.email);
         return Err(wrong());
     };
-    let token = auth::issue_token(&token_key(&node)?, &acct.user_id.to_string(), node.config.token_ttl, now_secs());
-    Ok(Json(TokenReply { token }))
+    Ok(Json(TokenReply { token: new_token(&node, acct.user_id, "login").await? }))
 }
 
 #[utoipa::path(post, path = "/login/refresh", tag = "account", responses((status = 200, body = TokenReply), (status = 401, body = ErrorBody)), security(("token" = [])))]
 pub(crate) async fn refresh(State(node): State<NodeRef>, headers: HeaderMap) -> ApiResult<Json<TokenReply>> {
-    let user_id = authenticate(&node, &headers)?;
-    node.linearizable().await?;
-    if node.read(|r| r.account(&user_id).is_none()) {
-        return Err(ApiError::unauthorized());
+    let user_id = authenticate(&node, &headers).await?;
+    Ok(Json(TokenReply { token: new_token(&node, user_id, "refresh").await? }))
+}
+
+/// A login token for `user_id`, recorded in the registry (so its owner can list and revoke
+/// it) before it is handed out.
+async fn new_token(node: &NodeRef, user_id: Uuid, how: &str) -> ApiResult<String> {
+    let key = token_key(node)?;
+    let now = now_secs();
+    let id = Uuid::new_v4();
+    let cred = Credential {
+        id,
+        user_id,
+        kind: CredentialKind::Token,
+        name: how.to_string(),
+        created_at_ms: 0,
+        expires_at_ms: Some((now + node.config.token_ttl.as_secs()) * 1000),
+        secret_hash: None,
+    };
+    match node.write(Command::IssueCredential(cred)).await? {
+        RegResponse::Credential(_) => {}
+        RegResponse::Rejected(Rejection::NotFound(_)) => return Err(ApiError::unauthorized()),
+        RegResponse::Rejected(r) => return Err(r.into()),
+        other => {
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("unexpected registry answer {other}")))
+        }
     }
-    let token = auth::issue_token(&token_key(&node)?, &user_id.to_string(), node.config.token_ttl, now_secs());
-    Ok(Json(TokenReply { token }))
+    Ok(auth::issue_token(&key, &user_id.to_string(), &id.to_string(), node.config.token_ttl, now))
 }
 
 #[utoipa::path(get, path = "/user/{user_id}", tag = "account", params(("user_id" = String, Path)), responses((status = 200, body = User), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("token" = [])))]
@@ -239,9 +307,9 @@ pub(crate) async fn get_user(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<User>> {
-    let me = authenticate(&node, &headers)?;
-    // Another account's id answers exactly like a missing one.
-    if id.parse::<Uuid>().ok() != Some(me) {
+    let me = authenticate(&node, &headers).await?;
+    // Another account's id answers exactly like a missing one; `me` is the caller's.
+    if id != "me" && id.parse::<Uuid>().ok() != Some(me) {
         return Err(ApiError::not_found("user not found"));
     }
     node.linearizable().await?;

@@ -95,7 +95,7 @@ pub(crate) async fn metrics(_: Operator, State(node): State<NodeRef>) -> Respons
 
 #[utoipa::path(get, path = "/cluster", tag = "cluster", responses((status = 200, body = ClusterView)))]
 pub(crate) async fn cluster(State(node): State<NodeRef>, headers: HeaderMap) -> Json<ClusterView> {
-    let who = caller(&node, &headers).unwrap_or(Caller::Anonymous);
+    let who = caller(&node, &headers).await.unwrap_or(Caller::Anonymous);
     Json(cluster_view(&node, who).await)
 }
 

@@ -47,7 +47,7 @@ th{background:#f4f4f4}td.n{text-align:right}\
 
 #[utoipa::path(get, path = "/", tag = "cluster", responses((status = 200, description = "The dashboard: for an operator the cluster, the registry's totals and this node's traffic; for anyone else the cluster's health in aggregate", content_type = "text/html")))]
 pub(crate) async fn page(State(node): State<NodeRef>, headers: HeaderMap) -> Response {
-    match crate::api::caller(&node, &headers) {
+    match crate::api::caller(&node, &headers).await {
         Ok(Caller::Operator) => detail(&node).await,
         _ => health(&node),
     }
@@ -56,7 +56,7 @@ pub(crate) async fn page(State(node): State<NodeRef>, headers: HeaderMap) -> Res
 /// `GET /operator`: the detailed page, after the browser asks for the operator credential.
 #[utoipa::path(get, path = "/operator", tag = "cluster", responses((status = 200, description = "The operators' dashboard", content_type = "text/html"), (status = 401, description = "Basic auth: any user name, the operator token as the password")))]
 pub(crate) async fn operator_page(State(node): State<NodeRef>, headers: HeaderMap) -> Response {
-    match crate::api::caller(&node, &headers) {
+    match crate::api::caller(&node, &headers).await {
         Ok(Caller::Operator) => detail(&node).await,
         _ => (
             StatusCode::UNAUTHORIZED,

@@ -1,6 +1,7 @@
 //! The REST API on the API port: cluster administration and health, accounts and login.
 //! Every error is `{"message": ...}`; bad input never yields a 500 and never changes state.
-//! [`accounts`] (sign-up, login, tokens, who a caller is), [`sockets`] (sockets and tunnels,
+//! [`accounts`] (sign-up, login, tokens, who a caller is), [`credentials`] (listing and
+//! revoking tokens, API keys), [`sockets`] (sockets and tunnels,
 //! checked by [`validate`]), [`cluster`] (health, the cluster's view, membership), [`error`]
 //! (errors and bounded bodies), [`dashboard`], [`metrics`], [`openapi`], and [`tls`] (HTTPS
 //! on this port). It builds on [`crate::control`] only.
@@ -8,6 +9,7 @@
 pub mod access;
 pub mod accounts;
 pub mod cluster;
+pub mod credentials;
 pub mod dashboard;
 pub mod error;
 pub mod metrics;
@@ -136,6 +138,7 @@ pub fn router(node: NodeRef) -> Router {
         .route("/login/refresh", post(accounts::refresh))
         .route("/openapi.json", get(|| async { Json(crate::api::openapi::document()) }))
         .merge(crate::api::sockets::routes())
+        .merge(crate::api::credentials::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(node)

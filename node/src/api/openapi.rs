@@ -62,6 +62,9 @@ impl Modify for TokenHeader {
         crate::api::accounts::login,
         crate::api::accounts::refresh,
         crate::api::accounts::get_user,
+        crate::api::credentials::list,
+        crate::api::credentials::revoke,
+        crate::api::credentials::create_key,
         crate::api::sockets::list,
         crate::api::sockets::list_connect,
         crate::api::sockets::create,
@@ -74,7 +77,7 @@ impl Modify for TokenHeader {
         crate::api::sockets::show_tunnel,
         crate::api::sockets::remove_tunnel,
     ),
-    components(schemas(ErrorBody, ClusterView, NodeView, AddNode, DigestView, Health, UserCreate, User, Login, TokenReply, SocketCreate, SocketUpdate, Socket, Tunnel, TunnelHolder)),
+    components(schemas(ErrorBody, ClusterView, NodeView, AddNode, DigestView, Health, UserCreate, User, Login, TokenReply, CredentialView, ApiKeyCreate, ApiKeyCreated, SocketCreate, SocketUpdate, Socket, Tunnel, TunnelHolder)),
     modifiers(&TokenHeader)
 )]
 pub struct ApiDoc;

@@ -193,7 +193,7 @@ fn unexpected(r: RegResponse) -> ApiError {
 
 #[utoipa::path(get, path = "/socket", tag = "socket", responses((status = 200, body = Vec<SocketJson>), (status = 401, body = ErrorBody)), security(("token" = [])))]
 pub(crate) async fn list(State(node): State<NodeRef>, headers: HeaderMap) -> ApiResult<Json<Vec<SocketJson>>> {
-    let me = authenticate(&node, &headers)?;
+    let me = authenticate(&node, &headers).await?;
     node.linearizable().await?;
     Ok(Json(node.read(|reg| {
         let mut socks = reg.sockets_of(&me);
@@ -213,7 +213,7 @@ async fn create_socket(
     req: SocketCreate,
     with_tunnel: bool,
 ) -> ApiResult<Json<SocketJson>> {
-    let me = authenticate(&node, &headers)?;
+    let me = authenticate(&node, &headers).await?;
     node.limits.write(me)?;
     let socket = new_socket(&node, &req)?;
     let first_tunnel = with_tunnel.then(|| NewTunnel { tunnel_id: Uuid::new_v4(), local_port_hint: relay_port_hint() });
@@ -248,7 +248,7 @@ pub(crate) async fn show(
     headers: HeaderMap,
     Path(sid): Path<String>,
 ) -> ApiResult<Json<SocketJson>> {
-    let me = authenticate(&node, &headers)?;
+    let me = authenticate(&node, &headers).await?;
     let sid = parse_id(&sid, "socket")?;
     node.linearizable().await?;
     node.read(|reg| owned_view(reg, &me, &sid).map(|v| Json(socket_json(&node, reg, &v))))
@@ -261,7 +261,7 @@ pub(crate) async fn update(
     Path(sid): Path<String>,
     Body(req): Body<SocketUpdate>,
 ) -> ApiResult<Json<SocketJson>> {
-    let me = authenticate(&node, &headers)?;
+    let me = authenticate(&node, &headers).await?;
     node.limits.write(me)?;
     let sid = parse_id(&sid, "socket")?;
     node.linearizable().await?;
@@ -295,7 +295,7 @@ pub(crate) async fn remove(
     headers: HeaderMap,
     Path(sid): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let me = authenticate(&node, &headers)?;
+    let me = authenticate(&node, &headers).await?;
     node.limits.write(me)?;
     let sid = parse_id(&sid, "socket")?;
     let id = request_id(&headers, &me.to_string())?;
@@ -311,7 +311,7 @@ pub(crate) async fn list_tunnels(
     headers: HeaderMap,
     Path(sid): Path<String>,
 ) -> ApiResult<Json<Vec<TunnelJson>>> {
-    let me = authenticate(&node, &headers)?;
+    let me = authenticate(&node, &headers).await?;
     let sid = parse_id(&sid, "socket")?;
     node.linearizable().await?;
     node.read(|reg| {
@@ -326,7 +326,7 @@ pub(crate) async fn create_tunnel(
     Path(sid): Path<String>,
     Body(_req): Body<serde_json::Value>,
 ) -> ApiResult<Json<TunnelJson>> {
-    let me = authenticate(&node, &headers)?;
+    let me = authenticate(&node, &headers).await?;
     node.limits.write(me)?;
     let sid = parse_id(&sid, "socket")?;
     let tunnel = NewTunnel { tunnel_id: Uuid::new_v4(), local_port_hint: relay_port_hint() };
@@ -343,7 +343,7 @@ pub(crate) async fn show_tunnel(
     headers: HeaderMap,
     Path((sid, tid)): Path<(String, String)>,
 ) -> ApiResult<Json<TunnelJson>> {
-    let me = authenticate(&node, &headers)?;
+    let me = authenticate(&node, &headers).await?;
     let sid = parse_id(&sid, "socket")?;
     let tid = parse_id(&tid, "tunnel")?;
     node.linearizable().await?;
@@ -363,7 +363,7 @@ pub(crate) async fn remove_tunnel(
     headers: HeaderMap,
     Path((sid, tid)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let me = authenticate(&node, &headers)?;
+    let me = authenticate(&node, &headers).await?;
     node.limits.write(me)?;
     let sid = parse_id(&sid, "socket")?;
     let tid = parse_id(&tid, "tunnel")?;

@@ -46,14 +46,23 @@ pub struct Claims {
     pub user_id: String,
     pub exp: u64,
     pub iat: u64,
+    /// The token's credential id in the registry: accepted while the registry holds it. A
+    /// token without one (issued before tokens were revocable) is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 fn key_bytes(hex_key: &str) -> Vec<u8> {
     hex::decode(hex_key).unwrap_or_else(|_| hex_key.as_bytes().to_vec())
 }
 
-pub fn issue_token(hex_key: &str, user_id: &str, ttl: Duration, now_secs: u64) -> String {
-    let claims = Claims { user_id: user_id.to_string(), exp: now_secs + ttl.as_secs(), iat: now_secs };
+pub fn issue_token(hex_key: &str, user_id: &str, jti: &str, ttl: Duration, now_secs: u64) -> String {
+    let claims = Claims {
+        user_id: user_id.to_string(),
+        exp: now_secs + ttl.as_secs(),
+        iat: now_secs,
+        jti: Some(jti.to_string()),
+    };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&key_bytes(hex_key)))
         .expect("HS256 signing cannot fail")
 }
@@ -85,6 +94,32 @@ pub fn operator_token_hash(token: &str) -> String {
 pub fn is_operator_token(hash_hex: &str, given: &str) -> bool {
     let Ok(want) = hex::decode(hash_hex) else { return false };
     want.len() == 32 && bool::from(Sha256::digest(given.trim().as_bytes()).as_slice().ct_eq(&want))
+}
+
+/// What an API key starts with, so it is told from a token at a glance (and by secret scanners).
+pub const API_KEY_PREFIX: &str = "mysk_";
+
+/// A fresh API key for credential `id`: `mysk_<id, 32 hex>_<secret, 64 hex>`, and the SHA-256
+/// of its secret, which is all the registry keeps. 256 random bits leave nothing to guess, so
+/// a fast hash is enough (as for the operator token).
+pub fn new_api_key(id: &uuid::Uuid) -> (String, String) {
+    let mut b = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut b);
+    let secret = hex::encode(b);
+    (format!("{API_KEY_PREFIX}{}_{secret}", id.simple()), hex::encode(Sha256::digest(secret.as_bytes())))
+}
+
+/// The credential id and secret of something shaped like an API key.
+pub fn parse_api_key(key: &str) -> Option<(uuid::Uuid, &str)> {
+    let (id, secret) = key.strip_prefix(API_KEY_PREFIX)?.split_once('_')?;
+    let id = uuid::Uuid::try_parse(id).ok()?;
+    (secret.len() == 64 && secret.bytes().all(|b| b.is_ascii_hexdigit())).then_some((id, secret))
+}
+
+/// Whether `secret` is the one whose SHA-256 is `hash_hex`, in constant time.
+pub fn api_key_matches(hash_hex: &str, secret: &str) -> bool {
+    let Ok(want) = hex::decode(hash_hex) else { return false };
+    want.len() == 32 && bool::from(Sha256::digest(secret.as_bytes()).as_slice().ct_eq(&want))
 }
 
 type HmacSha256 = hmac::Hmac<Sha256>;
@@ -155,12 +190,28 @@ mod tests {
     }
 
     #[test]
+    fn api_keys_parse_and_match_only_their_secret() {
+        let id = uuid::Uuid::new_v4();
+        let (key, hash) = new_api_key(&id);
+        assert!(key.starts_with("mysk_") && !hash.contains(&key[38..]), "the hash is not the secret");
+        let (parsed, secret) = parse_api_key(&key).expect("parses");
+        assert_eq!(parsed, id);
+        assert!(api_key_matches(&hash, secret));
+        let (_, other) = new_api_key(&id);
+        assert!(!api_key_matches(&other, secret), "another key's hash");
+        for bad in ["mysk_", "mysk_x_y", &key[..key.len() - 1], &key.replace("mysk_", "mysk-"), "eyJhbGciOi.x.y"] {
+            assert!(parse_api_key(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
     fn tokens_refuse_forgery_expiry_and_alg_none() {
         let key = "00112233445566778899aabbccddeeff";
-        let t = issue_token(key, "u1", Duration::from_secs(60), now());
-        assert_eq!(verify_token(key, &t).unwrap().user_id, "u1");
+        let t = issue_token(key, "u1", "j1", Duration::from_secs(60), now());
+        let claims = verify_token(key, &t).unwrap();
+        assert_eq!((claims.user_id.as_str(), claims.jti.as_deref()), ("u1", Some("j1")));
         assert!(verify_token("ffeeddccbbaa99887766554433221100", &t).is_none(), "other key");
-        let expired = issue_token(key, "u1", Duration::from_secs(0), now() - 10);
+        let expired = issue_token(key, "u1", "j1", Duration::from_secs(0), now() - 10);
         assert!(verify_token(key, &expired).is_none(), "expired");
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let none = format!(
