@@ -48,15 +48,16 @@ if ((${#NEED_PKGS[@]})); then
   apt_install "${NEED_PKGS[@]}"
 fi
 
-# Selenium and the mock provider from PyPI, in a venv of their own.
-if [[ ! -x "$VENV/bin/oidc-provider-mock" ]] || ! "$VENV/bin/python" -c 'import selenium' 2>/dev/null; then
+# Selenium and the mock provider from PyPI, in a venv of their own; grpcio too, for the gRPC
+# tests (a Python gRPC server and client through a socket).
+if [[ ! -x "$VENV/bin/oidc-provider-mock" ]] || ! "$VENV/bin/python" -c 'import selenium, grpc' 2>/dev/null; then
   if [[ ! -x "$VENV/bin/pip" ]]; then
     python3 -m venv "$VENV" 2>/dev/null || {
       apt_install python3-venv
       python3 -m venv "$VENV"
     }
   fi
-  "$VENV/bin/pip" install -q selenium oidc-provider-mock
+  "$VENV/bin/pip" install -q selenium oidc-provider-mock grpcio
 fi
 
 # `--install-only`: the installs above and nothing more (scripts/test.sh does this before the

@@ -23,6 +23,8 @@ command -v iptables >/dev/null || NEED_PKGS+=(iptables)
 command -v dig >/dev/null || NEED_PKGS+=(bind9-dnsutils)
 command -v pebble >/dev/null && command -v pebble-challtestsrv >/dev/null || NEED_PKGS+=(pebble)
 command -v unbound >/dev/null || [[ -x /usr/sbin/unbound ]] || NEED_PKGS+=(unbound)
+# The PROXY protocol test puts HAProxy (accept-proxy) in front of its service.
+command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || NEED_PKGS+=(haproxy)
 # The deployment check (deploy/check-deploy.py) reads YAML: Python 3 with PyYAML.
 python3 -c 'import yaml' 2>/dev/null || /usr/bin/python3 -c 'import yaml' 2>/dev/null || NEED_PKGS+=(python3 python3-yaml)
 if ((${#NEED_PKGS[@]})); then
@@ -60,9 +62,11 @@ echo "== clippy (the release profile, so it reuses the build's RocksDB; warnings
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 
-echo "== the OpenID provider (oidc-provider-mock) and the browser (Chromium, Selenium) the access tests use"
+echo "== the OpenID provider (oidc-provider-mock), the browser (Chromium, Selenium) and grpcio the tests use"
 BROWSER_VENV="${BROWSER_VENV:-/var/tmp/mysocket-browser-venv}" scripts/browser-login.sh --install-only
 export MYSOCKET_OIDC_PROVIDER="${BROWSER_VENV:-/var/tmp/mysocket-browser-venv}/bin/oidc-provider-mock"
+# The same venv's Python, with grpcio and Selenium, for the gRPC and inspector tests.
+export MYSOCKET_TEST_PYTHON="${BROWSER_VENV:-/var/tmp/mysocket-browser-venv}/bin/python"
 
 echo "== tests"
 cargo test --release --workspace --locked -- --test-threads 2

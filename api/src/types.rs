@@ -173,6 +173,15 @@ pub struct SocketCreate {
     /// of it (see `custom_domain` in the answer); unique in the cluster (409 when claimed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_domain: Option<String>,
+    /// tcp and tls sockets: `v1` or `v2` writes a PROXY protocol header with the visitor's
+    /// address to the service before the visitor's first byte; absent: none. (http and https
+    /// services get the address in `X-Forwarded-For`.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<String>,
+    /// http and https sockets: `http1` (default) or `h2c`, HTTP/2 without TLS to the service,
+    /// for gRPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_protocol: Option<String>,
 }
 
 /// `PATCH /socket/{socket_id}`: the access rules to change; absent fields stay as they are.
@@ -201,6 +210,12 @@ pub struct SocketUpdate {
     /// proof is found); an empty value gives it up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_domain: Option<String>,
+    /// `v1`, `v2`, or `off` (or empty) for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<String>,
+    /// `http1` or `h2c`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_protocol: Option<String>,
 }
 
 /// A socket's custom domain and how to prove control of it: either DNS record below, at the
@@ -247,6 +262,12 @@ pub struct Socket {
     pub rate_limit: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_domain: Option<CustomDomain>,
+    /// tcp and tls sockets: `v1` or `v2` when the service gets a PROXY protocol header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<String>,
+    /// http and https sockets: `http1` or `h2c`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_protocol: Option<String>,
     pub tunnels: Vec<Tunnel>,
     pub user_name: String,
 }

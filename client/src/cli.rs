@@ -221,6 +221,22 @@ pub struct SocketSpec {
     pub allowed_email_domains: Vec<String>,
     #[command(flatten)]
     pub visitors: VisitorRules,
+    #[command(flatten)]
+    pub upstream: UpstreamOptions,
+}
+
+/// How visitors' connections reach the service.
+#[derive(clap::Args, Debug, Default)]
+pub struct UpstreamOptions {
+    /// tcp and tls sockets: `v1` or `v2` writes a PROXY protocol header with the visitor's
+    /// address before the first byte (for HAProxy, nginx `proxy_protocol`, ...). http and
+    /// https services get the address in X-Forwarded-For.
+    #[arg(long = "proxy-protocol", alias = "proxy_protocol", value_parser = ["v1", "v2", "off"])]
+    pub proxy_protocol: Option<String>,
+    /// http and https sockets: `h2c` speaks HTTP/2 without TLS to the service (gRPC);
+    /// default `http1`.
+    #[arg(long = "upstream-protocol", alias = "upstream_protocol", value_parser = ["http1", "h2c"])]
+    pub upstream_protocol: Option<String>,
 }
 
 /// Rules on visitors' addresses, for every socket type.
@@ -272,6 +288,8 @@ pub struct SocketChange {
     /// A custom domain to claim instead of the socket's current one ('' gives it up).
     #[arg(long)]
     pub domain: Option<String>,
+    #[command(flatten)]
+    pub upstream: UpstreamOptions,
 }
 
 /// An empty value given to a list flag (`--ip-allow ''`) clears the list.
@@ -292,6 +310,8 @@ impl From<SocketChange> for mysocket_api::SocketUpdate {
             ip_deny: cleared(c.ip_deny),
             rate_limit: c.rate_limit,
             custom_domain: c.domain,
+            proxy_protocol: c.upstream.proxy_protocol,
+            upstream_protocol: c.upstream.upstream_protocol,
         }
     }
 }
@@ -313,6 +333,8 @@ impl From<SocketSpec> for SocketCreate {
             subdomain: s.subdomain,
             port: s.public_port,
             custom_domain: s.domain,
+            proxy_protocol: s.upstream.proxy_protocol,
+            upstream_protocol: s.upstream.upstream_protocol,
         }
     }
 }

@@ -143,6 +143,38 @@ pub struct Access {
     /// (a burst of as many at once); 0: no limit.
     #[serde(default)]
     pub rate_limit: u32,
+    /// tcp and tls sockets: a PROXY protocol header written to the service before the
+    /// visitor's first byte, with the visitor's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// http and https sockets: the protocol the edge speaks to the service.
+    #[serde(default, skip_serializing_if = "UpstreamProtocol::is_http1")]
+    pub upstream: UpstreamProtocol,
+}
+
+/// The PROXY protocol's versions (HAProxy's spec): v1 is a text line, v2 a binary block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    V1,
+    V2,
+}
+
+/// How the edge speaks to an http or https socket's service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (every visitor's request, HTTP/1 or HTTP/2, is sent as HTTP/1.1).
+    #[default]
+    Http1,
+    /// HTTP/2 without TLS ("prior knowledge"), for gRPC: streams and trailers pass as they are.
+    H2c,
+}
+
+impl UpstreamProtocol {
+    pub fn is_http1(&self) -> bool {
+        *self == UpstreamProtocol::Http1
+    }
 }
 
 impl Access {

@@ -465,6 +465,12 @@ impl Registry {
                 if access.cloud_auth_enabled && s.socket_type.needs_port() {
                     return Err(Rejection::Invalid("cloud authentication works on http and https sockets only".into()));
                 }
+                if access.proxy_protocol.is_some() && !s.socket_type.needs_port() {
+                    return Err(Rejection::Invalid("the PROXY protocol works on tcp and tls sockets only".into()));
+                }
+                if !access.upstream.is_http1() && s.socket_type.needs_port() {
+                    return Err(Rejection::Invalid("h2c works on http and https sockets only".into()));
+                }
                 self.sockets.get_mut(socket_id).expect("owned above").access = access.clone();
                 dirty.insert(RowKey::Socket(*socket_id));
                 Ok(Response::Socket(self.socket_view(socket_id).expect("owned above")))

@@ -118,6 +118,8 @@ fn rules(want: &SocketCreate) -> SocketUpdate {
         ip_deny: Some(want.ip_deny.clone()),
         rate_limit: Some(want.rate_limit),
         custom_domain: want.custom_domain.clone(),
+        proxy_protocol: Some(want.proxy_protocol.clone().unwrap_or_else(|| "off".into())),
+        upstream_protocol: Some(want.upstream_protocol.clone().unwrap_or_else(|| "http1".into())),
     }
 }
 

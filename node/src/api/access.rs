@@ -6,7 +6,9 @@ use axum::http::StatusCode;
 use mysocket_api::types::SocketCreate;
 use mysocket_api::types::SocketUpdate;
 use mysocket_raft_store::Access;
+use mysocket_raft_store::ProxyProtocol;
 use mysocket_raft_store::SocketType;
+use mysocket_raft_store::UpstreamProtocol;
 
 use crate::api::validate;
 use crate::api::ApiError;
@@ -32,6 +34,10 @@ struct Wanted {
     ip_allow: Vec<String>,
     ip_deny: Vec<String>,
     rate_limit: u32,
+    /// As given: `v1`, `v2`, or none.
+    proxy_protocol: Option<String>,
+    /// As given: `http1` or `h2c`.
+    upstream: Option<String>,
 }
 
 fn unenforceable(msg: impl Into<String>) -> ApiError {
@@ -51,6 +57,8 @@ pub fn for_create(node: &NodeRef, socket_type: SocketType, req: &SocketCreate) -
         ip_allow: req.ip_allow.clone(),
         ip_deny: req.ip_deny.clone(),
         rate_limit: req.rate_limit,
+        proxy_protocol: req.proxy_protocol.clone(),
+        upstream: req.upstream_protocol.clone(),
     };
     check(node, socket_type, wanted, "nothing was created")
 }
@@ -72,6 +80,14 @@ pub fn for_update(node: &NodeRef, socket_type: SocketType, now: &Access, req: &S
         ip_allow: req.ip_allow.clone().unwrap_or_else(|| now.ip_allow.clone()),
         ip_deny: req.ip_deny.clone().unwrap_or_else(|| now.ip_deny.clone()),
         rate_limit: req.rate_limit.unwrap_or(now.rate_limit),
+        proxy_protocol: match &req.proxy_protocol {
+            Some(p) => Some(p.clone()),
+            None => now.proxy_protocol.map(|p| format!("{p:?}").to_lowercase()),
+        },
+        upstream: match &req.upstream_protocol {
+            Some(u) => Some(u.clone()),
+            None => Some(format!("{:?}", now.upstream).to_lowercase()),
+        },
     };
     check(node, socket_type, wanted, "nothing was changed")
 }
@@ -119,6 +135,29 @@ fn check(node: &NodeRef, socket_type: SocketType, w: Wanted, nothing: &str) -> A
     if w.rate_limit > MAX_RATE {
         return Err(ApiError::bad(format!("rate_limit is at most {MAX_RATE} per second (0: no limit)")));
     }
+    let proxy_protocol = match w.proxy_protocol.as_deref().map(|p| p.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("") | Some("off") => None,
+        Some("v1") => Some(ProxyProtocol::V1),
+        Some("v2") => Some(ProxyProtocol::V2),
+        Some(other) => return Err(ApiError::bad(format!("proxy_protocol {other:?}: v1, v2 or off"))),
+    };
+    if proxy_protocol.is_some() && !raw {
+        return Err(unenforceable(format!(
+            "proxy_protocol works on tcp and tls sockets only: an http or https service gets the visitor's \
+             address in X-Forwarded-For; {nothing}"
+        )));
+    }
+    let upstream = match w.upstream.as_deref().map(|u| u.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("") | Some("http1") => UpstreamProtocol::Http1,
+        Some("h2c") => UpstreamProtocol::H2c,
+        Some(other) => return Err(ApiError::bad(format!("upstream_protocol {other:?}: http1 or h2c"))),
+    };
+    if !upstream.is_http1() && raw {
+        return Err(unenforceable(format!(
+            "upstream_protocol h2c works on http and https sockets only: a tcp or tls socket passes the \
+             visitor's bytes as they are, HTTP/2 included; {nothing}"
+        )));
+    }
     Ok(Access {
         protected: w.protected,
         protected_username,
@@ -129,6 +168,8 @@ fn check(node: &NodeRef, socket_type: SocketType, w: Wanted, nothing: &str) -> A
         ip_allow,
         ip_deny,
         rate_limit: w.rate_limit,
+        proxy_protocol,
+        upstream,
     })
 }
 

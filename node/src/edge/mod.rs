@@ -6,7 +6,8 @@
 //! pages, the hand-written HTTP/1 path and hyper's); [`log`] writes the tunnel owner's access
 //! log; [`certs`] presents the cluster's certificates, [`acme`] obtains them from a public CA; [`relay`] serves relays other nodes open
 //! to tunnels held here; [`dns`] answers for the cluster's domain with the live nodes;
-//! [`domains`] verifies custom domains.
+//! [`domains`] verifies custom domains; [`proxy_header`] writes the PROXY protocol header a
+//! tcp or tls socket may ask for.
 
 pub mod acme;
 pub mod certs;
@@ -17,6 +18,7 @@ pub mod http;
 pub mod listen;
 pub mod log;
 pub mod policy;
+pub mod proxy_header;
 pub mod relay;
 pub mod route;
 pub mod tcp;

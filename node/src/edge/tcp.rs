@@ -90,10 +90,12 @@ async fn accept_loop(
                 let started = std::time::Instant::now();
                 // The socket's rules, as the replica has them now: refused, the connection is
                 // closed before a byte is read or a tunnel is opened.
-                let admitted = edge
-                    .node
-                    .read(|r| r.socket(&socket_id).map(|s| crate::edge::policy::admit_connection(&edge, s, peer.ip())));
-                if let Some(Err(why)) = admitted {
+                let admitted = edge.node.read(|r| {
+                    r.socket(&socket_id)
+                        .map(|s| (crate::edge::policy::admit_connection(&edge, s, peer.ip()), s.access.proxy_protocol))
+                });
+                let proxy_protocol = admitted.as_ref().and_then(|(_, p)| *p);
+                if let Some((Err(why), _)) = admitted {
                     crate::metrics::get().visitor_refused(kind.as_str(), why.reason());
                     tracing::debug!(%peer, %socket_id, reason = why.reason(), "tcp connection refused");
                     return;
@@ -107,6 +109,14 @@ async fn accept_loop(
                         }
                     };
                 let relayed = matches!(log, crate::edge::log::LogSink::Relay { .. });
+                // The visitor's address, before any of its bytes, when the socket asks for it.
+                if let (Some(version), Ok(dst)) = (proxy_protocol, client.local_addr()) {
+                    use tokio::io::AsyncWriteExt;
+                    let header = crate::edge::proxy_header::header(version, peer, dst);
+                    if upstream.write_all(&header).await.is_err() {
+                        return;
+                    }
+                }
                 let piped = async {
                     if kind == SocketType::Tls {
                         let acceptor = tls.read().expect("tls lock").clone()?;

@@ -14,6 +14,7 @@
 //! - `session_log`: what the client's SSH session shows, and a client that stops reading it.
 //! - `garbage`: garbage and silence on every port.
 //! - `metrics`: metrics and the dashboard.
+//! - `upstream`: the PROXY protocol header (read by HAProxy) and gRPC over h2c (grpcio).
 //! - `support`: tunnels, requests and metrics the tests share.
 
 mod access;
@@ -28,3 +29,4 @@ mod session_log;
 mod support;
 mod tcp_tls;
 mod tunnel;
+mod upstream;

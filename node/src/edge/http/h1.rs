@@ -152,9 +152,12 @@ where
         c.pool(up).await;
     }
     if hand_over {
+        // HTTP/2 with prior knowledge (h2c, as gRPC clients speak it to an http:// URL) opens
+        // with its preface.
+        let h2 = c.buf.starts_with(b"PRI * HTTP/2.0");
         let io = Prefixed::new(std::mem::take(&mut c.buf), c.client, ());
         let io = hyper_util::rt::TokioIo::new(io);
-        crate::edge::http::hyper::serve_connection(c.edge, io, peer, scheme, false).await;
+        crate::edge::http::hyper::serve_connection(c.edge, io, peer, scheme, h2).await;
     } else {
         let _ = c.client.shutdown().await;
     }
@@ -605,8 +608,9 @@ fn prepare(edge: &Edge, buf: &[u8], peer: SocketAddr, peer_ip: &str, scheme: &st
     }
     let visitor = crate::edge::policy::Visitor { ip: peer.ip(), authorization, cookies: &cookies };
     let routed = crate::edge::route::with_socket_named(&edge.node, host, |s, key| {
-        // The reserved paths of cloud authentication are served by hyper's path.
-        if s.access.cloud_auth_enabled && path.starts_with("/.mysocket/") {
+        // The reserved paths of cloud authentication are served by hyper's path, and so is
+        // every request to a service that speaks HTTP/2.
+        if (s.access.cloud_auth_enabled && path.starts_with("/.mysocket/")) || !s.access.upstream.is_http1() {
             return None;
         }
         crate::edge::policy::passes(edge, key, s, &visitor).map(|email| (s.socket_id, s.access.protected, email))

@@ -108,16 +108,17 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let upstream: Arc<Mutex<Option<Upstream>>> = Arc::default();
+    let h2c: crate::edge::http::h2c::Slot = Arc::default();
     let (pool, ours) = (edge.clone(), upstream.clone());
     let idle_timeout = edge.node.config.idle_timeout;
     // Requests in flight, for the idle timeout of HTTP/2 (HTTP/1 has its head deadline).
     let activity = h2.then(|| Arc::new(Activity::default()));
     let seen = activity.clone();
     let svc = hyper::service::service_fn(move |req| {
-        let (edge, upstream) = (edge.clone(), upstream.clone());
+        let (edge, upstream, h2c) = (edge.clone(), upstream.clone(), h2c.clone());
         let busy = seen.as_ref().map(|a| a.start());
         async move {
-            let resp = handle(edge, upstream, peer, scheme, req).await;
+            let resp = handle(edge, upstream, h2c, peer, scheme, req).await;
             crate::metrics::get().response(scheme, resp.status().as_u16());
             drop(busy);
             Ok::<_, Infallible>(resp)
@@ -205,6 +206,7 @@ pub fn empty_body() -> Body {
 async fn handle(
     edge: Arc<Edge>,
     upstream: Arc<Mutex<Option<Upstream>>>,
+    h2c: crate::edge::http::h2c::Slot,
     peer: SocketAddr,
     scheme: &'static str,
     mut req: Request<Incoming>,
@@ -220,6 +222,12 @@ async fn handle(
     forwarded_fields(req.headers_mut(), socket.access.protected, peer, scheme);
     if let Some(v) = email.and_then(|e| HeaderValue::from_str(&e).ok()) {
         req.headers_mut().insert(crate::edge::http::headers::EMAIL, v);
+    }
+    if socket.access.upstream == mysocket_raft_store::UpstreamProtocol::H2c {
+        return match crate::edge::http::h2c::send(&edge, &h2c, socket.socket_id, peer, req).await {
+            Ok((resp, log)) => logged(resp, log, peer, method, path, started),
+            Err(page) => page,
+        };
     }
 
     let mut guard = upstream.lock().await;
@@ -278,8 +286,19 @@ async fn handle(
         }
         *upstream.lock().await = None;
     }
-    // The line is written once the body has gone out (or the client left): bytes and latency
-    // cover the whole answer.
+    logged(resp, log, peer, method, path, started)
+}
+
+/// The service's response, its log line written once the body has gone out (or the client
+/// left): bytes and latency cover the whole answer.
+fn logged(
+    resp: Response<Incoming>,
+    log: LogSink,
+    peer: SocketAddr,
+    method: Method,
+    path: String,
+    started: Instant,
+) -> Response<Body> {
     let status = resp.status().as_u16();
     let peer_ip = peer.ip();
     resp.map(|b| {

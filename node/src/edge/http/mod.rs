@@ -1,8 +1,9 @@
 //! Public HTTP: one header policy ([`headers`]), the edge's own pages ([`pages`]), and two
 //! paths that apply them — [`h1`], hand-written, for plain HTTP/1.x requests, and [`hyper`]
-//! for HTTP/2 and whatever [`h1`] hands over.
+//! for HTTP/2 and whatever [`h1`] hands over, with [`h2c`] for services that speak HTTP/2.
 
 pub mod h1;
+pub mod h2c;
 pub mod headers;
 pub mod hyper;
 pub mod pages;
