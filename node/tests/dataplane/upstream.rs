@@ -131,3 +131,100 @@ async fn a_proxy_protocol_header_carries_the_visitors_address_same_node_and_rela
         .unwrap_err();
     assert_eq!(e.status().map(|s| s.as_u16()), Some(400), "{e}");
 }
+
+/// The Python with grpcio that scripts/test.sh installs (MYSOCKET_TEST_PYTHON).
+fn python() -> String {
+    let p =
+        std::env::var("MYSOCKET_TEST_PYTHON").unwrap_or_else(|_| "/var/tmp/mysocket-browser-venv/bin/python".into());
+    assert!(std::path::Path::new(&p).exists(), "{p} is missing: scripts/test.sh makes it (grpcio from PyPI)");
+    p
+}
+
+const GRPC_ECHO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/dataplane/py/grpc_echo.py");
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A gRPC service (grpcio, plain HTTP/2) behind an http socket with `upstream_protocol: h2c`,
+/// its tunnel on node 1: a grpcio client calls it through node 1 (same node) and node 2
+/// (relayed), over the public HTTP port (h2c with prior knowledge) and the HTTPS port (ALPN
+/// h2, the cluster CA): unary and bidirectional streaming calls answer, in order, with their
+/// trailers and status codes intact. The same service behind an http1 socket does not answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_pass_through_an_h2c_socket_same_node_and_relayed() {
+    let c = TestCluster::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, u, api) = ssh_user(&c, dir.path(), 1, "gia").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _service = Child(
+        std::process::Command::new(python())
+            .args([GRPC_ECHO, "serve", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let h2c = SocketCreate { name: "grpc".into(), upstream_protocol: Some("h2c".into()), ..Default::default() };
+    let s = api.connect(&h2c).await.unwrap();
+    assert_eq!(s.upstream_protocol.as_deref(), Some("h2c"));
+    let _t = ssh_forward(&key, &u.user_name, &c.nodes[&1].ip, s.tunnels[0].local_port, port);
+    let ca = reqwest::get(format!("{}/cluster/ca.pem", c.nodes[&1].api_url())).await.unwrap().text().await.unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let call = |target: String, tls: bool| {
+        let mut cmd = std::process::Command::new(python());
+        cmd.args([GRPC_ECHO, "call", &target, &s.dnsname]);
+        if tls {
+            cmd.arg(&ca_file);
+        }
+        let out = cmd.output().unwrap();
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    for id in [1u64, 2] {
+        let ip = c.nodes[&id].ip.clone();
+        for (port, tls) in [(8080, false), (8443, true)] {
+            let what = format!("gRPC through node {id} port {port}");
+            let out = eventually(Duration::from_secs(20), &what, || {
+                let (out, _) = call(format!("{ip}:{port}"), tls);
+                async move { out.contains("\"unary\"").then_some(out) }
+            })
+            .await;
+            let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+            assert_eq!(v["unary"], "said:hello", "{what}: {v}");
+            assert_eq!(v["unary_trailers"]["x-echo-trailer"], "kept", "{what}: {v}");
+            assert_eq!(v["unary_code"], "StatusCode.OK", "{what}: {v}");
+            assert_eq!(v["stream"], serde_json::json!(["0:a", "1:b", "2:c"]), "{what}: {v}");
+            assert_eq!(v["stream_trailers"]["x-echo-count"], "done", "{what}: {v}");
+            assert_eq!(v["missing"], "StatusCode.UNIMPLEMENTED", "{what}: the status is a trailer: {v}");
+        }
+    }
+    // The same service behind an HTTP/1.1 socket: no call gets through.
+    let h1 = api.connect(&SocketCreate { name: "h1".into(), ..Default::default() }).await.unwrap();
+    let _t1 = ssh_forward(&key, &u.user_name, &c.nodes[&1].ip, h1.tunnels[0].local_port, port);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut cmd = std::process::Command::new(python());
+    cmd.args([GRPC_ECHO, "call", &format!("{}:8080", c.nodes[&1].ip), &h1.dnsname]);
+    let out = cmd.output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("said:hello"), "an http1 socket passed gRPC");
+    // h2c is refused on a tcp socket, and an unknown protocol.
+    let e = api
+        .connect(&SocketCreate {
+            name: "t".into(),
+            socket_type: Some("tcp".into()),
+            upstream_protocol: Some("h2c".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(422), "{e}");
+    let e = api
+        .connect(&SocketCreate { name: "w".into(), upstream_protocol: Some("h3".into()), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(400), "{e}");
+}
