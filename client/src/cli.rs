@@ -84,6 +84,9 @@ pub enum Cmd {
         /// SSH private key; default ~/.ssh/id_ed25519, id_ecdsa or id_rsa.
         #[arg(long, short = 'i')]
         identity: Option<PathBuf>,
+        /// Where the request inspector listens (http and https sockets), or `false` for none.
+        #[arg(long, default_value = crate::inspect::web::DEFAULT)]
+        inspect: String,
     },
     /// Inspect and change the cluster's membership (operators).
     Cluster {

@@ -11,12 +11,14 @@
 //! - `commands`: one module per command.
 //! - `output`: the one way results are printed, as tables or JSON (`table` draws the tables).
 //! - `tunnel`: the SSH tunnel client that `connect` runs.
+//! - `inspect`: the request inspector (its page and API on 127.0.0.1:4040).
 //! - `failure`: errors and their exit codes.
 
 mod cli;
 mod commands;
 mod context;
 mod failure;
+mod inspect;
 mod output;
 mod store;
 mod table;

@@ -28,24 +28,42 @@ const CIPHERS: &[russh::cipher::Name] = &[
 /// pieces of this size (one channel message, one packet each).
 const PACKET: usize = 64 * 1024;
 
-/// What to forward where.
-pub struct TunnelSpec {
-    /// SSH login: the account's `user_name`.
-    pub user: String,
+/// One tunnel a session forwards: the relay port the node knows it by, and where its
+/// connections go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forward {
+    /// The socket's name, for messages.
+    pub name: String,
     /// The tunnel's relay port (`local_port` in the API).
     pub relay_port: u16,
     /// The local service.
     pub host: String,
     pub port: u16,
-    pub identity: PathBuf,
-    /// SSH endpoints to try, first the tunnel's own server.
-    pub servers: Vec<String>,
-    /// The cluster's SSH host key (OpenSSH public-key line) from `GET /cluster`.
-    pub host_key: String,
     /// The tunnel, for asking the API whether it still exists once a server has closed it.
     pub socket_id: String,
     pub tunnel_id: String,
+    /// An http or https socket: its requests pass the inspector, when one runs.
+    pub http: bool,
 }
+
+/// What to forward, and where to log in.
+pub struct TunnelSpec {
+    /// SSH login: the account's `user_name`.
+    pub user: String,
+    pub identity: PathBuf,
+    /// SSH endpoints to try, first the tunnels' own server.
+    pub servers: Vec<String>,
+    /// The cluster's SSH host key (OpenSSH public-key line) from `GET /cluster`.
+    pub host_key: String,
+    /// The tunnels to forward, all in one SSH session; a change (a reload) is applied to the
+    /// live session, so the tunnels that stay are not dropped.
+    pub forwards: tokio::sync::watch::Receiver<Vec<Forward>>,
+    /// Where HTTP requests are recorded for the inspector, if it runs.
+    pub inspector: Option<Arc<crate::inspect::Inspector>>,
+}
+
+/// Where a forwarded connection goes, by relay port: what the session forwards now.
+type Routes = Arc<std::sync::RwLock<std::collections::HashMap<u32, Forward>>>;
 
 /// The private key to use: `--identity`, else ~/.ssh/id_ed25519, id_ecdsa, id_rsa.
 pub fn find_identity(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -63,8 +81,8 @@ pub fn find_identity(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 struct Forwarder {
-    host: String,
-    port: u16,
+    routes: Routes,
+    inspector: Option<Arc<crate::inspect::Inspector>>,
     /// The cluster's SSH host key, from the API: every node must present exactly this one.
     pinned: russh::keys::PublicKey,
     /// Set when a node presented another key, to say so instead of a bare handshake error.
@@ -113,7 +131,7 @@ impl client::Handler for Forwarder {
         &mut self,
         channel: russh::Channel<client::Msg>,
         _connected_address: &str,
-        _connected_port: u32,
+        connected_port: u32,
         originator_address: &str,
         originator_port: u32,
         reply: client::ChannelOpenHandle,
@@ -123,16 +141,28 @@ impl client::Handler for Forwarder {
         // refused, the node gives the visitor its 502 page at once. (Accepted and then dropped,
         // the channel would stay open at the node's end and the visitor would wait.) On a task
         // of its own: the session's other channels do not wait for the dial.
-        let (host, port) = (self.host.clone(), self.port);
+        let Some(fwd) = self.routes.read().expect("routes").get(&connected_port).cloned() else {
+            reply.reject(russh::ChannelOpenFailure::AdministrativelyProhibited).await;
+            return Ok(());
+        };
+        let (host, port) = (fwd.host.clone(), fwd.port);
         let from = format!("{originator_address}:{originator_port}");
+        let inspector = self.inspector.clone().filter(|_| fwd.http);
         tokio::spawn(async move {
             match tokio::net::TcpStream::connect((host.as_str(), port)).await {
                 Ok(mut local) => {
                     reply.accept().await;
                     let _ = local.set_nodelay(true);
                     let mut remote = channel.into_stream();
-                    // Whole SSH packets per channel message, not tokio's default 8 KiB.
-                    let _ = tokio::io::copy_bidirectional_with_sizes(&mut remote, &mut local, PACKET, PACKET).await;
+                    match inspector {
+                        // HTTP, watched on its way: requests and answers recorded as they pass.
+                        Some(i) => i.pipe(&fwd.name, &format!("{host}:{port}"), &mut remote, &mut local).await,
+                        // Whole SSH packets per channel message, not tokio's default 8 KiB.
+                        None => {
+                            let _ =
+                                tokio::io::copy_bidirectional_with_sizes(&mut remote, &mut local, PACKET, PACKET).await;
+                        }
+                    }
                 }
                 Err(e) => {
                     reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
@@ -169,16 +199,23 @@ fn session_config() -> client::Config {
     }
 }
 
-/// One SSH session: connects, logs in, forwards the tunnel and prints its log until it ends.
-async fn session_once(spec: &TunnelSpec, key: &Arc<russh::keys::PrivateKey>, server: &str) -> anyhow::Result<Ended> {
+/// One SSH session: connects, logs in, forwards the tunnels (following changes to them) and
+/// prints its log until it ends.
+async fn session_once(
+    spec: &mut TunnelSpec,
+    key: &Arc<russh::keys::PrivateKey>,
+    server: &str,
+    gone: &std::collections::HashSet<String>,
+) -> anyhow::Result<Ended> {
     let config = Arc::new(session_config());
     let pinned = russh::keys::PublicKey::from_openssh(&spec.host_key)
         .map_err(|e| anyhow!("the cluster's SSH host key from the API does not parse: {e}"))?;
     let mismatch = Arc::new(std::sync::Mutex::new(None));
     let farewell = Arc::new(std::sync::Mutex::new(None));
+    let routes: Routes = Arc::default();
     let handler = Forwarder {
-        host: spec.host.clone(),
-        port: spec.port,
+        routes: routes.clone(),
+        inspector: spec.inspector.clone(),
         pinned,
         mismatch: mismatch.clone(),
         farewell: farewell.clone(),
@@ -202,17 +239,29 @@ async fn session_once(spec: &TunnelSpec, key: &Arc<russh::keys::PrivateKey>, ser
         russh::client::AuthResult::Success => {}
         _ => bail!("the server refused the key {} for {}", spec.identity.display(), spec.user),
     }
-    h.tcpip_forward("127.0.0.1", u32::from(spec.relay_port))
-        .await
-        .map_err(|e| anyhow!("the server refused to forward relay port {}: {e}", spec.relay_port))?;
+    let wanted = live(&spec.forwards.borrow_and_update(), gone);
+    let up = follow(&mut h, &routes, &wanted, server).await;
+    if up == 0 && !wanted.is_empty() {
+        bail!("the server refused every forward");
+    }
     let mut ch = h.channel_open_session().await?;
     ch.request_shell(false).await?;
-    say(format!("tunnel up via {server}: relay port {} -> {}:{}", spec.relay_port, spec.host, spec.port));
-    while let Some(msg) = ch.wait().await {
-        match msg {
-            ChannelMsg::Data { data } => show(&data),
-            ChannelMsg::Eof | ChannelMsg::Close => break,
-            _ => {}
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            msg = ch.wait() => match msg {
+                Some(ChannelMsg::Data { data }) => show(&data),
+                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => break,
+                Some(_) => {}
+            },
+            changed = spec.forwards.changed(), if watching => match changed {
+                Ok(()) => {
+                    let wanted = live(&spec.forwards.borrow_and_update(), gone);
+                    follow(&mut h, &routes, &wanted, server).await;
+                }
+                // Nobody changes them any more: the forwards stay as they are.
+                Err(_) => watching = false,
+            },
         }
     }
     // The session's end has been handled once its task is over (a disconnect message, if one
@@ -220,6 +269,44 @@ async fn session_once(spec: &TunnelSpec, key: &Arc<russh::keys::PrivateKey>, ser
     let _ = tokio::time::timeout(Duration::from_secs(1), h).await;
     let why = farewell.lock().expect("farewell").take();
     Ok(why.map_or(Ended::Lost, Ended::ByServer))
+}
+
+/// The forwards of `all` whose tunnels have not been deleted.
+fn live(all: &[Forward], gone: &std::collections::HashSet<String>) -> Vec<Forward> {
+    all.iter().filter(|f| !gone.contains(&f.tunnel_id)).cloned().collect()
+}
+
+/// Makes the session forward exactly `wanted`: asks for the new relay ports, cancels the ones
+/// no longer wanted, and points the others where they now go. How many forwards are up.
+async fn follow(h: &mut client::Handle<Forwarder>, routes: &Routes, wanted: &[Forward], server: &str) -> usize {
+    let now: Vec<Forward> = routes.read().expect("routes").values().cloned().collect();
+    for old in now.iter().filter(|o| !wanted.iter().any(|w| w.relay_port == o.relay_port)) {
+        routes.write().expect("routes").remove(&u32::from(old.relay_port));
+        let _ = h.cancel_tcpip_forward("127.0.0.1", u32::from(old.relay_port)).await;
+        say(format!("{}: no longer forwarded", old.name));
+    }
+    for w in wanted {
+        let port = u32::from(w.relay_port);
+        let had = routes.read().expect("routes").get(&port).cloned();
+        match had {
+            Some(h) if h == *w => {}
+            Some(_) => {
+                routes.write().expect("routes").insert(port, w.clone());
+                say(format!("{}: relay port {} -> {}:{} now", w.name, w.relay_port, w.host, w.port));
+            }
+            None => match h.tcpip_forward("127.0.0.1", port).await {
+                Ok(_) => {
+                    routes.write().expect("routes").insert(port, w.clone());
+                    say(format!(
+                        "tunnel up via {server}: relay port {} -> {}:{} ({})",
+                        w.relay_port, w.host, w.port, w.name
+                    ));
+                }
+                Err(e) => say(format!("{}: the server refused to forward relay port {}: {e}", w.name, w.relay_port)),
+            },
+        }
+    }
+    routes.read().expect("routes").len()
 }
 
 /// Messages waiting for the terminal at most, per stream (the node sends its session log as a
@@ -299,8 +386,9 @@ fn backoff_after(due: Duration, last: Option<&Ended>, lasted: Duration) -> Durat
     }
 }
 
-/// Keeps the tunnel up until the process is stopped: reconnects with backoff, moving to the
-/// next node each time, and refreshes the node list from the API when it can.
+/// Keeps the tunnels up until the process is stopped: reconnects with backoff, moving to the
+/// next node each time, and refreshes the node list from the API when it can. Ends with an
+/// error once every tunnel it forwards has been deleted.
 pub async fn run(mut spec: TunnelSpec, api: ApiClient) -> anyhow::Result<()> {
     let key = russh::keys::load_secret_key(&spec.identity, None).with_context(|| {
         format!("cannot read the private key {} (passphrase-protected keys are not supported)", spec.identity.display())
@@ -308,26 +396,39 @@ pub async fn run(mut spec: TunnelSpec, api: ApiClient) -> anyhow::Result<()> {
     let key = Arc::new(key);
     let mut due = FIRST_BACKOFF;
     let mut i = 0usize;
+    // Tunnels deleted through the API while this ran: nothing to come back to.
+    let mut gone = std::collections::HashSet::new();
     loop {
         if spec.servers.is_empty() {
             bail!("no SSH endpoint known for this cluster");
         }
         let server = spec.servers[i % spec.servers.len()].clone();
         let started = Instant::now();
-        let last = session_once(&spec, &key, &server).await;
-        // Closed or refused by a server (not a lost connection, which moves on at once): the
-        // tunnel may be gone, deleted through the API, and then there is nothing to come back to.
+        let last = session_once(&mut spec, &key, &server, &gone).await;
+        // Closed or refused by a server (not a lost connection, which moves on at once): a
+        // tunnel may be gone, deleted through the API.
         if !matches!(last, Ok(Ended::Lost)) {
-            if let Err(e) = api.tunnel(&spec.socket_id, &spec.tunnel_id).await {
-                if e.is_not_found() {
-                    if let Ok(Ended::ByServer(why)) = &last {
-                        say(format!("tunnel via {server} closed by the server ({why})"));
+            let forwards = live(&spec.forwards.borrow(), &gone);
+            for f in &forwards {
+                if let Err(e) = api.tunnel(&f.socket_id, &f.tunnel_id).await {
+                    if e.is_not_found() {
+                        say(format!(
+                            "{}: tunnel {} of socket {} no longer exists (deleted)",
+                            f.name, f.tunnel_id, f.socket_id
+                        ));
+                        gone.insert(f.tunnel_id.clone());
                     }
-                    bail!(
-                        "tunnel {} of socket {} no longer exists (deleted); stopping",
-                        spec.tunnel_id,
-                        spec.socket_id
-                    );
+                }
+            }
+            if !forwards.is_empty() && forwards.iter().all(|f| gone.contains(&f.tunnel_id)) {
+                if let Ok(Ended::ByServer(why)) = &last {
+                    say(format!("tunnel via {server} closed by the server ({why})"));
+                }
+                match forwards.as_slice() {
+                    [f] => {
+                        bail!("tunnel {} of socket {} no longer exists (deleted); stopping", f.tunnel_id, f.socket_id)
+                    }
+                    _ => bail!("every tunnel no longer exists (deleted); stopping"),
                 }
             }
         }
@@ -396,8 +497,8 @@ mod tests {
         let (cluster, stranger) = (key(1), key(2));
         let mismatch = Arc::new(std::sync::Mutex::new(None));
         let mut f = Forwarder {
-            host: "127.0.0.1".into(),
-            port: 1,
+            routes: Routes::default(),
+            inspector: None,
             pinned: cluster.public_key().clone(),
             mismatch: mismatch.clone(),
             farewell: Arc::default(),

@@ -25,6 +25,7 @@ pub async fn run(
     temporary: bool,
     host: String,
     identity: Option<PathBuf>,
+    inspect: String,
     ctx: &Context,
 ) -> Result<(), Failure> {
     let identity = crate::tunnel::find_identity(identity)?;
@@ -40,7 +41,9 @@ pub async fn run(
     };
     ctx.output.print(&sock, output::socket);
     serve::print_urls(&sock);
-    let spec = cluster.spec(&sock, &t, host, port, identity);
+    let inspector = serve::inspector(&inspect).await?;
+    let (_keep, forwards) = tokio::sync::watch::channel(vec![serve::forward(&sock, &t, host, port)]);
+    let spec = cluster.spec(&sock.user_name, &t.tunnel_server, identity, forwards, inspector);
     let outcome = serve::until_stopped(spec, &cluster.api).await.unwrap_or(Ok(()));
     if keep {
         eprintln!(
@@ -56,7 +59,7 @@ pub async fn run(
 
 /// The account's socket that `want` names (by subdomain if given, else by name), with its
 /// rules set to `want`'s and a tunnel nobody holds; created when there is none.
-async fn reuse_or_create(api: &ApiClient, want: &SocketCreate) -> Result<(Socket, Tunnel), Failure> {
+pub async fn reuse_or_create(api: &ApiClient, want: &SocketCreate) -> Result<(Socket, Tunnel), Failure> {
     let socks = api.sockets().await?;
     let found = match &want.subdomain {
         Some(label) => {

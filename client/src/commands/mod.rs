@@ -24,8 +24,8 @@ pub async fn run(cmd: Cmd, ctx: &Context) -> Result<(), Failure> {
         Cmd::Login { email, password } => login::run(email, password, ctx).await,
         Cmd::Socket { cmd } => socket::run(cmd, ctx).await,
         Cmd::Tunnel { cmd } => tunnel::run(cmd, ctx).await,
-        Cmd::Connect { port, spec, temporary, host, identity } => {
-            connect::run(port, spec, temporary, host, identity, ctx).await
+        Cmd::Connect { port, spec, temporary, host, identity, inspect } => {
+            connect::run(port, spec, temporary, host, identity, inspect, ctx).await
         }
         Cmd::Cluster { cmd } => cluster::run(cmd, ctx).await,
         Cmd::Apikey { cmd } => credentials::apikey(cmd, ctx).await,

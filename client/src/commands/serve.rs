@@ -1,6 +1,7 @@
 //! Serving a local port through a tunnel until stopped, for `connect` and `tunnel connect`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use mysocket_api::ApiClient;
 use mysocket_api::Socket;
@@ -9,6 +10,8 @@ use mysocket_api::Tunnel;
 use crate::context::Context;
 use crate::failure::fail;
 use crate::failure::Failure;
+use crate::inspect::Inspector;
+use crate::tunnel::Forward;
 use crate::tunnel::TunnelSpec;
 
 /// The cluster as a tunnel sees it (`GET /cluster`): the SSH host key every node presents, every
@@ -45,18 +48,59 @@ impl TunnelCluster {
         v
     }
 
-    /// Tunnel `t` of `sock` to the local service at `host:port`, logged in with `identity`.
-    pub fn spec(&self, sock: &Socket, t: &Tunnel, host: String, port: u16, identity: PathBuf) -> TunnelSpec {
+    /// An SSH session, logged in as `user` with `identity`, that forwards what `forwards`
+    /// says (and follows its changes), first through `server`.
+    pub fn spec(
+        &self,
+        user: &str,
+        server: &str,
+        identity: PathBuf,
+        forwards: tokio::sync::watch::Receiver<Vec<Forward>>,
+        inspector: Option<Arc<Inspector>>,
+    ) -> TunnelSpec {
         TunnelSpec {
-            user: sock.user_name.clone(),
-            relay_port: t.local_port,
-            host,
-            port,
+            user: user.to_string(),
             identity,
-            servers: self.servers(&t.tunnel_server),
+            servers: self.servers(server),
             host_key: self.host_key.clone(),
-            socket_id: sock.socket_id.clone(),
-            tunnel_id: t.tunnel_id.clone(),
+            forwards,
+            inspector,
+        }
+    }
+}
+
+/// Tunnel `t` of `sock` to the local service at `host:port`.
+pub fn forward(sock: &Socket, t: &Tunnel, host: String, port: u16) -> Forward {
+    Forward {
+        name: sock.name.clone(),
+        relay_port: t.local_port,
+        host,
+        port,
+        socket_id: sock.socket_id.clone(),
+        tunnel_id: t.tunnel_id.clone(),
+        http: matches!(sock.socket_type.as_str(), "http" | "https"),
+    }
+}
+
+/// Starts the inspector when `inspect` asks for it (`false` turns it off): its address is
+/// printed on stderr. One that cannot listen is reported and left out; the tunnels run anyway.
+pub async fn inspector(inspect: &str) -> Result<Option<Arc<Inspector>>, Failure> {
+    if matches!(inspect.trim(), "false" | "off" | "no" | "") {
+        return Ok(None);
+    }
+    let default = inspect == crate::inspect::web::DEFAULT;
+    let addr: std::net::SocketAddr = inspect
+        .parse()
+        .map_err(|_| fail(2, format!("--inspect {inspect:?}: an address such as 127.0.0.1:4040, or false")))?;
+    let i = Inspector::new();
+    match crate::inspect::web::serve(i.clone(), addr, default).await {
+        Ok(at) => {
+            eprintln!("Inspector: http://{at} (requests through your http tunnels; replay them from there)");
+            Ok(Some(i))
+        }
+        Err(e) => {
+            eprintln!("the inspector cannot listen on {addr}: {e}; running without it");
+            Ok(None)
         }
     }
 }
@@ -79,7 +123,7 @@ pub async fn until_stopped(spec: TunnelSpec, api: &ApiClient) -> Option<anyhow::
     }
 }
 
-async fn stop_signal() {
+pub async fn stop_signal() {
     use tokio::signal::unix::signal;
     use tokio::signal::unix::SignalKind;
     let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");

@@ -9,7 +9,6 @@ use crate::context::Context;
 use crate::failure::fail;
 use crate::failure::Failure;
 use crate::output;
-use crate::tunnel::TunnelSpec;
 
 pub async fn run(cmd: TunnelCmd, ctx: &Context) -> Result<(), Failure> {
     let api = ctx.authed()?;
@@ -49,7 +48,9 @@ async fn connect(
         .ok_or_else(|| fail(4, format!("socket {socket_id} has no tunnel {tunnel_id}")))?;
     let identity = crate::tunnel::find_identity(identity)?;
     // The socket as the user named it, as it was asked for.
-    let spec = TunnelSpec { socket_id, ..cluster.spec(&sock, t, host, port, identity) };
+    let forward = crate::tunnel::Forward { socket_id, ..serve::forward(&sock, t, host, port) };
+    let (_keep, forwards) = tokio::sync::watch::channel(vec![forward]);
+    let spec = cluster.spec(&sock.user_name, &t.tunnel_server, identity, forwards, None);
     serve::print_urls(&sock);
     match serve::until_stopped(spec, &cluster.api).await {
         Some(r) => r?,
