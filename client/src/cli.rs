@@ -47,6 +47,8 @@ pub enum Cmd {
     },
     /// Log in and store the token in ~/.mysocketio_token (the cluster's nodes beside it, in
     /// ~/.mysocketio_token.nodes).
+    ///
+    /// Example: mysocketctl login --email ada@example.com
     Login {
         #[arg(long, short = 'e')]
         email: Option<String>,
@@ -93,6 +95,38 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: ClusterCmd,
     },
+    /// Run every tunnel of a config file in one process, until stopped; SIGHUP or
+    /// `mysocketctl reload` applies the file's changes without dropping the tunnels that stay.
+    ///
+    /// Example: mysocketctl start --config ~/.config/mysocket/mysocket.toml
+    Start {
+        /// The config file [default: $XDG_CONFIG_HOME/mysocket/mysocket.toml or
+        /// ~/.config/mysocket/mysocket.toml].
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+        /// Where the request inspector listens, or `false`; overrides the file's `inspect`.
+        #[arg(long)]
+        inspect: Option<String>,
+    },
+    /// Check a config file, then have the `start` running it apply it again.
+    ///
+    /// Example: mysocketctl reload --config mysocket.toml
+    Reload {
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
+    },
+    /// Config files of `start`.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// Print a completion script for your shell.
+    ///
+    /// Example: mysocketctl completion bash > /etc/bash_completion.d/mysocketctl
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// API keys for scripts and CI: made once, shown once, used as MYSOCKET_API_KEY.
     Apikey {
         #[command(subcommand)]
@@ -102,6 +136,17 @@ pub enum Cmd {
     Token {
         #[command(subcommand)]
         cmd: TokenCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Check a config file: every mistake is named with its line; nothing is changed.
+    ///
+    /// Example: mysocketctl config check --config mysocket.toml
+    Check {
+        #[arg(long, short = 'c')]
+        config: Option<PathBuf>,
     },
 }
 
@@ -169,6 +214,8 @@ pub enum TokenCmd {
 #[derive(Subcommand, Debug)]
 pub enum AccountCmd {
     /// Create an account.
+    ///
+    /// Example: mysocketctl account create --name Ada --email ada@example.com
     Create {
         #[arg(long, short = 'n')]
         name: String,
@@ -181,6 +228,8 @@ pub enum AccountCmd {
         sshkey: Option<String>,
     },
     /// Show the logged-in account.
+    ///
+    /// Example: mysocketctl account show
     Show,
 }
 
@@ -345,18 +394,28 @@ impl From<SocketSpec> for SocketCreate {
 #[derive(Subcommand, Debug)]
 pub enum SocketCmd {
     /// List your sockets.
+    ///
+    /// Example: mysocketctl socket ls -o json
     Ls,
     /// Create a socket.
+    ///
+    /// Example: mysocketctl socket create --name web --type http --subdomain web
     Create(SocketSpec),
     /// Change a socket's access rules (Basic auth, cloud authentication, visitor addresses,
     /// rate limit); every node applies the change within a second, tunnels stay connected.
+    ///
+    /// Example: mysocketctl socket update --socket_id 6f1c... --ip-allow 203.0.113.0/24 --rate-limit 20
     Update(SocketChange),
     /// Show one socket with its access rules and tunnels.
+    ///
+    /// Example: mysocketctl socket show --socket_id 6f1c...
     Show {
         #[arg(long = "socket_id", alias = "socket-id", short = 's')]
         socket_id: String,
     },
     /// Delete a socket and its tunnels.
+    ///
+    /// Example: mysocketctl socket delete --socket_id 6f1c...
     Delete {
         #[arg(long = "socket_id", alias = "socket-id", short = 's')]
         socket_id: String,
@@ -366,16 +425,22 @@ pub enum SocketCmd {
 #[derive(Subcommand, Debug)]
 pub enum TunnelCmd {
     /// List a socket's tunnels.
+    ///
+    /// Example: mysocketctl tunnel ls --socket_id 6f1c...
     Ls {
         #[arg(long = "socket_id", alias = "socket-id", short = 's')]
         socket_id: String,
     },
     /// Add a tunnel to a socket.
+    ///
+    /// Example: mysocketctl tunnel create --socket_id 6f1c...
     Create {
         #[arg(long = "socket_id", alias = "socket-id", short = 's')]
         socket_id: String,
     },
     /// Show one tunnel.
+    ///
+    /// Example: mysocketctl tunnel show --socket_id 6f1c... --tunnel_id 9a7d...
     Show {
         #[arg(long = "socket_id", alias = "socket-id", short = 's')]
         socket_id: String,
@@ -383,6 +448,8 @@ pub enum TunnelCmd {
         tunnel_id: String,
     },
     /// Delete a tunnel.
+    ///
+    /// Example: mysocketctl tunnel delete --socket_id 6f1c... --tunnel_id 9a7d...
     Delete {
         #[arg(long = "socket_id", alias = "socket-id", short = 's')]
         socket_id: String,
@@ -390,6 +457,8 @@ pub enum TunnelCmd {
         tunnel_id: String,
     },
     /// Serve a local port through an existing tunnel until stopped.
+    ///
+    /// Example: mysocketctl tunnel connect --socket_id 6f1c... --tunnel_id 9a7d... --port 3000
     Connect {
         #[arg(long = "socket_id", alias = "socket-id", short = 's')]
         socket_id: String,
@@ -407,8 +476,12 @@ pub enum TunnelCmd {
 #[derive(Subcommand, Debug)]
 pub enum ClusterCmd {
     /// Leader, term and nodes.
+    ///
+    /// Example: mysocketctl cluster status --operator-token-file ops-token
     Status,
     /// Add a node (running with --join, or reachable at its raft address).
+    ///
+    /// Example: mysocketctl cluster add --id 4 --raft-addr 10.0.0.4:7071 --operator-token-file ops-token
     Add {
         #[arg(long)]
         id: u64,
@@ -416,6 +489,8 @@ pub enum ClusterCmd {
         raft_addr: String,
     },
     /// Remove a node; its id is never reused.
+    ///
+    /// Example: mysocketctl cluster remove --id 4 --operator-token-file ops-token
     Remove {
         #[arg(long)]
         id: u64,

@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - `cli`: the commands and flags (clap).
+//! - `config`: the config file `start` runs (many tunnels).
 //! - `context`: the API clients every command starts from, built from the global flags.
 //! - `store`: the token and the cluster's nodes, kept between runs.
 //! - `commands`: one module per command.
@@ -16,6 +17,7 @@
 
 mod cli;
 mod commands;
+mod config;
 mod context;
 mod failure;
 mod inspect;

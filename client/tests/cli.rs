@@ -27,6 +27,7 @@ impl Ctl {
         let out = Command::new(env!("CARGO_BIN_EXE_mysocketctl"))
             .args(args)
             .envs(env.iter().copied())
+            .env("XDG_RUNTIME_DIR", self.home.path())
             .env("MYSOCKET_API", urls)
             .env("MYSOCKET_TOKEN_FILE", &self.token_file)
             .env("HOME", self.home.path())
@@ -682,4 +683,204 @@ async fn an_api_key_drives_the_cli_until_it_is_revoked() {
     ]);
     let (code, _, err) = ctl.run(&["socket", "ls"]);
     assert_eq!(code, 3, "a revoked login token still works: {err}");
+}
+
+/// A local service that answers every request with `I am <name>`.
+async fn named_service(name: &'static str) -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut buf = Vec::new();
+                while next_head(&mut s, &mut buf).await.is_some() {
+                    let body = format!("I am {name}");
+                    let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+async fn fetch(node_ip: &str, host: &str) -> (u16, String) {
+    let request = reqwest::Client::new().get(format!("http://{node_ip}:8080/")).header("host", host);
+    match request.timeout(std::time::Duration::from_secs(10)).send().await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// Waits until `name`.localhost answers `I am <service>` through every node.
+async fn served_everywhere(c: &TestCluster, name: &str, service: &str) {
+    for id in [1u64, 2, 3] {
+        let ip = c.nodes[&id].ip.clone();
+        let host = format!("{name}.localhost");
+        let want = format!("I am {service}");
+        eventually(std::time::Duration::from_secs(20), &format!("{host} through node {id}"), || {
+            let (ip, host, want) = (ip.clone(), host.clone(), want.clone());
+            async move { (fetch(&ip, &host).await == (200, want)).then_some(()) }
+        })
+        .await;
+    }
+}
+
+/// The epoch of the session holding the tunnel of socket `name` (it changes when the tunnel
+/// is claimed again, i.e. dropped and reconnected).
+fn epoch_of(ctl: &Ctl, name: &str) -> Option<u64> {
+    let socks = ctl.json(&["socket", "ls"]);
+    let s = socks.as_array().unwrap().iter().find(|s| s["name"] == name)?.clone();
+    s["tunnels"].as_array()?.iter().find_map(|t| t["session"]["epoch"].as_u64())
+}
+
+/// `start` runs a config file's two tunnels in one process, answering through all three nodes;
+/// `reload` adds a third and removes one without dropping the one that stays (its session's
+/// epoch is unchanged); a bad file is refused with its line by `config check`, `reload` and
+/// SIGHUP alike, and the running tunnels are not touched; SIGTERM stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_runs_a_config_file_and_reload_changes_only_what_changed() {
+    let c = TestCluster::builder().start().await;
+    let ctl = Ctl::logged_in(c.nodes[&1].api_url(), "starter");
+    let (a, b, g) = (named_service("alpha").await, named_service("beta").await, named_service("gamma").await);
+    let file = ctl.home.path().join("mysocket.toml");
+    let tunnel =
+        |name: &str, port: u16| format!("[[tunnel]]\nname = \"{name}\"\nlocal = {port}\nsubdomain = \"{name}\"\n\n");
+    std::fs::write(&file, format!("inspect = false\n\n{}{}", tunnel("alpha", a), tunnel("beta", b))).unwrap();
+    let cfg = file.to_str().unwrap();
+    let out = ctl.ok(&["config", "check", "--config", cfg]);
+    assert!(out.contains("ok, 2 tunnel(s)"), "{out}");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mysocketctl"))
+        .args(["start", "--config", cfg])
+        .env("MYSOCKET_API", &ctl.urls)
+        .env("MYSOCKET_TOKEN_FILE", &ctl.token_file)
+        .env("HOME", ctl.home.path())
+        .env("XDG_RUNTIME_DIR", ctl.home.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let said = read_in_background(child.stderr.take().unwrap());
+    served_everywhere(&c, "alpha", "alpha").await;
+    served_everywhere(&c, "beta", "beta").await;
+    let text = || String::from_utf8_lossy(&said.lock().unwrap()).into_owned();
+    assert_eq!(text().matches("tunnel up via").count(), 2, "one SSH session, two forwards: {}", text());
+    let beta_epoch = epoch_of(&ctl, "beta").expect("beta is held");
+
+    // Reload: alpha goes, gamma comes, beta stays as it is.
+    std::fs::write(&file, format!("inspect = false\n\n{}{}", tunnel("beta", b), tunnel("gamma", g))).unwrap();
+    let out = ctl.ok(&["reload", "--config", cfg]);
+    assert!(out.contains("sent to mysocketctl start"), "{out}");
+    served_everywhere(&c, "gamma", "gamma").await;
+    for id in [1u64, 2, 3] {
+        let ip = c.nodes[&id].ip.clone();
+        eventually(std::time::Duration::from_secs(20), &format!("alpha to stop answering through node {id}"), || {
+            let ip = ip.clone();
+            async move { (fetch(&ip, "alpha.localhost").await.0 != 200).then_some(()) }
+        })
+        .await;
+    }
+    served_everywhere(&c, "beta", "beta").await;
+    assert_eq!(epoch_of(&ctl, "beta"), Some(beta_epoch), "beta's tunnel was dropped and claimed again: {}", text());
+    assert!(text().contains("alpha: no longer forwarded"), "{}", text());
+    assert!(!text().contains("beta: no longer"), "{}", text());
+
+    // A bad file: refused with its line, everywhere; the tunnels run on.
+    std::fs::write(&file, format!("inspect = false\n\n[[tunnel]]\nname = \"beta\"\nlocal = {b}\nsubdomian = \"x\"\n"))
+        .unwrap();
+    for args in [&["config", "check", "--config", cfg][..], &["reload", "--config", cfg]] {
+        let (code, _, err) = ctl.run(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(&format!("{cfg}:6")) && err.contains("subdomian"), "{args:?}: {err}");
+    }
+    let killed = Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    eventually(std::time::Duration::from_secs(10), "the refused reload to be said", || {
+        let t = text();
+        async move { t.contains("reload refused").then_some(()) }
+    })
+    .await;
+    served_everywhere(&c, "gamma", "gamma").await;
+    assert_eq!(epoch_of(&ctl, "beta"), Some(beta_epoch));
+
+    // SIGTERM: stops, the sockets kept.
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}: {}", text());
+    let names: Vec<String> = ctl
+        .json(&["socket", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.contains(&"beta".to_string()) && names.contains(&"gamma".to_string()), "{names:?}");
+    // No start runs now: reload says so.
+    std::fs::write(&file, format!("inspect = false\n\n{}", tunnel("beta", b))).unwrap();
+    let (code, _, err) = ctl.run(&["reload", "--config", cfg]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no `mysocketctl start` runs"), "{err}");
+}
+
+/// The subcommands `--help` of `path` lists (without `help`).
+fn subcommands(path: &[String]) -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_mysocketctl")).args(path).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let Some(list) = text.split("Commands:\n").nth(1) else { return Vec::new() };
+    list.lines()
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .filter(|c| c != "help")
+        .collect()
+}
+
+/// Every command, found by walking `--help`, shows an example in its `--help`; completion
+/// scripts for bash, zsh and fish name the commands, and bash's parses.
+#[test]
+fn every_command_has_an_example_and_completions_cover_them() {
+    let mut todo: Vec<Vec<String>> = subcommands(&[]).into_iter().map(|c| vec![c]).collect();
+    let mut leaves = Vec::new();
+    while let Some(path) = todo.pop() {
+        let subs = subcommands(&path);
+        if subs.is_empty() {
+            leaves.push(path);
+        } else {
+            todo.extend(subs.into_iter().map(|s| [path.clone(), vec![s]].concat()));
+        }
+    }
+    assert!(leaves.len() >= 25, "{leaves:?}");
+    for path in &leaves {
+        let out = Command::new(env!("CARGO_BIN_EXE_mysocketctl")).args(path).arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        let example = help.lines().find(|l| l.starts_with("Example: ")).unwrap_or("");
+        assert!(
+            example.contains(&format!("mysocketctl {}", path.join(" "))),
+            "`mysocketctl {} --help` shows no example of it:\n{help}",
+            path.join(" ")
+        );
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_mysocketctl")).args(["completion", shell]).output().unwrap();
+        assert!(out.status.success());
+        let script = String::from_utf8_lossy(&out.stdout);
+        for cmd in ["connect", "start", "apikey", "reload"] {
+            assert!(script.contains(cmd), "{shell} completion lacks {cmd}");
+        }
+        if shell == "bash" {
+            let dir = tempfile::tempdir().unwrap();
+            let f = dir.path().join("c.bash");
+            std::fs::write(&f, script.as_bytes()).unwrap();
+            assert!(Command::new("bash").arg("-n").arg(&f).status().unwrap().success(), "bash cannot parse it");
+        }
+    }
+    let (code, _) = {
+        let out = Command::new(env!("CARGO_BIN_EXE_mysocketctl")).args(["completion", "tcsh"]).output().unwrap();
+        (out.status.code(), out)
+    };
+    assert_eq!(code, Some(2), "an unknown shell is a usage error");
 }

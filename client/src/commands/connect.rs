@@ -83,7 +83,7 @@ pub async fn reuse_or_create(api: &ApiClient, want: &SocketCreate) -> Result<(So
 }
 
 /// A reused socket must be what the flags ask for: its type, name and port cannot change.
-fn same_endpoint(sock: &Socket, want: &SocketCreate) -> Result<(), Failure> {
+pub fn same_endpoint(sock: &Socket, want: &SocketCreate) -> Result<(), Failure> {
     let kind = want.socket_type.as_deref().unwrap_or("http");
     let mismatch = |what: String| {
         fail(
@@ -109,7 +109,7 @@ fn same_endpoint(sock: &Socket, want: &SocketCreate) -> Result<(), Failure> {
 }
 
 /// The access rules of `want`, as a change that replaces every rule of the socket.
-fn rules(want: &SocketCreate) -> SocketUpdate {
+pub fn rules(want: &SocketCreate) -> SocketUpdate {
     SocketUpdate {
         protected_socket: Some(want.protected_socket),
         protected_username: want.protected_username.clone(),

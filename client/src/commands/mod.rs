@@ -9,6 +9,7 @@ mod credentials;
 mod login;
 mod serve;
 mod socket;
+mod start;
 mod tunnel;
 
 use std::io::IsTerminal;
@@ -30,6 +31,17 @@ pub async fn run(cmd: Cmd, ctx: &Context) -> Result<(), Failure> {
         Cmd::Cluster { cmd } => cluster::run(cmd, ctx).await,
         Cmd::Apikey { cmd } => credentials::apikey(cmd, ctx).await,
         Cmd::Token { cmd } => credentials::token(cmd, ctx).await,
+        Cmd::Start { config, inspect } => start::run(config, inspect, ctx).await,
+        Cmd::Reload { config } => start::reload(config),
+        Cmd::Config { cmd: crate::cli::ConfigCmd::Check { config } } => start::check(config),
+        Cmd::Completion { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut crate::cli::Cli::command(), "mysocketctl", &mut script);
+            // A closed pipe (`| head`) is no failure worth a message.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            Ok(())
+        }
     }
 }
 
