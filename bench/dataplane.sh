@@ -125,10 +125,10 @@ wait_port() { # host port
 # (mysocketctl opens its pooled connections to the origin in bursts; see BENCHMARKS.md).
 NGINX_REUSEPORT=""
 [[ -n "${REUSEPORT:-}" ]] && NGINX_REUSEPORT=" reuseport"
-ORIGIN_IPERF=5201 ORIGIN_HTTP=8081
+ORIGIN_IPERF=5201 ORIGIN_HTTP=8081 ORIGIN_HTTP_PROXIED=8082
 # An origin left running by someone else would answer in place of this one (and without the
 # options above): its ports must be free.
-for port in $ORIGIN_IPERF $ORIGIN_HTTP; do
+for port in $ORIGIN_IPERF $ORIGIN_HTTP $ORIGIN_HTTP_PROXIED; do
   if [[ -n "$(ss -Hltn "sport = :$port")" ]]; then
     echo "port $port is taken (another iperf3 or nginx?): $(ss -Hltnp "sport = :$port" | grep -o 'users:.*' | head -n 1)" >&2
     exit 1
@@ -153,11 +153,17 @@ http {
     listen 127.0.0.1:$ORIGIN_HTTP backlog=4096$NGINX_REUSEPORT;
     location / { default_type text/plain; return 200 "hello from the origin\n"; }
   }
+  # The same answer behind a PROXY protocol header (nginx reads it before the request).
+  server {
+    listen 127.0.0.1:$ORIGIN_HTTP_PROXIED backlog=4096 proxy_protocol$NGINX_REUSEPORT;
+    location / { default_type text/plain; return 200 "hello from the origin\n"; }
+  }
 }
 EOF
 bg nginx nginx -e "$WORK/nginx/logs/error.log" -p "$WORK/nginx" -c "$WORK/nginx.conf" -g "daemon off;"
 wait_port 127.0.0.1 $ORIGIN_IPERF
 wait_port 127.0.0.1 $ORIGIN_HTTP
+wait_port 127.0.0.1 $ORIGIN_HTTP_PROXIED
 
 # --- one row: iperf3 Gbit/s; wrk keep-alive req/s p50 p99; wrk new-connection req/s ---
 FMT="%-21s %7s %12s %8s %8s %11s %7s\n"
@@ -495,10 +501,17 @@ EMAIL="bench-$(date +%s)-$$@example.com"
   --sshkey "$WORK/userkey.pub" >"$WORK/account.log" 2>&1
 "$CTL" login --email "$EMAIL" --password bench-password-1 >"$WORK/login.log" 2>&1
 bg ctl-iperf "$CTL" connect --port $ORIGIN_IPERF --type tcp --name bench-iperf --identity "$WORK/userkey"
-bg ctl-web "$CTL" connect --port $ORIGIN_HTTP --type http --name bench-web --identity "$WORK/userkey"
+bg ctl-web "$CTL" connect --port $ORIGIN_HTTP --type http --name bench-web --identity "$WORK/userkey" --inspect false
+# The same with the request inspector on (connect's default): every request and answer read
+# as they pass through mysocketctl.
+bg ctl-webinspect "$CTL" connect --port $ORIGIN_HTTP --type http --name bench-webinspect --identity "$WORK/userkey" \
+  --inspect 127.0.0.1:4040
 # The web origin behind a tcp socket too: the same TCP tunnel bore and rathole give, without
 # the edge's HTTP layer (Host routing, X-Forwarded-*, a log line per request).
 bg ctl-webtcp "$CTL" connect --port $ORIGIN_HTTP --type tcp --name bench-webtcp --identity "$WORK/userkey"
+# ... and with a PROXY protocol header before each connection's bytes (nginx reads it).
+bg ctl-webproxied "$CTL" connect --port $ORIGIN_HTTP_PROXIED --type tcp --name bench-webproxied \
+  --identity "$WORK/userkey" --proxy-protocol v1
 # The web origin behind an http socket with access rules the edge checks on every request (an
 # allow list, a deny list, a rate limit per visitor far above what wrk sends): the policy step's
 # cost.
@@ -506,21 +519,28 @@ bg ctl-webpolicy "$CTL" connect --port $ORIGIN_HTTP --type http --name bench-web
   --ip-allow 127.0.0.0/8,::1 --ip-deny 10.0.0.0/8,192.168.0.0/16 --rate-limit 100000
 for _ in $(seq 1 150); do
   grep -q "tunnel up via" "$WORK/ctl-iperf.log" && grep -q "tunnel up via" "$WORK/ctl-web.log" &&
-    grep -q "tunnel up via" "$WORK/ctl-webtcp.log" && grep -q "tunnel up via" "$WORK/ctl-webpolicy.log" && break
+    grep -q "tunnel up via" "$WORK/ctl-webtcp.log" && grep -q "tunnel up via" "$WORK/ctl-webpolicy.log" &&
+    grep -q "tunnel up via" "$WORK/ctl-webinspect.log" && grep -q "tunnel up via" "$WORK/ctl-webproxied.log" && break
   sleep 0.1
 done
 VIA="$(grep -ho 'tunnel up via [^:]*' "$WORK"/ctl-iperf.log "$WORK"/ctl-web*.log | sort -u | tr '\n' ' ')"
-read -r IPORT WNAME WPORT PNAME <<<"$("$CTL" socket ls --output json | python3 -c '
+read -r IPORT WNAME WPORT PNAME INAME XPORT <<<"$("$CTL" socket ls --output json | python3 -c '
 import json, sys
 s = {x["name"]: x for x in json.load(sys.stdin)}
 print(s["bench-iperf"]["socket_tcp_ports"][0], s["bench-web"]["dnsname"], s["bench-webtcp"]["socket_tcp_ports"][0],
-      s.get("bench-webpolicy", {}).get("dnsname", "-"))')"
+      s.get("bench-webpolicy", {}).get("dnsname", "-"), s.get("bench-webinspect", {}).get("dnsname", "-"),
+      s.get("bench-webproxied", {}).get("socket_tcp_ports", ["-"])[0])')"
 if [[ "$VIA" == "tunnel up via 127.0.0.1 " ]]; then
   system "mysocket same-node" 127.0.0.1 "$IPORT" "http://127.0.0.1:8080/" "$WNAME"
   if [[ "$PNAME" != - ]]; then
     system "mysocket with rules" - - "http://127.0.0.1:8080/" "$PNAME"
   else
     na_row "mysocket with rules"
+  fi
+  if [[ "$INAME" != - ]]; then
+    system "mysocket inspected" - - "http://127.0.0.1:8080/" "$INAME"
+  else
+    na_row "mysocket inspected"
   fi
   system "mysocket relayed" 127.0.0.2 "$IPORT" "http://127.0.0.2:8080/" "$WNAME"
   if command -v haproxy >/dev/null; then
@@ -552,14 +572,21 @@ EOF
     na_row "haproxy -> same-node"
   fi
   system "mysocket tcp socket" - - "http://127.0.0.1:$WPORT/" localhost
+  if [[ "$XPORT" != - ]]; then
+    system "mysocket tcp + PROXY v1" - - "http://127.0.0.1:$XPORT/" localhost
+  else
+    na_row "mysocket tcp + PROXY v1"
+  fi
 else
   echo "mysocketctl tunnels not up on node 1 (${VIA:-none}):" >&2
   tail -n 5 "$WORK/ctl-iperf.log" "$WORK"/ctl-web*.log >&2
   na_row "mysocket same-node"
   na_row "mysocket with rules"
+  na_row "mysocket inspected"
   na_row "mysocket relayed"
   na_row "haproxy -> same-node"
   na_row "mysocket tcp socket"
+  na_row "mysocket tcp + PROXY v1"
 fi
 
 # --- the rounds: every system once per round, in the same order ---

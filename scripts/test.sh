@@ -80,6 +80,11 @@ for seed in 1 2; do
   rm -rf "$RUNS/seed$seed"/node-*
 done
 echo "reports in $RUNS"
+# The inspector's browser test (client/tests/cli.rs) leaves its screenshots in the target folder.
+if [[ -d "$CARGO_TARGET_DIR/tmp/inspector-shots" ]]; then
+  cp -r "$CARGO_TARGET_DIR/tmp/inspector-shots" "$RUNS/inspector"
+  echo "inspector screenshots in $RUNS/inspector"
+fi
 
 echo "== hostile clients: one attacker process per attack against a three-node cluster (mysocket-hostile)"
 "$CARGO_TARGET_DIR/release/mysocket-hostile" --out "$RUNS/hostile"

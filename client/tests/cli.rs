@@ -28,6 +28,7 @@ impl Ctl {
             .args(args)
             .envs(env.iter().copied())
             .env("XDG_RUNTIME_DIR", self.home.path())
+            .env_remove("XDG_CONFIG_HOME")
             .env("MYSOCKET_API", urls)
             .env("MYSOCKET_TOKEN_FILE", &self.token_file)
             .env("HOME", self.home.path())
@@ -747,7 +748,9 @@ async fn start_runs_a_config_file_and_reload_changes_only_what_changed() {
     let c = TestCluster::builder().start().await;
     let ctl = Ctl::logged_in(c.nodes[&1].api_url(), "starter");
     let (a, b, g) = (named_service("alpha").await, named_service("beta").await, named_service("gamma").await);
-    let file = ctl.home.path().join("mysocket.toml");
+    // The default path, which deploy/mysocketctl.service names too.
+    std::fs::create_dir_all(ctl.home.path().join(".config/mysocket")).unwrap();
+    let file = ctl.home.path().join(".config/mysocket/mysocket.toml");
     let tunnel =
         |name: &str, port: u16| format!("[[tunnel]]\nname = \"{name}\"\nlocal = {port}\nsubdomain = \"{name}\"\n\n");
     std::fs::write(&file, format!("inspect = false\n\n{}{}", tunnel("alpha", a), tunnel("beta", b))).unwrap();
@@ -755,8 +758,14 @@ async fn start_runs_a_config_file_and_reload_changes_only_what_changed() {
     let out = ctl.ok(&["config", "check", "--config", cfg]);
     assert!(out.contains("ok, 2 tunnel(s)"), "{out}");
 
+    // Started as the systemd unit starts it.
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/mysocketctl.service")).unwrap();
+    let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("the unit's ExecStart");
+    let home = ctl.home.path().to_str().unwrap();
+    let mut argv = exec.split_whitespace().map(|a| a.replace("%h", home));
+    assert_eq!(argv.next().as_deref(), Some("/usr/local/bin/mysocketctl"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_mysocketctl"))
-        .args(["start", "--config", cfg])
+        .args(argv)
         .env("MYSOCKET_API", &ctl.urls)
         .env("MYSOCKET_TOKEN_FILE", &ctl.token_file)
         .env("HOME", ctl.home.path())
@@ -774,7 +783,8 @@ async fn start_runs_a_config_file_and_reload_changes_only_what_changed() {
 
     // Reload: alpha goes, gamma comes, beta stays as it is.
     std::fs::write(&file, format!("inspect = false\n\n{}{}", tunnel("beta", b), tunnel("gamma", g))).unwrap();
-    let out = ctl.ok(&["reload", "--config", cfg]);
+    // `reload` with no --config: the default path, the unit's.
+    let out = ctl.ok(&["reload"]);
     assert!(out.contains("sent to mysocketctl start"), "{out}");
     served_everywhere(&c, "gamma", "gamma").await;
     for id in [1u64, 2, 3] {
@@ -798,6 +808,8 @@ async fn start_runs_a_config_file_and_reload_changes_only_what_changed() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains(&format!("{cfg}:6")) && err.contains("subdomian"), "{args:?}: {err}");
     }
+    // The unit's ExecReload (kill -HUP $MAINPID).
+    assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
     let killed = Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
     eventually(std::time::Duration::from_secs(10), "the refused reload to be said", || {
@@ -883,4 +895,181 @@ fn every_command_has_an_example_and_completions_cover_them() {
         (out.status.code(), out)
     };
     assert_eq!(code, Some(2), "an unknown shell is a usage error");
+}
+
+/// A local service that records each request (`METHOD target body`) and answers
+/// `I saw METHOD target`.
+async fn recording_service() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some(head) = next_head(&mut s, &mut buf).await {
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                        })
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < len {
+                        let mut chunk = [0u8; 65536];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body: Vec<u8> = buf.drain(..len).collect();
+                    let line =
+                        head.lines().next().unwrap_or("").rsplit_once(' ').map(|x| x.0.to_string()).unwrap_or_default();
+                    log.lock().unwrap().push(format!("{line} {}", String::from_utf8_lossy(&body)));
+                    let answer = format!("I saw {line}");
+                    let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{answer}", answer.len());
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// `connect` serves the request inspector: a request through another node is listed with its
+/// heads and body; headless Chromium (Selenium) opens the page, sees it, opens it, replays it
+/// with the button (screenshots in CARGO_TARGET_TMPDIR/inspector-shots); the service gets it
+/// twice. A body over 64 KiB is kept cut and marked; only the last 100 requests are kept; a
+/// foreign Host, a non-JSON change and a foreign Origin are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inspector_lists_requests_and_replays_them_in_a_browser() {
+    let c = TestCluster::builder().start().await;
+    let ctl = Ctl::logged_in(c.nodes[&1].api_url(), "inspecting");
+    let (port, seen) = recording_service().await;
+    let at = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let inspector = format!("http://{at}");
+    let inspect = at.to_string();
+    let extra = ["--temporary", "--inspect", inspect.as_str()];
+    let (mut child, dnsname) = ctl
+        .connect_with(&ctl.urls, port, "insp", &extra, std::process::Stdio::null(), std::process::Stdio::null())
+        .await;
+    let public = format!("http://{}:8080", c.nodes[&2].ip);
+    let http = reqwest::Client::new();
+    eventually(std::time::Duration::from_secs(20), "the tunnel and the inspector", || {
+        let (http, public, inspector, dnsname) = (http.clone(), public.clone(), inspector.clone(), dnsname.clone());
+        async move {
+            let up = http.get(format!("{public}/warm")).header("host", dnsname).send().await.ok()?.status() == 200;
+            let listed = http.get(format!("{inspector}/api/requests")).send().await.ok()?.status() == 200;
+            (up && listed).then_some(())
+        }
+    })
+    .await;
+
+    // Refused: a foreign Host (DNS rebinding), a change not in JSON, a foreign Origin.
+    let r = http.get(format!("{inspector}/api/requests")).header("host", "evil.example:4040").send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = http
+        .post(format!("{inspector}/api/requests/1/replay"))
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = http
+        .post(format!("{inspector}/api/requests/1/replay"))
+        .header("content-type", "application/json")
+        .header("origin", "http://evil.example")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let page = http.get(format!("{inspector}/")).send().await.unwrap();
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"), "{csp}");
+
+    // In the browser.
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("inspector-shots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let python =
+        std::env::var("MYSOCKET_TEST_PYTHON").unwrap_or_else(|_| "/var/tmp/mysocket-browser-venv/bin/python".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/inspector_browser.py");
+    let out = tokio::task::spawn_blocking({
+        let (inspector, public, dnsname, shots) = (inspector.clone(), public.clone(), dnsname.clone(), shots.clone());
+        move || {
+            Command::new(python)
+                .args([script, &inspector, &public, &dnsname, shots.to_str().unwrap()])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "the browser test failed: {said}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_str(said.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(v["request_body"], "hello, inspector <b>not bold</b>", "{v}");
+    assert!(v["response_body"].as_str().unwrap().contains("I saw POST /from-the-browser-test?x=1"), "{v}");
+    assert_eq!(v["injected_elements"], 0, "the page took a body as HTML: {v}");
+    assert!(v["replay_result"].as_str().unwrap().contains(": 200"), "{v}");
+    assert_eq!(v["replay_rows"], 1, "{v}");
+    for shot in ["1-empty", "2-listed", "3-detail", "4-replayed"] {
+        assert!(shots.join(format!("{shot}.png")).metadata().unwrap().len() > 1000, "{shot}");
+    }
+    eprintln!("inspector screenshots: {}", shots.display());
+    let twice = seen.lock().unwrap().iter().filter(|l| l.starts_with("POST /from-the-browser-test?x=1 hello")).count();
+    assert_eq!(twice, 2, "the service got the request and its replay: {:?}", seen.lock().unwrap());
+
+    // A body over 64 KiB: kept cut; replayed only with a body given, which the service gets.
+    let big = "z".repeat(100 * 1024);
+    let r = http.post(format!("{public}/big")).header("host", &dnsname).body(big.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let list: Value = http.get(format!("{inspector}/api/requests")).send().await.unwrap().json().await.unwrap();
+    let entry = list.as_array().unwrap().iter().find(|e| e["path"] == "/big").expect("listed").clone();
+    assert_eq!((entry["request"]["cut"].as_bool(), entry["request"]["body_size"].as_u64()), (Some(true), Some(102400)));
+    assert_eq!(entry["request"]["body"].as_str().unwrap().len(), 64 * 1024);
+    assert_eq!(entry["status"], 200);
+    let id = entry["id"].as_u64().unwrap();
+    let replay = |body: &'static str| {
+        http.post(format!("{inspector}/api/requests/{id}/replay"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let r = replay("{}").await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("give a body"));
+    let r = replay(r#"{"body": "edited", "path": "/big?again=1"}"#).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let again: Value = r.json().await.unwrap();
+    assert_eq!((again["replay_of"].as_u64(), again["status"].as_u64()), (Some(id), Some(200)));
+    assert!(seen.lock().unwrap().iter().any(|l| l == "POST /big?again=1 edited"), "{:?}", seen.lock().unwrap());
+    let r = http
+        .post(format!("{inspector}/api/requests/{id}/replay"))
+        .header("content-type", "application/json")
+        .body("{\"bogus\": 1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Bounded: the last 100.
+    for i in 0..120 {
+        http.get(format!("{public}/n{i}")).header("host", &dnsname).send().await.unwrap();
+    }
+    let list: Value = http.get(format!("{inspector}/api/requests")).send().await.unwrap().json().await.unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 100);
+    assert_eq!(list[0]["path"], "/n119", "newest first");
+    let _ = child.kill();
+    let _ = child.wait();
 }

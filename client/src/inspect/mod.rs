@@ -117,56 +117,22 @@ impl Inspector {
     }
 
     /// Copies both ways between the tunnel's channel and the local service until both end,
-    /// recording each HTTP request and its answer as they pass.
+    /// recording each HTTP request and its answer as they pass: the same copy as without the
+    /// inspector (buffers of a whole SSH packet), each side read through a [`Tap`].
     /// `service` is the local service's `host:port`, where a replay goes.
     pub async fn pipe<R, L>(&self, socket: &str, service: &str, remote: &mut R, local: &mut L)
     where
         R: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
         L: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let conn = Mutex::new(Conn {
-            open: VecDeque::new(),
-            current: None,
-            requests: Reader::requests(),
-            responses: Reader::responses(),
-        });
-        let (mut rr, mut rw) = tokio::io::split(remote);
-        let (mut lr, mut lw) = tokio::io::split(local);
-        let up = async {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = match rr.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                self.requests(&conn, socket, service, &buf[..n]);
-                if lw.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-            let _ = lw.shutdown().await;
-        };
-        let down = async {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = match lr.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                self.responses(&conn, &buf[..n]);
-                if rw.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-            {
-                let mut c = conn.lock().expect("conn");
-                let mut evs = Vec::new();
-                c.responses.close(&mut evs);
-                c.apply_responses(evs);
-            }
-            let _ = rw.shutdown().await;
-        };
-        tokio::join!(up, down);
+        let conn = Mutex::new(Conn::new());
+        let mut from_visitor = Tap { inner: remote, inspector: self, conn: &conn, requests: Some((socket, service)) };
+        let mut from_service = Tap { inner: local, inspector: self, conn: &conn, requests: None };
+        let _ = tokio::io::copy_bidirectional_with_sizes(&mut from_visitor, &mut from_service, PACKET, PACKET).await;
+        let mut c = conn.lock().expect("conn");
+        let mut evs = Vec::new();
+        c.responses.close(&mut evs);
+        c.apply_responses(evs);
     }
 
     fn requests(&self, conn: &Mutex<Conn>, socket: &str, service: &str, bytes: &[u8]) {
@@ -222,6 +188,63 @@ impl Inspector {
     }
 }
 
+/// Bytes copied at once, as without the inspector: a whole SSH packet.
+const PACKET: usize = 64 * 1024;
+
+/// One side of an inspected connection: what is read from it is also given to the
+/// inspector (requests from the visitor's side, answers from the service's); writes pass
+/// through untouched.
+struct Tap<'a, S> {
+    inner: &'a mut S,
+    inspector: &'a Inspector,
+    conn: &'a Mutex<Conn>,
+    /// The visitor's side: the socket's name and the service's address, for new entries.
+    requests: Option<(&'a str, &'a str)>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Tap<'_, S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut *self.inner).poll_read(cx, buf);
+        let read = &buf.filled()[before..];
+        if !read.is_empty() {
+            match self.requests {
+                Some((socket, service)) => self.inspector.requests(self.conn, socket, service, read),
+                None => self.inspector.responses(self.conn, read),
+            }
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Tap<'_, S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
+}
+
 /// One connection's requests waiting for their answers, in order.
 struct Conn {
     open: VecDeque<(Arc<Mutex<Entry>>, Instant)>,
@@ -232,6 +255,10 @@ struct Conn {
 }
 
 impl Conn {
+    fn new() -> Conn {
+        Conn { open: VecDeque::new(), current: None, requests: Reader::requests(), responses: Reader::responses() }
+    }
+
     fn apply_responses(&mut self, evs: Vec<Event>) {
         for e in evs {
             let Some((entry, started)) = self.open.front() else { return };
@@ -317,12 +344,7 @@ impl Inspector {
                 .await
                 .map_err(|_| format!("the local service at {} did not answer in time", orig.service))?
                 .map_err(|e| format!("the local service at {} is down: {e}", orig.service))?;
-        let conn = Mutex::new(Conn {
-            open: VecDeque::new(),
-            current: None,
-            requests: Reader::requests(),
-            responses: Reader::responses(),
-        });
+        let conn = Mutex::new(Conn::new());
         self.requests(&conn, &orig.socket, &orig.service, &req);
         let entry =
             conn.lock().expect("conn").open.back().map(|(e, _)| e.clone()).ok_or("the request did not parse")?;
