@@ -976,23 +976,16 @@ async fn the_inspector_lists_requests_and_replays_them_in_a_browser() {
     // Refused: a foreign Host (DNS rebinding), a change not in JSON, a foreign Origin.
     let r = http.get(format!("{inspector}/api/requests")).header("host", "evil.example:4040").send().await.unwrap();
     assert_eq!(r.status(), 403);
-    let r = http
-        .post(format!("{inspector}/api/requests/1/replay"))
-        .header("content-type", "text/plain")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
-    let r = http
-        .post(format!("{inspector}/api/requests/1/replay"))
-        .header("content-type", "application/json")
-        .header("origin", "http://evil.example")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
+    // A replay of entry `id` with `body`, sent as `kind` from `origin`.
+    let replay = |id: u64, kind: &'static str, origin: Option<&'static str>, body: &'static str| {
+        let mut r = http.post(format!("{inspector}/api/requests/{id}/replay")).header("content-type", kind).body(body);
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.send()
+    };
+    assert_eq!(replay(1, "text/plain", None, "{}").await.unwrap().status(), 403);
+    assert_eq!(replay(1, "application/json", Some("http://evil.example"), "{}").await.unwrap().status(), 403);
     let page = http.get(format!("{inspector}/")).send().await.unwrap();
     let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
     assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"), "{csp}");
@@ -1034,33 +1027,22 @@ async fn the_inspector_lists_requests_and_replays_them_in_a_browser() {
     let r = http.post(format!("{public}/big")).header("host", &dnsname).body(big.clone()).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let list: Value = http.get(format!("{inspector}/api/requests")).send().await.unwrap().json().await.unwrap();
-    let entry = list.as_array().unwrap().iter().find(|e| e["path"] == "/big").expect("listed").clone();
+    let listed = list.as_array().unwrap().iter().find(|e| e["path"] == "/big").expect("listed").clone();
+    assert!(listed["request"].get("body").is_none(), "the list leaves the bodies out");
+    let id = listed["id"].as_u64().unwrap();
+    let entry: Value = http.get(format!("{inspector}/api/requests/{id}")).send().await.unwrap().json().await.unwrap();
     assert_eq!((entry["request"]["cut"].as_bool(), entry["request"]["body_size"].as_u64()), (Some(true), Some(102400)));
     assert_eq!(entry["request"]["body"].as_str().unwrap().len(), 64 * 1024);
     assert_eq!(entry["status"], 200);
-    let id = entry["id"].as_u64().unwrap();
-    let replay = |body: &'static str| {
-        http.post(format!("{inspector}/api/requests/{id}/replay"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-    };
-    let r = replay("{}").await.unwrap();
+    let r = replay(id, "application/json", None, "{}").await.unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("give a body"));
-    let r = replay(r#"{"body": "edited", "path": "/big?again=1"}"#).await.unwrap();
+    let r = replay(id, "application/json", None, r#"{"body": "edited", "path": "/big?again=1"}"#).await.unwrap();
     assert_eq!(r.status(), 200);
     let again: Value = r.json().await.unwrap();
     assert_eq!((again["replay_of"].as_u64(), again["status"].as_u64()), (Some(id), Some(200)));
     assert!(seen.lock().unwrap().iter().any(|l| l == "POST /big?again=1 edited"), "{:?}", seen.lock().unwrap());
-    let r = http
-        .post(format!("{inspector}/api/requests/{id}/replay"))
-        .header("content-type", "application/json")
-        .body("{\"bogus\": 1}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    assert_eq!(replay(id, "application/json", None, r#"{"bogus": 1}"#).await.unwrap().status(), 400);
 
     // Bounded: the last 100.
     for i in 0..120 {

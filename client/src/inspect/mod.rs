@@ -6,7 +6,7 @@
 //! Requests are read as they pass ([`parse`]): the bytes between the tunnel and the service
 //! are copied exactly as without the inspector, and what it cannot follow (an upgrade to
 //! WebSocket, garbage) it stops reading. Memory: at most [`MAX_ENTRIES`] entries of at most
-//! two heads of 64 KiB and two bodies of [`MAX_BODY`] each — 25.6 MiB at worst, a few KiB
+//! two heads of 64 KiB and two bodies of [`MAX_BODY`] each — 25 MiB at worst, a few KiB
 //! for ordinary requests.
 
 pub mod parse;
@@ -19,7 +19,6 @@ use std::time::Instant;
 
 use parse::Event;
 use parse::Reader;
-use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 
@@ -28,20 +27,16 @@ pub const MAX_ENTRIES: usize = 100;
 /// Bytes of each body kept; the rest is counted and marked as cut.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// A request or a response as recorded.
-#[derive(Clone, Debug, Default, Serialize)]
+/// A request or a response as recorded: its head's fields and its body's first
+/// [`MAX_BODY`] bytes (only these bytes are kept; the text forms are made when asked for).
+#[derive(Clone, Debug, Default)]
 pub struct Message {
     pub headers: Vec<(String, String)>,
-    /// The body's first [`MAX_BODY`] bytes as text (invalid UTF-8 replaced) ...
-    pub body: String,
-    /// ... and exactly, base64.
-    pub body_base64: String,
+    raw: Vec<u8>,
     /// The whole body's size.
     pub body_size: u64,
     /// The body was larger than what is kept.
     pub cut: bool,
-    #[serde(skip)]
-    raw: Vec<u8>,
 }
 
 impl Message {
@@ -52,16 +47,21 @@ impl Message {
         self.cut |= bytes.len() > room;
     }
 
-    /// Fills the text forms of the body once it is complete.
-    fn seal(&mut self) {
+    /// As the API shows it: with the body (as text, invalid UTF-8 replaced, and exactly, in
+    /// base64) or, in the list, without.
+    fn view(&self, bodies: bool) -> serde_json::Value {
         use base64::Engine;
-        self.body = String::from_utf8_lossy(&self.raw).into_owned();
-        self.body_base64 = base64::engine::general_purpose::STANDARD.encode(&self.raw);
+        let mut v = serde_json::json!({ "headers": self.headers, "body_size": self.body_size, "cut": self.cut });
+        if bodies {
+            v["body"] = String::from_utf8_lossy(&self.raw).into();
+            v["body_base64"] = base64::engine::general_purpose::STANDARD.encode(&self.raw).into();
+        }
+        v
     }
 }
 
 /// One request and, once it came, its answer.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default)]
 pub struct Entry {
     pub id: u64,
     /// The socket's name.
@@ -87,6 +87,25 @@ pub struct Inspector {
     next: std::sync::atomic::AtomicU64,
 }
 
+impl Entry {
+    /// As the API shows it, with or without the bodies.
+    pub fn view(&self, bodies: bool) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "socket": self.socket,
+            "at_ms": self.at_ms,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "duration_ms": self.duration_ms,
+            "request": self.request.view(bodies),
+            "response": self.response.as_ref().map(|r| r.view(bodies)),
+            "replay_of": self.replay_of,
+            "service": self.service,
+        })
+    }
+}
+
 impl Inspector {
     pub fn new() -> Arc<Inspector> {
         Arc::new(Inspector { entries: Mutex::default(), next: 1.into() })
@@ -103,9 +122,9 @@ impl Inspector {
         e
     }
 
-    /// Every entry, newest first.
-    pub fn list(&self) -> Vec<Entry> {
-        self.entries.lock().expect("entries").iter().rev().map(|e| e.lock().expect("entry").clone()).collect()
+    /// Every entry, newest first, without the bodies (`get` has them).
+    pub fn list(&self) -> Vec<serde_json::Value> {
+        self.entries.lock().expect("entries").iter().rev().map(|e| e.lock().expect("entry").view(false)).collect()
     }
 
     pub fn get(&self, id: u64) -> Option<Entry> {
@@ -165,7 +184,6 @@ impl Inspector {
                 }
                 Event::End => {
                     if let Some(e) = c.current.take() {
-                        e.lock().expect("entry").request.seal();
                         c.open.push_back((e, Instant::now()));
                     }
                 }
@@ -275,9 +293,6 @@ impl Conn {
                 }
                 Event::End => {
                     entry.duration_ms = Some(started.elapsed().as_millis() as u64);
-                    if let Some(r) = entry.response.as_mut() {
-                        r.seal();
-                    }
                     drop(entry);
                     self.open.pop_front();
                 }

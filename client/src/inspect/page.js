@@ -2,6 +2,7 @@
 // value is put in the page as text (textContent), never as HTML.
 "use strict";
 let selected = null;
+let shownStatus = null;
 let entries = [];
 
 function el(tag, text, cls) {
@@ -27,8 +28,15 @@ function body(pre, msg) {
   pre.textContent = text || "(empty body)";
 }
 
+// Shows entry `id` (fetched whole: the list leaves the bodies out).
+async function open(id) {
+  const r = await fetch("/api/requests/" + id);
+  if (r.ok) show(await r.json());
+}
+
 function show(e) {
   selected = e.id;
+  shownStatus = e.status;
   document.getElementById("detail").hidden = false;
   document.getElementById("title").textContent =
     "#" + e.id + " " + e.method + " " + e.path + (e.replay_of ? " (replay of #" + e.replay_of + ")" : "");
@@ -61,7 +69,7 @@ function render() {
       el("td", e.duration_ms === null ? "" : e.duration_ms + " ms"),
     );
     if (e.id === selected) tr.classList.add("selected");
-    tr.addEventListener("click", () => show(e));
+    tr.addEventListener("click", () => open(e.id));
     tbody.append(tr);
   }
 }
@@ -73,7 +81,10 @@ async function refresh() {
       entries = await r.json();
       render();
       const current = entries.find((e) => e.id === selected);
-      if (current && !document.getElementById("detail").contains(document.activeElement)) show(current);
+      // An answer still coming: shown again once it is complete.
+      if (current && shownStatus !== current.status && !document.getElementById("detail").contains(document.activeElement)) {
+        open(current.id);
+      }
     }
   } catch (_) { /* the client stopped: keep what is shown */ }
 }

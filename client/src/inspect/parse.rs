@@ -196,7 +196,6 @@ impl Reader {
         let field = |name: &str| head.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v);
         let chunked = field("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
         let length = field("content-length").and_then(|v| v.trim().parse::<u64>().ok());
-        let upgrade = field("upgrade").is_some() || head.method.eq_ignore_ascii_case("CONNECT");
         let (status, interim) = (head.status, (100..200).contains(&head.status) && head.status != 101);
         // An interim answer (100 Continue) is not the answer: the one it announces follows.
         if interim {
@@ -204,7 +203,8 @@ impl Reader {
         }
         let to_head = !self.requests && self.expect_head.pop_front().unwrap_or(false);
         out.push(Event::Head(head));
-        self.state = if !self.requests && (status == 101 || (upgrade && status == 101)) {
+        // A 101 switches the connection to another protocol: nothing more to follow.
+        self.state = if !self.requests && status == 101 {
             out.push(Event::End);
             State::Off
         } else if !self.requests && (to_head || status == 204 || status == 304) {

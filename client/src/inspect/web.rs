@@ -1,7 +1,8 @@
 //! The inspector's page and JSON API (default `127.0.0.1:4040`):
 //!
 //! - `GET /`: the page (plain HTML, CSS and a little JavaScript, shipped in the binary);
-//! - `GET /api/requests`: every recorded request, newest first; `GET /api/requests/{id}`;
+//! - `GET /api/requests`: every recorded request, newest first, without bodies;
+//!   `GET /api/requests/{id}`: one, with its bodies;
 //! - `POST /api/requests/{id}/replay` (JSON, optional `method`, `path`, `headers`, `body`):
 //!   sends it again to the local service and answers the new entry;
 //! - `DELETE /api/requests`: forgets them all.
@@ -117,7 +118,7 @@ async fn list(State(i): State<Arc<Inspector>>) -> Response {
 
 async fn one(State(i): State<Arc<Inspector>>, Path(id): Path<String>) -> Response {
     match id.parse().ok().and_then(|id| i.get(id)) {
-        Some(e) => Json(e).into_response(),
+        Some(e) => Json(e.view(true)).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no request {id}")),
     }
 }
@@ -143,7 +144,7 @@ async fn replay(
         }
     };
     match i.replay(id, edit).await {
-        Ok(e) => Json(e).into_response(),
+        Ok(e) => Json(e.view(true)).into_response(),
         Err(why) if why.starts_with("no request") => error(StatusCode::NOT_FOUND, why),
         Err(why) => error(StatusCode::BAD_REQUEST, why),
     }
