@@ -155,7 +155,9 @@ pub struct Settings {
     /// Raft heartbeat interval in milliseconds (default 100).
     #[arg(long, env = "MYSOCKET_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
-    /// Minimum election timeout in milliseconds (default 1000; the maximum is twice it).
+    /// Minimum election timeout in milliseconds (default 300; the maximum is twice it). A
+    /// follower that hears no leader starts an election after the maximum (the leader's lease)
+    /// plus a random timeout between the two: 900 to 1,200 ms by default.
     #[arg(long, env = "MYSOCKET_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
     /// Build a snapshot and compact the log after this many entries (default 50000).
@@ -818,7 +820,11 @@ fn domain(s: &Settings) -> Result<String, ConfigError> {
 /// Raft's timings and snapshots: heartbeat, election timeout, snapshot threshold and chunk.
 fn raft(s: &Settings) -> Result<(Duration, Duration, u64, usize), ConfigError> {
     let heartbeat_ms = s.heartbeat_ms.unwrap_or(100);
-    let election_ms = s.election_timeout_ms.unwrap_or(1000);
+    // Chosen against etcd's defaults (BENCHMARKS.md, failover): a follower waits out the
+    // leader's lease (the maximum, 600 ms) and then its own random timeout (300-600 ms), so a
+    // dead leader is replaced 0.9-1.2 s after its last heartbeat; nine heartbeats missed in a
+    // row before anyone stands, so a slow moment does not start an election.
+    let election_ms = s.election_timeout_ms.unwrap_or(300);
     if heartbeat_ms == 0 || election_ms < heartbeat_ms * 3 {
         return Err(bad("--election-timeout-ms must be at least three heartbeats (--heartbeat-ms)"));
     }
