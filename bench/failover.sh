@@ -8,6 +8,11 @@
 # (a) Leader failover: find the leader, kill -9 it, time until both survivors name the same new
 #     leader (each polled every 10 ms: mysocket's GET /cluster, etcd's maintenance status);
 #     restart the killed node, wait until all three agree again, repeat (bench/failover.py).
+# (b) Tunnel failover at scale: TUNNELS (default 1000) tunnels, one socket each, held by node 1
+#     through real SSH clients (asyncssh, venv in /var/tmp/mysocket-bench-venv); node 1 killed
+#     with -9; the time until 50%, 99% and 100% of the sockets answer through nodes 2 and 3, the
+#     claims per second, and the p99 of another tenant's socket asked through node 3 all along,
+#     before and during the storm (bench/failover_tunnels.py).
 # (c) Writes: one client and 64 clients creating then deleting records
 #     (mysocket-loadgen, as bench/registry.sh), p50 and p99 latency.
 #
@@ -18,12 +23,18 @@ cd "$(dirname "$0")/.."
 ROOT="$PWD"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/mysocket-target}"
 TRIALS="${TRIALS:-20}"
+TUNNELS="${TUNNELS:-1000}"
+VENV="${VENV:-/var/tmp/mysocket-bench-venv}"
 SECS="${SECS:-10}"
 ulimit -n 65536 2>/dev/null || true
 
 if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
   echo "installing etcd (Debian's etcd-server and etcd-client)..." >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null
+fi
+if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import asyncssh' 2>/dev/null; then
+  echo "setting up $VENV with asyncssh (PyPI)..." >&2
+  python3 -m venv "$VENV" && "$VENV/bin/pip" install -q asyncssh >&2
 fi
 [[ -n "${SKIP_BUILD:-}" ]] || cargo build --release -q --workspace
 LOADGEN="$CARGO_TARGET_DIR/release/mysocket-loadgen"
@@ -50,6 +61,16 @@ done
 deploy/local-cluster.sh up >/dev/null
 echo "== mysocket: $TRIALS leader kills" >&2
 M="$(python3 bench/failover.py mysocket "$MYSOCKET_LOCAL_DIR" "$TRIALS")"
+
+# --- (b) tunnels: node 1 holding TUNNELS of them, killed ---
+T='{}'
+if [[ "$TUNNELS" -gt 0 ]]; then
+  deploy/local-cluster.sh up >/dev/null 2>&1
+  ssh-keygen -q -t ed25519 -N '' -f "$WORK/tunnel-key"
+  echo "== mysocket: $TUNNELS tunnels on node 1, node 1 killed" >&2
+  T="$("$VENV/bin/python" bench/failover_tunnels.py "$MYSOCKET_LOCAL_DIR" "$TUNNELS" "$WORK/tunnel-key")"
+  deploy/local-cluster.sh up >/dev/null 2>&1
+fi
 
 # --- etcd: three members on 127.0.2.1-3, default timings ---
 INITIAL="e1=http://127.0.2.1:2380,e2=http://127.0.2.2:2380,e3=http://127.0.2.3:2380"
@@ -84,9 +105,9 @@ for c in 1 64; do
   W+=("$("$LOADGEN" --target etcd --endpoints "$ETCD_EPS" --clients "$c" --secs "$SECS")")
 done
 
-python3 - "$M" "$E" "${W[@]}" <<'PY'
+python3 - "$M" "$E" "$T" "${W[@]}" <<'PY'
 import json, sys
-m, e = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+m, e, t = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
 print("leader failover (kill -9 of the leader until both survivors name a new one), %d trials each" % m["trials"])
 print("%-9s %10s %10s %10s %10s" % ("system", "median ms", "p90 ms", "min ms", "max ms"))
 for r in (m, e):
@@ -94,9 +115,18 @@ for r in (m, e):
 print("  mysocket: %s" % " ".join(map(str, m["times_ms"])))
 print("  etcd:     %s" % " ".join(map(str, e["times_ms"])))
 print()
+if t:
+    print("tunnel failover: %d tunnels held by node 1, node 1 killed with -9" % t["tunnels"])
+    print("  answering again through nodes 2 and 3: 50%% %ss, 99%% %ss, 100%% %ss (%d of %d)" % (
+        t["t50_s"], t["t99_s"], t["t100_s"], t["answered"], t["tunnels"]))
+    print("  claims absorbed: %s/s on average, %s in the busiest second" % (t["claims_per_sec_mean"], t["claims_per_sec_peak"]))
+    print("  another tenant's socket through node 3: p99 %s ms before, %s ms during (median %s / %s ms); errors %s" % (
+        t["bystander_p99_ms_before"], t["bystander_p99_ms_storm"], t["bystander_median_ms_before"],
+        t["bystander_median_ms_storm"], t["bystander_errors"]))
+    print()
 print("writes (create then delete, each one write)")
 print("%-9s %8s %12s %10s %10s %8s" % ("system", "clients", "writes/s", "p50 ms", "p99 ms", "errors"))
-for w in map(json.loads, sys.argv[3:]):
+for w in map(json.loads, sys.argv[4:]):
     print("%-9s %8d %12.0f %10.2f %10.2f %8d" % (w["target"], w["clients"], w["writes_per_sec"], w["p50_ms"], w["p99_ms"], w["errors"]))
 print("leader failover mysocket/etcd: %.2f" % (m["median_ms"] / max(e["median_ms"], 1)))
 PY

@@ -159,7 +159,11 @@ async fn the_cluster_gets_renews_and_serves_a_publicly_trusted_wildcard() {
         })
         .await
         .unwrap();
-    let _ssh = ssh_forward(&key, &u.user_name, &c.nodes[&1].ip, web.tunnels[0].local_port, origin().await);
+    let service = origin().await;
+    let _ssh = ssh_forward(&key, &u.user_name, &c.nodes[&1].ip, web.tunnels[0].local_port, service);
+    // A second tunnel, on node 2: whichever node is killed below, one of them still serves.
+    let spare = api.create_tunnel(&web.socket_id).await.unwrap();
+    let _ssh2 = ssh_forward(&key, &u.user_name, &c.nodes[&2].ip, spare.local_port, service);
 
     let (root, root_pem) = pebble_root(work.path(), &ca, PEBBLE).await;
 
