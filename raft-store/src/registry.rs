@@ -821,31 +821,30 @@ impl Registry {
         if self.credentials.contains_key(&c.id) {
             return Err(Rejection::Conflict("credential id already exists".into()));
         }
+        // Checked first, changing nothing: a refused issue leaves even the expired ones.
         let held: Vec<Credential> = self.credentials_of(&c.user_id).into_iter().cloned().collect();
+        let live: Vec<&Credential> =
+            held.iter().filter(|o| o.kind == c.kind && o.expires_at_ms.is_none_or(|e| e > now)).collect();
+        if c.kind == CredentialKind::ApiKey {
+            if live.iter().any(|o| o.name == c.name) {
+                return Err(Rejection::Conflict(format!(
+                    "you have an API key named {:?} already; revoke it first or choose another name",
+                    c.name
+                )));
+            }
+            if live.len() >= MAX_API_KEYS_PER_ACCOUNT {
+                return Err(Rejection::Limit(format!(
+                    "an account holds at most {MAX_API_KEYS_PER_ACCOUNT} API keys; revoke one first"
+                )));
+            }
+        }
         for old in held.iter().filter(|o| o.expires_at_ms.is_some_and(|e| e <= now)) {
             self.drop_credential(&old.id, dirty);
         }
-        let live: Vec<&Credential> =
-            held.iter().filter(|o| o.kind == c.kind && o.expires_at_ms.is_none_or(|e| e > now)).collect();
-        match c.kind {
-            CredentialKind::ApiKey => {
-                if live.iter().any(|o| o.name == c.name) {
-                    return Err(Rejection::Conflict(format!(
-                        "you have an API key named {:?} already; revoke it first or choose another name",
-                        c.name
-                    )));
-                }
-                if live.len() >= MAX_API_KEYS_PER_ACCOUNT {
-                    return Err(Rejection::Limit(format!(
-                        "an account holds at most {MAX_API_KEYS_PER_ACCOUNT} API keys; revoke one first"
-                    )));
-                }
-            }
-            CredentialKind::Token => {
-                let excess = (live.len() + 1).saturating_sub(MAX_TOKENS_PER_ACCOUNT);
-                for old in live.iter().take(excess) {
-                    self.drop_credential(&old.id, dirty);
-                }
+        if c.kind == CredentialKind::Token {
+            let excess = (live.len() + 1).saturating_sub(MAX_TOKENS_PER_ACCOUNT);
+            for old in live.iter().take(excess) {
+                self.drop_credential(&old.id, dirty);
             }
         }
         let mut c = c.clone();

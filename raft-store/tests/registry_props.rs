@@ -545,8 +545,17 @@ fn credentials_are_capped_pruned_and_revoked_only_by_their_owner() {
             secret_hash: None,
         })
     };
-    // Keys: a name once; the cap refuses, changing nothing.
+    // Keys: a name once; the cap refuses, changing nothing — not even dropping expired ones.
     assert!(matches!(r.apply(&at(1, cred(1, CredentialKind::ApiKey, "ci", None)), &mut d), Response::Credential(_)));
+    assert!(matches!(
+        r.apply(&at(1, cred(3, CredentialKind::ApiKey, "old", Some(5))), &mut d),
+        Response::Credential(_)
+    ));
+    let digest = r.digest();
+    let taken = r.apply(&at(9, cred(4, CredentialKind::ApiKey, "ci", None)), &mut d);
+    assert!(matches!(taken, Response::Rejected(Rejection::Conflict(_))), "{taken:?}");
+    assert_eq!(r.digest(), digest, "a refused issue dropped the expired key");
+    r.apply(&at(9, Command::RevokeCredential { user_id: uid(1), id: Uuid::from_u128(3) }), &mut d);
     let again = r.apply(&at(2, cred(2, CredentialKind::ApiKey, "ci", None)), &mut d);
     assert!(matches!(again, Response::Rejected(Rejection::Conflict(_))), "{again:?}");
     for i in 1..MAX_API_KEYS_PER_ACCOUNT as u128 {
