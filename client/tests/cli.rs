@@ -764,17 +764,19 @@ async fn start_runs_a_config_file_and_reload_changes_only_what_changed() {
     let home = ctl.home.path().to_str().unwrap();
     let mut argv = exec.split_whitespace().map(|a| a.replace("%h", home));
     assert_eq!(argv.next().as_deref(), Some("/usr/local/bin/mysocketctl"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mysocketctl"))
-        .args(argv)
-        .env("MYSOCKET_API", &ctl.urls)
-        .env("MYSOCKET_TOKEN_FILE", &ctl.token_file)
-        .env("HOME", ctl.home.path())
-        .env("XDG_RUNTIME_DIR", ctl.home.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let said = read_in_background(child.stderr.take().unwrap());
+    let mut child = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_mysocketctl"))
+            .args(argv)
+            .env("MYSOCKET_API", &ctl.urls)
+            .env("MYSOCKET_TOKEN_FILE", &ctl.token_file)
+            .env("HOME", ctl.home.path())
+            .env("XDG_RUNTIME_DIR", ctl.home.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let said = read_in_background(child.0.stderr.take().unwrap());
     served_everywhere(&c, "alpha", "alpha").await;
     served_everywhere(&c, "beta", "beta").await;
     let text = || String::from_utf8_lossy(&said.lock().unwrap()).into_owned();
@@ -810,7 +812,7 @@ async fn start_runs_a_config_file_and_reload_changes_only_what_changed() {
     }
     // The unit's ExecReload (kill -HUP $MAINPID).
     assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
-    let killed = Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    let killed = Command::new("kill").args(["-HUP", &child.0.id().to_string()]).status().unwrap();
     assert!(killed.success());
     eventually(std::time::Duration::from_secs(10), "the refused reload to be said", || {
         let t = text();
@@ -821,8 +823,8 @@ async fn start_runs_a_config_file_and_reload_changes_only_what_changed() {
     assert_eq!(epoch_of(&ctl, "beta"), Some(beta_epoch));
 
     // SIGTERM: stops, the sockets kept.
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    let status = child.wait().unwrap();
+    Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "{status:?}: {}", text());
     let names: Vec<String> = ctl
         .json(&["socket", "ls"])
@@ -958,9 +960,10 @@ async fn the_inspector_lists_requests_and_replays_them_in_a_browser() {
     let inspector = format!("http://{at}");
     let inspect = at.to_string();
     let extra = ["--temporary", "--inspect", inspect.as_str()];
-    let (mut child, dnsname) = ctl
+    let (child, dnsname) = ctl
         .connect_with(&ctl.urls, port, "insp", &extra, std::process::Stdio::null(), std::process::Stdio::null())
         .await;
+    let _child = Reaped(child);
     let public = format!("http://{}:8080", c.nodes[&2].ip);
     let http = reqwest::Client::new();
     eventually(std::time::Duration::from_secs(20), "the tunnel and the inspector", || {
@@ -1052,6 +1055,14 @@ async fn the_inspector_lists_requests_and_replays_them_in_a_browser() {
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 100);
     assert_eq!(list[0]["path"], "/n119", "newest first");
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+/// A child process killed when dropped, so a failed assertion leaves nothing running.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
