@@ -160,6 +160,16 @@ pub enum ProxyProtocol {
     V2,
 }
 
+impl ProxyProtocol {
+    /// As the API spells it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ProxyProtocol::V1 => "v1",
+            ProxyProtocol::V2 => "v2",
+        }
+    }
+}
+
 /// How the edge speaks to an http or https socket's service.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -172,6 +182,14 @@ pub enum UpstreamProtocol {
 }
 
 impl UpstreamProtocol {
+    /// As the API spells it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2c => "h2c",
+        }
+    }
+
     pub fn is_http1(&self) -> bool {
         *self == UpstreamProtocol::Http1
     }

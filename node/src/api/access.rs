@@ -82,11 +82,11 @@ pub fn for_update(node: &NodeRef, socket_type: SocketType, now: &Access, req: &S
         rate_limit: req.rate_limit.unwrap_or(now.rate_limit),
         proxy_protocol: match &req.proxy_protocol {
             Some(p) => Some(p.clone()),
-            None => now.proxy_protocol.map(|p| format!("{p:?}").to_lowercase()),
+            None => now.proxy_protocol.map(|p| p.as_str().to_string()),
         },
         upstream: match &req.upstream_protocol {
             Some(u) => Some(u.clone()),
-            None => Some(format!("{:?}", now.upstream).to_lowercase()),
+            None => Some(now.upstream.as_str().to_string()),
         },
     };
     check(node, socket_type, wanted, "nothing was changed")

@@ -106,14 +106,8 @@ fn socket_json(node: &NodeRef, reg: &Registry, v: &SocketView) -> SocketJson {
             txt_value: d.token.clone(),
             cname_target: s.dnsname.clone(),
         }),
-        proxy_protocol: s.access.proxy_protocol.map(|p| match p {
-            mysocket_raft_store::ProxyProtocol::V1 => "v1".to_string(),
-            mysocket_raft_store::ProxyProtocol::V2 => "v2".to_string(),
-        }),
-        upstream_protocol: (!s.socket_type.needs_port()).then(|| match s.access.upstream {
-            mysocket_raft_store::UpstreamProtocol::Http1 => "http1".to_string(),
-            mysocket_raft_store::UpstreamProtocol::H2c => "h2c".to_string(),
-        }),
+        proxy_protocol: s.access.proxy_protocol.map(|p| p.as_str().to_string()),
+        upstream_protocol: (!s.socket_type.needs_port()).then(|| s.access.upstream.as_str().to_string()),
         tunnels: v.tunnels.iter().map(|t| tunnel_json(node, reg, t)).collect(),
         user_name: reg.account(&s.user_id).map(|a| a.user_name.clone()).unwrap_or_default(),
     }
