@@ -9,7 +9,7 @@
 #     leader (each polled every 10 ms: mysocket's GET /cluster, etcd's maintenance status);
 #     restart the killed node, wait until all three agree again, repeat (bench/failover.py).
 # (b) Tunnel failover at scale: TUNNELS (default 1000) tunnels, one socket each, held by node 1
-#     through real SSH clients (asyncssh, venv in /var/tmp/mysocket-bench-venv); node 1 killed
+#     through an SSH session each (mysocket-fleet: russh, as mysocketctl); node 1 killed
 #     with -9; the time until 50%, 99% and 100% of the sockets answer through nodes 2 and 3, the
 #     claims per second, and the p99 of another tenant's socket asked through node 3 all along,
 #     before and during the storm (bench/failover_tunnels.py).
@@ -68,7 +68,8 @@ if [[ "$TUNNELS" -gt 0 ]]; then
   deploy/local-cluster.sh up >/dev/null 2>&1
   ssh-keygen -q -t ed25519 -N '' -f "$WORK/tunnel-key"
   echo "== mysocket: $TUNNELS tunnels on node 1, node 1 killed" >&2
-  T="$("$VENV/bin/python" bench/failover_tunnels.py "$MYSOCKET_LOCAL_DIR" "$TUNNELS" "$WORK/tunnel-key")"
+  T="$("$VENV/bin/python" bench/failover_tunnels.py "$MYSOCKET_LOCAL_DIR" "$TUNNELS" "$WORK/tunnel-key" \
+    "$CARGO_TARGET_DIR/release/mysocket-fleet")"
   deploy/local-cluster.sh up >/dev/null 2>&1
 fi
 
@@ -116,7 +117,8 @@ print("  mysocket: %s" % " ".join(map(str, m["times_ms"])))
 print("  etcd:     %s" % " ".join(map(str, e["times_ms"])))
 print()
 if t:
-    print("tunnel failover: %d tunnels held by node 1, node 1 killed with -9" % t["tunnels"])
+    print("tunnel failover: %d tunnels held by node 1, node 1 (%s) killed with -9" % (
+        t["tunnels"], "the leader" if t["killed_leader"] else "a follower"))
     print("  answering again through nodes 2 and 3: 50%% %ss, 99%% %ss, 100%% %ss (%d of %d)" % (
         t["t50_s"], t["t99_s"], t["t100_s"], t["answered"], t["tunnels"]))
     print("  claims absorbed: %s/s on average, %s in the busiest second" % (t["claims_per_sec_mean"], t["claims_per_sec_peak"]))

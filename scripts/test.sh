@@ -79,6 +79,9 @@ for seed in 1 2; do
   # repeated runs fill the disk, and a full disk fails every later cluster test.
   rm -rf "$RUNS/seed$seed"/node-*
 done
+echo "== fault injection, quick mode with the fleet: the node holding 100 tunnels killed (kill, fleet)"
+"$CARGO_TARGET_DIR/release/mysocket-jepsen" --quick --nemesis kill,fleet --seed 3 --out "$RUNS/fleet"
+rm -rf "$RUNS/fleet"/node-*
 echo "reports in $RUNS"
 # The inspector's browser test (client/tests/cli.rs) leaves its screenshots in the target folder.
 if [[ -d "$CARGO_TARGET_DIR/tmp/inspector-shots" ]]; then

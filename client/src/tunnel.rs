@@ -386,6 +386,12 @@ fn backoff_after(due: Duration, last: Option<&Ended>, lasted: Duration) -> Durat
     }
 }
 
+/// `wait` less a random part of up to half of it: the clients of a node that dies all lose
+/// their sessions at the same moment, and must not all come back to the others in step.
+fn jittered(wait: Duration, rng: &mut impl rand::Rng) -> Duration {
+    wait - wait.mul_f64(rng.gen_range(0.0..0.5))
+}
+
 /// Keeps the tunnels up until the process is stopped: reconnects with backoff, moving to the
 /// next node each time, and refreshes the node list from the API when it can. Ends with an
 /// error once every tunnel it forwards has been deleted.
@@ -438,6 +444,7 @@ pub async fn run(mut spec: TunnelSpec, api: ApiClient) -> anyhow::Result<()> {
             Err(e) => say(format!("tunnel via {server}: {e:#}")),
         }
         let wait = backoff_after(due, last.as_ref().ok(), started.elapsed());
+        let wait = jittered(wait, &mut rand::thread_rng());
         // The node list is refreshed while waiting, not before: an API node that went down
         // with the tunnel's node must not hold the reconnect up.
         let refresh = tokio::time::timeout(REFRESH.max(wait), api.cluster());
@@ -490,6 +497,15 @@ mod tests {
         // Any end of a long session starts over.
         assert_eq!(backoff_after(MAX_BACKOFF, superseded, STEADY * 2), FIRST_BACKOFF);
         assert_eq!(backoff_after(MAX_BACKOFF, None, STEADY * 2), FIRST_BACKOFF);
+    }
+
+    #[test]
+    fn reconnect_waits_are_jittered_over_their_upper_half() {
+        let mut rng = rand::thread_rng();
+        let waits: Vec<Duration> = (0..1000).map(|_| jittered(FIRST_BACKOFF, &mut rng)).collect();
+        assert!(waits.iter().all(|w| *w > FIRST_BACKOFF / 2 && *w <= FIRST_BACKOFF), "{waits:?}");
+        let (lo, hi) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
+        assert!(hi.saturating_sub(*lo) > FIRST_BACKOFF / 3, "spread over the range: {lo:?}..{hi:?}");
     }
 
     #[tokio::test]

@@ -85,7 +85,9 @@ fn lost(faults: &[Fault], nodes: usize) -> Vec<(usize, u64, u64)> {
     for f in faults.iter().filter(|f| f.error.is_none()) {
         let end = f.end.unwrap_or(u64::MAX);
         let struck = match f.kind.as_str() {
-            "kill-leader" | "kill-random" | "kill-holder" | "pause-leader" | "pause-random" => f.nodes.clone(),
+            "kill-leader" | "kill-random" | "kill-holder" | "kill-fleet-holder" | "pause-leader" | "pause-random" => {
+                f.nodes.clone()
+            }
             "partition-leader-minority" | "partition-one" | "partition-oneway" => f.nodes.clone(),
             // The side named is one half: lost when it is the smaller.
             "partition-halves" if f.nodes.len() * 2 < nodes => f.nodes.clone(),

@@ -11,6 +11,7 @@ mod checker;
 mod checks;
 mod cloud;
 mod dns;
+mod fleet;
 mod nemesis;
 mod net;
 mod nodes;
@@ -34,7 +35,8 @@ struct Args {
     /// Run length in seconds (ignored with --quick, whose schedule sets it).
     #[arg(long, default_value_t = 120)]
     time: u64,
-    /// Fault families, comma separated: kill, pause, partition, lossy, full-kill, membership.
+    /// Fault families, comma separated: kill, pause, partition, lossy, full-kill, membership,
+    /// fleet.
     #[arg(long, default_value = "kill,pause,partition", value_delimiter = ',')]
     nemesis: Vec<String>,
     /// Seed of the fault schedule and the clients' choices (default: random, printed).
@@ -59,6 +61,10 @@ struct Args {
     /// Tunnels whose ownership is checked (two movers each).
     #[arg(long, default_value_t = 2)]
     tunnels: usize,
+    /// Fleet tunnels, held by as many SSH clients, with the fleet nemesis (which kills the node
+    /// holding most of them).
+    #[arg(long, default_value_t = 100)]
+    fleet: usize,
 }
 
 fn is_root() -> bool {

@@ -13,6 +13,8 @@ use rand::SeedableRng;
 use serde::Deserialize;
 use serde::Serialize;
 
+use crate::fleet;
+use crate::fleet::FleetRecovery;
 use crate::net::Net;
 use crate::nodes::Nodes;
 use crate::workload::api;
@@ -21,7 +23,7 @@ use crate::workload::Ctx;
 use crate::workload::Fixture;
 
 /// The fault families `--nemesis` accepts and the faults of each.
-pub const FAMILIES: [(&str, &[&str]); 6] = [
+pub const FAMILIES: [(&str, &[&str]); 7] = [
     ("kill", &["kill-leader", "kill-random", "kill-holder"]),
     ("pause", &["pause-leader", "pause-random"]),
     (
@@ -31,6 +33,7 @@ pub const FAMILIES: [(&str, &[&str]); 6] = [
     ("lossy", &["lossy-link"]),
     ("full-kill", &["full-kill"]),
     ("membership", &["membership"]),
+    ("fleet", &["kill-fleet-holder"]),
 ];
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -54,6 +57,9 @@ pub struct Fault {
     pub detail: String,
     /// Why it could not be applied or healed.
     pub error: Option<String>,
+    /// For `kill-fleet-holder`: how long the fleet tunnels the node held took to answer again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetRecovery>,
 }
 
 #[cfg(test)]
@@ -67,6 +73,7 @@ impl Fault {
             nodes,
             detail: String::new(),
             error: None,
+            fleet: None,
         }
     }
 }
@@ -165,12 +172,16 @@ pub struct Nemesis {
     pub net: Arc<Net>,
     pub fx: Arc<Fixture>,
     pub seed: u64,
+    /// What the last `kill-fleet-holder` struck, until its measurement starts.
+    pub fleet_struck: Mutex<Option<fleet::Struck>>,
 }
 
 impl Nemesis {
     pub async fn run(&self, plan: &[Planned]) -> Vec<Fault> {
         let mut rng = StdRng::seed_from_u64(self.seed ^ 0x5eed);
         let mut out = Vec::new();
+        // The fleet's recovery is measured while the schedule goes on: (fault, measurement).
+        let mut measuring = Vec::new();
         for p in plan {
             let at = self.ctx.start + Duration::from_millis(p.at_ms);
             tokio::time::sleep_until(at.into()).await;
@@ -178,10 +189,21 @@ impl Nemesis {
                 break;
             }
             let start = self.ctx.now();
-            let mut applied =
-                Fault { kind: p.kind.clone(), start, end: None, nodes: Vec::new(), detail: String::new(), error: None };
+            let mut applied = Fault {
+                kind: p.kind.clone(),
+                start,
+                end: None,
+                nodes: Vec::new(),
+                detail: String::new(),
+                error: None,
+                fleet: None,
+            };
             match self.apply(&p.kind, &mut rng, &mut applied).await {
                 Ok(undo) => {
+                    if let Some(struck) = self.fleet_struck.lock().expect("struck").take() {
+                        let (fx, n) = (self.fx.clone(), self.ctx.nodes);
+                        measuring.push((out.len(), tokio::spawn(fleet::measure(fx, n, struck))));
+                    }
                     tracing_line(&format!("fault {} on {:?}: {}", p.kind, applied.nodes, applied.detail));
                     tokio::time::sleep(Duration::from_millis(p.duration_ms)).await;
                     if let Err(e) = self.undo(undo) {
@@ -195,6 +217,12 @@ impl Nemesis {
                 }
             }
             out.push(applied);
+        }
+        for (i, m) in measuring {
+            match m.await {
+                Ok(r) => out[i].fleet = Some(r),
+                Err(e) => out[i].error = Some(format!("measuring the fleet's recovery: {e}")),
+            }
         }
         out
     }
@@ -223,6 +251,26 @@ impl Nemesis {
                     Ok(())
                 })?;
                 a.nodes = vec![target];
+                Ok(Undo::Restart(vec![target]))
+            }
+            "kill-fleet-holder" => {
+                let (target, held) =
+                    self.fx.fleet.busiest().ok_or_else(|| anyhow::anyhow!("no fleet session is up"))?;
+                // A leader's death adds an election to the tunnels' recovery: the report says which.
+                let was_leader = leader().await.ok() == Some(target);
+                nodes(&mut |ns| {
+                    ns.kill(target);
+                    Ok(())
+                })?;
+                a.nodes = vec![target];
+                a.detail = format!(
+                    "held {} of the {} fleet tunnels{}",
+                    held.len(),
+                    self.fx.fleet.tunnels.len(),
+                    if was_leader { "; the leader" } else { "" }
+                );
+                *self.fleet_struck.lock().expect("struck") =
+                    Some(fleet::Struck { slot: target, leader: was_leader, held, at: std::time::Instant::now() });
                 Ok(Undo::Restart(vec![target]))
             }
             "pause-leader" | "pause-random" => {

@@ -157,6 +157,31 @@ pub fn summary(r: &Results) -> String {
             f.error.as_deref().unwrap_or("")
         );
     }
+    let fleet: Vec<&crate::fleet::FleetRecovery> = r.faults.iter().filter_map(|f| f.fleet.as_ref()).collect();
+    if !fleet.is_empty() {
+        s.push_str(
+            "\n## Fleet failover\n\nEach kill of the node holding most fleet tunnels: the tunnels it held, and the \
+             time from the kill until 50%, 99% and all of them answered through the other nodes (none: not within \
+             the limit). A leader's death adds an election.\n\n| slot | held | 50% ms | 99% ms | 100% ms | not back | misrouted |\n\
+             |---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        let ms = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "none".into());
+        for f in fleet {
+            let _ = writeln!(
+                s,
+                "| {}{} | {} of {} | {} | {} | {} | {} | {} |",
+                f.slot,
+                if f.leader { " (leader)" } else { "" },
+                f.held,
+                f.fleet,
+                ms(f.p50_ms),
+                ms(f.p99_ms),
+                ms(f.all_ms),
+                f.not_recovered,
+                f.misrouted.len()
+            );
+        }
+    }
     let _ = write!(
         s,
         "\nLeader changes: {} · snapshots installed: {} · recovery after each heal (ms): {}\n\nCoverage: {}\n",
@@ -205,5 +230,28 @@ mod tests {
         assert!(s.contains("| visitor | served | turned away | other |\n|---|---:|---:|---:|\n| alice | 40 | 0 | 1 |\n| bob | 0 | 41 | 0 |\n"), "{s}");
         let back: Results = serde_json::from_str(&to_json(&r).unwrap()).unwrap();
         assert_eq!(back, r, "results.json with the cloud probes reads back");
+    }
+
+    #[test]
+    fn the_summary_gives_the_fleets_recovery_times() {
+        let mut r: Results = serde_json::from_str(include_str!("../testdata/results.json")).unwrap();
+        let mut f = crate::nemesis::Fault::at("kill-fleet-holder", vec![2], 30, 40);
+        f.fleet = Some(crate::fleet::FleetRecovery {
+            slot: 2,
+            leader: true,
+            held: 37,
+            fleet: 100,
+            p50_ms: Some(1_240),
+            p99_ms: Some(2_010),
+            all_ms: None,
+            not_recovered: 1,
+            misrouted: Vec::new(),
+        });
+        r.faults.push(f);
+        let s = summary(&r);
+        assert!(s.contains("## Fleet failover"), "{s}");
+        assert!(s.contains("| 2 (leader) | 37 of 100 | 1240 | 2010 | none | 1 | 0 |\n"), "{s}");
+        let back: Results = serde_json::from_str(&to_json(&r).unwrap()).unwrap();
+        assert_eq!(back, r, "results.json with a fleet's recovery reads back");
     }
 }

@@ -183,7 +183,9 @@ impl Cluster {
             }
         }
         wait_ready(n, READY_TIMEOUT).await?;
-        let fx = Fixture::create(key, public, args.tunnels).await.context("creating the fixture")?;
+        // The fleet only when its nemesis runs: other runs keep their clients and timings.
+        let fleet = if args.nemesis.iter().any(|f| f == "fleet") { args.fleet } else { 0 };
+        let fx = Fixture::create(key, public, args.tunnels, fleet).await.context("creating the fixture")?;
         Ok(Cluster { nodes, provider, net, fx: Arc::new(fx) })
     }
 
@@ -276,6 +278,7 @@ async fn run_workload(ctx: &Arc<Ctx>, setup: &Setup, cluster: &Cluster) -> (Vec<
         net: cluster.net.clone(),
         fx: cluster.fx.clone(),
         seed: setup.seed,
+        fleet_struck: Mutex::new(None),
     };
     let faults = nem.run(&setup.plan.faults).await;
     tokio::time::sleep_until((ctx.start + Duration::from_millis(setup.plan.total_ms)).into()).await;
@@ -316,6 +319,9 @@ fn spawn_clients(ctx: &Arc<Ctx>, fx: &Arc<Fixture>) -> JoinSet<()> {
     }
     for _ in 0..DNS_PROBERS {
         clients.spawn(crate::dns::prober(ctx.clone(), fx.clone(), next()));
+    }
+    for i in 0..fx.fleet.tunnels.len() {
+        clients.spawn(crate::fleet::client(ctx.clone(), fx.clone(), i, next()));
     }
     clients
 }
@@ -372,7 +378,7 @@ impl Checked {
         anomalies.extend(cloud.anomalies);
         let dns = crate::dns::check_dns(history, faults, nodes);
         anomalies.extend(dns.anomalies);
-        let verdicts = [
+        let mut verdicts = vec![
             ("linearizable-ownership", lin),
             ("sockets-unique-durable", sockets),
             ("accounts-unique-durable", accounts),
@@ -382,6 +388,13 @@ impl Checked {
             ("cloud-auth", cloud.verdict),
             ("dns-live-nodes", dns.verdict),
         ];
+        // Judged in runs with the fleet only, so that other runs' verdicts stay as they were.
+        if !fx.fleet.tunnels.is_empty() {
+            let recoveries: Vec<_> = faults.iter().filter_map(|f| f.fleet.clone()).collect();
+            let (verdict, a) = crate::fleet::check(&recoveries);
+            anomalies.extend(a);
+            verdicts.push(("fleet-recovery", verdict));
+        }
         let verdicts = verdicts.into_iter().map(|(name, v)| (name.to_string(), v)).collect();
         Checked {
             verdicts,

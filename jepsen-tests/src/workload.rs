@@ -297,6 +297,8 @@ pub struct Fixture {
     pub creator_token: String,
     /// The guarded socket and the visitors' sessions.
     pub cloud: CloudFixture,
+    /// The fleet tunnels (none unless the fleet nemesis runs).
+    pub fleet: crate::fleet::Fleet,
 }
 
 /// Retries a setup step: right after a write, a node may not have applied it yet (and the
@@ -319,7 +321,7 @@ where
 }
 
 impl Fixture {
-    pub async fn create(key: PrivateKey, public_key: String, tunnels: usize) -> anyhow::Result<Fixture> {
+    pub async fn create(key: PrivateKey, public_key: String, tunnels: usize, fleet: usize) -> anyhow::Result<Fixture> {
         let a = api(1, None);
         let user = |name: &str| UserCreate {
             name: name.into(),
@@ -347,7 +349,21 @@ impl Fixture {
         let cloud = CloudFixture::create(&owner).await?;
         patiently("create the creators' account", || a.create_user(&creator)).await?;
         let creator_token = patiently("log in", || a.login("creator@jepsen.test", "creator-password")).await?.token;
-        Ok(Fixture { key: Arc::new(key), public_key, user_name: u.user_name, token, tunnels: fx, creator_token, cloud })
+        let fleet = if fleet > 0 {
+            crate::fleet::Fleet::create(fleet, &public_key).await?
+        } else {
+            crate::fleet::Fleet::empty()
+        };
+        Ok(Fixture {
+            key: Arc::new(key),
+            public_key,
+            user_name: u.user_name,
+            token,
+            tunnels: fx,
+            creator_token,
+            cloud,
+            fleet,
+        })
     }
 }
 

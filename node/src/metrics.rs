@@ -67,7 +67,8 @@ pub enum Refusal {
     SlowBody,
     /// A connection past its source address's share of a port.
     PerSource,
-    /// An SSH connection past the node's count of connections still logging in.
+    /// An SSH connection that waited past the node's count of connections still logging in
+    /// and got no turn.
     SshStartups,
     /// An internal-port connection without the cluster credential.
     Unauthenticated,

@@ -359,7 +359,7 @@ async fn a_create_retried_on_another_node_after_a_timeout_makes_one_socket() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ssh_connections_that_never_log_in_are_bounded() {
+async fn ssh_connections_that_never_log_in_are_bounded_and_the_next_wait_their_turn() {
     use tokio::io::AsyncReadExt;
     let c = TestCluster::builder().nodes(1).start().await;
     let addr = format!("{}:2222", c.nodes[&1].ip);
@@ -372,11 +372,24 @@ async fn ssh_connections_that_never_log_in_are_bounded() {
         assert_eq!(&buf, b"SSH-2.0-");
         silent.push(s);
     }
-    // The next is closed at once, from any address.
+    // The next waits for a turn, hearing nothing...
     let mut next = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = [0u8; 8];
+    let early = tokio::time::timeout(Duration::from_secs(1), next.read(&mut buf)).await;
+    assert!(early.is_err(), "a connection past the bound was served at once: {early:?}");
+    // ...and is served as soon as one of the others goes (a storm of reconnects is served as
+    // fast as the logins go, not turned away to come back later).
+    drop(silent.pop());
+    tokio::time::timeout(Duration::from_secs(5), next.read_exact(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf, b"SSH-2.0-");
+    silent.push(next);
+    // One that gets no turn within the wait is closed, unserved.
+    let mut last = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let started = Instant::now();
     let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(5), next.read(&mut buf)).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(15), last.read(&mut buf)).await.unwrap();
     assert!(matches!(n, Ok(0) | Err(_)), "a connection past the bound was served: {n:?}");
+    assert!(started.elapsed() >= Duration::from_secs(4), "closed after {:?}, before its wait", started.elapsed());
     // Once they go, logins are served again.
     drop(silent);
     eventually(Duration::from_secs(10), "a new SSH connection to be served", || {

@@ -41,19 +41,18 @@ const MAX_SESSION_CHANNELS: u32 = 4;
 /// `LoginGraceTime`): one that says nothing, or never finishes, holds no connection longer.
 const LOGIN_GRACE: Duration = Duration::from_secs(30);
 /// Connections that have not logged in yet, at most, on this node (OpenSSH's `MaxStartups`):
-/// past it a new connection is closed at once, so a flood of connections that never log in
-/// cannot keep logins of others waiting behind them. A connection leaves the count when it
-/// logs in or ends.
+/// past it a new connection waits, before the server says anything, for one of them to log in
+/// or end, and is closed if none does within [`STARTUP_WAIT`]. A flood of connections that
+/// never log in cannot keep logins of others waiting longer than that; a storm of honest
+/// reconnects (a node holding a thousand tunnels dies, its clients come to this one) is served
+/// as fast as the handshakes go, instead of most of it being turned away to back off and come
+/// back seconds later. A connection leaves the count when it logs in or ends.
 const MAX_STARTUPS: usize = 128;
+/// How long a connection past [`MAX_STARTUPS`] waits for a turn.
+const STARTUP_WAIT: Duration = Duration::from_secs(5);
 
-/// A connection counted among those that have not logged in yet.
-struct Startup(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for Startup {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
+/// A connection's turn among those that have not logged in yet, held until it logs in.
+type Startup = tokio::sync::OwnedSemaphorePermit;
 
 /// Read buffer per SSH connection: room for a few of the small packets of requests and
 /// answers; a 64 KiB data packet is mostly read past it. Idle tunnels keep theirs, so it is
@@ -96,7 +95,7 @@ pub async fn serve(node: NodeRef, listener: TcpListener, holdings: Arc<Holdings>
     });
     tracing::info!(addr = ?listener.local_addr().ok(), "SSH server listening");
     let per_account: Arc<Mutex<HashMap<Uuid, u32>>> = Arc::default();
-    let startups = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let startups = Arc::new(tokio::sync::Semaphore::new(MAX_STARTUPS));
     crate::net::accept::serve(
         listener,
         MAX_CONNECTIONS,
@@ -106,16 +105,14 @@ pub async fn serve(node: NodeRef, listener: TcpListener, holdings: Arc<Holdings>
         |stream, peer| {
             let (node, holdings, config, per_account) =
                 (node.clone(), holdings.clone(), config.clone(), per_account.clone());
-            let startup = if startups.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < MAX_STARTUPS {
-                Some(Startup(startups.clone()))
-            } else {
-                startups.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                None
-            };
+            let startups = startups.clone();
             async move {
-                let Some(startup) = startup else {
+                let Ok(Ok(startup)) = tokio::time::timeout(STARTUP_WAIT, startups.acquire_owned()).await else {
                     crate::metrics::get().refused(crate::metrics::Refusal::SshStartups);
-                    tracing::debug!(%peer, "SSH connection closed: {MAX_STARTUPS} connections are already logging in");
+                    tracing::debug!(
+                        %peer,
+                        "SSH connection closed: {MAX_STARTUPS} connections were logging in for {STARTUP_WAIT:?}"
+                    );
                     return;
                 };
                 let state = Arc::new(Mutex::new(SessionState { startup: Some(startup), ..SessionState::default() }));
