@@ -88,6 +88,11 @@ if [[ -d "$CARGO_TARGET_DIR/tmp/inspector-shots" ]]; then
   cp -r "$CARGO_TARGET_DIR/tmp/inspector-shots" "$RUNS/inspector"
   echo "inspector screenshots in $RUNS/inspector"
 fi
+# The console's browser test (node/tests/console.rs) leaves its screenshots there too.
+if [[ -d "$CARGO_TARGET_DIR/tmp/console-shots" ]]; then
+  cp -r "$CARGO_TARGET_DIR/tmp/console-shots" "$RUNS/console"
+  echo "console screenshots in $RUNS/console"
+fi
 
 echo "== hostile clients: one attacker process per attack against a three-node cluster (mysocket-hostile)"
 "$CARGO_TARGET_DIR/release/mysocket-hostile" --out "$RUNS/hostile"

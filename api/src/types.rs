@@ -270,6 +270,27 @@ pub struct Socket {
     pub upstream_protocol: Option<String>,
     pub tunnels: Vec<Tunnel>,
     pub user_name: String,
+    /// Where visitors reach the socket, as the answering node serves it: `http://` and
+    /// `https://` URLs for http/https sockets (also at a verified custom domain), `tcp://` or
+    /// `tls://` name and port for tcp/tls sockets.
+    #[serde(default)]
+    pub urls: Vec<String>,
+}
+
+/// `GET /socket/{id}/log`: each tunnel's recent log lines, as its SSH session gets them.
+#[derive(utoipa::ToSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentLog {
+    pub tunnels: Vec<TunnelLog>,
+}
+
+/// One tunnel's recent lines, from the node holding it (the last 50 of its current session);
+/// none while no client holds it or its holder does not answer.
+#[derive(utoipa::ToSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelLog {
+    pub tunnel_id: String,
+    /// The node holding it, when one does.
+    pub node_id: Option<u64>,
+    pub lines: Vec<String>,
 }
 
 /// A tunnel as the API shows it.

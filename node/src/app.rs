@@ -105,6 +105,7 @@ async fn start_node(cfg: &Config) -> anyhow::Result<NodeRef> {
         batcher: crate::control::batch::Batcher::start(me.clone()),
         applied_cache: Default::default(),
         limits: crate::control::limits::Limits::new(&cfg.rate_limits),
+        recent: Default::default(),
     }))
 }
 

@@ -95,14 +95,17 @@ fn now_secs() -> u64 {
     crate::control::now_ms() / 1000
 }
 
-/// The credential a request carries: `x-access-token`, `Authorization: Bearer`, or the
+/// The credential a request carries: `x-access-token`, `Authorization: Bearer`, the
 /// password of `Authorization: Basic` (how a browser sends the operator token to the
-/// dashboard).
+/// dashboard), or the console's session cookie when the request is the console's own
+/// ([`crate::api::console::session_cookie`]).
 fn credential(headers: &HeaderMap) -> Option<String> {
     if let Some(t) = headers.get("x-access-token").and_then(|v| v.to_str().ok()) {
         return Some(t.trim().to_string());
     }
-    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())?;
+    let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return crate::api::console::session_cookie(headers);
+    };
     if let Some(t) = auth.strip_prefix("Bearer ") {
         return Some(t.trim().to_string());
     }
@@ -248,7 +251,13 @@ pub(crate) async fn login(
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Body(req): Body<Login>,
 ) -> ApiResult<Json<TokenReply>> {
-    node.limits.login(peer.ip(), &req.email)?;
+    Ok(Json(TokenReply { token: login_token(&node, peer.ip(), &req, "login").await? }))
+}
+
+/// Checks an email and password (rate-limited per source and per email, in constant time
+/// whether the email has an account or not) and issues a login token named `how`.
+pub(crate) async fn login_token(node: &NodeRef, from: std::net::IpAddr, req: &Login, how: &str) -> ApiResult<String> {
+    node.limits.login(from, &req.email)?;
     let wrong = || ApiError::new(StatusCode::UNAUTHORIZED, "wrong email or password".into());
     node.linearizable().await?;
     let acct = node.read(|r| r.account_by_email(&req.email).cloned());
@@ -266,7 +275,7 @@ pub(crate) async fn login(
         node.limits.login_failed(&req.email);
         return Err(wrong());
     };
-    Ok(Json(TokenReply { token: new_token(&node, acct.user_id, "login").await? }))
+    new_token(node, acct.user_id, how).await
 }
 
 #[utoipa::path(post, path = "/login/refresh", tag = "account", responses((status = 200, body = TokenReply), (status = 401, body = ErrorBody)), security(("token" = [])))]

@@ -4,11 +4,13 @@
 //! revoking tokens, API keys), [`sockets`] (sockets and tunnels,
 //! checked by [`validate`]), [`cluster`] (health, the cluster's view, membership), [`error`]
 //! (errors and bounded bodies), [`dashboard`], [`metrics`], [`openapi`], and [`tls`] (HTTPS
-//! on this port). It builds on [`crate::control`] only.
+//! on this port), [`console`] (the web console for accounts). It builds on [`crate::control`]
+//! only.
 
 pub mod access;
 pub mod accounts;
 pub mod cluster;
+pub mod console;
 pub mod credentials;
 pub mod dashboard;
 pub mod error;
@@ -139,6 +141,7 @@ pub fn router(node: NodeRef) -> Router {
         .route("/openapi.json", get(|| async { Json(crate::api::openapi::document()) }))
         .merge(crate::api::sockets::routes())
         .merge(crate::api::credentials::routes())
+        .merge(crate::api::console::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(node)

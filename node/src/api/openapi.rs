@@ -76,8 +76,12 @@ impl Modify for TokenHeader {
         crate::api::sockets::create_tunnel,
         crate::api::sockets::show_tunnel,
         crate::api::sockets::remove_tunnel,
+        crate::api::sockets::recent_log,
+        crate::api::console::page,
+        crate::api::console::sign_in,
+        crate::api::console::sign_out,
     ),
-    components(schemas(ErrorBody, ClusterView, NodeView, AddNode, DigestView, Health, UserCreate, User, Login, TokenReply, CredentialView, ApiKeyCreate, ApiKeyCreated, SocketCreate, SocketUpdate, Socket, Tunnel, TunnelHolder)),
+    components(schemas(ErrorBody, ClusterView, NodeView, AddNode, DigestView, Health, UserCreate, User, Login, TokenReply, CredentialView, ApiKeyCreate, ApiKeyCreated, SocketCreate, SocketUpdate, Socket, Tunnel, TunnelHolder, RecentLog, TunnelLog)),
     modifiers(&TokenHeader)
 )]
 pub struct ApiDoc;

@@ -10,11 +10,13 @@ use axum::routing::get;
 use axum::Json;
 use axum::Router;
 use mysocket_api::types::ErrorBody;
+use mysocket_api::types::RecentLog;
 use mysocket_api::types::Socket as SocketJson;
 use mysocket_api::types::SocketCreate;
 use mysocket_api::types::SocketUpdate;
 use mysocket_api::types::Tunnel as TunnelJson;
 use mysocket_api::types::TunnelHolder;
+use mysocket_api::types::TunnelLog;
 use mysocket_raft_store::Command;
 use mysocket_raft_store::NewSocket;
 use mysocket_raft_store::NewTunnel;
@@ -60,6 +62,7 @@ pub fn routes() -> Router<NodeRef> {
         .route("/socket/{socket_id}", get(show).patch(update).delete(remove))
         .route("/socket/{socket_id}/tunnel", get(list_tunnels).post(create_tunnel))
         .route("/socket/{socket_id}/tunnel/{tunnel_id}", get(show_tunnel).delete(remove_tunnel))
+        .route("/socket/{socket_id}/log", get(recent_log))
 }
 
 fn limits(node: &NodeRef) -> SocketLimits {
@@ -110,7 +113,20 @@ fn socket_json(node: &NodeRef, reg: &Registry, v: &SocketView) -> SocketJson {
         upstream_protocol: (!s.socket_type.needs_port()).then(|| s.access.upstream.as_str().to_string()),
         tunnels: v.tunnels.iter().map(|t| tunnel_json(node, reg, t)).collect(),
         user_name: reg.account(&s.user_id).map(|a| a.user_name.clone()).unwrap_or_default(),
+        urls: urls(node, s),
     }
+}
+
+/// Where visitors reach a socket through this node's public ports.
+fn urls(node: &NodeRef, s: &mysocket_raft_store::Socket) -> Vec<String> {
+    if let Some(port) = s.port {
+        return vec![format!("{}://{}:{port}", s.socket_type.as_str(), s.dnsname)];
+    }
+    let at = |default: u16, port: u16| if port == default { String::new() } else { format!(":{port}") };
+    let (http, https) = (at(80, node.config.http_addr.port()), at(443, node.config.https_addr.port()));
+    let mut names = vec![s.dnsname.as_str()];
+    names.extend(s.custom_domain.as_ref().filter(|d| d.verified).map(|d| d.name.as_str()));
+    names.iter().flat_map(|n| [format!("http://{n}{http}/"), format!("https://{n}{https}/")]).collect()
 }
 
 /// Parses an id from the path; a malformed id is just another missing object.
@@ -254,6 +270,44 @@ pub(crate) async fn show(
     let sid = parse_id(&sid, "socket")?;
     node.linearizable().await?;
     node.read(|reg| owned_view(reg, &me, &sid).map(|v| Json(socket_json(&node, reg, &v))))
+}
+
+#[utoipa::path(get, path = "/socket/{socket_id}/log", tag = "socket", params(("socket_id" = String, Path)), responses((status = 200, body = RecentLog, description = "Each tunnel's last log lines (requests and connections), from the node holding it"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)), security(("token" = [])))]
+pub(crate) async fn recent_log(
+    State(node): State<NodeRef>,
+    headers: HeaderMap,
+    Path(sid): Path<String>,
+) -> ApiResult<Json<RecentLog>> {
+    let me = authenticate(&node, &headers).await?;
+    let sid = parse_id(&sid, "socket")?;
+    let held: Vec<(Uuid, Option<u64>)> = node.read(|reg| {
+        owned_view(reg, &me, &sid)
+            .map(|v| v.tunnels.iter().map(|t| (t.tunnel_id, reg.session(&t.tunnel_id).map(|s| s.node_id))).collect())
+    })?;
+    let mut by_holder: std::collections::BTreeMap<u64, Vec<Uuid>> = Default::default();
+    for (t, holder) in &held {
+        if let Some(h) = holder {
+            by_holder.entry(*h).or_default().push(*t);
+        }
+    }
+    let asks = by_holder.into_iter().map(|(holder, tunnels)| {
+        let node = node.clone();
+        async move {
+            let lines = crate::control::recent::lines_at(&node, holder, &tunnels).await;
+            tunnels.into_iter().zip(lines).collect::<Vec<_>>()
+        }
+    });
+    let found: std::collections::HashMap<Uuid, Option<Vec<String>>> =
+        futures::future::join_all(asks).await.into_iter().flatten().collect();
+    let tunnels = held
+        .into_iter()
+        .map(|(t, holder)| TunnelLog {
+            tunnel_id: t.to_string(),
+            node_id: holder,
+            lines: found.get(&t).cloned().flatten().unwrap_or_default(),
+        })
+        .collect();
+    Ok(Json(RecentLog { tunnels }))
 }
 
 #[utoipa::path(patch, path = "/socket/{socket_id}", tag = "socket", params(("socket_id" = String, Path)), request_body = SocketUpdate, responses((status = 200, body = SocketJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 408, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)), security(("token" = [])))]

@@ -14,6 +14,7 @@ pub mod batch;
 pub mod bootstrap;
 pub mod duties;
 pub mod limits;
+pub mod recent;
 pub mod service;
 
 use std::collections::BTreeMap;
@@ -89,6 +90,8 @@ pub struct Node {
     pub applied_cache: crate::control::applied::AppliedCache,
     /// What the API lets one caller cost: password hashing, rate limits.
     pub limits: crate::control::limits::Limits,
+    /// The last log lines of the tunnels held here.
+    pub recent: crate::control::recent::Recent,
 }
 
 pub type NodeRef = Arc<Node>;

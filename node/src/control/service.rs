@@ -147,6 +147,15 @@ impl Internal for InternalService {
         Ok(Response::new(Empty {}))
     }
 
+    async fn recent_log(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {
+        let ids: Vec<uuid::Uuid> = from_blob(req.get_ref())?;
+        if ids.len() > crate::control::recent::MAX_ASKED {
+            return Err(Status::invalid_argument("too many tunnels in one call"));
+        }
+        let lines: Vec<Option<Vec<String>>> = ids.iter().map(|id| self.node.recent.lines(id)).collect();
+        Ok(Response::new(to_blob(&lines)))
+    }
+
     async fn node_status(&self, _req: Request<Empty>) -> Result<Response<NodeStatusReply>, Status> {
         let m = self.node.metrics();
         Ok(Response::new(NodeStatusReply {

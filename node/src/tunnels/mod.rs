@@ -47,21 +47,26 @@ pub struct Holding {
 /// pooled ones for long — so a channel opened after the forward also gets the lines of the
 /// connections made before it.
 #[derive(Clone, Default)]
-pub struct LogSlot(Arc<Mutex<Option<SessionLog>>>);
+pub struct LogSlot {
+    log: Arc<Mutex<Option<SessionLog>>>,
+    /// The last lines, for `GET /socket/{id}/log` (see [`crate::control::recent`]).
+    recent: Arc<crate::control::recent::Ring>,
+}
 
 impl LogSlot {
-    pub fn new(log: Option<SessionLog>) -> LogSlot {
-        LogSlot(Arc::new(Mutex::new(log)))
+    pub fn new(log: Option<SessionLog>, recent: Arc<crate::control::recent::Ring>) -> LogSlot {
+        LogSlot { log: Arc::new(Mutex::new(log)), recent }
     }
 
     fn set(&self, log: SessionLog) {
-        *self.0.lock().expect("log slot") = Some(log);
+        *self.log.lock().expect("log slot") = Some(log);
     }
 
-    /// Queues a line (ending in CRLF) on the session channel, if there is one (without waiting:
-    /// a full queue drops the line); whether there was.
+    /// Keeps a line (ending in CRLF) among the last ones and queues it on the session channel,
+    /// if there is one (without waiting: a full queue drops the line); whether there was.
     pub fn line(&self, line: String) -> bool {
-        match &*self.0.lock().expect("log slot") {
+        self.recent.push(&line);
+        match &*self.log.lock().expect("log slot") {
             Some(log) => {
                 log.line(line);
                 true

@@ -399,7 +399,10 @@ impl SshSession {
                     handle,
                     bind_address: address.to_string(),
                     relay_port: port,
-                    log: LogSlot::new(self.state.lock().expect("ssh state").logs.last().cloned()),
+                    log: LogSlot::new(
+                        self.state.lock().expect("ssh state").logs.last().cloned(),
+                        self.node.recent.start(tunnel.tunnel_id),
+                    ),
                 });
                 self.state.lock().expect("ssh state").claims.insert(tunnel.tunnel_id, claim.epoch);
                 tracing::info!(

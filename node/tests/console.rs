@@ -1,0 +1,173 @@
+//! The web console (`/console`) against a real three-node cluster: its session cookie and its
+//! defences over plain HTTP, and a newcomer's whole path in headless Chromium
+//! (`tests/py/console_browser.py`), with screenshots of each step.
+
+use std::process::Command;
+
+use mysocket_testkit::*;
+use reqwest::StatusCode;
+use serde_json::json;
+use serde_json::Value;
+
+const MARK: &str = "x-mysocket-console";
+
+/// The cookie is a credential only on the console's own requests; signing out revokes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_cookie_works_only_for_the_consoles_own_requests() {
+    let c = TestCluster::builder().start().await;
+    let api = c.nodes[&1].api_url();
+    let http = reqwest::Client::new();
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEKB/+HUsFGo5IjxjdpUNkfai/lOgRCdHyy1c7BmPvcN test";
+    let user = json!({"name": "Lin", "email": "lin@example.com", "password": "lin-password-1", "sshkey": key});
+    assert_eq!(http.post(format!("{api}/user")).json(&user).send().await.unwrap().status(), StatusCode::OK);
+    let login = json!({"email": "lin@example.com", "password": "lin-password-1"});
+
+    // The page: its own script and style only, no frames.
+    let page = http.get(format!("{api}/console")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
+    for part in ["default-src 'none'", "script-src 'self'", "frame-ancestors 'none'", "form-action 'self'"] {
+        assert!(csp.contains(part), "{csp}");
+    }
+    assert!(!page.text().await.unwrap().contains("<script>"), "no inline script");
+
+    // Signing in needs the console's header (a form elsewhere cannot sign a browser in).
+    let r = http.post(format!("{api}/console/session")).json(&login).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.headers().get("set-cookie").is_none());
+    let r = http
+        .post(format!("{api}/console/session"))
+        .header(MARK, "1")
+        .header("origin", "http://evil.example")
+        .json(&login)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "from another origin");
+    let wrong = json!({"email": "lin@example.com", "password": "not-it"});
+    let r = http.post(format!("{api}/console/session")).header(MARK, "1").json(&wrong).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = http.post(format!("{api}/console/session")).header(MARK, "1").json(&login).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    for part in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(part), "{set}");
+    }
+    let cookie = set.split(';').next().unwrap().to_string();
+    assert!(!set.contains("lin-password"), "{set}");
+
+    // With the header, from its own origin, on every node: the account.
+    for id in [1u64, 2, 3] {
+        let base = c.nodes[&id].api_url();
+        let host = base.trim_start_matches("http://").to_string();
+        let me = http
+            .get(format!("{base}/user/me"))
+            .header("cookie", &cookie)
+            .header(MARK, "1")
+            .header("origin", format!("http://{host}"))
+            .header("sec-fetch-site", "same-origin")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(me.status(), StatusCode::OK, "node {id}");
+        assert_eq!(me.json::<Value>().await.unwrap()["email"], "lin@example.com");
+    }
+    // Without it, or from elsewhere: nobody. Nothing is created.
+    let attempts = [
+        vec![],
+        vec![("origin", "http://evil.example".to_string())],
+        vec![("sec-fetch-site", "cross-site".to_string())],
+    ];
+    for (i, extra) in attempts.iter().enumerate() {
+        let mut r = http.post(format!("{api}/socket")).header("cookie", &cookie).json(&json!({"name": "forged"}));
+        if i > 0 {
+            r = r.header(MARK, "1");
+        }
+        for (k, v) in extra {
+            r = r.header(*k, v);
+        }
+        assert_eq!(r.send().await.unwrap().status(), StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let own = |r: reqwest::RequestBuilder| r.header("cookie", &cookie).header(MARK, "1");
+    let list: Value = own(http.get(format!("{api}/socket"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list, json!([]), "no forged socket");
+
+    // The recent-requests view of another account's socket answers like a missing one.
+    let other = c.api(2);
+    let other = {
+        let u = mysocket_api::UserCreate {
+            name: "Oz".into(),
+            email: "oz@example.com".into(),
+            password: "oz-password-1".into(),
+            sshkey: key.into(),
+        };
+        other.create_user(&u).await.unwrap();
+        let t = other.login("oz@example.com", "oz-password-1").await.unwrap().token;
+        other.with_token(t)
+    };
+    let theirs =
+        other.create_socket(&mysocket_api::SocketCreate { name: "theirs".into(), ..Default::default() }).await.unwrap();
+    let r = own(http.get(format!("{api}/socket/{}/log", theirs.socket_id))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = own(http.get(format!("{api}/socket/not-an-id/log"))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // Signing out revokes the session's token on every node and clears the cookie.
+    let r = own(http.delete(format!("{api}/console/session"))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(r.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    for id in [1u64, 2, 3] {
+        let r = own(http.get(format!("{}/user/me", c.nodes[&id].api_url()))).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "node {id} after sign-out");
+    }
+}
+
+/// A newcomer in a real browser: sign up, create a socket, start its tunnel with the console's
+/// own `ssh -R` command, see a request made through another node in the live view; another
+/// account sees none of it; a page of another origin cannot use the session; the socket is
+/// deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_does_the_try_it_steps_in_the_console_in_a_browser() {
+    let c = TestCluster::builder().start().await;
+    let console = format!("{}/console", c.nodes[&1].api_url());
+    let public = format!("http://{}:8080", c.nodes[&2].ip);
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-shots");
+    let _ = std::fs::remove_dir_all(&shots);
+    std::fs::create_dir_all(&shots).unwrap();
+    let python =
+        std::env::var("MYSOCKET_TEST_PYTHON").unwrap_or_else(|_| "/var/tmp/mysocket-browser-venv/bin/python".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/console_browser.py");
+    let out = tokio::task::spawn_blocking({
+        let shots = shots.clone();
+        move || Command::new(python).args([script, &console, &public, shots.to_str().unwrap()]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "the browser test failed: {said}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_str(said.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(v["cookie_visible_to_scripts"], false, "{v}");
+    assert_eq!(v["form_open_when_empty"], true, "{v}");
+    assert_eq!(v["urls"][0], "http://console-demo.localhost:8080/", "{v}");
+    assert!(v["ssh_command"].as_str().unwrap().starts_with("ssh -N -R "), "{v}");
+    assert!(v["held_by"].as_str().unwrap().starts_with("node "), "{v}");
+    assert_eq!(v["visitor_answer"], "the console's service saw GET /from-the-console-test", "{v}");
+    assert!(v["log_line"].as_str().unwrap().contains(" GET /from-the-console-test 200 "), "{v}");
+    assert_eq!(v["phone_overflow_px"], 0, "the page fits a phone's width: {v}");
+    assert!(v["foreign_fetch"].as_str().unwrap().starts_with("fetch refused"), "{v}");
+    assert_eq!(v["sockets_after_foreign_page"], json!(["console-demo"]), "nothing made from elsewhere: {v}");
+    assert_eq!(v["other_account_sockets"], 0, "{v}");
+    assert_eq!(v["other_account_empty_shown"], true, "{v}");
+    assert_eq!(v["other_account_log_status"], 404, "{v}");
+    assert_eq!(v["message_after_delete"], "Socket console-demo deleted.", "{v}");
+    for shot in ["1-sign-in", "2-socket-created", "3-live-requests", "4-phone", "5-other-account", "6-deleted"] {
+        assert!(shots.join(format!("{shot}.png")).metadata().unwrap().len() > 1000, "{shot}");
+    }
+    eprintln!("console screenshots: {}", shots.display());
+
+    // What the browser did, as the API sees it: the socket gone, nothing made by the foreign
+    // page.
+    let api = c.api(3);
+    let t = api.login("grace@example.com", "console-password-1").await.unwrap().token;
+    assert!(api.with_token(t).sockets().await.unwrap().is_empty());
+}
