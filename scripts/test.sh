@@ -88,11 +88,13 @@ if [[ -d "$CARGO_TARGET_DIR/tmp/inspector-shots" ]]; then
   cp -r "$CARGO_TARGET_DIR/tmp/inspector-shots" "$RUNS/inspector"
   echo "inspector screenshots in $RUNS/inspector"
 fi
-# The console's browser test (node/tests/console.rs) leaves its screenshots there too.
-if [[ -d "$CARGO_TARGET_DIR/tmp/console-shots" ]]; then
-  cp -r "$CARGO_TARGET_DIR/tmp/console-shots" "$RUNS/console"
-  echo "console screenshots in $RUNS/console"
-fi
+# The console's and the dashboard's browser tests (node/tests/console.rs) leave theirs there too.
+for shots in console dashboard; do
+  if [[ -d "$CARGO_TARGET_DIR/tmp/$shots-shots" ]]; then
+    cp -r "$CARGO_TARGET_DIR/tmp/$shots-shots" "$RUNS/$shots"
+    echo "$shots screenshots in $RUNS/$shots"
+  fi
+done
 
 echo "== hostile clients: one attacker process per attack against a three-node cluster (mysocket-hostile)"
 "$CARGO_TARGET_DIR/release/mysocket-hostile" --out "$RUNS/hostile"

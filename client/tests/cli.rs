@@ -996,23 +996,9 @@ async fn the_inspector_lists_requests_and_replays_them_in_a_browser() {
     // In the browser.
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("inspector-shots");
     std::fs::create_dir_all(&shots).unwrap();
-    let python =
-        std::env::var("MYSOCKET_TEST_PYTHON").unwrap_or_else(|_| "/var/tmp/mysocket-browser-venv/bin/python".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/inspector_browser.py");
-    let out = tokio::task::spawn_blocking({
-        let (inspector, public, dnsname, shots) = (inspector.clone(), public.clone(), dnsname.clone(), shots.clone());
-        move || {
-            Command::new(python)
-                .args([script, &inspector, &public, &dnsname, shots.to_str().unwrap()])
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "the browser test failed: {said}\n{}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_str(said.trim().lines().last().unwrap()).unwrap();
+    let args = vec![inspector.clone(), public.clone(), dnsname.clone(), shots.display().to_string()];
+    let v: Value = serde_json::from_str(&browser_script(script, args).await).unwrap();
     assert_eq!(v["request_body"], "hello, inspector <b>not bold</b>", "{v}");
     assert!(v["response_body"].as_str().unwrap().contains("I saw POST /from-the-browser-test?x=1"), "{v}");
     assert_eq!(v["injected_elements"], 0, "the page took a body as HTML: {v}");

@@ -106,6 +106,7 @@ async fn start_node(cfg: &Config) -> anyhow::Result<NodeRef> {
         applied_cache: Default::default(),
         limits: crate::control::limits::Limits::new(&cfg.rate_limits),
         recent: Default::default(),
+        history: Default::default(),
     }))
 }
 
@@ -191,6 +192,12 @@ fn spawn_duties(node: &NodeRef, root: &CancellationToken, tasks: &TaskTracker) {
     // The rate limits forget callers that went quiet.
     let (n, stop) = (node.clone(), root.child_token());
     tasks.spawn(crate::control::duties::every(Duration::from_secs(10), stop, move || n.limits.prune()));
+    // The operators' charts.
+    let (n, stop) = (node.clone(), root.child_token());
+    n.history.push(crate::control::history::sample(&n));
+    tasks.spawn(crate::control::duties::every(crate::control::history::INTERVAL, stop, move || {
+        n.history.push(crate::control::history::sample(&n))
+    }));
 }
 
 /// Data plane: SSH tunnels, the tunnels held here, public HTTP(S), tcp/tls sockets.

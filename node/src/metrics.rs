@@ -133,6 +133,8 @@ pub struct Metrics {
     /// Per socket type and reason: see [`Metrics::visitor_refused`].
     visitors_refused: [[Counter; 5]; 4],
     orphans_released: Counter,
+    /// Bytes to and from visitors through this node's public ports.
+    public_bytes: Counter,
     dns: ByLabel<7>,
     acme: ByLabel<3>,
     state: StateGauges,
@@ -268,6 +270,12 @@ impl Metrics {
             "Claims of this node's previous process released at start",
             orphans_released.clone(),
         );
+        let public_bytes = Counter::default();
+        r.register(
+            "public_bytes",
+            "Bytes to and from visitors of the sockets through this node's public ports (HTTP answers' bodies, tcp and tls connections both ways), counted as each request or connection ends",
+            public_bytes.clone(),
+        );
         let lag = Family::<[(&'static str, String); 1], Gauge>::default();
         let state = StateGauges {
             term: gauge(r, "raft_term", "Current Raft term"),
@@ -316,6 +324,7 @@ impl Metrics {
             refused,
             visitors_refused,
             orphans_released,
+            public_bytes,
             dns,
             acme,
             state,
@@ -392,6 +401,10 @@ impl Metrics {
         self.orphans_released.inc();
     }
 
+    pub fn public_bytes(&self, n: u64) {
+        self.public_bytes.inc_by(n);
+    }
+
     /// Counter values the dashboard shows: connections open per listener, HTTP answers per
     /// status class (both schemes).
     pub fn summary(&self) -> Summary {
@@ -400,6 +413,7 @@ impl Metrics {
             responses: std::array::from_fn(|c| self.responses[0][c].get() + self.responses[1][c].get()),
             relays_served: self.relays_served.get("served").get(),
             relayed_out: self.upstreams.get("relayed").get(),
+            public_bytes: self.public_bytes.get(),
         }
     }
 }
@@ -412,6 +426,7 @@ pub struct Summary {
     pub responses: [u64; 5],
     pub relays_served: u64,
     pub relayed_out: u64,
+    pub public_bytes: u64,
 }
 
 /// Keeps a connection counted as open.

@@ -134,18 +134,9 @@ async fn a_newcomer_does_the_try_it_steps_in_the_console_in_a_browser() {
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-shots");
     let _ = std::fs::remove_dir_all(&shots);
     std::fs::create_dir_all(&shots).unwrap();
-    let python =
-        std::env::var("MYSOCKET_TEST_PYTHON").unwrap_or_else(|_| "/var/tmp/mysocket-browser-venv/bin/python".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/console_browser.py");
-    let out = tokio::task::spawn_blocking({
-        let shots = shots.clone();
-        move || Command::new(python).args([script, &console, &public, shots.to_str().unwrap()]).output().unwrap()
-    })
-    .await
-    .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "the browser test failed: {said}\n{}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_str(said.trim().lines().last().unwrap()).unwrap();
+    let said = browser_script(script, vec![console, public, shots.display().to_string()]).await;
+    let v: Value = serde_json::from_str(&said).unwrap();
     assert_eq!(v["cookie_visible_to_scripts"], false, "{v}");
     assert_eq!(v["form_open_when_empty"], true, "{v}");
     assert_eq!(v["urls"][0], "http://console-demo.localhost:8080/", "{v}");
@@ -170,4 +161,86 @@ async fn a_newcomer_does_the_try_it_steps_in_the_console_in_a_browser() {
     let api = c.api(3);
     let t = api.login("grace@example.com", "console-password-1").await.unwrap().token;
     assert!(api.with_token(t).sockets().await.unwrap().is_empty());
+}
+
+/// The operators' dashboard draws the cluster's last hour, and its charts move while a load
+/// runs (headless Chromium, the operator credential as Basic auth).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_charts_move_under_load_in_a_browser() {
+    let c = TestCluster::builder().start().await;
+    let dashboard = format!("{}/operator", c.nodes[&1].api_url());
+    let publics = [1u64, 2].map(|id| format!("http://{}:8080", c.nodes[&id].ip)).join(",");
+    // The load: a socket whose tunnel plain OpenSSH holds on node 1, asked through nodes 1 and 2.
+    let home = tempfile::tempdir().unwrap();
+    let (key, public) = ssh_keygen(home.path(), "id_ed25519");
+    let api = c.api(1);
+    let user = mysocket_api::UserCreate {
+        name: "Load".into(),
+        email: "load@example.com".into(),
+        password: "load-password-1".into(),
+        sshkey: public,
+    };
+    let u = api.create_user(&user).await.unwrap();
+    let token = api.login("load@example.com", "load-password-1").await.unwrap().token;
+    let api = api.with_token(token);
+    let sock = api.connect(&mysocket_api::SocketCreate { name: "load".into(), ..Default::default() }).await.unwrap();
+    let forward = format!("{}:127.0.0.1:{}", sock.tunnels[0].local_port, origin().await);
+    let ssh = Command::new("ssh")
+        .args(["-N", "-R", &forward, "-l", &u.user_name, "-p", "2222", "-i", key.to_str().unwrap()])
+        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
+        .arg(&c.nodes[&1].ip)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _ssh = Killed(ssh);
+    let host = sock.dnsname.clone();
+    eventually(std::time::Duration::from_secs(20), "the load's tunnel", || {
+        let (ip, host) = (c.nodes[&2].ip.clone(), host.clone());
+        async move {
+            let r = reqwest::Client::new().get(format!("http://{ip}:8080/")).header("host", host).send().await.ok()?;
+            (r.status() == StatusCode::OK).then_some(())
+        }
+    })
+    .await;
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-shots");
+    let _ = std::fs::remove_dir_all(&shots);
+    std::fs::create_dir_all(&shots).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/dashboard_browser.py");
+    let args = vec![dashboard, c.operator_token.clone(), publics, sock.dnsname.clone(), shots.display().to_string()];
+    let v: Value = serde_json::from_str(&browser_script(script, args).await).unwrap();
+    assert_eq!(v["charts"], json!(["requests", "bytes", "connections", "tunnels", "applied"]), "{v}");
+    for node in ["node 1", "node 2", "node 3"] {
+        assert!(v["before"][node].is_array(), "a line per node: {v}");
+    }
+    // The nodes that took the load show it; the one that did not stays at zero.
+    for node in ["node 1", "node 2"] {
+        assert!(v["during"][node][0].as_f64().unwrap() > 5.0, "{node} under load: {v}");
+    }
+    assert_eq!(v["during"]["node 3"][0].as_f64().unwrap(), 0.0, "{v}");
+    assert!(v["during"]["node 1"][1].as_u64() > v["before"]["node 1"][1].as_u64(), "new points: {v}");
+    assert!(v["bytes"]["node 1"][0].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(v["tunnels"]["node 1"][0].as_f64().unwrap(), 1.0, "{v}");
+    assert_eq!(v["phone_overflow_px"], 0, "the page fits a phone's width: {v}");
+    for shot in ["1-before", "2-under-load", "3-phone"] {
+        assert!(shots.join(format!("{shot}.png")).metadata().unwrap().len() > 1000, "{shot}");
+    }
+    eprintln!("dashboard screenshots: {}", shots.display());
+
+    // Without the operator credential: the health in aggregate, no charts of the nodes.
+    let page = reqwest::get(format!("{}/", c.nodes[&2].api_url())).await.unwrap();
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(csp.contains("default-src 'none'") && !csp.contains("script-src"), "{csp}");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("id=health") && !html.contains("<svg") && !html.contains("node 1"), "{html}");
+}
+
+/// A child process killed when the test ends, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -539,3 +539,18 @@ pub fn dropped_count(seen: &std::sync::Mutex<Vec<u8>>, note: &str) -> Option<u64
     let at = text.find(note)?;
     text[..at].rsplit('(').next()?.parse().ok()
 }
+
+/// Runs a browser test script (Python with Selenium and Chromium: `MYSOCKET_TEST_PYTHON`, or the
+/// venv `scripts/test.sh` makes) with `args`, and returns the last line it printed (its
+/// findings, as JSON). Panics with everything it said when it fails.
+pub async fn browser_script(script: &str, args: Vec<String>) -> String {
+    let python =
+        std::env::var("MYSOCKET_TEST_PYTHON").unwrap_or_else(|_| "/var/tmp/mysocket-browser-venv/bin/python".into());
+    let script = script.to_string();
+    let out = tokio::task::spawn_blocking(move || Command::new(python).arg(script).args(args).output().unwrap())
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "the browser test failed: {said}\n{}", String::from_utf8_lossy(&out.stderr));
+    said.trim().lines().last().unwrap_or_default().to_string()
+}

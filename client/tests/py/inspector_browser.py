@@ -8,30 +8,20 @@ replays it with the page's button and waits for the replay to be listed. Screens
 step go to OUT_DIR. Prints one JSON line with what it saw; exits non-zero on any failure.
 """
 import json
+import os
 import sys
 import time
 import urllib.request
 
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../../testkit/py"))
+from browser import chrome, wait  # noqa: E402
 
 PATH = "/from-the-browser-test?x=1"
 BODY = "hello, inspector <b>not bold</b>"
 
 
-def wait(what, check, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            got = check()
-            if got:
-                return got
-        except Exception:  # the page is redrawn every second: elements come and go
-            pass
-        time.sleep(0.2)
-    raise SystemExit("timed out waiting for " + what)
 
 
 def rows(d):
@@ -40,11 +30,7 @@ def rows(d):
 
 def main():
     inspector, public, host, out = sys.argv[1:5]
-    opts = Options()
-    opts.binary_location = "/usr/bin/chromium"
-    for a in ("--headless=new", "--no-sandbox", "--window-size=1280,900", "--disable-dev-shm-usage", "--no-proxy-server"):
-        opts.add_argument(a)
-    d = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+    d = chrome(1280, 900)
     seen = {}
     try:
         d.get(inspector)

@@ -24,7 +24,7 @@ use crate::control::NodeRef;
 const REFRESH_SECS: u32 = 5;
 
 /// Text for HTML: `&`, `<`, `>`, `"` and `'` escaped.
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -43,7 +43,25 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222
 table{border-collapse:collapse;margin:.5em 0 1.5em}\
 th,td{border:1px solid #ccc;padding:.3em .8em;text-align:left}\
 th{background:#f4f4f4}td.n{text-align:right}\
-.down{color:#b00}.lead{font-weight:bold}small{color:#666}";
+.down{color:#b00}.lead{font-weight:bold}small{color:#666}\
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,30em),1fr));gap:.5em 1.5em}\
+svg.chart{width:100%;height:auto;background:#fff}.scroll{overflow-x:auto}\
+@media (max-width:40em){body{margin:.8em}th,td{padding:.25em .4em}}";
+
+/// The dashboard draws without scripts: its inline style and SVG only.
+const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+fn html(h: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        h,
+    )
+        .into_response()
+}
 
 #[utoipa::path(get, path = "/", tag = "cluster", responses((status = 200, description = "The dashboard: for an operator the cluster, the registry's totals and this node's traffic; for anyone else the cluster's health in aggregate", content_type = "text/html")))]
 pub(crate) async fn page(State(node): State<NodeRef>, headers: HeaderMap) -> Response {
@@ -93,9 +111,9 @@ fn health(node: &NodeRef) -> Response {
         h,
         "{status}<p id=members>{members} nodes.</p>\
          <p><a href=/operator>Operators: the cluster in detail</a> · <a href=/openapi.json>API (OpenAPI)</a> · \
-         <a href=/cluster/ca.pem>cluster CA</a></p></body></html>"
+         <a href=/cluster/ca.pem>cluster CA</a> · <a href=/console>Console: your sockets</a></p></body></html>"
     );
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], h).into_response()
+    html(h)
 }
 
 async fn detail(node: &NodeRef) -> Response {
@@ -113,8 +131,12 @@ async fn detail(node: &NodeRef) -> Response {
                 write!(h, "<p id=leader class=down>No leader (term {}): writes wait for an election.</p>", view.term);
         }
     }
+    let (charts, changes) =
+        crate::api::charts::cluster(crate::control::now_ms(), &crate::control::history::gather(node).await);
+    let _ =
+        write!(h, "<h2>The last hour</h2><p id=leader-changes>Leader changes in the last hour: {changes}.</p>{charts}");
     h.push_str(
-        "<h2>Nodes</h2><table id=nodes><tr><th>node</th><th>API</th><th>SSH</th><th>role</th>\
+        "<h2>Nodes</h2><div class=scroll><table id=nodes><tr><th>node</th><th>API</th><th>SSH</th><th>role</th>\
          <th>applied index</th><th>tunnels held</th></tr>",
     );
     for n in &view.nodes {
@@ -140,7 +162,7 @@ async fn detail(node: &NodeRef) -> Response {
     }
     let _ = write!(
         h,
-        "</table><h2>Registry</h2><table id=registry>\
+        "</table></div><h2>Registry</h2><table id=registry>\
          <tr><th>accounts</th><td class=n>{accounts}</td></tr>\
          <tr><th>sockets</th><td class=n>{sockets}</td></tr>\
          <tr><th>tunnels</th><td class=n>{tunnels}</td></tr>\
@@ -169,7 +191,7 @@ async fn detail(node: &NodeRef) -> Response {
          <a href=/openapi.json>API (OpenAPI)</a> · <a href=/cluster/ca.pem>cluster CA</a></p></body></html>",
         traffic.relayed_out, traffic.relays_served,
     );
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], h).into_response()
+    html(h)
 }
 
 /// A span of milliseconds, roughly: `3 d 4 h`, `2 h 13 min`, `41 s`.

@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod accounts;
+pub mod charts;
 pub mod cluster;
 pub mod console;
 pub mod credentials;

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod batch;
 pub mod bootstrap;
 pub mod duties;
+pub mod history;
 pub mod limits;
 pub mod recent;
 pub mod service;
@@ -92,6 +93,8 @@ pub struct Node {
     pub limits: crate::control::limits::Limits,
     /// The last log lines of the tunnels held here.
     pub recent: crate::control::recent::Recent,
+    /// The last hour of this node's figures, for the operators' charts.
+    pub history: crate::control::history::History,
 }
 
 pub type NodeRef = Arc<Node>;

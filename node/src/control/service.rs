@@ -156,6 +156,10 @@ impl Internal for InternalService {
         Ok(Response::new(to_blob(&lines)))
     }
 
+    async fn history(&self, _req: Request<Empty>) -> Result<Response<Blob>, Status> {
+        Ok(Response::new(to_blob(&self.node.history.samples())))
+    }
+
     async fn node_status(&self, _req: Request<Empty>) -> Result<Response<NodeStatusReply>, Status> {
         let m = self.node.metrics();
         Ok(Response::new(NodeStatusReply {

@@ -51,6 +51,7 @@ const LOGGED_PATH: usize = 256;
 /// "HH:MM:SS <client> <method> <path> <status> <bytes>B <ms>ms", put together by hand: it is
 /// written for every request, and `format!` (an `IpAddr` above all) showed in profiles.
 pub fn request_line(client: &str, method: &str, path: &str, status: u16, bytes: u64, started: Instant) -> String {
+    crate::metrics::get().public_bytes(bytes);
     let (path, cut) = match path.char_indices().nth(LOGGED_PATH) {
         Some((at, _)) => (&path[..at], "..."),
         None => (path, ""),
@@ -105,6 +106,7 @@ fn push_number(line: &mut String, mut n: u64) {
 
 /// The log line of a whole tcp/tls connection.
 pub fn connection_line(client: SocketAddr, to_service: u64, to_client: u64, took: Duration) -> String {
+    crate::metrics::get().public_bytes(to_service + to_client);
     format!(
         "{} {} connection closed: {to_service}B in, {to_client}B out, {}ms\r\n",
         now_hms(),

@@ -21,26 +21,15 @@ import threading
 import time
 import urllib.request
 
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../../testkit/py"))
+from browser import chrome, wait  # noqa: E402
 
 PASSWORD = "console-password-1"
 PATH = "/from-the-console-test"
 
 
-def wait(what, check, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            got = check()
-            if got:
-                return got
-        except Exception:  # the list is redrawn every few seconds: elements come and go
-            pass
-        time.sleep(0.2)
-    raise SystemExit("timed out waiting for " + what)
 
 
 def serve(host, handler):
@@ -124,12 +113,7 @@ def main():
     service_port = serve("127.0.0.1", Backend)
     foreign = "http://127.0.0.9:%d/" % serve("127.0.0.9", foreign_page(origin))
 
-    opts = Options()
-    opts.binary_location = "/usr/bin/chromium"
-    for a in ("--headless=new", "--no-sandbox", "--window-size=1280,1000", "--disable-dev-shm-usage",
-              "--no-proxy-server"):
-        opts.add_argument(a)
-    d = webdriver.Chrome(service=ChromeService("/usr/bin/chromedriver"), options=opts)
+    d = chrome(1280, 1000)
     tunnel = None
     try:
         d.get(console)
