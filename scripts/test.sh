@@ -89,7 +89,7 @@ if [[ -d "$CARGO_TARGET_DIR/tmp/inspector-shots" ]]; then
   echo "inspector screenshots in $RUNS/inspector"
 fi
 # The console's and the dashboard's browser tests (node/tests/console.rs) leave theirs there too.
-for shots in console dashboard; do
+for shots in console console-oidc dashboard; do
   if [[ -d "$CARGO_TARGET_DIR/tmp/$shots-shots" ]]; then
     cp -r "$CARGO_TARGET_DIR/tmp/$shots-shots" "$RUNS/$shots"
     echo "$shots screenshots in $RUNS/$shots"

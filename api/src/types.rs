@@ -20,6 +20,10 @@ pub struct ClusterView {
     /// `null` until the cluster has bootstrapped.
     #[serde(default)]
     pub ssh_host_key: Option<String>,
+    /// Whether the cluster has an OpenID Connect provider: cloud authentication for sockets,
+    /// and signing in to the console with it.
+    #[serde(default)]
+    pub identity_provider: bool,
 }
 
 impl ClusterView {

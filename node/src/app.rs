@@ -107,6 +107,7 @@ async fn start_node(cfg: &Config) -> anyhow::Result<NodeRef> {
         limits: crate::control::limits::Limits::new(&cfg.rate_limits),
         recent: Default::default(),
         history: Default::default(),
+        oidc: cfg.oidc.clone().map(|o| Arc::new(crate::net::oidc::Provider::new(o))),
     }))
 }
 

@@ -244,3 +244,68 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// With an identity provider, an account signs in to the console with it (the provider's
+/// verified email names the account); a verified stranger without an account is told so and
+/// gets no session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_signs_in_to_the_console_with_the_identity_provider() {
+    let provider = OidcProvider::start(free_port()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = with_oidc_provider(TestCluster::builder(), &provider, dir.path()).await;
+    let view: Value = reqwest::get(format!("{}/cluster", c.nodes[&2].api_url())).await.unwrap().json().await.unwrap();
+    assert_eq!(view["identity_provider"], true);
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEKB/+HUsFGo5IjxjdpUNkfai/lOgRCdHyy1c7BmPvcN test";
+    let alice = mysocket_api::UserCreate {
+        name: "Alice".into(),
+        email: "alice@example.com".into(),
+        password: "alice-password-1".into(),
+        sshkey: key.into(),
+    };
+    c.api(1).create_user(&alice).await.unwrap();
+
+    // A callback that did not start here, or whose state is not the login's, signs nobody in.
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let api = c.nodes[&1].api_url();
+    let r = http.get(format!("{api}/console/oidc/callback?state=x&code=y")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(!r.headers().get_all("set-cookie").iter().any(|v| v.to_str().unwrap().starts_with("mysocket_session=")));
+    let start = http.get(format!("{api}/console/oidc")).send().await.unwrap();
+    assert_eq!(start.status(), StatusCode::FOUND);
+    let to = start.headers()["location"].to_str().unwrap().to_string();
+    assert!(to.starts_with(&provider.issuer) && to.contains("code_challenge_method=S256"), "{to}");
+    let pending = start.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let r = http
+        .get(format!("{api}/console/oidc/callback?state=not-the-one&code=y"))
+        .header("cookie", &pending)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-oidc-shots");
+    let _ = std::fs::remove_dir_all(&shots);
+    std::fs::create_dir_all(&shots).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/console_oidc_browser.py");
+    let said = browser_script(script, vec![format!("{api}/console"), shots.display().to_string()]).await;
+    let v: Value = serde_json::from_str(&said).unwrap();
+    assert_eq!(v["signed_in_as"], "alice@example.com", "{v}");
+    assert_eq!(v["back_at"], "/console", "{v}");
+    assert_eq!(v["cookie_visible_to_scripts"], false, "{v}");
+    assert!(v["stranger"].as_str().unwrap().contains("No account has the email bob@other.org"), "{v}");
+    assert_eq!(v["stranger_signed_in"], "no", "{v}");
+    // The provider's sign-in made a token of Alice's like any other, which her signing out
+    // revoked: only the login just made is left.
+    let token = c.api(3).login("alice@example.com", "alice-password-1").await.unwrap().token;
+    let listed: Value = reqwest::Client::new()
+        .get(format!("{}/credentials", c.nodes[&3].api_url()))
+        .header("x-access-token", token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = listed.as_array().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(names, ["login"], "{listed}");
+}

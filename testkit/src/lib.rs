@@ -554,3 +554,72 @@ pub async fn browser_script(script: &str, args: Vec<String>) -> String {
     assert!(out.status.success(), "the browser test failed: {said}\n{}", String::from_utf8_lossy(&out.stderr));
     said.trim().lines().last().unwrap_or_default().to_string()
 }
+
+/// The OpenID provider for the tests: `oidc-provider-mock` (PyPI), from
+/// `MYSOCKET_OIDC_PROVIDER` or the venv `scripts/test.sh` makes, with users alice@example.com
+/// and bob@other.org (verified) and carol@example.com (not verified). Stopped when dropped.
+pub struct OidcProvider {
+    child: std::process::Child,
+    pub issuer: String,
+}
+
+impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl OidcProvider {
+    pub async fn start(port: u16) -> OidcProvider {
+        let bin = std::env::var("MYSOCKET_OIDC_PROVIDER")
+            .unwrap_or_else(|_| "/var/tmp/mysocket-browser-venv/bin/oidc-provider-mock".into());
+        assert!(
+            std::path::Path::new(&bin).exists(),
+            "{bin} is missing: scripts/test.sh installs oidc-provider-mock (or set MYSOCKET_OIDC_PROVIDER)"
+        );
+        let user = |email: &str, verified: bool| {
+            format!(r#"{{"sub": "{email}", "email": "{email}", "email_verified": {verified}}}"#)
+        };
+        let child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--require-nonce"])
+            .args(["--user-claims", &user("alice@example.com", true)])
+            .args(["--user-claims", &user("bob@other.org", true)])
+            .args(["--user-claims", &user("carol@example.com", false)])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let issuer = format!("http://127.0.0.1:{port}");
+        let url = format!("{issuer}/.well-known/openid-configuration");
+        eventually(Duration::from_secs(30), "the OpenID provider starts", || {
+            let url = url.clone();
+            async move { reqwest::get(&url).await.ok().filter(|r| r.status() == 200).map(|_| ()) }
+        })
+        .await;
+        OidcProvider { child, issuer }
+    }
+}
+
+/// A port free on 127.0.0.1 now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `builder` with the cluster's identity provider (client `mysocket-edge`, its secret in a
+/// file in `dir`), started and ready.
+pub async fn with_oidc_provider(builder: Builder, provider: &OidcProvider, dir: &std::path::Path) -> TestCluster {
+    let secret = dir.join("oidc-secret");
+    std::fs::write(&secret, "test-client-secret\n").unwrap();
+    let c = builder
+        .arg("--oidc-issuer")
+        .arg(&provider.issuer)
+        .arg("--oidc-client-id")
+        .arg("mysocket-edge")
+        .arg("--oidc-client-secret-file")
+        .arg(secret.to_str().unwrap())
+        .start()
+        .await;
+    c.wait_ready().await;
+    c
+}

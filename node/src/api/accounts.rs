@@ -86,7 +86,7 @@ pub(crate) async fn create_user(
     }
 }
 
-fn token_key(node: &NodeRef) -> ApiResult<String> {
+pub(crate) fn token_key(node: &NodeRef) -> ApiResult<String> {
     node.read(|r| r.config().map(|c| c.token_key.clone()))
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "cluster not bootstrapped yet".into()))
 }
@@ -286,7 +286,7 @@ pub(crate) async fn refresh(State(node): State<NodeRef>, headers: HeaderMap) -> 
 
 /// A login token for `user_id`, recorded in the registry (so its owner can list and revoke
 /// it) before it is handed out.
-async fn new_token(node: &NodeRef, user_id: Uuid, how: &str) -> ApiResult<String> {
+pub(crate) async fn new_token(node: &NodeRef, user_id: Uuid, how: &str) -> ApiResult<String> {
     let key = token_key(node)?;
     let now = now_secs();
     let id = Uuid::new_v4();

@@ -85,7 +85,13 @@ pub async fn cluster_view(node: &NodeRef, who: Caller) -> ClusterView {
         .read(|r| r.config().map(|c| c.ssh_host_key.clone()))
         .and_then(|pem| russh::keys::PrivateKey::from_openssh(&pem).ok())
         .and_then(|k| k.public_key().to_openssh().ok());
-    ClusterView { leader: m.current_leader, term: m.current_term, nodes, ssh_host_key }
+    ClusterView {
+        leader: m.current_leader,
+        term: m.current_term,
+        nodes,
+        ssh_host_key,
+        identity_provider: node.oidc.is_some(),
+    }
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "cluster", responses((status = 200, description = "Prometheus metrics (text format 0.0.4)", content_type = "text/plain"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)), security(("operator" = [])))]

@@ -11,6 +11,12 @@
 //! script elsewhere that makes the browser send the cookie gets an anonymous request. The
 //! page's Content-Security-Policy allows only its own script and style, and the script puts
 //! everything it shows into the page as text.
+//!
+//! With an identity provider (`--oidc-issuer`), an account may also sign in with it: the
+//! authorization code flow with PKCE, `state` and `nonce` (`/console/oidc`, back at
+//! `/console/oidc/callback` on the same origin, which operators register with the provider),
+//! the login in progress in a signed cookie of that origin; the provider's verified email
+//! names the account.
 
 use axum::extract::ConnectInfo;
 use axum::extract::State;
@@ -54,6 +60,8 @@ pub fn routes() -> Router<NodeRef> {
         .route("/console/app.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
         .route("/console/app.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
         .route("/console/session", post(sign_in).delete(sign_out))
+        .route("/console/oidc", get(provider_sign_in))
+        .route("/console/oidc/callback", get(provider_callback))
 }
 
 /// The headers every console answer carries.
@@ -183,4 +191,173 @@ mod tests {
         assert_eq!(session_cookie(&headers(&odd)), None);
         assert_eq!(session_cookie(&headers(&[own[0], own[1], ("cookie", "mysocket_session=")])), None);
     }
+}
+
+/// The console's login at the identity provider, in progress: in a signed cookie of the
+/// console's origin while the browser is at the provider.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pending {
+    console: bool,
+    state: String,
+    nonce: String,
+    verifier: String,
+    /// Expiry, Unix seconds.
+    x: u64,
+}
+
+const PENDING: &str = "mysocket_console_login";
+/// How long a login may take at the provider.
+const PENDING_SECS: u64 = 600;
+
+/// A short page for the steps of a sign-in with the provider; `text` is escaped.
+fn notice(status: StatusCode, text: &str) -> Response {
+    let body = format!(
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>mysocket console</title>\
+         <link rel=stylesheet href=/console/app.css></head><body><main><p id=notice class=card>{}</p>\
+         <p><a href=/console>Back to the console</a></p></main></body></html>",
+        crate::api::dashboard::esc(text)
+    );
+    hardened((status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response())
+}
+
+/// This origin as the browser reached it: the API's scheme and the request's Host.
+fn origin(node: &NodeRef, headers: &HeaderMap) -> Option<String> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let scheme = if matches!(node.config.api_tls, crate::config::ApiTls::Off) { "http" } else { "https" };
+    Some(format!("{scheme}://{host}"))
+}
+
+fn pending_cookie(node: &NodeRef, value: &str, max_age: u64) -> HeaderValue {
+    let secure = if matches!(node.config.api_tls, crate::config::ApiTls::Off) { "" } else { "; Secure" };
+    // Lax: the browser comes back from the provider with a top-level navigation.
+    HeaderValue::from_str(&format!(
+        "{PENDING}={value}; Path=/console/oidc; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("mysocket_console_login=; Max-Age=0"))
+}
+
+fn found(to: &str) -> Response {
+    let mut r = hardened(StatusCode::FOUND.into_response());
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+#[utoipa::path(get, path = "/console/oidc", tag = "console", responses((status = 302, description = "To the cluster's identity provider, to sign in to the console"), (status = 404, description = "The cluster has no identity provider", content_type = "text/html"), (status = 503, description = "The provider cannot be reached", content_type = "text/html")))]
+pub(crate) async fn provider_sign_in(State(node): State<NodeRef>, headers: HeaderMap) -> Response {
+    let Some(p) = &node.oidc else {
+        return notice(
+            StatusCode::NOT_FOUND,
+            "This cluster has no identity provider: sign in with your email and password.",
+        );
+    };
+    let (Some(origin), Ok(key)) = (origin(&node, &headers), crate::api::accounts::token_key(&node)) else {
+        return notice(StatusCode::BAD_REQUEST, "The request names no host.");
+    };
+    let m = match p.metadata().await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(reason = %e, "console: the identity provider failed");
+            return notice(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The identity provider cannot be reached; try again in a moment.",
+            );
+        }
+    };
+    use crate::net::oidc::random_token;
+    let pending = Pending {
+        console: true,
+        state: random_token(),
+        nonce: random_token(),
+        verifier: random_token(),
+        x: crate::net::oidc::now_secs() + PENDING_SECS,
+    };
+    let back = format!("{origin}/console/oidc/callback");
+    let Some(url) = crate::net::oidc::authorize_url(p, &m, &back, &pending.state, &pending.nonce, &pending.verifier)
+    else {
+        return notice(StatusCode::SERVICE_UNAVAILABLE, "The identity provider's authorization endpoint is not a URL.");
+    };
+    let mut r = found(&url);
+    let sealed = crate::net::oidc::seal(&key, &pending);
+    r.headers_mut().append(header::SET_COOKIE, pending_cookie(&node, &sealed, PENDING_SECS));
+    r
+}
+
+#[utoipa::path(get, path = "/console/oidc/callback", tag = "console", params(("state" = Option<String>, Query), ("code" = Option<String>, Query)), responses((status = 302, description = "Signed in: to the console, the session in an HttpOnly cookie"), (status = 403, description = "The sign-in was refused: why", content_type = "text/html")))]
+pub(crate) async fn provider_callback(
+    State(node): State<NodeRef>,
+    headers: HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let refused = |why: &str| {
+        let mut r = notice(StatusCode::FORBIDDEN, why);
+        r.headers_mut().append(header::SET_COOKIE, pending_cookie(&node, "", 0));
+        r
+    };
+    let (Some(p), Some(origin), Ok(key)) =
+        (&node.oidc, origin(&node, &headers), crate::api::accounts::token_key(&node))
+    else {
+        return refused("This cluster has no identity provider.");
+    };
+    let pairs: Vec<(String, String)> =
+        form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect();
+    let param = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let pending: Option<Pending> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix(PENDING).and_then(|r| r.strip_prefix('=')))
+        .find_map(|v| crate::net::oidc::open(&key, v));
+    let state = param("state").unwrap_or_default();
+    let Some(pending) = pending.filter(|l| l.console && l.x > crate::net::oidc::now_secs()) else {
+        return refused("This sign-in did not start here, or took too long. Start again.");
+    };
+    if !crate::net::oidc::constant_eq(state.as_bytes(), pending.state.as_bytes()) {
+        return refused("The sign-in's state does not match. Start again.");
+    }
+    if let Some(err) = param("error") {
+        return refused(&format!("The identity provider did not sign you in ({err})."));
+    }
+    let Some(code) = param("code") else { return refused("The identity provider sent no code.") };
+    let email = match p.metadata().await {
+        Ok(m) => match p.exchange(&m, &code, &format!("{origin}/console/oidc/callback"), &pending.verifier).await {
+            Ok(id_token) => p.verify(&m, &id_token, &pending.nonce).await,
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    let email = match email {
+        Ok(e) => e,
+        Err(why) => {
+            tracing::info!(reason = %why, "console: sign-in with the identity provider refused");
+            return refused(&format!("Sign-in failed: {why}."));
+        }
+    };
+    if node.linearizable().await.is_err() {
+        return notice(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The cluster cannot confirm your account right now; try again.",
+        );
+    }
+    let Some(user_id) = node.read(|r| r.account_by_email(&email).map(|a| a.user_id)) else {
+        return refused(&format!(
+            "No account has the email {email}: create one on the console (with your SSH key), then sign in with the \
+             identity provider."
+        ));
+    };
+    let token = match crate::api::accounts::new_token(&node, user_id, "console-oidc").await {
+        Ok(t) => t,
+        Err(_) => {
+            return notice(StatusCode::SERVICE_UNAVAILABLE, "The cluster cannot sign you in right now; try again.")
+        }
+    };
+    tracing::info!(%user_id, "console: signed in with the identity provider");
+    let mut r = found("/console");
+    let h = r.headers_mut();
+    h.append(header::SET_COOKIE, cookie(&node, &token, node.config.token_ttl.as_secs()));
+    h.append(header::SET_COOKIE, pending_cookie(&node, "", 0));
+    r
 }

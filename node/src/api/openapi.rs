@@ -80,6 +80,8 @@ impl Modify for TokenHeader {
         crate::api::console::page,
         crate::api::console::sign_in,
         crate::api::console::sign_out,
+        crate::api::console::provider_sign_in,
+        crate::api::console::provider_callback,
     ),
     components(schemas(ErrorBody, ClusterView, NodeView, AddNode, DigestView, Health, UserCreate, User, Login, TokenReply, CredentialView, ApiKeyCreate, ApiKeyCreated, SocketCreate, SocketUpdate, Socket, Tunnel, TunnelHolder, RecentLog, TunnelLog)),
     modifiers(&TokenHeader)

@@ -95,6 +95,8 @@ pub struct Node {
     pub recent: crate::control::recent::Recent,
     /// The last hour of this node's figures, for the operators' charts.
     pub history: crate::control::history::History,
+    /// The cluster's identity provider, when the operator configured one.
+    pub oidc: Option<Arc<crate::net::oidc::Provider>>,
 }
 
 pub type NodeRef = Arc<Node>;

@@ -42,12 +42,12 @@ pub struct Edge {
     /// The rate limits per socket and visitor.
     pub visits: policy::Visits,
     /// The identity provider of cloud authentication, if the operator configured one.
-    pub cloud: Option<cloud::Provider>,
+    pub cloud: Option<Arc<cloud::Provider>>,
 }
 
 impl Edge {
     pub fn new(node: NodeRef, holdings: Arc<Holdings>) -> Arc<Edge> {
-        let cloud = node.config.oidc.clone().map(cloud::Provider::new);
+        let cloud = node.oidc.clone();
         let edge = Arc::new(Edge {
             node,
             holdings,

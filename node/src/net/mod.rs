@@ -5,6 +5,7 @@
 
 pub mod accept;
 pub mod credential;
+pub mod oidc;
 pub mod peers;
 pub mod port;
 pub mod prefixed;

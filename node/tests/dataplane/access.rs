@@ -168,72 +168,6 @@ async fn address_lists_and_rate_limits_apply_on_every_node_before_any_relay() {
     assert_eq!((now.ip_deny, now.rate_limit, now.protected_socket), (vec![format!("{hog}/32")], 2, false));
 }
 
-/// The OpenID provider for the tests: `oidc-provider-mock` (PyPI), from
-/// `MYSOCKET_OIDC_PROVIDER` or the venv `scripts/test.sh` makes.
-struct Provider {
-    child: std::process::Child,
-    issuer: String,
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Provider {
-    async fn start(port: u16) -> Provider {
-        let bin = std::env::var("MYSOCKET_OIDC_PROVIDER")
-            .unwrap_or_else(|_| "/var/tmp/mysocket-browser-venv/bin/oidc-provider-mock".into());
-        assert!(
-            std::path::Path::new(&bin).exists(),
-            "{bin} is missing: scripts/test.sh installs oidc-provider-mock (or set MYSOCKET_OIDC_PROVIDER)"
-        );
-        let user = |email: &str, verified: bool| {
-            serde_json::json!({"sub": email, "email": email, "email_verified": verified}).to_string()
-        };
-        let child = std::process::Command::new(bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--require-nonce"])
-            .args(["--user-claims", &user("alice@example.com", true)])
-            .args(["--user-claims", &user("bob@other.org", true)])
-            .args(["--user-claims", &user("carol@example.com", false)])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let issuer = format!("http://127.0.0.1:{port}");
-        let url = format!("{issuer}/.well-known/openid-configuration");
-        eventually(Duration::from_secs(30), "the OpenID provider starts", || {
-            let url = url.clone();
-            async move { reqwest::get(&url).await.ok().filter(|r| r.status() == 200).map(|_| ()) }
-        })
-        .await;
-        Provider { child, issuer }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// `builder` with the cluster's identity provider (the client secret in `dir`), started.
-async fn with_provider(builder: Builder, provider: &Provider, dir: &std::path::Path) -> TestCluster {
-    let secret = dir.join("oidc-secret");
-    std::fs::write(&secret, "test-client-secret\n").unwrap();
-    let c = builder
-        .arg("--oidc-issuer")
-        .arg(&provider.issuer)
-        .arg("--oidc-client-id")
-        .arg("mysocket-edge")
-        .arg("--oidc-client-secret-file")
-        .arg(secret.to_str().unwrap())
-        .start()
-        .await;
-    c.wait_ready().await;
-    c
-}
-
 /// A client that follows no redirect and keeps no cookie: each step of a login is seen.
 fn plain() -> reqwest::Client {
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
@@ -311,9 +245,9 @@ async fn visit(node_ip: &str, host: &str, cookie: Option<&str>, extra: Option<(&
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloud_authentication_lets_only_allowed_verified_emails_through_on_every_node() {
-    let provider = Provider::start(free_port()).await;
+    let provider = OidcProvider::start(free_port()).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut c = with_provider(TestCluster::builder().nodes(3).log("trace"), &provider, dir.path()).await;
+    let mut c = with_oidc_provider(TestCluster::builder().nodes(3).log("trace"), &provider, dir.path()).await;
     let (key, u, api) = ssh_user(&c, dir.path(), 1, "ada").await;
     let team = SocketCreate {
         name: "team".into(),
@@ -448,7 +382,7 @@ async fn cloud_authentication_lets_only_allowed_verified_emails_through_on_every
     // The provider restarts with a new signing key: the edge fetches the new keys.
     let port = provider.issuer.rsplit(':').next().unwrap().parse().unwrap();
     drop(provider);
-    let _provider = Provider::start(port).await;
+    let _provider = OidcProvider::start(port).await;
     let again = sign_in(&ip(3), &host, "alice@example.com").await;
     assert_eq!(visit(&ip(1), &host, Some(&again), None).await.0, 200);
 
@@ -474,10 +408,10 @@ async fn cloud_authentication_lets_only_allowed_verified_emails_through_on_every
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cloud_authentication_session_expires() {
-    let provider = Provider::start(free_port()).await;
+    let provider = OidcProvider::start(free_port()).await;
     let dir = tempfile::tempdir().unwrap();
     let builder = TestCluster::builder().nodes(1).arg("--oidc-session-secs").arg("3");
-    let c = with_provider(builder, &provider, dir.path()).await;
+    let c = with_oidc_provider(builder, &provider, dir.path()).await;
     let (key, u, api) = ssh_user(&c, dir.path(), 1, "ada").await;
     let team = SocketCreate {
         name: "team".into(),

@@ -57,6 +57,8 @@ function signedOut(why) {
   $("#who").hidden = true;
   $("#signed-out").hidden = false;
   say(why || "", false);
+  // The provider's sign-in, when the cluster has one.
+  api("GET", "/cluster").then((c) => { $("#provider").hidden = !c.identity_provider; }).catch(() => {});
 }
 
 async function signedIn() {
