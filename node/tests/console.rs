@@ -144,6 +144,8 @@ async fn a_newcomer_does_the_try_it_steps_in_the_console_in_a_browser() {
     assert!(v["held_by"].as_str().unwrap().starts_with("node "), "{v}");
     assert_eq!(v["visitor_answer"], "the console's service saw GET /from-the-console-test", "{v}");
     assert!(v["log_line"].as_str().unwrap().contains(" GET /from-the-console-test 200 "), "{v}");
+    assert!(v["markup_line"].as_str().unwrap().contains("<img/src=x/onerror="), "shown as text: {v}");
+    assert_eq!((v["injected_elements"].as_u64(), v["title"].as_str()), (Some(0), Some("mysocket console")), "{v}");
     assert_eq!(v["phone_overflow_px"], 0, "the page fits a phone's width: {v}");
     assert!(v["foreign_fetch"].as_str().unwrap().starts_with("fetch refused"), "{v}");
     assert_eq!(v["sockets_after_foreign_page"], json!(["console-demo"]), "nothing made from elsewhere: {v}");

@@ -105,8 +105,8 @@ pub fn svg(id: &str, title: &str, (from, now_ms): (u64, u64), series: &[Series],
     for (i, se) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let label = super::dashboard::esc(&se.label);
-        let points: Vec<String> =
-            se.points.iter().filter(|p| p.0 >= from).map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v))).collect();
+        let shown: Vec<(u64, f64)> = se.points.iter().copied().filter(|p| p.0 >= from).collect();
+        let points: Vec<String> = thin(&shown).into_iter().map(|(t, v)| format!("{:.1},{:.1}", x(t), y(v))).collect();
         let last = se.points.last().map(|p| p.1).unwrap_or(0.0);
         let _ = write!(
             s,
@@ -121,6 +121,17 @@ pub fn svg(id: &str, title: &str, (from, now_ms): (u64, u64), series: &[Series],
     }
     s.push_str("</svg>");
     s
+}
+
+/// Points drawn per line at most: an hour of samples is averaged in groups (three to a point),
+/// so a page with every chart weighs tens of KiB, not hundreds.
+const MOST_POINTS: usize = 240;
+
+/// `points`, averaged in consecutive groups down to at most [`MOST_POINTS`]; each group at its
+/// last time.
+fn thin(points: &[(u64, f64)]) -> Vec<(u64, f64)> {
+    let group = points.len().div_ceil(MOST_POINTS).max(1);
+    points.chunks(group).map(|c| (c[c.len() - 1].0, c.iter().map(|p| p.1).sum::<f64>() / c.len() as f64)).collect()
 }
 
 /// Per second between consecutive samples of a counter (a restart, where it went down, is
@@ -212,6 +223,15 @@ mod tests {
         assert!(!html.contains("data-series=\"api\""), "ports without any are not");
         assert!(html.contains("No history from node 3"), "{html}");
         assert_eq!(html.matches("class=mark").count(), 5, "one mark on each chart");
+    }
+
+    #[test]
+    fn an_hour_of_samples_is_drawn_with_at_most_240_points() {
+        let hour: Vec<(u64, f64)> = (0..720).map(|i| (i * 5000, (i % 3) as f64)).collect();
+        let thinned = thin(&hour);
+        assert_eq!(thinned.len(), 240);
+        assert_eq!(thinned[0], (10_000, 1.0), "the mean of 0, 1, 2 at the group's last time");
+        assert_eq!(thin(&hour[..100]).len(), 100, "a young history is drawn whole");
     }
 
     #[test]

@@ -11,6 +11,7 @@ the signed-in browser's session (a form and a script); the socket is deleted. Sc
 step go to OUT_DIR, one of them at a phone's size. Prints one JSON line with what it saw; exits
 non-zero on any failure.
 """
+import http.client
 import http.server
 import json
 import os
@@ -151,6 +152,16 @@ def main():
         seen["log_line"] = wait("the request in the live view", lambda: [
             line for c in cards(d) for line in c.find_element(By.CSS_SELECTOR, "pre.log").text.splitlines()
             if PATH in line][0])
+        # A visitor's path is shown as text, never taken as markup.
+        c = http.client.HTTPConnection(public.split("://")[1], timeout=5)
+        c.request("GET", "/<img/src=x/onerror=document.title='pwned'>", headers={"Host": host})
+        seen["markup_status"] = c.getresponse().status
+        c.close()
+        seen["markup_line"] = wait("the visitor's markup in the live view", lambda: [
+            line for c in cards(d) for line in c.find_element(By.CSS_SELECTOR, "pre.log").text.splitlines()
+            if "onerror" in line][0])
+        seen["injected_elements"] = len(d.find_elements(By.CSS_SELECTOR, "#sockets img"))
+        seen["title"] = d.title
         d.execute_script("window.scrollTo(0, 0)")
         d.save_screenshot(out + "/3-live-requests.png")
         d.set_window_size(390, 844)
