@@ -110,19 +110,28 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
     if !own_request(headers) {
         return None;
     }
+    cookies(headers, COOKIE).next().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
+/// The values of the request's cookies named `name`.
+fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value.trim().to_string())
-        .filter(|v| !v.is_empty())
+        .filter(move |(n, _)| *n == name)
+        .map(|(_, value)| value)
+}
+
+/// Whether the API port serves HTTPS (the console's cookies are then `Secure`).
+fn https(node: &NodeRef) -> bool {
+    !matches!(node.config.api_tls, crate::config::ApiTls::Off)
 }
 
 fn cookie(node: &NodeRef, value: &str, max_age: u64) -> HeaderValue {
-    let secure = if matches!(node.config.api_tls, crate::config::ApiTls::Off) { "" } else { "; Secure" };
+    let secure = if https(node) { "; Secure" } else { "" };
     HeaderValue::from_str(&format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"))
         .unwrap_or_else(|_| HeaderValue::from_static("mysocket_session=; Path=/; Max-Age=0"))
 }
@@ -224,12 +233,12 @@ fn notice(status: StatusCode, text: &str) -> Response {
 /// This origin as the browser reached it: the API's scheme and the request's Host.
 fn origin(node: &NodeRef, headers: &HeaderMap) -> Option<String> {
     let host = headers.get(header::HOST)?.to_str().ok()?;
-    let scheme = if matches!(node.config.api_tls, crate::config::ApiTls::Off) { "http" } else { "https" };
+    let scheme = if https(node) { "https" } else { "http" };
     Some(format!("{scheme}://{host}"))
 }
 
 fn pending_cookie(node: &NodeRef, value: &str, max_age: u64) -> HeaderValue {
-    let secure = if matches!(node.config.api_tls, crate::config::ApiTls::Off) { "" } else { "; Secure" };
+    let secure = if https(node) { "; Secure" } else { "" };
     // Lax: the browser comes back from the provider with a top-level navigation.
     HeaderValue::from_str(&format!(
         "{PENDING}={value}; Path=/console/oidc; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
@@ -304,13 +313,7 @@ pub(crate) async fn provider_callback(
     let pairs: Vec<(String, String)> =
         form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect();
     let param = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    let pending: Option<Pending> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().strip_prefix(PENDING).and_then(|r| r.strip_prefix('=')))
-        .find_map(|v| crate::net::oidc::open(&key, v));
+    let pending: Option<Pending> = cookies(&headers, PENDING).find_map(|v| crate::net::oidc::open(&key, v));
     let state = param("state").unwrap_or_default();
     let Some(pending) = pending.filter(|l| l.console && l.x > crate::net::oidc::now_secs()) else {
         return refused("This sign-in did not start here, or took too long. Start again.");
