@@ -58,6 +58,41 @@ async fn three_nodes_replicate_fail_over_and_catch_up() {
     c.api(leader).login(&user(7).email, &user(7).password).await.unwrap();
 }
 
+/// Replication runs as one stream per follower with several requests in flight. A follower
+/// that freezes (SIGSTOP: its sockets stay open and nothing answers) must not hold up what the
+/// other follower can commit, and the leader's stream to it must work again once it wakes:
+/// the other follower freezes next, so every later write needs the first one's stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_follower_neither_stalls_writes_nor_loses_its_stream() {
+    let c = TestCluster::builder().start().await;
+    let leader = c.agreed_leader(Duration::from_secs(20)).await;
+    let followers: Vec<u64> = c.running().into_iter().filter(|id| *id != leader).collect();
+    let api = c.api(leader);
+
+    c.pause(followers[0]);
+    create_users(&api, 0..10).await;
+    // Longer than the append deadline (500 ms): the leader gives up on the frozen stream.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.resume(followers[0]);
+    let woken = c.operator(followers[0]);
+    eventually(Duration::from_secs(20), "the woken follower to catch up", || {
+        let woken = woken.clone();
+        async move { (woken.digest().await.ok()?.accounts == 10).then_some(()) }
+    })
+    .await;
+
+    c.pause(followers[1]);
+    create_users(&api, 10..20).await;
+    woken.login(&user(19).email, &user(19).password).await.expect("the last write, read through the woken follower");
+    c.resume(followers[1]);
+    assert_eq!(c.converged().await.accounts, 20);
+    assert_eq!(
+        c.agreed_leader(Duration::from_secs(5)).await,
+        leader,
+        "no election: the frozen followers did not depose the leader"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_all_three_keeps_every_acknowledged_write() {
     let mut c = TestCluster::builder().start().await;

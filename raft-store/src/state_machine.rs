@@ -36,6 +36,7 @@ use rocksdb::DB;
 use serde::Deserialize;
 use serde::Serialize;
 use tokio::sync::broadcast;
+use tokio::sync::watch;
 
 use crate::model::Response;
 use crate::registry::Dirty;
@@ -188,6 +189,8 @@ pub struct StateMachine {
     registry: SharedRegistry,
     snapshot_dir: PathBuf,
     events: broadcast::Sender<Applied>,
+    /// The index of the last entry the registry reflects, published as soon as it does.
+    applied: Arc<watch::Sender<u64>>,
     /// Snapshots received from a leader and installed since start (for tests and reports).
     installed: Arc<std::sync::atomic::AtomicU64>,
     /// Serialises writes of the snapshot file (a build and an install may race) and remembers
@@ -216,10 +219,13 @@ impl StateMachine {
             registry: Default::default(),
             snapshot_dir,
             events,
+            applied: Arc::new(watch::channel(0).0),
             installed: Default::default(),
             snapshot_file: Default::default(),
         };
-        sm.registry = Arc::new(RwLock::new(sm.load_registry()?));
+        let registry = sm.load_registry()?;
+        sm.applied.send_replace(registry.applied_index());
+        sm.registry = Arc::new(RwLock::new(registry));
         Ok(sm)
     }
 
@@ -260,6 +266,13 @@ impl StateMachine {
     /// told so; they must resynchronise from [`StateMachine::registry`].
     pub fn subscribe(&self) -> broadcast::Receiver<Applied> {
         self.events.subscribe()
+    }
+
+    /// The index of the last entry applied to the registry, changed the moment the registry
+    /// reflects a newer one (without waiting for Raft's metrics to catch up): what a reader
+    /// that must see a given write waits on.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
     }
 
     /// How many snapshots this node has installed from a leader since it started.
@@ -437,6 +450,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let _ = self.events.send(Applied { index: a.index, response: response.clone() });
             }
         }
+        if let Some(l) = &last_applied {
+            self.applied.send_replace(l.index());
+        }
         for (r, resp) in replies {
             r.send(resp);
         }
@@ -484,7 +500,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.db.write_opt(batch, &o).map_err(other)?;
         let registry = self.load_registry()?;
         self.keep_snapshot(&mut snapshot, meta.last_log_id.as_ref().map(|l| l.index()))?;
+        let index = registry.applied_index();
         *self.registry.write().expect("registry lock") = registry;
+        self.applied.send_replace(index);
         self.installed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(last = ?meta.last_log_id, bytes = snapshot.len(), "installed snapshot");
         Ok(())

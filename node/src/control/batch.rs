@@ -2,13 +2,16 @@
 //! task drains it into batches and sends each batch as one request to the leader (proposed
 //! there as one Raft entry), with a few batches in flight at once. Under load a batch fills
 //! while the previous ones are being committed, so a thousand concurrent writers cost a handful
-//! of log entries, AppendEntries and forwarded calls instead of a thousand; a lone writer's
-//! request goes out alone and unwrapped, so it waits for nothing.
+//! of log entries, AppendEntries and forwarded calls instead of a thousand. A write that finds
+//! no other in progress on this node skips the queue and is proposed from its caller's own
+//! task, unwrapped, so a lone writer waits for nothing and pays no hand-off.
 //!
 //! A failed batch fails each of its requests; their callers retry one by one with the same
 //! request ids (see [`crate::control::Node::write_request`]), and the registry deduplicates
 //! each request on its own, batched or not.
 
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Weak;
 use std::time::Instant;
@@ -36,6 +39,17 @@ type Reply = oneshot::Sender<Result<Response, String>>;
 /// The queue into the batching task.
 pub struct Batcher {
     tx: mpsc::Sender<(Request, Reply)>,
+    /// Writes submitted on this node and not answered yet.
+    active: AtomicUsize,
+}
+
+/// Counts a write as active until dropped (also when its caller gives up).
+struct Active<'a>(&'a AtomicUsize);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Batcher {
@@ -43,11 +57,17 @@ impl Batcher {
     pub fn start(node: Weak<Node>) -> Batcher {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(run(node, rx));
-        Batcher { tx }
+        Batcher { tx, active: AtomicUsize::new(0) }
     }
 
-    /// Sends `req` to the leader in the next batch and returns its own answer.
-    pub async fn submit(&self, req: Request) -> Result<Response, String> {
+    /// Sends `req` to the leader, alone when no other write of `node` is in progress, else in
+    /// the next batch, and returns its own answer.
+    pub async fn submit(&self, node: &Node, req: Request) -> Result<Response, String> {
+        let alone = self.active.fetch_add(1, Ordering::AcqRel) == 0;
+        let _active = Active(&self.active);
+        if alone {
+            return propose(node, req).await;
+        }
         let (reply, answer) = oneshot::channel();
         self.tx.send((req, reply)).await.map_err(|_| "this node is shutting down".to_string())?;
         answer.await.map_err(|_| "the write batch was dropped".to_string())?
@@ -76,31 +96,27 @@ async fn run(node: Weak<Node>, mut rx: mpsc::Receiver<(Request, Reply)>) {
     }
 }
 
+/// Proposes one request through the leader, on this node or forwarded to it.
+async fn propose(node: &Node, req: Request) -> Result<Response, String> {
+    let Some((leader, addr)) = node.leader() else { return Err("the cluster has no leader right now".into()) };
+    if leader == node.id {
+        node.write_local(req).await.map(|(response, _)| response)
+    } else {
+        node.forward_write(&addr, &req, Instant::now() + LEADER_WAIT).await
+    }
+}
+
 /// Proposes one batch through the leader and hands every caller its answer.
 async fn send(node: &Node, mut batch: Vec<(Request, Reply)>) {
-    let Some((leader, addr)) = node.leader() else {
-        for (_, reply) in batch {
-            let _ = reply.send(Err("the cluster has no leader right now".into()));
-        }
-        return;
-    };
-    let deadline = Instant::now() + LEADER_WAIT;
-    let propose = |req: Request| async move {
-        if leader == node.id {
-            node.write_local(req).await.map(|(response, _)| response)
-        } else {
-            node.forward_write(&addr, &req, deadline).await
-        }
-    };
     if batch.len() == 1 {
         let (req, reply) = batch.pop().expect("one request");
-        let _ = reply.send(propose(req).await);
+        let _ = reply.send(propose(node, req).await);
         return;
     }
     let (reqs, replies): (Vec<Request>, Vec<Reply>) = batch.into_iter().unzip();
     let n = reqs.len();
     let whole = Request { request_id: None, at_ms: now_ms(), cmd: Command::Batch(reqs) };
-    match propose(whole).await {
+    match propose(node, whole).await {
         Ok(Response::Batch(answers)) if answers.len() == n => {
             for (reply, answer) in replies.into_iter().zip(answers) {
                 let _ = reply.send(Ok(answer));

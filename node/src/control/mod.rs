@@ -158,7 +158,7 @@ impl Node {
         loop {
             self.wait_for_leader(deadline).await?;
             let left = deadline.saturating_duration_since(Instant::now());
-            let attempt = match tokio::time::timeout(left, self.batcher.submit(req.clone())).await {
+            let attempt = match tokio::time::timeout(left, self.batcher.submit(self, req.clone())).await {
                 Ok(answer) => answer,
                 Err(_) => Err("the write was not answered in time".to_string()),
             };
@@ -209,7 +209,7 @@ impl Node {
             Ok(Ok(r)) => from_blob(r.get_ref()).map_err(|s| s.message().to_string())?,
         };
         // A node cut off from the leader answers anyway: the write is committed.
-        let _ = self.raft.wait(Some(READ_YOUR_WRITES)).applied_index_at_least(Some(index), "read your writes").await;
+        self.applied_at_least(index, READ_YOUR_WRITES).await;
         Ok(response)
     }
 
@@ -226,14 +226,9 @@ impl Node {
             match self.read_index(leader, &addr, deadline).await {
                 Ok(index) => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    return match self
-                        .raft
-                        .wait(Some(left))
-                        .applied_index_at_least(Some(index), "linearizable read")
-                        .await
-                    {
-                        Ok(_) => Ok(()),
-                        Err(_) => Err(ClusterError::Timeout),
+                    return match self.applied_at_least(index, left).await {
+                        true => Ok(()),
+                        false => Err(ClusterError::Timeout),
                     };
                 }
                 Err(e) if Instant::now() >= deadline => {
@@ -246,6 +241,14 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Whether this node's registry reflects the entry at `index` within `within` (waiting on
+    /// the state machine itself: Raft's metrics learn of an apply a few task hops later).
+    async fn applied_at_least(&self, index: u64, within: Duration) -> bool {
+        let mut applied = self.state_machine.applied();
+        let reached = tokio::time::timeout(within, applied.wait_for(|&i| i >= index)).await;
+        reached.is_ok_and(|r| r.is_ok())
     }
 
     /// Whether a leader confirms, within `within`, that it still leads a quorum: the first half

@@ -13,6 +13,7 @@ use mysocket_api::internal::SnapshotChunk;
 use mysocket_raft_store::Request as RegistryRequest;
 use mysocket_raft_store::SnapshotData;
 use mysocket_raft_store::TypeConfig;
+use openraft::raft::AppendEntriesRequest;
 use openraft::type_config::alias::SnapshotMetaOf;
 use openraft::type_config::alias::SnapshotOf;
 use openraft::type_config::alias::VoteOf;
@@ -47,6 +48,31 @@ impl Internal for InternalService {
         let rpc = from_blob(req.get_ref())?;
         let resp = self.node.raft.append_entries(rpc).await.map_err(raft_err)?;
         Ok(Response::new(to_blob(&resp)))
+    }
+
+    type StreamAppendStream = futures::stream::BoxStream<'static, Result<Blob, Status>>;
+
+    async fn stream_append(&self, req: Request<Streaming<Blob>>) -> Result<Response<Self::StreamAppendStream>, Status> {
+        // A message that does not decode ends the input, and with it the stream once the ones
+        // before it are answered; the leader opens another.
+        let input = futures::stream::unfold(req.into_inner(), |mut incoming| async move {
+            match incoming.message().await {
+                Ok(Some(blob)) => match from_blob::<AppendEntriesRequest<TypeConfig>>(&blob) {
+                    Ok(rpc) => Some((rpc, incoming)),
+                    Err(s) => {
+                        tracing::warn!(error = %s.message(), "an append stream sent an undecodable message");
+                        None
+                    }
+                },
+                Ok(None) => None,
+                Err(s) => {
+                    tracing::debug!(error = %s.message(), "an append stream broke");
+                    None
+                }
+            }
+        });
+        let output = self.node.raft.stream_append(input).map(|r| r.map(|res| to_blob(&res)).map_err(raft_err));
+        Ok(Response::new(Box::pin(output)))
     }
 
     async fn vote(&self, req: Request<Blob>) -> Result<Response<Blob>, Status> {

@@ -7,13 +7,17 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
+use futures::Stream;
 use futures::StreamExt;
 use mysocket_api::internal::snapshot_chunk::Payload as ChunkPayload;
 use mysocket_api::internal::Blob;
 use mysocket_api::internal::SnapshotChunk;
 use mysocket_raft_store::SnapshotData;
 use mysocket_raft_store::TypeConfig;
+use openraft::base::BoxFuture;
+use openraft::base::BoxStream;
 use openraft::errors::NetworkError;
 use openraft::errors::RPCError;
 use openraft::errors::ReplicationClosed;
@@ -25,6 +29,7 @@ use openraft::network::RaftNetworkFactory;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::AppendEntriesResponse;
 use openraft::raft::SnapshotResponse;
+use openraft::raft::StreamAppendResult;
 use openraft::raft::TransferLeaderRequest;
 use openraft::raft::TransferLeaderResponse;
 use openraft::raft::VoteRequest;
@@ -50,7 +55,13 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerConn;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerConn {
-        PeerConn { target, addr: node.addr.clone(), peers: self.peers.clone(), snapshot_chunk: self.snapshot_chunk }
+        PeerConn {
+            target,
+            addr: node.addr.clone(),
+            peers: self.peers.clone(),
+            snapshot_chunk: self.snapshot_chunk,
+            streams: true,
+        }
     }
 }
 
@@ -60,7 +71,12 @@ pub struct PeerConn {
     addr: String,
     peers: Arc<Peers>,
     snapshot_chunk: usize,
+    /// Whether the peer takes `StreamAppend` (cleared for a node of an older version).
+    streams: bool,
 }
+
+/// When each request on an append stream was sent, for those not answered yet, oldest first.
+type Unanswered = Arc<std::sync::Mutex<std::collections::VecDeque<Instant>>>;
 
 /// How a failed internal call is reported to openraft.
 enum Failure {
@@ -139,6 +155,85 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         self.unary(&rpc, option.soft_ttl().max(APPEND_TTL), |mut c, b| async move { c.append_entries(b).await })
             .await
             .map_err(Failure::into_rpc)
+    }
+
+    /// Replication to this peer as one gRPC stream (`StreamAppend`), several requests in flight:
+    /// openraft's default sends one request and waits for its answer before the next, so a new
+    /// entry waited behind the message carrying the last commit. A stream that has requests
+    /// unanswered and no answer for the append deadline makes the peer unreachable, as a single
+    /// call that long would.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        if !self.streams {
+            return openraft::network::stream_append_sequential(self, input, option);
+        }
+        let ttl = option.soft_ttl().max(APPEND_TTL);
+        Box::pin(async move {
+            let mut client =
+                self.peers.client(&self.addr).map_err(|s| Failure::Network(s.message().to_string()).into_rpc())?;
+            let unanswered = Unanswered::default();
+            let sent = unanswered.clone();
+            let requests = input.map(move |rpc| {
+                sent.lock().expect("unanswered lock").push_back(Instant::now());
+                to_blob(&rpc)
+            });
+            let responses = match tokio::time::timeout(ttl, client.stream_append(requests)).await {
+                Err(_) => {
+                    let m = format!("node {} did not open an append stream within {ttl:?}", self.target);
+                    return Err(Failure::Unreachable(m).into_rpc());
+                }
+                Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
+                    tracing::warn!(
+                        target_node = self.target,
+                        "the node has no append stream (an older version); replicating to it one request at a time"
+                    );
+                    self.streams = false;
+                    return Err(Failure::Network(s.message().to_string()).into_rpc());
+                }
+                Ok(Err(s)) => return Err(classify(&s).into_rpc()),
+                Ok(Ok(r)) => r.into_inner(),
+            };
+            let target = self.target;
+            let started = Instant::now();
+            let answers = futures::stream::unfold(Some((responses, unanswered, started)), move |state| async move {
+                let (mut responses, unanswered, last_answer) = state?;
+                loop {
+                    // Due: the deadline after the oldest unanswered request was sent or the last
+                    // answer came, whichever is later (requests queued behind others at a busy
+                    // follower wait their turn without counting against it).
+                    let oldest = unanswered.lock().expect("unanswered lock").front().copied();
+                    // With nothing asked, wake now and then to see whether something was.
+                    let wait =
+                        oldest.map_or(ttl, |t| (t.max(last_answer) + ttl).saturating_duration_since(Instant::now()));
+                    match tokio::time::timeout(wait, responses.message()).await {
+                        Ok(Ok(Some(blob))) => {
+                            unanswered.lock().expect("unanswered lock").pop_front();
+                            let answer = from_blob::<StreamAppendResult<TypeConfig>>(&blob)
+                                .map_err(|s| Failure::Network(s.message().to_string()).into_rpc());
+                            let more = answer.is_ok().then_some((responses, unanswered, Instant::now()));
+                            return Some((answer, more));
+                        }
+                        Ok(Ok(None)) => return None,
+                        Ok(Err(s)) => return Some((Err(classify(&s).into_rpc()), None)),
+                        Err(_) if oldest.is_some() => {
+                            let m = format!("node {target} did not answer an append within {ttl:?}");
+                            return Some((Err(Failure::Unreachable(m).into_rpc()), None));
+                        }
+                        Err(_) => continue,
+                    }
+                }
+            });
+            Ok(Box::pin(answers) as BoxStream<'s, _>)
+        })
     }
 
     async fn vote(
