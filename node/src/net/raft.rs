@@ -178,11 +178,18 @@ impl RaftNetworkV2<TypeConfig> for PeerConn {
         }
         let ttl = option.soft_ttl().max(APPEND_TTL);
         Box::pin(async move {
+            // The first request is taken before the call is opened: openraft waits out its
+            // backoff while making a request, so a peer refusing connections is retried at
+            // that pace instead of in a tight loop.
+            let mut input = input;
+            let Some(first) = input.next().await else {
+                return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, _>);
+            };
             let mut client =
                 self.peers.client(&self.addr).map_err(|s| Failure::Network(s.message().to_string()).into_rpc())?;
             let unanswered = Unanswered::default();
             let sent = unanswered.clone();
-            let requests = input.map(move |rpc| {
+            let requests = futures::stream::once(async { first }).chain(input).map(move |rpc| {
                 sent.lock().expect("unanswered lock").push_back(Instant::now());
                 to_blob(&rpc)
             });
