@@ -13,8 +13,9 @@
 #     with -9; the time until 50%, 99% and 100% of the sockets answer through nodes 2 and 3, the
 #     claims per second, and the p99 of another tenant's socket asked through node 3 all along,
 #     before and during the storm (bench/failover_tunnels.py).
-# (c) Writes: one client and 64 clients creating then deleting records
-#     (mysocket-loadgen, as bench/registry.sh), p50 and p99 latency.
+# (c) Writes: one client sent to the leader, one sent to a follower, and 64 clients spread
+#     over the three, creating then deleting records (mysocket-loadgen, as bench/registry.sh),
+#     p50 and p99 latency.
 #
 # Prints a table and, last, `leader failover mysocket/etcd: X.XX` (the ratio of the medians:
 # below 1 is faster than etcd).
@@ -100,11 +101,37 @@ E="$(python3 bench/failover.py etcd "$WORK" "$TRIALS")"
 # --- writes: 1 and 64 clients ---
 SSHKEY='ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEKB/+HUsFGo5IjxjdpUNkfai/lOgRCdHyy1c7BmPvcN bench'
 MYSOCKET_EPS="http://127.0.0.1:7070,http://127.0.0.2:7070,http://127.0.0.3:7070"
-W=()
-for c in 1 64; do
-  W+=("$("$LOADGEN" --target mysocket --endpoints "$MYSOCKET_EPS" --clients "$c" --secs "$SECS" --sshkey "$SSHKEY")")
-  W+=("$("$LOADGEN" --target etcd --endpoints "$ETCD_EPS" --clients "$c" --secs "$SECS")")
-done
+# One client sent to the leader, one to a follower (which forwards to the leader: where a
+# client lands is chance), and 64 spread over the three.
+mysocket_leader() {
+  curl -fsS --max-time 3 http://127.0.0.1:7070/cluster | python3 -c 'import json,sys; print("http://127.0.0.%d:7070" % json.load(sys.stdin)["leader"])'
+}
+etcd_leader() {
+  ETCDCTL_API=3 etcdctl --endpoints "$ETCD_EPS" endpoint status -w json |
+    python3 -c 'import json,sys; print([s["Endpoint"] for s in json.load(sys.stdin) if s["Status"]["leader"] == s["Status"]["header"]["member_id"]][0])'
+}
+follower_of() { # a comma-separated endpoint list, the leader: the first other endpoint
+  tr ',' '\n' <<<"$1" | grep -vxF "$2" | head -1
+}
+point() { # system, label, endpoints, clients
+  local r
+  if [[ "$1" == mysocket ]]; then
+    r="$("$LOADGEN" --target mysocket --endpoints "$3" --clients "$4" --secs "$SECS" --sshkey "$SSHKEY")"
+  else
+    r="$("$LOADGEN" --target etcd --endpoints "$3" --clients "$4" --secs "$SECS")"
+  fi
+  python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["to"]=sys.argv[2]; print(json.dumps(r))' "$r" "$2"
+}
+ML="$(mysocket_leader)"
+EL="$(etcd_leader)"
+W=(
+  "$(point mysocket "the leader" "$ML" 1)"
+  "$(point etcd "the leader" "$EL" 1)"
+  "$(point mysocket "a follower" "$(follower_of "$MYSOCKET_EPS" "$ML")" 1)"
+  "$(point etcd "a follower" "$(follower_of "$ETCD_EPS" "$EL")" 1)"
+  "$(point mysocket "all three" "$MYSOCKET_EPS" 64)"
+  "$(point etcd "all three" "$ETCD_EPS" 64)"
+)
 
 python3 - "$M" "$E" "$T" "${W[@]}" <<'PY'
 import json, sys
@@ -127,8 +154,8 @@ if t:
         t["bystander_median_ms_storm"], t["bystander_errors"]))
     print()
 print("writes (create then delete, each one write)")
-print("%-9s %8s %12s %10s %10s %8s" % ("system", "clients", "writes/s", "p50 ms", "p99 ms", "errors"))
+print("%-9s %8s %-11s %10s %8s %8s %7s" % ("system", "clients", "sent to", "writes/s", "p50 ms", "p99 ms", "errors"))
 for w in map(json.loads, sys.argv[4:]):
-    print("%-9s %8d %12.0f %10.2f %10.2f %8d" % (w["target"], w["clients"], w["writes_per_sec"], w["p50_ms"], w["p99_ms"], w["errors"]))
+    print("%-9s %8d %-11s %10.0f %8.2f %8.2f %7d" % (w["target"], w["clients"], w["to"], w["writes_per_sec"], w["p50_ms"], w["p99_ms"], w["errors"]))
 print("leader failover mysocket/etcd: %.2f" % (m["median_ms"] / max(e["median_ms"], 1)))
 PY

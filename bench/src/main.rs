@@ -99,15 +99,15 @@ async fn mysocket_slots(args: &Args) -> anyhow::Result<Vec<Slot>> {
         setups.push(tokio::spawn(async move {
             let api = ApiClient::new([ep.clone()]);
             let email = format!("bench-{run}-{a}@example.com");
-            api.create_user(&UserCreate {
+            let account = UserCreate {
                 name: format!("bench {a}"),
                 email: email.clone(),
                 password: "bench-password".into(),
                 sshkey: key,
-            })
-            .await
-            .context("create bench account")?;
-            let token = api.login(&email, "bench-password").await?.token;
+            };
+            // A node hashing as many passwords as it allows at once answers 503: wait, then again.
+            busy_retry(|| api.create_user(&account)).await.context("create bench account")?;
+            let token = busy_retry(|| api.login(&email, "bench-password")).await.context("log in")?.token;
             let api = api.with_token(token.clone());
             let mut out = Vec::new();
             for s in 0..per {
@@ -129,6 +129,23 @@ async fn mysocket_slots(args: &Args) -> anyhow::Result<Vec<Slot>> {
         slots.extend(s.await??);
     }
     Ok(slots)
+}
+
+/// Runs `call` again while the node answers 503 (busy hashing passwords), up to a minute.
+async fn busy_retry<T, F, Fut>(mut call: F) -> Result<T, mysocket_api::client::ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, mysocket_api::client::ClientError>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match call().await {
+            Err(e) if e.status() == Some(reqwest::StatusCode::SERVICE_UNAVAILABLE) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            r => return r,
+        }
+    }
 }
 
 fn etcd_slots(args: &Args) -> Vec<Slot> {
