@@ -4,13 +4,19 @@
 //! been synced. Appends are written (readable at once) on the caller's task and their
 //! callbacks handed to one flusher thread, which syncs the WAL once for every callback it has
 //! queued: group commit, so 1,000 concurrent writers cost a handful of fsyncs, not 1,000.
+//!
+//! The newest entries are also kept in memory ([`Recent`]): replication reads an entry right
+//! after it is appended, and the state machine right after it commits; served from memory,
+//! neither reads it back from RocksDB nor decodes its JSON.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::io;
 use std::ops::Bound;
 use std::ops::RangeBounds;
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::sync::Mutex;
 
 use openraft::entry::RaftEntry;
 use openraft::storage::IOFlushed;
@@ -53,11 +59,82 @@ fn key_index(k: &[u8]) -> io::Result<u64> {
     Ok(u64::from_be_bytes(b))
 }
 
+/// Most entries kept in memory, and most bytes (as encoded): a batch entry can hold 256 requests.
+const RECENT_ENTRIES: usize = 1024;
+const RECENT_BYTES: usize = 4 << 20;
+
+/// The newest entries of the log, as appended: always a run of consecutive indexes ending at the
+/// log's last entry, or empty. Every change to the log changes it the same way, after the
+/// database.
+#[derive(Default)]
+struct Recent {
+    entries: VecDeque<(EntryOf<TypeConfig>, usize)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn append(&mut self, new: Vec<(EntryOf<TypeConfig>, usize)>) {
+        let Some((first, _)) = new.first() else { return };
+        if self.entries.back().is_some_and(|(last, _)| last.index() + 1 != first.index()) {
+            self.clear();
+        }
+        for (e, size) in new {
+            self.bytes += size;
+            self.entries.push_back((e, size));
+        }
+        while self.entries.len() > RECENT_ENTRIES || (self.bytes > RECENT_BYTES && self.entries.len() > 1) {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, size)) = self.entries.pop_front() {
+            self.bytes -= size;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Drops the entries after index `last` (all of them for `None`).
+    fn truncate_after(&mut self, last: Option<u64>) {
+        while let Some((e, size)) = self.entries.back() {
+            if last.is_some_and(|l| e.index() <= l) {
+                break;
+            }
+            self.bytes -= size;
+            self.entries.pop_back();
+        }
+    }
+
+    /// Drops the entries up to index `upto`.
+    fn purge(&mut self, upto: u64) {
+        while self.entries.front().is_some_and(|(e, _)| e.index() <= upto) {
+            self.pop_front();
+        }
+    }
+
+    /// The entries from `start` to `end` (exclusive), if the first of them is here (the run
+    /// reaches the log's end, so none after it is missing).
+    fn get(&self, start: u64, end: u64) -> Option<Vec<EntryOf<TypeConfig>>> {
+        let first = self.entries.front()?.0.index();
+        if start < first {
+            return None;
+        }
+        let skip = usize::try_from(start - first).ok()?;
+        let take = usize::try_from(end.saturating_sub(start)).unwrap_or(usize::MAX);
+        Some(self.entries.iter().skip(skip).take(take).map(|(e, _)| e.clone()).collect())
+    }
+}
+
 /// RocksDB-backed [`RaftLogStorage`].
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
     flusher: mpsc::Sender<IOFlushed<TypeConfig>>,
+    recent: Arc<Mutex<Recent>>,
 }
 
 impl Debug for LogStore {
@@ -88,7 +165,7 @@ impl LogStore {
                 }
             })
             .expect("spawn log sync thread");
-        LogStore { db, flusher: tx }
+        LogStore { db, flusher: tx, recent: Default::default() }
     }
 
     fn cf_logs(&self) -> &rocksdb::ColumnFamily {
@@ -127,6 +204,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => *x + 1,
             Bound::Unbounded => 0,
         };
+        let end = match range.end_bound() {
+            Bound::Included(x) => x.saturating_add(1),
+            Bound::Excluded(x) => *x,
+            Bound::Unbounded => u64::MAX,
+        };
+        if let Some(entries) = self.recent.lock().expect("recent entries lock").get(start, end) {
+            return Ok(entries);
+        }
         let mut out = Vec::new();
         let it = self
             .db
@@ -197,24 +282,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = EntryOf<TypeConfig>> + Send,
     {
         let mut batch = WriteBatch::default();
+        let mut kept = Vec::new();
         for e in entries {
             let v = serde_json::to_vec(&e).map_err(other)?;
-            batch.put_cf(self.cf_logs(), index_key(e.index()), v);
+            batch.put_cf(self.cf_logs(), index_key(e.index()), &v);
+            kept.push((e, v.len()));
         }
         // Written here so the entries are readable when this returns; made durable by the
         // flusher before openraft hears they are.
         self.db.write(batch).map_err(other)?;
+        self.recent.lock().expect("recent entries lock").append(kept);
         self.flusher.send(callback).map_err(|_| other("log sync thread has stopped"))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<TypeConfig>>) -> Result<(), io::Error> {
-        let from = last_log_id.map(|l| l.index() + 1).unwrap_or(0);
+        let keep = last_log_id.as_ref().map(|l| l.index());
+        let from = keep.map(|l| l + 1).unwrap_or(0);
         tracing::debug!(from, "truncate log");
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(self.cf_logs(), index_key(from), index_key(u64::MAX));
         // Delete the last key too: delete_range's end is exclusive.
         batch.delete_cf(self.cf_logs(), index_key(u64::MAX));
-        self.db.write_opt(batch, &synced()).map_err(other)
+        self.db.write_opt(batch, &synced()).map_err(other)?;
+        self.recent.lock().expect("recent entries lock").truncate_after(keep);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
@@ -222,6 +313,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // last_purged first (synced): if we crash between the two writes, the log still
         // starts right after last_purged and has no hole.
         self.put_meta(KEY_LAST_PURGED, &log_id, true)?;
-        self.db.delete_range_cf(self.cf_logs(), index_key(0), index_key(log_id.index() + 1)).map_err(other)
+        self.db.delete_range_cf(self.cf_logs(), index_key(0), index_key(log_id.index() + 1)).map_err(other)?;
+        self.recent.lock().expect("recent entries lock").purge(log_id.index());
+        Ok(())
     }
 }

@@ -151,3 +151,55 @@ async fn a_snapshot_build_racing_an_install_fails_neither() {
     let cur = sm_b.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(cur.meta.last_log_id, snap.meta.last_log_id);
 }
+
+async fn indexes(log: &mut LogStore, from: u64) -> Vec<u64> {
+    log.try_get_log_entries(from..100).await.unwrap().iter().map(|e| e.index()).collect()
+}
+
+/// The newest entries are served from memory: whatever appends, truncations and purges did,
+/// reads must match what the disk holds (a reopened store reads only the disk).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_read_from_memory_match_the_disk() {
+    let dir = TempDir::new().unwrap();
+    let at = |term: u64, index: u64| {
+        Entry::new_normal(
+            openraft::testing::log_id::<TypeConfig>(term, 1, index),
+            Request { request_id: Some(format!("t{term}-{index}")), at_ms: index, cmd: account(index as u32) },
+        )
+    };
+    let encoded = |entries: Vec<Entry>| entries.iter().map(|e| serde_json::to_string(e).unwrap()).collect::<Vec<_>>();
+    let live = {
+        let (mut log, _) = open(dir.path()).unwrap();
+        append_durably(&mut log, (1..=10).map(|i| at(1, i)).collect()).await;
+        assert_eq!(
+            encoded(log.try_get_log_entries(3..=10).await.unwrap()),
+            encoded((3..=10).map(|i| at(1, i)).collect())
+        );
+        // A new leader's entries replace the tail from 7 on.
+        log.truncate_after(Some(openraft::testing::log_id::<TypeConfig>(1, 1, 6))).await.unwrap();
+        assert_eq!(indexes(&mut log, 3).await, (3..=6).collect::<Vec<_>>());
+        append_durably(&mut log, (7..=12).map(|i| at(2, i)).collect()).await;
+        log.purge(openraft::testing::log_id::<TypeConfig>(1, 1, 4)).await.unwrap();
+        assert_eq!(indexes(&mut log, 1).await, (5..=12).collect::<Vec<_>>());
+        assert_eq!(indexes(&mut log, 5).await, (5..=12).collect::<Vec<_>>());
+        // The tail replaced again, from 12 on.
+        log.truncate_after(Some(openraft::testing::log_id::<TypeConfig>(2, 1, 11))).await.unwrap();
+        assert_eq!(indexes(&mut log, 5).await, (5..=11).collect::<Vec<_>>());
+        append_durably(&mut log, vec![at(3, 12), at(3, 13)]).await;
+        let mut reads = Vec::new();
+        for (a, b) in [(0, 100), (5, 9), (7, 13), (12, 14), (13, 13), (20, 30)] {
+            reads.push(encoded(log.try_get_log_entries(a..b).await.unwrap()));
+        }
+        reads
+    };
+    let (mut log, _) = open(dir.path()).unwrap();
+    let mut reads = Vec::new();
+    for (a, b) in [(0, 100), (5, 9), (7, 13), (12, 14), (13, 13), (20, 30)] {
+        reads.push(encoded(log.try_get_log_entries(a..b).await.unwrap()));
+    }
+    assert_eq!(live, reads);
+    assert_eq!(indexes(&mut log, 0).await, (5..=13).collect::<Vec<_>>());
+    let terms: Vec<u64> =
+        log.try_get_log_entries(0..100).await.unwrap().iter().map(|e| e.log_id().leader_id.term).collect();
+    assert_eq!(terms, vec![1, 1, 2, 2, 2, 2, 2, 3, 3]);
+}
