@@ -25,7 +25,7 @@ import urllib.request
 from selenium.webdriver.common.by import By
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../../testkit/py"))
-from browser import chrome, wait  # noqa: E402
+from browser import chrome, phone, wait  # noqa: E402
 
 PASSWORD = "console-password-1"
 PATH = "/from-the-console-test"
@@ -164,12 +164,7 @@ def main():
         seen["title"] = d.title
         d.execute_script("window.scrollTo(0, 0)")
         d.save_screenshot(out + "/3-live-requests.png")
-        d.set_window_size(390, 844)
-        time.sleep(0.5)
-        d.execute_script("document.querySelector('#sockets .tunnels').scrollIntoView()")
-        d.save_screenshot(out + "/4-phone.png")
-        seen["phone_overflow_px"] = d.execute_script(
-            "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        seen["phone_overflow_px"] = phone(d, "#sockets .tunnels", out + "/4-phone.png")
         d.set_window_size(1280, 1000)
 
         # A page of another origin, visited while signed in.

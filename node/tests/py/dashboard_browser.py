@@ -19,7 +19,7 @@ import time
 from selenium.webdriver.common.by import By
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../../testkit/py"))
-from browser import chrome, wait  # noqa: E402
+from browser import chrome, phone, wait  # noqa: E402
 
 
 
@@ -76,12 +76,7 @@ def main():
         seen["bytes"] = series(d, "bytes")
         seen["tunnels"] = series(d, "tunnels")
         seen["leader_changes"] = d.find_element(By.ID, "leader-changes").text
-        d.set_window_size(390, 844)
-        time.sleep(0.5)
-        d.execute_script("document.getElementById('requests').scrollIntoView()")
-        d.save_screenshot(out + "/3-phone.png")
-        seen["phone_overflow_px"] = d.execute_script(
-            "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        seen["phone_overflow_px"] = phone(d, "#requests", out + "/3-phone.png")
         stop.set()
         seen["requests_sent"] = counter[0]
     finally:
