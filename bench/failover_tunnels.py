@@ -8,7 +8,9 @@ Each tunnel (a socket of its own, accounts of 10 sockets) is held by an SSH sess
 in `mysocket-fleet` (bench/src/fleet.rs: russh, as `mysocketctl`), which moves a lost tunnel to
 node 2 or 3 after `mysocketctl`'s jittered waits. The other tenant (its tunnel, asyncssh, and
 its requests) runs in a process of its own, so that the recovery probes do not hold up its
-measurement. Prints one JSON line.
+measurement. Prints one JSON line. With BYSTANDER_DUMP=FILE, also writes every sample of the
+other tenant (monotonic time, seconds taken, status) and the kill's and the storm's end's times
+to FILE as JSON.
 """
 import asyncio
 import json
@@ -19,6 +21,7 @@ import signal
 import subprocess
 import statistics
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -120,10 +123,23 @@ class Client:
             wait = 0.25 if wait == 0 else wait * 2
 
 
+# The other tenant's users: each asks, waits for the answer, pauses 10 ms, asks again. Several,
+# so that a storm of a second or two yields some 400 samples, and its p99 is not just the
+# second-slowest of 100.
+BYSTANDER_USERS = 4
+
+
 def bystander_worker(tunnel, out):
-    """Holds the other tenant's tunnel on node 2 and asks for its socket through node 3 every
-    10 ms, in a process of its own; each sample (monotonic time, seconds taken, status) goes to
-    `out` in batches."""
+    """Holds the other tenant's tunnel on node 2 and asks for its socket through node 3 from
+    BYSTANDER_USERS loops, in a process of its own; each sample (monotonic time, seconds taken,
+    status) goes to `out` in batches."""
+    async def user(batch):
+        while True:
+            t0 = time.monotonic()
+            status = await get("127.0.0.3", tunnel[1])
+            batch.append((t0, time.monotonic() - t0, status))
+            await asyncio.sleep(0.01)
+
     async def run():
         server, origin_port = await origin()
         key = asyncssh.read_private_key(key_path)
@@ -132,14 +148,13 @@ def bystander_worker(tunnel, out):
         await asyncio.wait_for(other.up.wait(), 30)
         out.put("up")
         batch = []
+        for _ in range(BYSTANDER_USERS):
+            asyncio.ensure_future(user(batch))
         while True:
-            t0 = time.monotonic()
-            status = await get("127.0.0.3", tunnel[1])
-            batch.append((t0, time.monotonic() - t0, status))
-            if len(batch) >= 50:
-                out.put(batch)
-                batch = []
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.5)
+            if batch:
+                out.put(list(batch))
+                batch.clear()
     asyncio.run(run())
 
 
@@ -167,6 +182,17 @@ async def main():
     by = multiprocessing.Process(target=bystander_worker, args=(bystander, samples_q), daemon=True)
     by.start()
     assert samples_q.get(timeout=60) == "up"
+    # Read as they come: a pipe left unread fills, and the samples behind it would be lost.
+    samples = []
+
+    def collect():
+        while True:
+            batch = samples_q.get()
+            if batch is None:
+                return
+            samples.extend(batch)
+    collector = threading.Thread(target=collect, daemon=True)
+    collector.start()
 
     # Every socket answers through node 2 before the kill.
     for ip in ("127.0.0.2",):
@@ -216,23 +242,25 @@ async def main():
     storm_end = time.monotonic()
     await asyncio.sleep(2)
     by.terminate()
-    samples = []
-    while True:
-        try:
-            batch = samples_q.get(timeout=1)
-        except Exception:
-            break
-        samples.extend(batch)
+    by.join()
+    samples_q.put(None)
+    collector.join()
     fleet.kill()
+    if os.environ.get("BYSTANDER_DUMP"):
+        with open(os.environ["BYSTANDER_DUMP"], "w") as f:
+            json.dump({"t0": t0, "storm_end": storm_end, "samples": samples}, f)
     times = sorted(answered.values())
 
     def at(q):
         k = int(len(tunnels) * q + 0.999999) - 1
         return round(times[k], 2) if k < len(times) else None
 
-    # Before the kill (from 5 s before), during the storm (kill until every socket answered).
+    # Before the kill (the 5 s before it, with every tunnel held and no other traffic), during
+    # the storm (kill until every socket answered), after it; earlier samples are not counted.
     def phase(ts):
-        return "before" if ts < t0 else ("storm" if ts <= storm_end else "after")
+        if ts < t0:
+            return "before" if ts >= t0 - 5 else "setup"
+        return "storm" if ts <= storm_end else "after"
 
     def lat(kind):
         return sorted(s for ts, s, _ in samples if phase(ts) == kind)
@@ -241,7 +269,7 @@ async def main():
         v = lat(kind)
         return round(v[min(len(v) - 1, int(len(v) * 0.99))] * 1000, 1) if v else None
 
-    errors = {"before": 0, "storm": 0, "after": 0}
+    errors = {"setup": 0, "before": 0, "storm": 0, "after": 0}
     for ts, _, status in samples:
         if status != 200:
             errors[phase(ts)] += 1

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod coalesce;
+pub mod reconnect;
 pub mod types;
 
 /// Generated node-to-node gRPC service (see `proto/internal.proto`).

@@ -1,8 +1,9 @@
 //! `mysocket-fleet`: many tunnel clients in one process, for `bench/failover.sh`'s tunnel
 //! failover. Each tunnel gets an SSH session of its own (russh, the client library
 //! `mysocketctl` uses), claims its tunnel through the first node, and when its session is lost
-//! claims it again through the other nodes in turn after `mysocketctl`'s waits: a jittered
-//! quarter second after a loss, doubling (to 5 s) after failures. Every forwarded connection is
+//! claims it again through the other nodes in turn after `mysocketctl`'s waits
+//! (`mysocket_api::reconnect`: a random part of a second after a loss, of a wait doubling to
+//! 5 s after failures). Every forwarded connection is
 //! answered `200 ok`. Prints `up N` once every tunnel is held, then `claimed I` each time tunnel
 //! I (its line's number, from 0) is claimed again, and runs until killed.
 //!
@@ -18,7 +19,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use rand::Rng;
+use mysocket_api::reconnect::doubled;
+use mysocket_api::reconnect::jittered;
+use mysocket_api::reconnect::FIRST_BACKOFF;
 use russh::client;
 use russh::keys::PrivateKey;
 use russh::keys::PrivateKeyWithHashAlg;
@@ -41,8 +44,6 @@ struct Args {
     then: Vec<String>,
 }
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Tunnels claimed at once at the start.
 const STARTING: usize = 32;
 
@@ -106,10 +107,6 @@ async fn claim(addr: &str, user: &str, key: Arc<PrivateKey>, port: u16) -> anyho
     Ok(h)
 }
 
-fn jittered(wait: Duration) -> Duration {
-    wait - wait.mul_f64(rand::thread_rng().gen_range(0.0..0.5))
-}
-
 /// Holds tunnel `i` for ever; `up` counts the tunnels held once at the start, and each claim
 /// after that prints `claimed I`.
 async fn hold(
@@ -140,11 +137,12 @@ async fn hold(
             }
             Err(_) => {
                 let w = backoff;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff = doubled(backoff);
                 w
             }
         };
-        tokio::time::sleep(jittered(wait)).await;
+        let wait = jittered(wait, &mut rand::thread_rng());
+        tokio::time::sleep(wait).await;
         if !args.then.is_empty() {
             addr = args.then[turn % args.then.len()].clone();
             turn += 1;

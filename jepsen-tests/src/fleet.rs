@@ -1,5 +1,5 @@
 //! The fleet: many tunnels of many accounts, each held by an SSH client that behaves like
-//! `mysocketctl` (a lost session moves to another node after a short jittered wait, failures
+//! `mysocketctl` (a lost session moves to another node after a random part of a second, failures
 //! back off), all starting on slot 1. The `fleet` nemesis (`kill-fleet-holder`) kills -9 the
 //! node holding most of them and measures, for each tunnel it held, how long until a public
 //! request through the surviving nodes is answered by that tunnel's service again.
@@ -10,6 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
+use mysocket_api::reconnect::doubled;
+use mysocket_api::reconnect::jittered;
+use mysocket_api::reconnect::FIRST_BACKOFF;
 use mysocket_api::SocketCreate;
 use mysocket_api::UserCreate;
 use rand::Rng;
@@ -32,10 +35,6 @@ use crate::workload::TunnelFixture;
 const PER_ACCOUNT: usize = 10;
 /// The slot every fleet client claims through first.
 const HOME: usize = 1;
-/// The wait after a lost session before claiming elsewhere, jittered down to half, and the
-/// longest wait after failures: `mysocketctl`'s.
-const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// SSH connect, authentication and the claim.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(8);
 /// A tunnel of a killed holder not answering through the survivors this long after the kill
@@ -104,12 +103,6 @@ impl Fleet {
     }
 }
 
-/// `wait` less a random part of up to half of it, so that many clients losing their node at
-/// once do not come back in step.
-fn jittered(wait: Duration, rng: &mut impl Rng) -> Duration {
-    wait - wait.mul_f64(rng.gen_range(0.0..0.5))
-}
-
 /// Holds fleet tunnel `i` until the run stops: claims it through [`HOME`] first, and whenever
 /// its session ends or a claim fails, through another node.
 pub async fn client(ctx: Arc<Ctx>, fx: Arc<Fixture>, i: usize, client: u64) {
@@ -136,7 +129,7 @@ pub async fn client(ctx: Arc<Ctx>, fx: Arc<Fixture>, i: usize, client: u64) {
             }
             _ => {
                 let w = backoff;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff = doubled(backoff);
                 w
             }
         };
@@ -265,18 +258,7 @@ pub fn check(recoveries: &[FleetRecovery]) -> (Verdict, Vec<Anomaly>) {
 
 #[cfg(test)]
 mod tests {
-    use rand::SeedableRng;
-
     use super::*;
-
-    #[test]
-    fn jittered_waits_spread_over_the_upper_half() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let waits: Vec<Duration> = (0..1000).map(|_| jittered(FIRST_BACKOFF, &mut rng)).collect();
-        assert!(waits.iter().all(|w| *w > FIRST_BACKOFF / 2 && *w <= FIRST_BACKOFF));
-        let spread = waits.iter().max().unwrap().saturating_sub(*waits.iter().min().unwrap());
-        assert!(spread > FIRST_BACKOFF / 3, "the waits differ: {spread:?}");
-    }
 
     fn recovery(held: usize, not_recovered: usize, misrouted: Vec<String>) -> FleetRecovery {
         FleetRecovery {
