@@ -374,8 +374,8 @@ const REFRESH: Duration = Duration::from_secs(2);
 
 /// The wait before the next attempt, given the one that was due and how the last attempt went
 /// (`Some`: the session was up, and how it ended; `None`: it failed). A tunnel that was up and lost its connection
-/// moves to another node at once, however many failures came before (a whole-cluster restart,
-/// say); failures to connect, and a server that ends the session itself (another connection
+/// moves to another node after the first wait, however many failures came before (a
+/// whole-cluster restart, say); failures to connect, and a server that ends the session itself (another connection
 /// took the tunnel: two clients for one tunnel must not take it from each other in a tight
 /// loop), wait longer each time.
 fn backoff_after(due: Duration, last: Option<&Ended>, lasted: Duration) -> Duration {
@@ -405,7 +405,7 @@ pub async fn run(mut spec: TunnelSpec, api: ApiClient) -> anyhow::Result<()> {
         let server = spec.servers[i % spec.servers.len()].clone();
         let started = Instant::now();
         let last = session_once(&mut spec, &key, &server, &gone).await;
-        // Closed or refused by a server (not a lost connection, which moves on at once): a
+        // Closed or refused by a server (not a lost connection, which just moves on): a
         // tunnel may be gone, deleted through the API.
         if !matches!(last, Ok(Ended::Lost)) {
             let forwards = live(&spec.forwards.borrow(), &gone);
@@ -469,8 +469,8 @@ mod tests {
         russh::keys::PrivateKey::from(russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[seed; 32]))
     }
 
-    /// A tunnel that was up and lost its connection reconnects at once, even after a run of
-    /// failures; failures and a server's own goodbye wait longer each time, up to the cap; a
+    /// A tunnel that was up and lost its connection reconnects after the first wait, even after
+    /// a run of failures; failures and a server's own goodbye wait longer each time, up to the cap; a
     /// long session starts the waits over.
     #[test]
     fn reconnect_waits_follow_how_the_last_session_ended() {
@@ -486,7 +486,7 @@ mod tests {
             due = doubled(wait);
         }
         assert_eq!(waits, [1000, 2000, 4000, 5000, 5000]);
-        // Then a session that came up, and died with its node seconds later: at once.
+        // Then a session that came up, and died with its node seconds later: the first wait.
         assert_eq!(backoff_after(due, Some(&Ended::Lost), moment), FIRST_BACKOFF);
         // Taken away by another client: no quicker than the failures before.
         assert_eq!(backoff_after(due, superseded, moment), MAX_BACKOFF);
